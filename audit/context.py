@@ -1,0 +1,143 @@
+"""``AuditContext``: everything a metric receives besides its params."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import torch
+
+from robaudit.errors import UsageError
+from robaudit.model import ModelUnderAudit
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """One split of the audit data, held on the CPU: ``x`` is N×C×H×W (or N×D), ``y`` is N."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+class ProgressTask(Protocol):
+    """A progress handle: ``advance`` by the units of work done."""
+
+    def advance(self, amount: float = 1) -> None: ...
+
+
+class ProgressFactory(Protocol):
+    """Starts a progress task of ``total`` units with a description."""
+
+    def __call__(self, total: float, description: str) -> ProgressTask: ...
+
+
+class _SilentTask:
+    def advance(self, amount: float = 1) -> None:
+        return None
+
+
+def silent_progress(total: float, description: str) -> ProgressTask:
+    """The progress factory used when nothing displays progress (``-q``, a pipe, a test)."""
+    return _SilentTask()
+
+
+class RunCache:
+    """A per-run cache that checks share, so that expensive common work is done once.
+
+    Keys should name the work and every input it depends on, e.g.
+    ``("features", model.name, split)`` or ``("deepfool", model.name, split, overshoot)``.
+    """
+
+    def __init__(self) -> None:
+        self._store: dict[Any, Any] = {}
+
+    def get_or_compute(self, key: Any, compute: Callable[[], T]) -> T:
+        if key not in self._store:
+            self._store[key] = compute()
+        return self._store[key]
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._store
+
+
+@dataclass
+class AuditContext:
+    """What :meth:`Metric.compute` receives.
+
+    model       the audited model (in eval mode, parameters frozen, on ``device``).
+    models      every model of the spec by name (``model`` is under its own name too).
+    splits      the data splits on the CPU; use :meth:`batches` to iterate on the device.
+    split       the name of the split the checks run on; ``reference`` the training-like one.
+    generator   a CPU ``torch.Generator`` seeded from the spec seed and the check id: draw
+                random numbers from it (then move them) so results do not depend on the device.
+    progress    starts a progress task; cheap when nothing is displayed.
+    cache       the per-run :class:`RunCache`.
+    """
+
+    model: ModelUnderAudit
+    splits: dict[str, DataSplit]
+    split: str
+    reference: str
+    batch_size: int
+    device: torch.device
+    seed: int
+    generator: torch.Generator
+    models: dict[str, ModelUnderAudit] = field(default_factory=dict)
+    progress: ProgressFactory = silent_progress
+    cache: RunCache = field(default_factory=RunCache)
+
+    def data(self, split: str | None = None) -> DataSplit:
+        """The named split (default: the audit split), on the CPU."""
+        name = split or self.split
+        if name not in self.splits:
+            raise UsageError(
+                f"data split {name!r} does not exist; available: {', '.join(sorted(self.splits))}"
+            )
+        return self.splits[name]
+
+    def batches(
+        self, split: str | None = None, batch_size: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(x, y)`` batches of a split, moved to the audit device."""
+        data = self.data(split)
+        size = batch_size or self.batch_size
+        for start in range(0, len(data), size):
+            yield (
+                data.x[start : start + size].to(self.device),
+                data.y[start : start + size].to(self.device),
+            )
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normal noise drawn from the check's generator, on the audit device."""
+        return torch.randn(*shape, generator=self.generator).to(self.device)
+
+    def features(self, split: str | None = None, model: ModelUnderAudit | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features g(x) and logits of a whole split (cached per run, kept on the device)."""
+        mua = model or self.model
+        name = split or self.split
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            feats, logits = [], []
+            with torch.no_grad():
+                for x, _ in self.batches(name):
+                    f, z = mua.features_and_logits(x)
+                    feats.append(f)
+                    logits.append(z)
+            return torch.cat(feats), torch.cat(logits)
+
+        return self.cache.get_or_compute(("features", mua.name, name), compute)
+
+    def model_named(self, name: str) -> ModelUnderAudit:
+        """A model of the spec's ``models`` mapping (or the audited one by its name)."""
+        if name not in self.models:
+            raise UsageError(
+                f"no model named {name!r}; the spec defines: {', '.join(sorted(self.models))}"
+            )
+        return self.models[name]

@@ -1,0 +1,46 @@
+"""Declarative plots that metrics return; the HTML reporter renders them.
+
+Metrics describe *what* to plot (plain numbers), never *how*: they stay free of matplotlib,
+and every figure is also JSON-serialisable data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A histogram of ``values``; ``markers`` draws labelled vertical lines (e.g. a threshold)."""
+
+    title: str
+    values: tuple[float, ...]
+    xlabel: str = ""
+    markers: dict[str, float] = field(default_factory=dict)
+    bins: int = 30
+
+
+@dataclass(frozen=True)
+class LinePlot:
+    """Curves ``series[name]`` against ``x`` (the paper's curve figures)."""
+
+    title: str
+    x: tuple[float, ...]
+    series: dict[str, tuple[float, ...]]
+    xlabel: str = ""
+    ylabel: str = ""
+    logx: bool = False
+
+
+@dataclass(frozen=True)
+class ImagePlot:
+    """An image (H×W or C×H×W, any range: it is scaled for display), e.g. a perturbation."""
+
+    title: str
+    image: np.ndarray
+    caption: str = ""
+
+
+Figure = Histogram | LinePlot | ImagePlot

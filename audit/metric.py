@@ -1,0 +1,82 @@
+"""The metric plugin interface: :class:`Metric`, its :class:`MetricParams`, its result."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from robaudit.figures import Figure
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
+
+
+class MetricParams(BaseModel):
+    """Base of every metric's parameters: typed, bounded, defaults filled, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class MetricResult:
+    """What :meth:`Metric.compute` returns.
+
+    value    the number compared with the check's ``expect`` thresholds.
+    samples  optional per-sample (or per-trial) values whose mean is ``value``; the runner
+             derives a 95% confidence interval from them and the HTML report a histogram.
+    ci       an explicit 95% interval, for metrics whose value is not a mean of ``samples``
+             (e.g. a Wilson interval for an accuracy); it wins over the derived one.
+    details  named numbers, strings and small tables (a table is a list of flat dicts).
+    figures  extra plots for the HTML report.
+    """
+
+    value: float
+    samples: np.ndarray | None = None
+    ci: tuple[float, float] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    figures: list[Figure] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The least model work a metric needs, counted in samples: ``forward`` samples that need a
+    forward pass only, ``gradient`` samples that need a forward pass and an input gradient.
+    ``bench/`` times these at the model's batched throughput to get the metric's floor."""
+
+    forward: int = 0
+    gradient: int = 0
+    note: str = ""
+
+
+class Metric(ABC):
+    """A robustness metric. Subclass it, set the class attributes, implement :meth:`compute`.
+
+    name              the name that specs use (``metric: name``); lower_snake_case.
+    Params            a :class:`MetricParams` subclass: the check's ``params`` are validated
+                      against it when the spec is loaded, so bad params never reach compute.
+    higher_is_better  the direction of ``value`` (shown by ``robaudit metrics``).
+    source            the paper and section the metric implements.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type[MetricParams]] = MetricParams
+    higher_is_better: ClassVar[bool]
+    source: ClassVar[str]
+
+    @abstractmethod
+    def compute(self, ctx: AuditContext, params: Any) -> MetricResult:
+        """Compute the metric on ``ctx`` with validated ``params`` (an instance of ``Params``)."""
+
+    def floor(self, ctx: AuditContext, params: Any) -> Floor | None:
+        """The least model work this check needs (see :class:`Floor`); None if not stated."""
+        return None
+
+    @property
+    def summary(self) -> str:
+        """The first line of the class docstring."""
+        doc = (type(self).__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""

@@ -1,0 +1,137 @@
+"""``ModelUnderAudit``: the audited classifier as the metrics see it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from robaudit.errors import UsageError
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std``, so that attacks and metrics work in input space."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class ModelUnderAudit:
+    """Wraps an ``nn.Module`` classifier for the audit.
+
+    ``network`` is the module the metrics differentiate (the user's model, preceded by
+    :class:`Normalize` when the spec gives ``normalize``). ``features(x)`` is the representation
+    g(x) of Ghorbani & Zou (2017, section 2): the output of the module named by ``features``, or
+    by default the input of the last ``nn.Linear``, flattened to ``(batch, dim)``.
+
+    Use it as a context manager: inside, the network is in eval mode with its parameters frozen;
+    on exit both are restored to what they were.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        input_range: tuple[float, float] = (0.0, 1.0),
+        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+        features: str | None = None,
+        device: torch.device | str = "cpu",
+        name: str = "model",
+    ) -> None:
+        self.name = name
+        self.device = torch.device(device)
+        self.module = module
+        layers: list[nn.Module] = [module]
+        if normalize is not None:
+            layers.insert(0, Normalize(*normalize))
+        self.network: nn.Module = (layers[0] if len(layers) == 1 else nn.Sequential(*layers))
+        self.network.to(self.device)
+        self.input_range = (float(input_range[0]), float(input_range[1]))
+        self.features_module, self._features_from_input = self._feature_site(module, features)
+        self._saved: tuple[bool, list[bool]] | None = None
+        self._num_classes: int | None = None
+
+    @staticmethod
+    def _feature_site(module: nn.Module, features: str | None) -> tuple[nn.Module, bool]:
+        if features is not None:
+            named = dict(module.named_modules())
+            if features not in named:
+                choices = ", ".join(n for n in named if n) or "(none)"
+                raise UsageError(
+                    f"model.features: no module named {features!r}; the model has: {choices}"
+                )
+            return named[features], False
+        linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise UsageError(
+                "model.features: the model has no nn.Linear, so the default feature layer "
+                "(the input of the last nn.Linear) does not exist; name a module with `features`"
+            )
+        return linears[-1], True
+
+    # -- mode handling -------------------------------------------------------------------
+    def __enter__(self) -> ModelUnderAudit:
+        params = list(self.network.parameters())
+        self._saved = (self.network.training, [p.requires_grad for p in params])
+        self.network.eval()
+        for p in params:
+            p.requires_grad_(False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._saved is not None
+        training, grads = self._saved
+        self.network.train(training)
+        for p, g in zip(self.network.parameters(), grads, strict=True):
+            p.requires_grad_(g)
+        self._saved = None
+
+    # -- the model's outputs ---------------------------------------------------------------
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's logits for a batch ``x`` in input space."""
+        return self.network(x)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Predicted labels, without building a graph."""
+        with torch.no_grad():
+            return self.network(x).argmax(dim=1)
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """g(x) flattened to ``(batch, dim)`` and the logits, from a single forward pass."""
+        captured: list[torch.Tensor] = []
+        with self._capture(captured):
+            logits = self.network(x)
+        return captured[0].flatten(1), logits
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """g(x), the feature representation, flattened to ``(batch, dim)``."""
+        return self.features_and_logits(x)[0]
+
+    @contextmanager
+    def _capture(self, out: list[torch.Tensor]) -> Iterator[None]:
+        if self._features_from_input:
+            handle = self.features_module.register_forward_pre_hook(
+                lambda _m, args: out.append(args[0])
+            )
+        else:
+            handle = self.features_module.register_forward_hook(
+                lambda _m, _args, output: out.append(output)
+            )
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def num_classes(self, example: torch.Tensor) -> int:
+        """The number of logits, found with one forward pass on ``example`` (cached)."""
+        if self._num_classes is None:
+            with torch.no_grad():
+                self._num_classes = int(self.network(example[:1].to(self.device)).shape[1])
+        return self._num_classes

@@ -1,0 +1,1 @@
+"""Numerical primitives shared by metrics (typed, tested on their own)."""

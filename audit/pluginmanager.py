@@ -1,0 +1,122 @@
+"""Plugin discovery: built-ins, ``-p`` modules and the ``robaudit`` entry-point group."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import pkgutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pluggy
+
+from robaudit import hookspecs
+from robaudit.datasource import DataSource
+from robaudit.errors import UsageError
+from robaudit.metric import Metric
+
+#: The packages whose modules are the built-in plugins; a module's name is the plugin's name
+#: (the one that ``-p no:NAME`` blocks).
+BUILTIN_PACKAGES = (
+    "robaudit.plugins.loaders",
+    "robaudit.plugins.metrics",
+    "robaudit.plugins.reporters",
+)
+
+
+def builtin_plugins() -> dict[str, str]:
+    """Every built-in plugin: its name and its module."""
+    found = {}
+    for package_name in BUILTIN_PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_"):
+                found[info.name] = f"{package_name}.{info.name}"
+    return found
+
+
+ENTRY_POINT_GROUP = "robaudit"
+AUTOLOAD_ENV = "ROBAUDIT_DISABLE_PLUGIN_AUTOLOAD"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    origin: str  # "builtin", "entry point <dist>", "-p"
+    module: str
+
+
+@dataclass
+class Plugins:
+    """The loaded plugins, the metrics and data sources they registered, and what went wrong."""
+
+    pm: pluggy.PluginManager
+    loaded: list[PluginInfo] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    data_sources: dict[str, DataSource] = field(default_factory=dict)
+
+    @property
+    def hook(self) -> pluggy.HookRelay:
+        return self.pm.hook
+
+
+def _register_named(plugins: Plugins, kind: str, store: dict, item: object, name: str) -> None:
+    if name in store:
+        plugins.problems.append(f"{kind} {name!r} is registered twice; the second is ignored")
+        return
+    store[name] = item
+
+
+def load_plugins(blocked: Iterable[str] = (), extra: Iterable[str] = ()) -> Plugins:
+    """Load the built-ins, then entry points (unless ``ROBAUDIT_DISABLE_PLUGIN_AUTOLOAD`` is
+    set), then the modules named with ``-p``; skip every name in ``blocked``.
+
+    A built-in or ``-p`` module that fails to import is a usage error; a broken entry point is
+    recorded in ``problems`` and the rest still load.
+    """
+    blocked = set(blocked)
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    plugins = Plugins(pm)
+    for name in blocked:
+        pm.set_blocked(name)
+
+    for name, module_name in builtin_plugins().items():
+        if name not in blocked:
+            pm.register(importlib.import_module(module_name), name=name)
+            plugins.loaded.append(PluginInfo(name, "builtin", module_name))
+
+    if not os.environ.get(AUTOLOAD_ENV):
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in blocked or pm.has_plugin(ep.name):
+                continue
+            try:
+                pm.register(ep.load(), name=ep.name)
+            except Exception as exc:  # a broken third-party plugin must not stop the run
+                dist = ep.dist.name if ep.dist else "?"
+                plugins.problems.append(
+                    f"plugin {ep.name!r} (entry point {ep.value} of {dist}) failed to load: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                continue
+            plugins.loaded.append(PluginInfo(ep.name, f"entry point ({ep.value})", ep.value))
+
+    for module_name in extra:
+        if module_name in blocked or pm.has_plugin(module_name):
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise UsageError(f"-p {module_name}: cannot import plugin: {exc}") from None
+        pm.register(module, name=module_name)
+        plugins.loaded.append(PluginInfo(module_name, "-p", module_name))
+
+    pm.hook.robaudit_register_metrics(
+        register=lambda m: _register_named(plugins, "metric", plugins.metrics, m, m.name)
+    )
+    pm.hook.robaudit_register_data_sources(
+        register=lambda s: _register_named(plugins, "data source", plugins.data_sources, s, s.name)
+    )
+    return plugins

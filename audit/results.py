@@ -1,0 +1,63 @@
+"""Results of checks and audits. Presentation lives in the reporters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from robaudit.figures import Figure
+
+Outcome = Literal["passed", "failed", "error", "skipped"]
+OUTCOMES: tuple[Outcome, ...] = ("passed", "failed", "error", "skipped")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check. The first ten fields are the JSON report's (design §5)."""
+
+    id: str
+    metric: str
+    outcome: Outcome
+    value: float | None
+    ci: tuple[float, float] | None
+    expect: dict[str, float]
+    params: dict[str, Any]
+    details: dict[str, Any]
+    message: str
+    duration_s: float
+    tags: tuple[str, ...] = ()
+    samples: tuple[float, ...] | None = None
+    figures: tuple[Figure, ...] = ()
+    traceback: str | None = None
+    higher_is_better: bool | None = None
+
+
+@dataclass
+class AuditResult:
+    """The result of one spec: its checks and where they ran."""
+
+    audit: str
+    spec: str
+    seed: int
+    device: str
+    environment: dict[str, str]
+    checks: list[CheckResult] = field(default_factory=list)
+    duration_s: float = 0.0
+    interrupted: bool = False
+
+    def summary(self) -> dict[str, int]:
+        counts = dict.fromkeys(("passed", "failed", "error", "skipped"), 0)
+        for check in self.checks:
+            counts[check.outcome] += 1
+        return counts
+
+    @property
+    def outcome(self) -> Outcome:
+        counts = self.summary()
+        if counts["error"]:
+            return "error"
+        if counts["failed"]:
+            return "failed"
+        if counts["passed"]:
+            return "passed"
+        return "skipped"

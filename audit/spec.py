@@ -1,0 +1,349 @@
+"""The audit spec (design.md §3): YAML → validated, resolved :class:`AuditSpec`.
+
+Validation happens in full before anything runs. Every problem is reported at once, each as
+``FILE:LINE: key.path: what was expected``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from robaudit.datasource import SourceOptions
+from robaudit.errors import SpecError, UsageError
+from robaudit.metric import Metric, MetricParams
+from robaudit.pluginmanager import Plugins
+from robaudit.yamlpos import line_of
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NormalizeSpec(_Strict):
+    """Per-channel normalisation applied inside the model wrapper."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> NormalizeSpec:
+        if len(self.mean) != len(self.std):
+            raise ValueError("mean and std must have the same length (one value per channel)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("every std must be > 0")
+        return self
+
+
+class ModelSpec(_Strict):
+    """A model entry: ``factory`` (+ ``kwargs``, ``weights``) or ``torchscript``."""
+
+    factory: str | None = Field(
+        None, description='"package.module:callable" or "path/to/file.py:callable"'
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = Field(None, description="state_dict or checkpoint, relative to the spec")
+    torchscript: str | None = None
+    input_range: tuple[float, float] = (0.0, 1.0)
+    normalize: NormalizeSpec | None = None
+    features: str | None = Field(None, description="module whose output is g(x)")
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_.]*", value):
+            raise ValueError('expected "module:callable" or "path/to/file.py:callable"')
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.factory is None) == (self.torchscript is None):
+            raise ValueError("give exactly one of `factory` or `torchscript`")
+        if self.torchscript is not None and (self.weights or self.kwargs):
+            raise ValueError("`weights` and `kwargs` go with `factory`, not `torchscript`")
+        low, high = self.input_range
+        if not low < high:
+            raise ValueError(f"input_range must be [low, high] with low < high, got {low}, {high}")
+        return self
+
+
+class DataSpec(BaseModel):
+    """The data: the common keys; a source's own keys are validated by that source."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str = "digits"
+    split: str = "test"
+    reference: str = "train"
+    limit: PositiveInt | None = None
+    batch_size: PositiveInt = 256
+
+
+class Expect(_Strict):
+    """Thresholds: pass when ``min <= value <= max`` (either may be left out)."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Expect:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in (("min", self.min), ("max", self.max)) if v is not None}
+
+
+class CheckSpec(_Strict):
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-\[\]]+$")
+    metric: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    expect: Expect = Field(default_factory=Expect)
+    tags: list[str] = Field(default_factory=list)
+
+
+class SpecModel(_Strict):
+    """The whole audit spec, as written (design.md §3)."""
+
+    audit: str = Field(description="a name for the report")
+    model: ModelSpec
+    models: dict[str, ModelSpec] = Field(
+        default_factory=dict, description="further named models (e.g. transfer sources)"
+    )
+    data: DataSpec = Field(default_factory=DataSpec)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    seed: int = 0
+    checks: list[CheckSpec] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A resolved check: its id, the metric object and validated params."""
+
+    id: str
+    metric: Metric
+    params: MetricParams
+    expect: dict[str, float]
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """A validated spec, ready to run."""
+
+    path: Path
+    model: SpecModel
+    source_options: SourceOptions
+    checks: tuple[Check, ...]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def name(self) -> str:
+        return self.model.audit
+
+
+# -- --set overrides ------------------------------------------------------------------------
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``key.path=value`` to the raw spec; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise UsageError(f"--set {assignment}: expected key.path=value")
+    path, _, text = assignment.partition("=")
+    keys = path.strip().split(".")
+    if not all(keys):
+        raise UsageError(f"--set {assignment}: empty key in {path!r}")
+    value = yaml.safe_load(text) if text.strip() else ""
+    node: Any = raw
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise UsageError(
+                    f"--set {assignment}: {where}: expected an index below {len(node)}"
+                )
+            index = int(key)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise UsageError(f"--set {assignment}: {where}: the parent is not a mapping or list")
+
+
+# -- loading --------------------------------------------------------------------------------
+def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{path}: spec file not found") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the spec: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text), yaml.compose(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SpecError([f"{where}: invalid YAML: {exc.problem or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([f"{path}: invalid YAML: {exc}"]) from None
+
+
+class _Problems:
+    def __init__(self, path: Path, root: yaml.Node | None) -> None:
+        self.path, self.root, self.items = path, root, []
+
+    def add(self, loc: Iterable[str | int], message: str) -> None:
+        loc = tuple(loc)
+        line = line_of(self.root, loc)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        self.items.append(f"{where}: {key}: {message}")
+
+    def add_validation(self, prefix: tuple[str | int, ...], error: ValidationError) -> None:
+        for item in error.errors():
+            loc = prefix + tuple(p for p in item["loc"] if not _is_union_tag(p))
+            message = item["msg"]
+            if item["type"] == "extra_forbidden":
+                message = "unknown key"
+            elif item["type"] not in ("missing",) and _short(item.get("input")):
+                message += f" (got {item['input']!r})"
+            self.add(loc, message)
+
+
+def _is_union_tag(part: str | int) -> bool:
+    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
+
+
+def _short(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) and len(repr(value)) < 60
+
+
+def _check_ids(checks: list[CheckSpec]) -> list[str]:
+    counts: dict[str, int] = {}
+    for c in checks:
+        counts[c.metric] = counts.get(c.metric, 0) + (c.id is None)
+    seen: dict[str, int] = {}
+    ids = []
+    for c in checks:
+        if c.id is not None:
+            ids.append(c.id)
+        elif counts[c.metric] > 1:
+            seen[c.metric] = seen.get(c.metric, 0) + 1
+            ids.append(f"{c.metric}-{seen[c.metric]}")
+        else:
+            ids.append(c.metric)
+    return ids
+
+
+def _check_paths(model: ModelSpec, loc: tuple[str, ...], base: Path, problems: _Problems) -> None:
+    for key in ("weights", "torchscript"):
+        value = getattr(model, key)
+        if value is not None and not (base / value).is_file():
+            problems.add((*loc, key), f"file not found: {base / value}")
+    if model.factory and model.factory.rsplit(":", 1)[0].endswith(".py"):
+        file = base / model.factory.rsplit(":", 1)[0]
+        if not file.is_file():
+            problems.add((*loc, "factory"), f"file not found: {file}")
+
+
+def load_spec(path: str | Path, plugins: Plugins, overrides: Iterable[str] = ()) -> AuditSpec:
+    """Read, override, validate and resolve a spec. Raises :class:`SpecError` listing every
+    problem, or :class:`UsageError` for an unreadable file or a bad ``--set``."""
+    path = Path(path)
+    raw, root = _read_yaml(path)
+    problems = _Problems(path, root)
+    if not isinstance(raw, dict):
+        problems.add((), "expected a mapping with `audit`, `model`, `data` and `checks`")
+        raise SpecError(problems.items)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    try:
+        spec = SpecModel.model_validate(raw)
+    except ValidationError as exc:
+        problems.add_validation((), exc)
+        raise SpecError(problems.items) from None
+
+    base = path.parent
+    context = {"base_dir": base, "models": {"model", *spec.models}}
+    _check_paths(spec.model, ("model",), base, problems)
+    for name, entry in spec.models.items():
+        _check_paths(entry, ("models", name), base, problems)
+    if "model" in spec.models:
+        problems.add(("models", "model"), "the name `model` is the audited model's; pick another")
+
+    source_options: SourceOptions = SourceOptions()
+    source = plugins.data_sources.get(spec.data.source)
+    if source is None:
+        problems.add(("data", "source"), _unknown("data source", spec.data.source,
+                                                  plugins.data_sources))
+    else:
+        try:
+            source_options = source.Options.model_validate(spec.data.model_extra or {},
+                                                           context=context)
+        except ValidationError as exc:
+            problems.add_validation(("data",), exc)
+
+    checks = []
+    ids = _check_ids(spec.checks)
+    for index, (check, check_id) in enumerate(zip(spec.checks, ids, strict=True)):
+        if ids.count(check_id) > 1:
+            problems.add(("checks", index, "id"), f"duplicate check id {check_id!r}")
+        metric = plugins.metrics.get(check.metric)
+        if metric is None:
+            problems.add(("checks", index, "metric"),
+                         _unknown("metric", check.metric, plugins.metrics))
+            continue
+        try:
+            params = metric.Params.model_validate(check.params, context=context)
+        except ValidationError as exc:
+            problems.add_validation(("checks", index, "params"), exc)
+            continue
+        checks.append(Check(check_id, metric, params, check.expect.as_dict(), tuple(check.tags)))
+    if problems.items:
+        raise SpecError(problems.items)
+    return AuditSpec(path, spec, source_options, tuple(checks))
+
+
+def _unknown(kind: str, name: str, known: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    listing = "robaudit metrics" if kind == "metric" else "robaudit plugins"
+    return f"unknown {kind} {name!r}{hint} (`{listing}` lists them)"
+
+
+def spec_json_schema(plugins: Plugins) -> dict[str, Any]:
+    """The JSON Schema of a spec, with each registered metric's params (for editors)."""
+    schema = SpecModel.model_json_schema()
+    variants = []
+    for name, metric in sorted(plugins.metrics.items()):
+        variants.append({
+            "properties": {"metric": {"const": name},
+                           "params": metric.Params.model_json_schema()},
+        })
+    if variants:
+        schema["$defs"]["CheckSpec"]["anyOf"] = variants
+    return schema

@@ -1,0 +1,69 @@
+"""Helpers to test a metric without a spec: build an :class:`AuditContext` from tensors.
+
+Plugin authors use these the way pytest plugin authors use ``pytester``::
+
+    ctx = make_context(model, x_test, y_test, reference=(x_train, y_train))
+    result = run_metric(MyMetric(), ctx, pairs=50)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from robaudit.context import AuditContext, DataSplit, RunCache
+from robaudit.metric import Metric, MetricResult
+from robaudit.model import ModelUnderAudit
+
+
+def make_context(
+    model: nn.Module | ModelUnderAudit,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    input_range: tuple[float, float] = (0.0, 1.0),
+    features: str | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str = "cpu",
+    models: dict[str, nn.Module | ModelUnderAudit] | None = None,
+) -> AuditContext:
+    """A context whose audit split is ``(x, y)`` ("test") and reference split ``reference``
+    ("train"; default: the same tensors). Modules are wrapped in :class:`ModelUnderAudit`,
+    put in eval mode and frozen (the context is for tests: the mode is not restored)."""
+
+    def wrap(m: nn.Module | ModelUnderAudit, name: str) -> ModelUnderAudit:
+        if isinstance(m, ModelUnderAudit):
+            return m
+        return ModelUnderAudit(
+            m, input_range=input_range, features=features, device=device, name=name
+        )
+
+    mua = wrap(model, "model")
+    mua.__enter__()
+    splits = {"test": DataSplit(x, y), "train": DataSplit(*(reference or (x, y)))}
+    all_models = {"model": mua}
+    for name, other in (models or {}).items():
+        all_models[name] = wrap(other, name)
+        all_models[name].__enter__()
+    generator = torch.Generator().manual_seed(seed)
+    return AuditContext(
+        model=mua,
+        splits=splits,
+        split="test",
+        reference="train",
+        batch_size=batch_size,
+        device=torch.device(device),
+        seed=seed,
+        generator=generator,
+        models=all_models,
+        cache=RunCache(),
+    )
+
+
+def run_metric(metric: Metric, ctx: AuditContext, **params: Any) -> MetricResult:
+    """Validate ``params`` against the metric's ``Params`` and compute it on ``ctx``."""
+    return metric.compute(ctx, metric.Params.model_validate(params))

@@ -1,0 +1,1 @@
+"""Small models that robaudit ships and trains with its own recipe (no downloads)."""

@@ -1,0 +1,1 @@
+"""Built-in plugins: every module in these packages is registered as a plugin."""

@@ -1,0 +1,1 @@
+"""Built-in model loader and data sources."""

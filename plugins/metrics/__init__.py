@@ -1,0 +1,1 @@
+"""Built-in metrics, one plugin module per metric family."""

@@ -1,0 +1,1 @@
+"""Built-in reporters: console, JSON, JUnit XML, HTML."""

@@ -36,8 +36,12 @@ def robaudit_addoption(parser: argparse.ArgumentParser) -> None:
 
 
 @hookspec
-def robaudit_configure(options: argparse.Namespace) -> None:
-    """Receive the parsed command-line options once, before any spec is loaded."""
+def robaudit_configure(options: argparse.Namespace, pluginmanager: pluggy.PluginManager) -> None:
+    """Receive the parsed command-line options once, before any spec is loaded.
+
+    A plugin may register further plugin objects here (the console reporter registers its
+    stateful reporter this way, as pytest's terminal reporter does).
+    """
 
 
 @hookspec

@@ -1,0 +1,195 @@
+"""The ``robaudit`` command line (design.md §4)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import robaudit
+from robaudit.errors import SpecError, UsageError
+from robaudit.pluginmanager import Plugins, load_plugins
+from robaudit.session import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Session
+from robaudit.spec import spec_json_schema
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as a usage error (exit 4, as pytest)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _prescan_plugins(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``-p NAME`` / ``-p no:NAME`` must act before the parser exists (plugins add options)."""
+    values: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "-p" and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        elif arg.startswith("-p") and len(arg) > 2 and not arg.startswith("--"):
+            values.append(arg[2:].lstrip("="))
+    blocked = [v[3:] for v in values if v.startswith("no:")]
+    extra = [v for v in values if not v.startswith("no:")]
+    return blocked, extra
+
+
+def _build_parser(plugins: Plugins) -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
+                        help="load plugin module NAME early; `-p no:NAME` blocks plugin NAME")
+    parser = _Parser(prog="robaudit", description=robaudit.__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"robaudit {robaudit.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    run = sub.add_parser("run", parents=[common], help="run the checks of audit specs")
+    run.add_argument("specs", nargs="+", metavar="SPEC")
+    run.add_argument("-k", dest="keyword", metavar="EXPR",
+                     help="select checks by id or metric name: 'spearman and not lipschitz'")
+    run.add_argument("-m", dest="markexpr", metavar="EXPR", help="select checks by tags")
+    run.add_argument("-x", "--exitfirst", action="store_const", const=1, dest="maxfail",
+                     help="stop after the first failed or errored check")
+    run.add_argument("--maxfail", type=int, default=0, metavar="N",
+                     help="stop after N failed or errored checks")
+    run.add_argument("-v", "--verbose", action="count", default=0,
+                     help="show params, details and tracebacks")
+    run.add_argument("-q", "--quiet", action="count", default=0, help="less output")
+    run.add_argument("--device", help="override the spec's device: auto, cpu, cuda, cuda:N")
+    run.add_argument("--seed", type=int, help="override the spec's seed")
+    run.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY.PATH=VALUE", help="override a spec value (YAML value)")
+    plugins.hook.robaudit_addoption.call_historic(kwargs={"parser": run})
+
+    validate = sub.add_parser("validate", parents=[common], help="validate specs, run nothing")
+    validate.add_argument("specs", nargs="+", metavar="SPEC")
+    validate.add_argument("--set", dest="overrides", action="append", default=[],
+                          metavar="KEY.PATH=VALUE")
+    sub.add_parser("metrics", parents=[common], help="list every metric with its params")
+    sub.add_parser("plugins", parents=[common], help="list the loaded plugins")
+    sub.add_parser("schema", parents=[common], help="print the JSON Schema of a spec")
+
+    zoo = sub.add_parser("zoo", parents=[common], help="the models robaudit ships")
+    zoo_sub = zoo.add_subparsers(dest="zoo_command", metavar="ACTION", parser_class=_Parser)
+    zoo_sub.required = True
+    zoo_sub.add_parser("list", help="list the zoo's models and recipes")
+    train = zoo_sub.add_parser("train", help="train a zoo model with its recipe")
+    train.add_argument("name")
+    train.add_argument("--out", required=True, type=Path, help="where to save the state_dict")
+    train.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _param_rows(metric: robaudit.Metric) -> list[str]:
+    rows = []
+    for name, info in metric.Params.model_fields.items():
+        bounds = []
+        for item in info.metadata:
+            for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                if getattr(item, attr, None) is not None:
+                    bounds.append(f"{sign} {getattr(item, attr)}")
+        kind = getattr(info.annotation, "__name__", str(info.annotation))
+        text = f"{name}: {kind} = {info.default!r}"
+        if bounds:
+            text += f" ({', '.join(bounds)})"
+        rows.append(text)
+    return rows
+
+
+def _cmd_metrics(plugins: Plugins, console: Console) -> int:
+    table = Table(title="robaudit metrics", show_lines=True)
+    for column in ("metric", "better", "params (defaults, bounds)", "source"):
+        table.add_column(column)
+    for name, metric in sorted(plugins.metrics.items()):
+        better = "higher" if metric.higher_is_better else "lower"
+        table.add_row(f"[bold]{name}[/]\n{escape(metric.summary)}", better,
+                      escape("\n".join(_param_rows(metric)) or "—"), escape(metric.source))
+    console.print(table)
+    return EXIT_OK
+
+
+def _cmd_plugins(plugins: Plugins, console: Console) -> int:
+    table = Table(title="robaudit plugins")
+    for column in ("name", "origin", "module"):
+        table.add_column(column)
+    for info in plugins.loaded:
+        table.add_row(info.name, escape(info.origin), info.module)
+    console.print(table)
+    console.print(f"metrics: {', '.join(sorted(plugins.metrics))}")
+    console.print(f"data sources: {', '.join(sorted(plugins.data_sources))}")
+    return EXIT_OK
+
+
+def _cmd_zoo(options: argparse.Namespace, console: Console) -> int:
+    from robaudit import zoo
+
+    if options.zoo_command == "list":
+        for name, entry in sorted(zoo.ZOO.items()):
+            console.print(f"[bold]{name}[/]: {escape(repr(entry))}")
+        return EXIT_OK
+    if options.name not in zoo.ZOO:
+        raise UsageError(f"zoo train: unknown model {options.name!r}; "
+                         f"known: {', '.join(sorted(zoo.ZOO))}")
+    report = zoo.train_model(options.name, options.out, seed=options.seed)
+    console.print(f"saved {options.out}: {json.dumps(report)}")
+    return EXIT_OK
+
+
+def _dispatch(argv: list[str], console: Console) -> int:
+    blocked, extra = _prescan_plugins(argv)
+    plugins = load_plugins(blocked, extra)
+    parser = _build_parser(plugins)
+    options = parser.parse_args(argv)
+    for problem in plugins.problems:
+        Console(stderr=True).print(f"[yellow]WARNING[/] {escape(problem)}")
+    if options.command == "metrics":
+        return _cmd_metrics(plugins, console)
+    if options.command == "plugins":
+        return _cmd_plugins(plugins, console)
+    if options.command == "schema":
+        print(json.dumps(spec_json_schema(plugins), indent=2))
+        return EXIT_OK
+    if options.command == "zoo":
+        return _cmd_zoo(options, console)
+    session = Session(plugins, options)
+    if options.command == "validate":
+        for spec in session.load(options.specs):
+            console.print(f"{escape(str(spec.path))}: valid ({len(spec.checks)} checks)")
+        return EXIT_OK
+    plugins.hook.robaudit_configure(options=options, pluginmanager=plugins.pm)
+    _, code = session.run(options.specs)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``robaudit`` console script; returns the exit code."""
+    console = Console(highlight=False, soft_wrap=True)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        return _dispatch(list(sys.argv[1:] if argv is None else argv), console)
+    except SpecError as exc:
+        errors.print(f"[red]ERROR[/] invalid spec ({len(exc.problems)} problem"
+                     f"{'s' if len(exc.problems) != 1 else ''}):")
+        for problem in exc.problems:
+            errors.print(f"  {escape(problem)}")
+        return EXIT_USAGE
+    except UsageError as exc:
+        errors.print(f"[red]ERROR[/] {escape(str(exc))}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        errors.print("[red]Interrupted[/]")
+        return EXIT_INTERRUPTED
+    except Exception:
+        errors.print("[red]INTERNAL ERROR[/] in robaudit itself; please report it with this "
+                     "traceback:")
+        errors.print(escape(traceback.format_exc()))
+        return EXIT_INTERNAL
+
+

@@ -1,0 +1,43 @@
+"""``clean_accuracy``: the fraction of the audit split that the model classifies correctly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
+from robaudit.context import AuditContext
+from robaudit.ops.stats import wilson_interval
+
+
+class CleanAccuracy(Metric):
+    """Accuracy on the unperturbed audit split (the baseline of every robustness number).
+
+    Per-sample correctness (0/1) are the samples; the 95% interval is Wilson's score interval.
+    Shares the forward pass over the split with the feature metrics (``ctx.features``).
+    """
+
+    name: ClassVar[str] = "clean_accuracy"
+    Params: ClassVar[type[MetricParams]] = MetricParams
+    higher_is_better: ClassVar[bool] = True
+    source: ClassVar[str] = "baseline (Szegedy et al. 2014, Tables 2 and 4, clean rows)"
+
+    def compute(self, ctx: AuditContext, params: MetricParams) -> MetricResult:
+        _, logits = ctx.features()
+        labels = ctx.data().y.to(logits.device)
+        correct = (logits.argmax(dim=1) == labels).double()
+        hits, total = int(correct.sum()), int(correct.numel())
+        return MetricResult(
+            value=hits / total,
+            samples=correct.cpu().numpy(),
+            ci=wilson_interval(hits, total),
+            details={"correct": hits, "samples": total},
+        )
+
+    def floor(self, ctx: AuditContext, params: MetricParams) -> Floor:
+        return Floor(forward=len(ctx.data()), note="one forward pass over the split")
+
+
+@hookimpl
+def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
+    register(CleanAccuracy())

@@ -1,0 +1,146 @@
+"""The console reporter: pytest-style lines, failure summary and closing line (design.md §4).
+
+A progress bar shows long checks on a terminal; it is silent under ``-q`` or when the output is
+not a terminal (CI logs stay clean).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from typing import Any
+
+import pluggy
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+import robaudit
+from robaudit import hookimpl
+from robaudit.context import ProgressFactory, ProgressTask
+from robaudit.results import AuditResult, CheckResult
+from robaudit.session import AuditPlan
+
+STYLES = {"passed": "green", "failed": "red", "error": "red", "skipped": "yellow"}
+WORDS = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR", "skipped": "SKIPPED"}
+
+
+class _BarTask:
+    def __init__(self, progress: Progress, task: TaskID) -> None:
+        self.progress, self.task = progress, task
+
+    def advance(self, amount: float = 1) -> None:
+        self.progress.advance(self.task, amount)
+
+
+class ConsoleReporter:
+    """Prints the run the way pytest prints a test session."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        self.verbosity = getattr(options, "verbose", 0) - getattr(options, "quiet", 0)
+        self.console = Console(highlight=False, soft_wrap=True)
+        self.bar: Progress | None = None
+
+    def rule(self, text: str, style: str = "bold") -> None:
+        self.console.rule(f"[{style}]{text}", characters="=", style=style)
+
+    @hookimpl
+    def robaudit_progress(self, options: argparse.Namespace) -> ProgressFactory | None:
+        if self.verbosity < 0 or not self.console.is_terminal:
+            return None
+
+        def start(total: float, description: str) -> ProgressTask:
+            if self.bar is None:
+                self.bar = Progress(TextColumn("  {task.description}"), BarColumn(),
+                                    TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                                    TimeElapsedColumn(), console=self.console, transient=True)
+                self.bar.start()
+            return _BarTask(self.bar, self.bar.add_task(description, total=total))
+
+        return start
+
+    def stop_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    @hookimpl
+    def robaudit_audit_start(self, plan: AuditPlan) -> None:
+        if self.verbosity < 0:
+            return
+        self.rule("robaudit session starts")
+        self.console.print(
+            f"robaudit {robaudit.__version__}, python {platform.python_version()}, "
+            f"torch {torch.__version__}, device {plan.device}, seed {plan.spec.model.seed}"
+        )
+        model = plan.spec.model.model
+        where = model.factory or model.torchscript
+        weights = f" ({model.weights})" if model.weights else ""
+        data = plan.spec.model.data
+        sizes = ", ".join(f"{k} {v}" for k, v in plan.data_summary.items())
+        self.console.print(f"spec: {escape(str(plan.spec.path))} — {escape(plan.spec.name)}")
+        self.console.print(f"model: {escape(str(where))}{escape(weights)}")
+        self.console.print(f"data: {data.source}, split {data.split!r}, reference "
+                           f"{data.reference!r} ({sizes})")
+        deselected = f" / {plan.deselected} deselected" if plan.deselected else ""
+        self.console.print(f"[bold]collected {len(plan.checks)} checks{deselected}[/]\n")
+
+    @hookimpl
+    def robaudit_check_finished(self, result: CheckResult) -> None:
+        self.stop_bar()
+        if self.verbosity < 0 and result.outcome == "passed":
+            return
+        style = STYLES[result.outcome]
+        ci = f" (95% CI {result.ci[0]:.4g}–{result.ci[1]:.4g})" if result.ci else ""
+        name = f"{result.id} "
+        dots = "." * max(2, 34 - len(name))
+        self.console.print(
+            f"{escape(name)}[dim]{dots}[/] [{style}]{WORDS[result.outcome]:<7}[/] "
+            f"{escape(result.message)}{ci} [dim]\\[{result.duration_s:.2f}s][/]"
+        )
+        if self.verbosity > 0:
+            self.print_details(result)
+
+    def print_details(self, result: CheckResult) -> None:
+        params = json.dumps(result.params)
+        self.console.print(f"    [dim]params: {escape(params)}[/]")
+        for key, value in result.details.items():
+            self.console.print(f"    [dim]{escape(key)}: {escape(_short(value))}[/]")
+        if result.traceback:
+            self.console.print(escape(result.traceback), style="red")
+
+    @hookimpl(trylast=True)
+    def robaudit_report(self, results: list[AuditResult], options: argparse.Namespace) -> None:
+        self.stop_bar()
+        checks = [c for r in results for c in r.checks]
+        bad = [c for c in checks if c.outcome in ("failed", "error")]
+        if any(r.interrupted for r in results):
+            self.console.print("\n[red]!!! KeyboardInterrupt: the run was interrupted !!![/]")
+        if bad and self.verbosity >= 0:
+            self.rule("short summary info", "bold")
+            for check in bad:
+                self.console.print(f"[{STYLES[check.outcome]}]{WORDS[check.outcome]}[/] "
+                                   f"{escape(check.id)} - {escape(check.message)}")
+        counts: dict[str, int] = {}
+        for check in checks:
+            counts[check.outcome] = counts.get(check.outcome, 0) + 1
+        order = ("failed", "passed", "error", "skipped")
+        parts = [f"{counts[o]} {'errors' if o == 'error' and counts[o] > 1 else o}"
+                 for o in order if counts.get(o)]
+        if not checks:
+            parts = ["no checks ran"]
+        elapsed = sum(r.duration_s for r in results)
+        style = "red" if bad else ("green" if checks else "yellow")
+        self.rule(f"{', '.join(parts)} in {elapsed:.2f}s", style)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+@hookimpl
+def robaudit_configure(options: argparse.Namespace, pluginmanager: pluggy.PluginManager) -> None:
+    pluginmanager.register(ConsoleReporter(options), "console-reporter")

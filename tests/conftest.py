@@ -1,0 +1,71 @@
+"""Shared fixtures: a toy spec on disk and a ``robaudit`` subprocess runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def toy_dir(tmp_path: Path) -> Path:
+    """A folder holding the toy model factory file, for specs written into it."""
+    shutil.copy(FIXTURES / "toy_model.py", tmp_path / "toy_model.py")
+    return tmp_path
+
+
+@pytest.fixture
+def write_spec(toy_dir: Path) -> Callable[..., Path]:
+    """Write a spec (YAML text, dedented) into the toy folder and return its path."""
+
+    def write(text: str, name: str = "spec.yaml") -> Path:
+        path = toy_dir / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+TOY_HEADER = """\
+audit: toy audit
+model:
+  factory: toy_model.py:linear
+data:
+  source: toy
+"""
+
+
+def cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300,
+        ) -> subprocess.CompletedProcess[str]:
+    """Run ``robaudit ARGS -p toy_plugin`` in a subprocess (the console script's module)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FIXTURES),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", "robaudit", *map(str, args), "-p", "toy_plugin"],
+        capture_output=True, text=True, env=env, cwd=cwd or ROOT, timeout=timeout,
+    )
+
+
+sys.path.insert(0, str(FIXTURES))
+
+
+@pytest.fixture
+def robaudit_main(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run ``robaudit ARGS -p toy_plugin`` in this process: (exit code, stdout, stderr)."""
+    from robaudit.cli import main
+
+    def run(*args: str | Path) -> tuple[int, str, str]:
+        code = main([*map(str, args), "-p", "toy_plugin"])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

@@ -1,0 +1,164 @@
+"""The command line in a subprocess: exit codes (design.md §4), selection, overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import FIXTURES, ROOT, TOY_HEADER, cli
+
+
+def test_all_passed_exits_0(write_spec):
+    spec = write_spec(TOY_HEADER + """
+checks:
+  - metric: constant
+    params: {value: 0.7}
+    expect: {min: 0.5}
+""")
+    done = cli("run", spec)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASSED" in done.stdout
+    assert "1 passed" in done.stdout.splitlines()[-1]
+
+
+def test_failed_check_exits_1_and_summarises(write_spec):
+    spec = write_spec(TOY_HEADER + """
+checks:
+  - {id: good, metric: constant, params: {value: 0.7}, expect: {min: 0.5}}
+  - {id: bad, metric: constant, params: {value: 0.2}, expect: {min: 0.5}}
+""")
+    done = cli("run", spec)
+    assert done.returncode == 1
+    assert "FAILED bad - 0.2 < min 0.5" in done.stdout
+    assert "1 failed, 1 passed" in done.stdout.splitlines()[-1]
+
+
+def test_metric_that_raises_is_an_error_and_others_still_run(write_spec):
+    spec = write_spec(TOY_HEADER + """
+checks:
+  - metric: boom
+  - metric: nan_metric
+  - metric: constant
+    expect: {min: 0.1}
+""")
+    done = cli("run", spec)
+    assert done.returncode == 1
+    assert "kaboom in the metric" in done.stdout
+    assert "non-finite" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "1 passed, 2 errors" in done.stdout.splitlines()[-1]
+    verbose = cli("run", spec, "-v")
+    assert "Traceback" in verbose.stdout
+
+
+def test_no_selected_check_exits_5(write_spec):
+    spec = write_spec(TOY_HEADER + "checks:\n  - metric: constant\n")
+    done = cli("run", spec, "-k", "nothing_matches")
+    assert done.returncode == 5
+    assert "no checks ran" in done.stdout
+
+
+def test_bad_command_line_exits_4_without_traceback(write_spec):
+    spec = write_spec(TOY_HEADER + "checks:\n  - metric: constant\n")
+    done = cli("run", spec, "--no-such-option")
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr and "ERROR" in done.stderr
+
+
+def test_bad_selection_or_override_is_a_usage_error(write_spec, robaudit_main):
+    spec = write_spec(TOY_HEADER + "checks:\n  - metric: constant\n")
+    for args in (("-k", "a and"), ("--set", "checks.5.expect.min=1"), ("--maxfail", "x")):
+        code, _, err = robaudit_main("run", spec, *args)
+        assert code == 4, args
+        assert "ERROR" in err
+
+
+def test_keyword_and_marker_selection(write_spec, robaudit_main):
+    spec = write_spec(TOY_HEADER + """
+checks:
+  - {id: alpha, metric: constant, tags: [fast]}
+  - {id: beta, metric: constant, tags: [slow]}
+  - {id: gamma, metric: constant, tags: [fast, deformation]}
+""")
+    _, picked, _ = robaudit_main("run", spec, "-k", "alpha or gamma")
+    assert "alpha" in picked and "gamma" in picked and "beta " not in picked
+    _, marked, _ = robaudit_main("run", spec, "-m", "fast and not deformation")
+    assert "alpha" in marked and "gamma " not in marked and "2 deselected" in marked
+
+
+def test_exitfirst_and_maxfail_stop_the_run(write_spec, robaudit_main):
+    spec = write_spec(TOY_HEADER + """
+checks:
+  - {id: one, metric: constant, params: {value: 0}, expect: {min: 1}}
+  - {id: two, metric: constant, params: {value: 0}, expect: {min: 1}}
+  - {id: three, metric: constant, params: {value: 0}, expect: {min: 1}}
+""")
+    code, first, _ = robaudit_main("run", spec, "-x")
+    assert code == 1 and "1 failed" in first and "two" not in first
+    _, two, _ = robaudit_main("run", spec, "--maxfail", "2")
+    assert "2 failed" in two and "three" not in two
+
+
+def test_set_overrides_a_threshold(write_spec, robaudit_main):
+    spec = write_spec(TOY_HEADER + """
+checks:
+  - {metric: constant, params: {value: 0.7}, expect: {min: 0.5}}
+""")
+    assert robaudit_main("run", spec, "--set", "checks.0.expect.min=0.9")[0] == 1
+    assert robaudit_main("run", spec, "--set", "checks.0.params.value=0.95",
+                         "--set", "checks.0.expect.min=0.9")[0] == 0
+
+
+def test_blocking_a_plugin_removes_its_metric(write_spec, robaudit_main):
+    spec = write_spec(TOY_HEADER + "checks:\n  - metric: rank_order_spearman\n")
+    code, _, err = robaudit_main("run", spec, "-p", "no:spearman")
+    assert code == 4
+    assert "unknown metric 'rank_order_spearman'" in err
+
+
+def test_ctrl_c_exits_2_and_keeps_reports(write_spec, tmp_path):
+    marker = tmp_path / "started"
+    spec = write_spec(TOY_HEADER + f"""
+checks:
+  - {{id: quick, metric: constant, expect: {{min: 0.1}}}}
+  - {{id: slow, metric: wait, params: {{seconds: 60, marker: "{marker}"}}}}
+""")
+    report = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONPATH": str(FIXTURES)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robaudit", "run", str(spec), "-p", "toy_plugin",
+         "--json", str(report)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "interrupted" in out
+    data = json.loads(report.read_text())
+    assert [c["id"] for c in data["checks"]] == ["quick"]
+
+
+def test_validate_metrics_plugins_schema_commands(write_spec, robaudit_main):
+    spec = write_spec(TOY_HEADER + "checks:\n  - metric: constant\n")
+    assert robaudit_main("validate", spec)[0] == 0
+    code, listing, _ = robaudit_main("metrics")
+    assert code == 0 and "rank_order_spearman" in listing and "pairs" in listing
+    _, plugins, _ = robaudit_main("plugins")
+    assert "toy_plugin" in plugins and "spearman" in plugins
+    schema = json.loads(robaudit_main("schema")[1])
+    assert "checks" in schema["properties"]
+    assert any(v["properties"]["metric"]["const"] == "rank_order_spearman"
+               for v in schema["$defs"]["CheckSpec"]["anyOf"])
+
+
+def test_missing_spec_file_exits_4(tmp_path: Path, robaudit_main):
+    code, _, err = robaudit_main("run", tmp_path / "nope.yaml")
+    assert code == 4 and "spec file not found" in err

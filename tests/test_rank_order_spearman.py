@@ -1,0 +1,75 @@
+"""``rank_order_spearman`` against analytic feature maps and a brute-force scipy loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+
+from robaudit.plugins.metrics.spearman import RankOrderSpearman
+from robaudit.testing import make_context, run_metric
+
+
+class Featurise(nn.Module):
+    """g = ``body``, followed by a linear head (the default feature layer is its input)."""
+
+    def __init__(self, body: nn.Module, dim: int) -> None:
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x.flatten(1)))
+
+
+def orthogonal(dim: int, seed: int = 0) -> nn.Linear:
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed)))
+    layer = nn.Linear(dim, dim)
+    layer.weight.data = 2.5 * q
+    return layer
+
+
+def test_scaled_orthogonal_feature_map_gives_exactly_one():
+    x = torch.rand(200, 1, 4, 4)
+    ctx = make_context(Featurise(orthogonal(16), 16), x, torch.zeros(200, dtype=torch.long))
+    result = run_metric(RankOrderSpearman(), ctx, pairs=50, trials=200)
+    assert result.value == 1.0
+    assert np.all(result.samples == 1.0)
+
+
+def test_deforming_map_matches_a_brute_force_scipy_estimate():
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 8), nn.Tanh())
+    for layer in body:
+        if isinstance(layer, nn.Linear):
+            layer.weight.data *= 6
+    model = Featurise(body, 8)
+    x = torch.rand(300, 1, 4, 4)
+    ctx = make_context(model, x, torch.zeros(300, dtype=torch.long))
+    result = run_metric(RankOrderSpearman(), ctx, pairs=100, trials=2000)
+
+    rng = np.random.default_rng(5)
+    with torch.no_grad():
+        g = body(x.flatten(1)).numpy()
+    flat = x.flatten(1).numpy()
+    brute = []
+    for _ in range(2000):
+        a = rng.integers(0, 300, size=100)
+        b = (a + rng.integers(1, 300, size=100)) % 300
+        d_in = [np.linalg.norm(flat[i] - flat[j]) for i, j in zip(a, b, strict=True)]
+        d_g = [np.linalg.norm(g[i] - g[j]) for i, j in zip(a, b, strict=True)]
+        brute.append(stats.spearmanr(d_in, d_g).statistic)
+    assert 0.05 < result.value < 0.95  # the map really deforms
+    # two Monte-Carlo estimates of the same mean: within 5 standard errors of their difference
+    se = np.hypot(np.std(brute) / np.sqrt(2000), result.samples.std() / np.sqrt(2000))
+    assert abs(result.value - np.mean(brute)) < 5 * se
+
+
+def test_same_seed_same_value_other_seed_other_value():
+    body = nn.Sequential(nn.Linear(16, 8), nn.ReLU())
+    x = torch.rand(100, 16)
+    y = torch.zeros(100, dtype=torch.long)
+    values = [run_metric(RankOrderSpearman(), make_context(Featurise(body, 8), x, y, seed=s),
+                         pairs=20, trials=50).value for s in (0, 0, 1)]
+    assert values[0] == values[1] != values[2]

@@ -1,0 +1,55 @@
+"""The runner: per-check seeding, data limits, and set-up errors."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from conftest import TOY_HEADER
+
+from robaudit.errors import UsageError
+from robaudit.pluginmanager import load_plugins
+from robaudit.session import Session, check_seed, outcome_of
+
+
+def run(path, **options):
+    session = Session(load_plugins(extra=["toy_plugin"]), argparse.Namespace(**options))
+    return session.run([str(path)])
+
+
+def test_a_checks_seed_does_not_depend_on_the_other_checks(write_spec):
+    alone = write_spec(TOY_HEADER + "checks:\n  - {id: a, metric: constant}\n", "alone.yaml")
+    more = write_spec(TOY_HEADER + """checks:
+  - {id: z, metric: constant}
+  - {id: a, metric: constant}
+""", "more.yaml")
+    [result_alone], _ = run(alone)
+    [result_more], _ = run(more)
+    seed_alone = result_alone.checks[0].details["seed"]
+    assert seed_alone == result_more.checks[1].details["seed"] == check_seed(0, "a")
+    assert result_more.checks[0].details["seed"] != seed_alone
+
+
+def test_limit_takes_a_seeded_subset_of_the_audit_split(write_spec):
+    spec = write_spec(TOY_HEADER.replace("source: toy", "source: toy\n  limit: 10")
+                      + "checks:\n  - metric: clean_accuracy\n")
+    [result], code = run(spec)
+    assert code == 0
+    assert result.checks[0].details["samples"] == 10
+
+
+def test_missing_reference_split_is_a_usage_error(write_spec):
+    spec = write_spec(TOY_HEADER.replace("source: toy", "source: toy\n  reference: val")
+                      + "checks:\n  - metric: constant\n")
+    with pytest.raises(UsageError, match=r"data\.reference: split 'val' does not exist"):
+        run(spec)
+
+
+@pytest.mark.parametrize(
+    ("value", "expect", "outcome"),
+    [(0.5, {"min": 0.5}, "passed"), (0.49, {"min": 0.5}, "failed"),
+     (2.0, {"max": 1.0}, "failed"), (0.7, {"min": 0.5, "max": 0.8}, "passed"),
+     (3.0, {}, "passed")],
+)
+def test_outcome_against_thresholds(value, expect, outcome):
+    assert outcome_of(value, expect)[0] == outcome

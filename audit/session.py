@@ -163,15 +163,19 @@ class Session:
         return splits
 
     # -- running ---------------------------------------------------------------------------
-    def run_check(self, check: Check, base: AuditContext) -> CheckResult:
+    def check_context(self, check: Check, base: AuditContext) -> AuditContext:
+        """The context of one check: the run's, with the check's own seed and generator."""
         seed = check_seed(base.seed, check.id)
         torch.manual_seed(seed)
-        ctx = AuditContext(
+        return AuditContext(
             model=base.model, splits=base.splits, split=base.split, reference=base.reference,
             batch_size=base.batch_size, device=base.device, seed=seed,
             generator=torch.Generator().manual_seed(seed), models=base.models,
             progress=base.progress, cache=base.cache,
         )
+
+    def run_check(self, check: Check, ctx: AuditContext) -> CheckResult:
+        """Compute one check and judge it; a metric that raises makes it ``error``."""
         params = check.params.model_dump(mode="json")
         start = time.perf_counter()
         common = {"id": check.id, "metric": check.metric.name, "expect": check.expect,
@@ -226,7 +230,7 @@ class Session:
             )
             self.hook.robaudit_audit_start(plan=plan)
             for check in plan.checks:
-                check_result = self.run_check(check, base)
+                check_result = self.run_check(check, self.check_context(check, base))
                 result.checks.append(check_result)
                 self.hook.robaudit_check_finished(result=check_result)
                 if check_result.outcome in ("failed", "error"):

@@ -1,0 +1,246 @@
+"""Batched DeepFool (Moosavi-Dezfooli, Fawzi & Frossard, CVPR 2016): the minimal perturbation
+that moves a sample across the nearest decision boundary, by iterated linearisation.
+
+At the iterate x_i the classifier is linearised around the original class k: for each
+candidate class j, f'_j = f_j(x_i) − f_k(x_i) (negative while x_i is still classified k) and
+w'_j = ∇f_j(x_i) − ∇f_k(x_i). The closest linearised boundary is l = argmin_j |f'_j| / ‖w'_j‖_q
+(q the dual norm: q = 2 for ℓ2, q = 1 for ℓ∞), and the step onto it is
+
+    ℓ2:  r_i = (|f'_l| / ‖w'_l‖₂ + s) · w'_l / ‖w'_l‖₂
+    ℓ∞:  r_i = (|f'_l| / ‖w'_l‖₁ + s) · sign(w'_l)
+
+with the small slack s = :data:`STEP_SLACK` of the original implementation (so that an
+iterate does not land exactly on a tie). The steps are summed into r_tot, the next iterate is
+x + (1 + overshoot) · r_tot, and the loop stops as soon as the predicted label differs from k
+or after ``max_iter`` steps; the returned perturbation is (1 + overshoot) · r_tot, as in the
+paper's Algorithm 2 and the authors' code. These are the boundary points z = x + r(x) whose
+curvature Fawzi et al. (CVPR 2018, section 3) study, and the inner step of universal
+perturbations (Moosavi-Dezfooli et al. 2017, Algorithm 1).
+
+Choices where the paper is silent or that the batched form needs:
+
+- Candidate classes: the original class k and the ``candidates − 1`` other classes with the
+  largest clean logits (the authors' ``num_classes`` = 10 "top" classes). k is the clean
+  prediction, or ``labels`` when given (then a sample that is already misclassified has
+  changed label before any step: 0 iterations, a zero perturbation, a zero normal).
+- Input box: with ``input_range`` every iterate is clipped to the box, and a coordinate that
+  sits on a face of the box while the step would push it outwards is removed from the
+  linearisation (w' set to 0 there), so the step is the minimal one among the moves that stay
+  feasible. ``perturbation`` is then ``boundary − x`` (x + r is the adversarial point in both
+  cases); without a box, ``perturbation`` is exactly (1 + overshoot) · r_tot.
+- A sample whose candidate gradients all vanish (a flat region) cannot move: it stops, with
+  ``converged`` False.
+- Batching: only the still-unfooled samples are computed on each iteration (the active
+  subset is indexed). The gradients of the candidate differences come from one forward pass
+  with ``retain_graph`` and one backward pass per candidate. On a CPU this measured fastest of
+  the three exact ways to get them (200 samples, 9 candidate differences, one thread): the
+  shipped digits ResNet 114 ms for the loop of backward passes, 145 ms for
+  ``autograd.grad(..., is_grads_batched=True)``, 170 ms for ``torch.func.jacrev``; on a
+  3-layer MLP all three take 1.6–2.7 ms. (A plain forward+backward of those samples takes
+  17 ms on the ResNet, so the floor of an iteration is ≈ (candidates − 1) backward passes.)
+  Whether an iterate crossed is checked with a gradient-free forward pass before the gradient
+  pass, so no backward pass is spent on a sample that has just been fooled.
+
+The function's memory grows with the batch of ``x`` (about ``candidates`` gradients of the
+batch are held at once): callers pass chunks of ``ctx.batch_size`` samples, as
+:func:`deepfool_split` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import torch
+
+from robaudit.ops.projections import Norm
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
+    from robaudit.model import ModelUnderAudit
+
+#: The slack added to each linearised step (the original implementation's 1e-4).
+STEP_SLACK = 1e-4
+
+
+@dataclass(frozen=True)
+class DeepFoolResult:
+    """The outcome of :func:`deepfool` for a batch of N samples (tensors on x's device).
+
+    perturbation  (N, *input) total perturbation r (overshoot included); x + r is the
+                  adversarial point.
+    boundary      (N, *input) the point x + r (clipped to ``input_range`` when given).
+    crossed_into  (N,) long: the class predicted at ``boundary``.
+    iterations    (N,) long: the number of linearised steps taken.
+    converged     (N,) bool: the label changed within ``max_iter`` steps.
+    normal        (N, *input) unit ℓ2 normal of the last linearised boundary: the normalised
+                  gradient of f_l − f_k at the last iterate where a step was taken (zero for a
+                  sample that took no step).
+    """
+
+    perturbation: torch.Tensor
+    boundary: torch.Tensor
+    crossed_into: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
+    normal: torch.Tensor
+
+    @staticmethod
+    def concat(parts: list[DeepFoolResult]) -> DeepFoolResult:
+        """The results of consecutive batches as one result."""
+        return DeepFoolResult(
+            *(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(DeepFoolResult))
+        )
+
+
+def deepfool(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    norm: Norm = "l2",
+    candidates: int = 10,
+    overshoot: float = 0.02,
+    max_iter: int = 50,
+    input_range: tuple[float, float] | None = None,
+    labels: torch.Tensor | None = None,
+) -> DeepFoolResult:
+    """DeepFool on the batch ``x`` against ``logits_fn`` (e.g. ``ctx.model.logits``).
+
+    See the module docstring for the algorithm and its choices. ``candidates`` counts the
+    original class too (at least 2; capped at the number of classes).
+    """
+    if norm not in ("l2", "linf"):
+        raise ValueError(f"unknown norm {norm!r}; expected 'l2' or 'linf'")
+    if candidates < 2:
+        raise ValueError("deepfool needs at least 2 candidate classes")
+    x = x.detach()
+    n = x.shape[0]
+    with torch.no_grad():
+        clean = logits_fn(x)
+    count = min(candidates, clean.shape[1])
+    original = clean.argmax(dim=1) if labels is None else labels.to(x.device).long()
+    others = clean.scatter(1, original[:, None], float("-inf")).topk(count - 1, dim=1).indices
+
+    r_tot = torch.zeros_like(x)
+    point = x.clone()
+    normal = torch.zeros_like(x)
+    iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+    predicted = clean.argmax(dim=1)
+    stuck = torch.zeros(n, dtype=torch.bool, device=x.device)
+    active = (predicted == original).nonzero().squeeze(1)
+    for _ in range(max_iter):
+        if active.numel() == 0:
+            break
+        step, unit_normal, movable = _linearised_step(
+            logits_fn, point[active], original[active], others[active], norm, input_range
+        )
+        normal[active] = unit_normal
+        stuck[active[~movable]] = True
+        iterations[active[movable]] += 1
+        r_tot[active] += step
+        point[active] = _clip(x[active] + (1 + overshoot) * r_tot[active], input_range)
+        active = active[movable]
+        with torch.no_grad():
+            predicted[active] = logits_fn(point[active]).argmax(dim=1)
+        active = active[predicted[active] == original[active]]
+
+    return DeepFoolResult(
+        perturbation=point - x,
+        boundary=point,
+        crossed_into=predicted,
+        iterations=iterations,
+        converged=(predicted != original) & ~stuck,
+        normal=normal,
+    )
+
+
+def _clip(v: torch.Tensor, input_range: tuple[float, float] | None) -> torch.Tensor:
+    return v if input_range is None else v.clamp(*input_range)
+
+
+def _linearised_step(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    point: torch.Tensor,
+    original: torch.Tensor,
+    others: torch.Tensor,
+    norm: Norm,
+    input_range: tuple[float, float] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One DeepFool step at ``point`` (A samples): the step r_i, the unit normal of the chosen
+    linearised boundary, and which samples could move (a nonzero chosen gradient)."""
+    with torch.enable_grad():
+        xa = point.detach().requires_grad_(True)
+        logits = logits_fn(xa)
+        base = logits.gather(1, original[:, None])
+        diffs = logits.gather(1, others) - base  # f'_j, shape (A, C-1)
+        grads = torch.stack(
+            [
+                torch.autograd.grad(
+                    diffs[:, j].sum(), xa, retain_graph=j < diffs.shape[1] - 1
+                )[0]
+                for j in range(diffs.shape[1])
+            ],
+            dim=1,
+        )  # w'_j, shape (A, C-1, *input)
+    diffs = diffs.detach()
+    feasible = grads
+    if input_range is not None:
+        lo, hi = input_range
+        at_lo = (point <= lo).unsqueeze(1)
+        at_hi = (point >= hi).unsqueeze(1)
+        blocked = (at_lo & (grads < 0)) | (at_hi & (grads > 0))
+        feasible = grads.masked_fill(blocked, 0.0)
+    flat = feasible.flatten(2)
+    dual = flat.norm(p=2, dim=2) if norm == "l2" else flat.abs().sum(dim=2)
+    distance = diffs.abs() / dual
+    distance = torch.where(dual > 0, distance, torch.full_like(distance, float("inf")))
+    best = distance.argmin(dim=1)
+    rows = torch.arange(point.shape[0], device=point.device)
+    chosen = feasible[rows, best]
+    length = distance[rows, best]
+    movable = torch.isfinite(length)
+    length = torch.where(movable, length + STEP_SLACK, torch.zeros_like(length))
+    shape = (-1, *([1] * (point.dim() - 1)))
+    if norm == "l2":
+        direction = chosen / dual[rows, best].clamp_min(1e-30).view(shape)
+    else:
+        direction = chosen.sign()
+    raw = grads[rows, best]
+    raw_norm = raw.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)
+    return length.view(shape) * direction, raw / raw_norm, movable
+
+
+def deepfool_split(
+    ctx: AuditContext,
+    *,
+    split: str | None = None,
+    model: ModelUnderAudit | None = None,
+    norm: Norm = "l2",
+    overshoot: float = 0.02,
+    candidates: int = 10,
+    max_iter: int = 50,
+) -> DeepFoolResult:
+    """DeepFool on a whole split, in ``ctx.batch_size`` chunks, clipped to the model's input
+    range, from the clean predictions; cached in ``ctx.cache`` under
+    ``("deepfool", model.name, split, norm, overshoot, candidates, max_iter)`` so that every
+    check that needs the boundary points (distortion, curvature, …) shares one run."""
+    mua = model or ctx.model
+    name = split or ctx.split
+
+    def compute() -> DeepFoolResult:
+        data = ctx.data(name)
+        task = ctx.progress(len(data), f"DeepFool ({norm}) on {name}")
+        parts = []
+        for x, _ in ctx.batches(name):
+            parts.append(
+                deepfool(
+                    mua.logits, x, norm=norm, candidates=candidates, overshoot=overshoot,
+                    max_iter=max_iter, input_range=mua.input_range,
+                )
+            )
+            task.advance(x.shape[0])
+        return DeepFoolResult.concat(parts)
+
+    key = ("deepfool", mua.name, name, norm, overshoot, candidates, max_iter)
+    return ctx.cache.get_or_compute(key, compute)

@@ -1,0 +1,297 @@
+"""The built-in data sources: ``digits``, ``npz``, ``imagefolder`` and ``torchvision``.
+
+Each loads every split it has as CPU tensors: ``x`` float32 N×C×H×W (or N×D), ``y`` int64 N.
+Nothing is ever downloaded: ``digits`` ships with scikit-learn, the others read files that must
+already be on disk. Problems are :class:`robaudit.UsageError` s that name the key (``data.path``),
+the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, ValidationInfo, field_validator
+
+from robaudit import DataSplit, UsageError, hookimpl
+from robaudit.datasource import DataSource, SourceOptions
+
+#: The fixed split of the digits data set: a quarter for test, stratified by class. It does not
+#: depend on the spec's seed, so that every audit and the shipped model see the same test set.
+DIGITS_TEST_FRACTION = 0.25
+DIGITS_SPLIT_SEED = 0
+
+
+# -- digits ---------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = digits.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=DIGITS_TEST_FRACTION, stratify=y, random_state=DIGITS_SPLIT_SEED
+    )
+    return {"train": (x_train, y_train), "test": (x_test, y_test)}
+
+
+def digits_splits() -> dict[str, DataSplit]:
+    """scikit-learn's 8×8 digits (1797 images, 10 classes) as 1×8×8 images in [0, 1] (the
+    pixel counts 0..16 divided by 16), split once into "train" (75%) and "test" (25%),
+    stratified by class with a fixed seed. Fresh tensors on every call; the arrays are cached."""
+    return {
+        name: DataSplit(torch.tensor(x), torch.tensor(y))
+        for name, (x, y) in _digits_arrays().items()
+    }
+
+
+class DigitsSource(DataSource):
+    """``source: digits`` — the default data set of robaudit's audits (no options)."""
+
+    name: ClassVar[str] = "digits"
+
+    def load(self, options: Any, base_dir: Path, seed: int) -> dict[str, DataSplit]:
+        return digits_splits()
+
+
+# -- helpers --------------------------------------------------------------------------------
+def _existing(value: str, info: ValidationInfo, kind: Literal["file", "folder"]) -> str:
+    """Check at validation time (``robaudit validate``) that the path exists."""
+    base = (info.context or {}).get("base_dir")
+    if base is not None:
+        path = Path(base) / value
+        found = path.is_file() if kind == "file" else path.is_dir()
+        if not found:
+            raise ValueError(f"{kind} not found: {path}")
+    return value
+
+
+def _as_split(x: torch.Tensor, y: torch.Tensor) -> DataSplit:
+    return DataSplit(x.to(torch.float32).contiguous(), y.to(torch.int64).contiguous())
+
+
+# -- npz ------------------------------------------------------------------------------------
+class NpzOptions(SourceOptions):
+    path: str = Field(description="the .npz file, relative to the spec")
+    scale: float = Field(1.0, gt=0, description="multiply x by this (e.g. 1/255 for uint8)")
+
+    @field_validator("path")
+    @classmethod
+    def _file_exists(cls, value: str, info: ValidationInfo) -> str:
+        return _existing(value, info, "file")
+
+
+class NpzSource(DataSource):
+    """``source: npz`` — arrays ``x_<split>`` / ``y_<split>`` for each split, or ``x`` / ``y``
+    for a single split named "test". ``x`` is N×C×H×W or N×D, ``y`` N integer labels."""
+
+    name: ClassVar[str] = "npz"
+    Options: ClassVar[type[SourceOptions]] = NpzOptions
+
+    def load(self, options: Any, base_dir: Path, seed: int) -> dict[str, DataSplit]:
+        file = base_dir / options.path
+        if not file.is_file():
+            raise UsageError(f"data.path: file not found: {file}")
+        try:
+            with np.load(file, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise UsageError(f"data.path: cannot read {file} as .npz: {exc}") from None
+        names = sorted(key[2:] for key in arrays if key.startswith("x_") and len(key) > 2)
+        if "x" in arrays:
+            if "test" in names:
+                raise UsageError(
+                    f"data.path: {file} holds both `x` and `x_test`; `x` is the split named "
+                    "test, so keep only one of them"
+                )
+            names.append("test")
+        if not names:
+            raise UsageError(
+                f"data.path: {file} holds no `x` nor `x_<split>` array "
+                f"(found: {', '.join(sorted(arrays)) or 'nothing'})"
+            )
+        splits = {}
+        for split in names:
+            x_key, y_key = ("x", "y") if split == "test" and "x" in arrays else (
+                f"x_{split}", f"y_{split}")
+            if y_key not in arrays:
+                raise UsageError(f"data.path: {file} has `{x_key}` but no `{y_key}` array")
+            x, y = _check_npz_arrays(file, x_key, arrays[x_key], y_key, arrays[y_key])
+            splits[split] = _as_split(torch.from_numpy(x) * options.scale, torch.from_numpy(y))
+        return splits
+
+
+def _check_npz_arrays(
+    file: Path, x_key: str, x: np.ndarray, y_key: str, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check the shapes and dtypes of one split's arrays; the message names file and array."""
+    where = f"data.path: {file}"
+    if x.ndim not in (2, 4) or x.shape[0] == 0:
+        raise UsageError(
+            f"{where}: array `{x_key}` has shape {x.shape}; expected N×C×H×W (4-D images) "
+            "or N×D (2-D vectors) with N > 0"
+        )
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise UsageError(f"{where}: array `{x_key}` has dtype {x.dtype}; expected numbers")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise UsageError(
+            f"{where}: array `{y_key}` has shape {y.shape}; expected ({x.shape[0]},), "
+            f"one label per row of `{x_key}`"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise UsageError(f"{where}: array `{y_key}` has dtype {y.dtype}; expected integer labels")
+    if y.min() < 0:
+        raise UsageError(f"{where}: array `{y_key}` has negative labels; expected 0..K-1")
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+# -- imagefolder ----------------------------------------------------------------------------
+#: Sub-folders that name splits (not classes) in an image folder.
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+class ImageFolderOptions(SourceOptions):
+    path: str = Field(
+        description="a folder of class folders, or of train/ val/ test/ folders of class folders"
+    )
+    size: int = Field(ge=1, description="images are resized to size×size")
+    channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB")
+
+    @field_validator("path")
+    @classmethod
+    def _folder_exists(cls, value: str, info: ValidationInfo) -> str:
+        return _existing(value, info, "folder")
+
+
+class ImageFolderSource(DataSource):
+    """``source: imagefolder`` — images in class folders (``torchvision.datasets.ImageFolder``),
+    resized to ``size``×``size``, in [0, 1]. With split folders (``train/``, ``val/``,
+    ``test/``) each is a split; otherwise the folder is the single split "test". Class indices
+    follow the sorted class names of all splits together."""
+
+    name: ClassVar[str] = "imagefolder"
+    Options: ClassVar[type[SourceOptions]] = ImageFolderOptions
+
+    def load(self, options: Any, base_dir: Path, seed: int) -> dict[str, DataSplit]:
+        from torchvision import datasets, transforms
+
+        root = base_dir / options.path
+        if not root.is_dir():
+            raise UsageError(f"data.path: folder not found: {root}")
+        folders = {s: root / s for s in SPLIT_FOLDERS if _has_subfolders(root / s)}
+        if not folders:
+            folders = {"test": root}
+        steps: list[Any] = [transforms.Grayscale(1)] if options.channels == 1 else []
+        transform = transforms.Compose(
+            [*steps, transforms.Resize((options.size, options.size)), transforms.ToTensor()]
+        )
+        loaded = {}
+        for split, folder in folders.items():
+            try:
+                loaded[split] = datasets.ImageFolder(str(folder), transform=transform)
+            except (FileNotFoundError, OSError) as exc:
+                raise UsageError(f"data.path: {folder}: {exc}") from None
+        classes = sorted({name for dataset in loaded.values() for name in dataset.classes})
+        index = {name: i for i, name in enumerate(classes)}
+        splits = {}
+        for split, dataset in loaded.items():
+            images, labels = [], []
+            for i in range(len(dataset)):
+                try:
+                    image, target = dataset[i]
+                except OSError as exc:
+                    raise UsageError(
+                        f"data.path: cannot read image {dataset.samples[i][0]}: {exc}"
+                    ) from None
+                images.append(image)
+                labels.append(index[dataset.classes[target]])
+            splits[split] = _as_split(torch.stack(images), torch.tensor(labels))
+        return splits
+
+
+def _has_subfolders(folder: Path) -> bool:
+    return folder.is_dir() and any(child.is_dir() for child in folder.iterdir())
+
+
+# -- torchvision ----------------------------------------------------------------------------
+class TorchvisionOptions(SourceOptions):
+    dataset: str = Field(description="a torchvision.datasets class, e.g. MNIST or CIFAR10")
+    root: str = Field(description="the folder that already holds the data set (never downloaded)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        from torchvision import datasets
+        from torchvision.datasets import VisionDataset
+
+        found = getattr(datasets, value, None)
+        if not (isinstance(found, type) and issubclass(found, VisionDataset)):
+            raise ValueError(f"torchvision.datasets has no data set class {value!r}")
+        return value
+
+    @field_validator("root")
+    @classmethod
+    def _root_exists(cls, value: str, info: ValidationInfo) -> str:
+        return _existing(value, info, "folder")
+
+
+class TorchvisionSource(DataSource):
+    """``source: torchvision`` — a ``torchvision.datasets`` class read from ``root`` with
+    ``download=False``: splits "train" and "test" (``train=True/False``, or ``split=`` for the
+    classes that take it, e.g. SVHN). Images become tensors in [0, 1] (``ToTensor``)."""
+
+    name: ClassVar[str] = "torchvision"
+    Options: ClassVar[type[SourceOptions]] = TorchvisionOptions
+
+    def load(self, options: Any, base_dir: Path, seed: int) -> dict[str, DataSplit]:
+        from torchvision import datasets, transforms
+
+        cls = getattr(datasets, options.dataset)
+        root = base_dir / options.root
+        parameters = inspect.signature(cls.__init__).parameters
+        if "train" in parameters:
+            selectors = {"train": {"train": True}, "test": {"train": False}}
+        elif "split" in parameters:
+            selectors = {"train": {"split": "train"}, "test": {"split": "test"}}
+        else:
+            raise UsageError(
+                f"data.dataset: {options.dataset} takes neither `train=` nor `split=`; "
+                "save it as .npz and use `source: npz`"
+            )
+        splits = {}
+        for split, selector in selectors.items():
+            try:
+                dataset = cls(str(root), download=False, transform=transforms.ToTensor(),
+                              **selector)
+            except RuntimeError as exc:
+                raise UsageError(
+                    f"data.root: {options.dataset} ({split}) is not on disk under {root}: "
+                    f"{exc}. robaudit never downloads: the data set must already be on disk "
+                    f"(e.g. run torchvision.datasets.{options.dataset}(root, download=True) "
+                    "once yourself)"
+                ) from None
+            splits[split] = _vision_tensors(dataset)
+        return splits
+
+
+def _vision_tensors(dataset: Any) -> DataSplit:
+    """All of a torchvision data set as tensors (one pass through its transform)."""
+    images, labels = [], []
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        images.append(image)
+        labels.append(int(label))
+    return _as_split(torch.stack(images), torch.tensor(labels))
+
+
+@hookimpl
+def robaudit_register_data_sources(register: Any) -> None:
+    for source in (DigitsSource(), NpzSource(), ImageFolderSource(), TorchvisionSource()):
+        register(source)

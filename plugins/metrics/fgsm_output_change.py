@@ -1,0 +1,93 @@
+"""``fgsm_output_change``: the ℓ1 change of the softmax output under FGSM (Ghorbani & Zou 2017,
+Appendix G)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
+from robaudit.context import AuditContext
+
+
+class FgsmChangeParams(MetricParams):
+    eps: float = Field(
+        2.0 / 256.0, gt=0,
+        description="FGSM step in input units; default 2/256, the paper's ε = 2 on its "
+                    "[0, 256] box scaled to a [0, 1] input range (use eps: 2 for a [0, 256] box)",
+    )
+    clip: bool = Field(True, description="clip x* to the model's input_range (the paper does not)")
+
+
+class FgsmOutputChange(Metric):
+    """Mean ℓ1 change of the output probability vector when FGSM perturbs the input.
+
+    Ghorbani & Zou (2017), section 4 (Figure 6) and Appendix G: for an audit sample x with label
+    y, x* = x + ε·sign(∇ₓ L(x, y)) with L the cross-entropy of the model's softmax, and the
+    robustness measure is ‖P − P*‖₁ where P and P* are the softmax vectors at x and x*.
+    value: the mean over the audit split (0 = the output does not move, 2 = the largest
+    possible change; lower is better); the per-sample changes are the samples. ``details``
+    also give the fraction of predictions that FGSM changes and the accuracy before and after.
+
+    Choices: ε is in input units, default 2/256 — the paper's ε = 2 was on its [0, 256]
+    synthetic box, i.e. 1/128 of the box width, which is 2/256 for the usual [0, 1] range. By
+    default x* is clipped to the model's ``input_range`` (as every attack of robaudit is);
+    Appendix G's formula has no clipping, which ``clip: false`` reproduces. A zero gradient
+    component gives sign 0 (no step along it), as torch.sign. The gradient is that of the
+    summed per-sample losses, so each sample's step depends on its own loss only (the model
+    is in eval mode).
+    """
+
+    name: ClassVar[str] = "fgsm_output_change"
+    Params: ClassVar[type[MetricParams]] = FgsmChangeParams
+    higher_is_better: ClassVar[bool] = False
+    source: ClassVar[str] = "Ghorbani & Zou 2017, section 4 (Figure 6), Appendix G"
+
+    def compute(self, ctx: AuditContext, params: FgsmChangeParams) -> MetricResult:
+        model = ctx.model
+        low, high = model.input_range
+        changes, flipped, correct, correct_adv = [], [], [], []
+        task = ctx.progress(len(ctx.data()), "FGSM output change")
+        for x, y in ctx.batches():
+            x = x.clone().requires_grad_(True)
+            logits = model.logits(x)
+            loss = F.cross_entropy(logits, y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+            with torch.no_grad():
+                x_adv = x + params.eps * grad.sign()
+                if params.clip:
+                    x_adv = x_adv.clamp(low, high)
+                logits_adv = model.logits(x_adv)
+                p, p_adv = logits.softmax(dim=1), logits_adv.softmax(dim=1)
+                changes.append((p - p_adv).abs().sum(dim=1).double().cpu())
+                pred, pred_adv = logits.argmax(dim=1), logits_adv.argmax(dim=1)
+                flipped.append((pred != pred_adv).cpu())
+                correct.append((pred == y).cpu())
+                correct_adv.append((pred_adv == y).cpu())
+            task.advance(x.shape[0])
+        samples = torch.cat(changes).numpy()
+        return MetricResult(
+            value=float(samples.mean()),
+            samples=samples,
+            details={
+                "eps": params.eps,
+                "prediction_changed": float(torch.cat(flipped).double().mean()),
+                "accuracy": float(torch.cat(correct).double().mean()),
+                "fgsm_accuracy": float(torch.cat(correct_adv).double().mean()),
+                "max_change": float(samples.max()),
+            },
+        )
+
+    def floor(self, ctx: AuditContext, params: FgsmChangeParams) -> Floor:
+        n = len(ctx.data())
+        return Floor(forward=n, gradient=n,
+                     note="a gradient pass at x (giving P) and a forward pass at x*")
+
+
+@hookimpl
+def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
+    register(FgsmOutputChange())

@@ -1,0 +1,240 @@
+"""``intertwinedness``: ITW_n and ITW_r of Ghorbani & Zou (2017, section 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
+from robaudit.context import AuditContext
+from robaudit.errors import MetricError
+from robaudit.ops.neighbors import knn, radius_label_counts
+
+#: Default radii as quantiles of the audit-to-reference distances (see the docstring).
+DEFAULT_QUANTILES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+#: Pairs drawn to estimate the distance quantiles that set the radii.
+QUANTILE_PAIRS = 200_000
+
+
+class IntertwinednessParams(MetricParams):
+    n: int = Field(10, ge=1, description="the n of ITW_n whose feature-space mean is the value")
+    ns: list[int] | None = Field(
+        None, min_length=1,
+        description="the n of the ITW_n curves; default: 1, 2, 5, 10, 20, 50, ... up to the "
+                    "reference size (the paper plots n = 1 … 1000)",
+    )
+    radii: list[float] = Field(
+        list(DEFAULT_QUANTILES), min_length=1,
+        description="the r of the ITW_r curves: quantiles in (0, 1] of the distances between "
+                    "audit and reference samples in each space (radius_units: quantile), or "
+                    "absolute input-space radii (radius_units: absolute)",
+    )
+    feature_radii: list[float] | None = Field(
+        None, min_length=1,
+        description="absolute feature-space radii, one per entry of radii (radius_units: "
+                    "absolute only); default: radii",
+    )
+    radius_units: Literal["quantile", "absolute"] = "quantile"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IntertwinednessParams:
+        if self.ns is not None and any(v < 1 for v in self.ns):
+            raise ValueError("every entry of ns must be >= 1")
+        if any(r <= 0 for r in self.radii) or any(r <= 0 for r in self.feature_radii or []):
+            raise ValueError("radii must be > 0")
+        if self.radius_units == "quantile":
+            if any(r > 1 for r in self.radii):
+                raise ValueError("with radius_units: quantile, radii are quantiles in (0, 1]")
+            if self.feature_radii is not None:
+                raise ValueError("feature_radii goes with radius_units: absolute")
+        elif self.feature_radii is not None and len(self.feature_radii) != len(self.radii):
+            raise ValueError("feature_radii needs one entry per entry of radii (paired rows)")
+        return self
+
+
+class Intertwinedness(Metric):
+    """How many of a sample's nearest training samples share its class, in input and feature space.
+
+    Ghorbani & Zou (2017), section 2 (Figure 2). For an audit sample x with label y:
+    ITW_n(x) = the fraction of its n nearest reference (training) samples whose label is y;
+    ITW_r(x) = the fraction of the reference samples within distance r of x whose label is y,
+    defined only when there is at least one (samples with none are left out of the mean at that
+    r, and their count is reported as ``no_neighbour`` in the curve table). Both are computed
+    in the input space (flattened inputs, ℓ2) and in the feature space g (the model's feature
+    layer). value: the mean feature-space ITW_n at ``n`` (higher = classes less intertwined in
+    g); the per-sample values are the samples. ``details`` hold the mean input-space ITW_n at
+    ``n``, both ITW_n curves and both ITW_r curves; two LinePlots draw input vs feature space.
+
+    Choices where the paper is silent:
+    - Radii. Input and feature distances live on unrelated scales, so one list of absolute radii
+      cannot serve both spaces. By default (``radius_units: quantile``) each entry q of
+      ``radii`` becomes, in each space separately, the q-quantile of the distances between
+      audit and reference samples (over all pairs when there are at most 200,000, else
+      estimated from 200,000 random pairs drawn from the check's generator): at quantile q
+      about a fraction q of all reference samples lie within r of an average sample, so the
+      two curves share a scale-free x axis. With
+      ``radius_units: absolute``, ``radii`` are input-space radii and ``feature_radii``
+      (default: the same list; else one per entry of ``radii``) feature-space radii.
+    - The label of x is its true label; the n nearest use ℓ2 distance, ties broken arbitrarily.
+    - When the reference split is the audit split itself (no separate training data), each
+      sample is left out of its own neighbours (leave-one-out).
+    - ``n`` (or an entry of ``ns``) larger than the reference set is a MetricError; the default
+      curve stops at the reference size. The paper's curves run to n = 1000 on 1000 samples.
+    """
+
+    name: ClassVar[str] = "intertwinedness"
+    Params: ClassVar[type[MetricParams]] = IntertwinednessParams
+    higher_is_better: ClassVar[bool] = True
+    source: ClassVar[str] = "Ghorbani & Zou 2017, section 2 (ITW_n, ITW_r, Figure 2)"
+
+    def compute(self, ctx: AuditContext, params: IntertwinednessParams) -> MetricResult:
+        data, ref = ctx.data(), ctx.data(ctx.reference)
+        same_split = ref is data or ctx.reference == ctx.split
+        available = len(ref) - (1 if same_split else 0)
+        if available < params.n:
+            raise MetricError(
+                f"intertwinedness: n = {params.n} nearest neighbours asked for, but the reference "
+                f"split {ctx.reference!r} has only {available} candidate samples"
+            )
+        ns = sorted(set(params.ns)) if params.ns is not None else _default_ns(available)
+        largest = max([*ns, params.n])
+        if largest > available:
+            raise MetricError(
+                f"intertwinedness: ns asks for {largest} nearest neighbours, but the reference "
+                f"split {ctx.reference!r} has only {available} candidate samples"
+            )
+        feats, _ = ctx.features()
+        ref_feats, _ = ctx.features(ctx.reference)
+        device = feats.device
+        labels, ref_labels = data.y.to(device), ref.y.to(device)
+        num_classes = int(max(labels.max(), ref_labels.max())) + 1
+        exclude = torch.arange(len(data), device=device) if same_split else None
+        spaces = {
+            "input": (data.x.flatten(1).to(device), ref.x.flatten(1).to(device)),
+            "feature": (feats, ref_feats),
+        }
+        task = ctx.progress(2, "intertwinedness (input and feature space)")
+        per_n: dict[str, torch.Tensor] = {}
+        itw_r: dict[str, list[float]] = {}
+        empty: dict[str, list[int]] = {}
+        radii_used: dict[str, list[float]] = {}
+        for space, (queries, reference) in spaces.items():
+            chunk = _query_chunk(ctx.batch_size, reference.shape[0], largest)
+            _, index = knn(queries, reference, largest, exclude=exclude, query_chunk=chunk)
+            same = (ref_labels[index] == labels[:, None]).double()
+            per_n[space] = same.cumsum(dim=1) / torch.arange(1, largest + 1, device=device)
+            radii = self._radii(ctx, params, space, queries, reference, exclude)
+            counts = radius_label_counts(queries, reference, ref_labels, radii, num_classes,
+                                         exclude=exclude, query_chunk=chunk)
+            counts = counts.double()
+            total = counts.sum(dim=2)
+            own = counts.gather(2, labels.view(-1, 1, 1).expand(-1, len(radii), 1)).squeeze(2)
+            has = total > 0
+            ratio = torch.where(has, own / total.clamp(min=1), torch.nan)
+            itw_r[space] = [float(v) for v in ratio.nanmean(dim=0).cpu()]
+            empty[space] = [int(v) for v in (~has).sum(dim=0).cpu()]
+            radii_used[space] = radii
+            task.advance(1)
+
+        samples = per_n["feature"][:, params.n - 1].cpu().numpy()
+        curve_n = {s: [float(per_n[s][:, m - 1].mean()) for m in ns] for s in spaces}
+        n_table = [{"n": m, "input": curve_n["input"][i], "feature": curve_n["feature"][i]}
+                   for i, m in enumerate(ns)]
+        r_table = [
+            {"r": params.radii[j], "input_radius": radii_used["input"][j],
+             "feature_radius": radii_used["feature"][j],
+             "input": itw_r["input"][j], "feature": itw_r["feature"][j],
+             "input_no_neighbour": empty["input"][j], "feature_no_neighbour": empty["feature"][j]}
+            for j in range(len(params.radii))
+        ]
+        return MetricResult(
+            value=float(np.mean(samples)),
+            samples=samples,
+            details={
+                "input_itw_n": float(per_n["input"][:, params.n - 1].mean()),
+                "n": params.n,
+                "reference_samples": len(ref),
+                "leave_one_out": same_split,
+                "itw_n_curve": n_table,
+                "itw_r_curve": r_table,
+            },
+            figures=self._figures(params, ns, curve_n, itw_r, radii_used),
+        )
+
+    @staticmethod
+    def _radii(ctx: AuditContext, params: IntertwinednessParams, space: str,
+               queries: torch.Tensor, reference: torch.Tensor, exclude: torch.Tensor | None
+               ) -> list[float]:
+        if params.radius_units == "absolute":
+            chosen = params.feature_radii if space == "feature" else None
+            return list(chosen or params.radii)
+        if queries.shape[0] * reference.shape[0] <= QUANTILE_PAIRS:
+            dist = torch.cdist(queries, reference)
+            if exclude is not None:
+                dist = dist[exclude[:, None] != torch.arange(reference.shape[0],
+                                                             device=dist.device)]
+            dist = dist.flatten()
+        else:
+            a = torch.randint(0, queries.shape[0], (QUANTILE_PAIRS,), generator=ctx.generator)
+            b = torch.randint(0, reference.shape[0], (QUANTILE_PAIRS,), generator=ctx.generator)
+            dist = (queries[a.to(queries.device)] - reference[b.to(queries.device)]).norm(dim=1)
+        q = torch.as_tensor(params.radii, dtype=torch.float64)
+        return [float(v) for v in torch.quantile(dist.double().cpu(), q)]
+
+    @staticmethod
+    def _figures(params: IntertwinednessParams, ns: list[int], curve_n: dict[str, list[float]],
+                 itw_r: dict[str, list[float]], radii: dict[str, list[float]]) -> list[LinePlot]:
+        figures = [LinePlot(
+            title="ITW_n: same-class fraction of the n nearest training samples",
+            x=tuple(float(m) for m in ns),
+            series={"input space": tuple(curve_n["input"]),
+                    "feature space": tuple(curve_n["feature"])},
+            xlabel="n", ylabel="mean ITW_n", logx=True,
+        )]
+        if params.radius_units == "quantile" or radii["input"] == radii["feature"]:
+            figures.append(LinePlot(
+                title="ITW_r: same-class fraction of the training samples within r",
+                x=tuple(float(r) for r in params.radii),
+                series={"input space": tuple(itw_r["input"]),
+                        "feature space": tuple(itw_r["feature"])},
+                xlabel="r (quantile of the distances)" if params.radius_units == "quantile"
+                else "r", ylabel="mean ITW_r", logx=True,
+            ))
+        else:
+            for space in ("input", "feature"):
+                figures.append(LinePlot(
+                    title=f"ITW_r in {space} space", x=tuple(radii[space]),
+                    series={f"{space} space": tuple(itw_r[space])},
+                    xlabel="r", ylabel="mean ITW_r", logx=True,
+                ))
+        return figures
+
+    def floor(self, ctx: AuditContext, params: IntertwinednessParams) -> Floor:
+        extra = 0 if ctx.reference == ctx.split else len(ctx.data(ctx.reference))
+        return Floor(forward=len(ctx.data()) + extra,
+                     note="features of the audit and reference splits, one forward pass each")
+
+
+def _default_ns(available: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, … up to ``available`` (which ends the list)."""
+    values, decade = [], 1
+    while decade <= available:
+        values.extend(m * decade for m in (1, 2, 5) if m * decade <= available)
+        decade *= 10
+    if values[-1] != available:
+        values.append(available)
+    return values
+
+
+def _query_chunk(batch_size: int, reference_size: int, k: int) -> int:
+    """Queries per distance block: about batch_size × 8192 distances in memory at once."""
+    return max(1, batch_size * 8192 // max(1, min(reference_size, 8192) + k))
+
+
+@hookimpl
+def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
+    register(Intertwinedness())

@@ -1,0 +1,160 @@
+"""intertwinedness (Ghorbani & Zou 2017, section 2) and the k-NN primitives it uses, against
+brute-force loops and a mixture whose clusters are far apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from robaudit.errors import MetricError
+from robaudit.ops.neighbors import knn, radius_label_counts
+from robaudit.plugins.loaders.gaussian_mixture import MixtureOptions, mixture_splits
+from robaudit.plugins.metrics.intertwinedness import Intertwinedness
+from robaudit.testing import make_context, run_metric
+
+
+def random_net(d: int, seed: int, classes: int = 3) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, 5), nn.Linear(5, classes))
+
+
+def small_case(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(25, 4, generator=g), torch.randint(0, 3, (25,), generator=g)
+    xr, yr = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    return x, y, xr, yr
+
+
+def brute_itw_n(q: np.ndarray, yq: np.ndarray, r: np.ndarray, yr: np.ndarray, n: int,
+                skip_self: bool = False) -> list[float]:
+    out = []
+    for i in range(len(q)):
+        dist = [(float(np.linalg.norm(q[i] - r[j])), j) for j in range(len(r))
+                if not (skip_self and j == i)]
+        dist.sort()
+        out.append(sum(yr[j] == yq[i] for _, j in dist[:n]) / n)
+    return out
+
+
+def brute_itw_r(q: np.ndarray, yq: np.ndarray, r: np.ndarray, yr: np.ndarray, radius: float
+                ) -> tuple[float, int]:
+    ratios, empty = [], 0
+    for i in range(len(q)):
+        inside = [j for j in range(len(r)) if np.linalg.norm(q[i] - r[j]) <= radius]
+        if not inside:
+            empty += 1
+            continue
+        ratios.append(sum(yr[j] == yq[i] for j in inside) / len(inside))
+    return float(np.mean(ratios)), empty
+
+
+def test_knn_matches_sorting_with_small_chunks_and_exclusion() -> None:
+    g = torch.Generator().manual_seed(3)
+    q, r = torch.randn(13, 5, generator=g), torch.randn(29, 5, generator=g)
+    d, i = knn(q, r, 6, query_chunk=4, reference_chunk=7)
+    full = torch.cdist(q, r)
+    expected_d, expected_i = full.sort(dim=1)
+    assert torch.equal(i, expected_i[:, :6])
+    torch.testing.assert_close(d, expected_d[:, :6])
+    exclude = expected_i[:, 0]  # forbid each query's nearest: the next ones move up
+    _, i2 = knn(q, r, 6, exclude=exclude, query_chunk=5, reference_chunk=3)
+    assert torch.equal(i2, expected_i[:, 1:7])
+    with pytest.raises(ValueError):
+        knn(q, r, 30)
+
+
+def test_radius_label_counts_match_a_loop() -> None:
+    g = torch.Generator().manual_seed(4)
+    q, r = torch.randn(9, 3, generator=g), torch.randn(31, 3, generator=g)
+    labels = torch.randint(0, 3, (31,), generator=g)
+    counts = radius_label_counts(q, r, labels, [0.5, 1.0, 2.0], 3, query_chunk=2,
+                                 reference_chunk=5)
+    dist = torch.cdist(q, r)
+    for a in range(9):
+        for j, radius in enumerate([0.5, 1.0, 2.0]):
+            for c in range(3):
+                assert counts[a, j, c] == int(((dist[a] <= radius) & (labels == c)).sum())
+
+
+@pytest.mark.parametrize("leave_one_out", [False, True])
+def test_itw_n_and_itw_r_equal_brute_force(leave_one_out: bool) -> None:
+    x, y, xr, yr = small_case()
+    model = random_net(4, seed=1)
+    ctx = make_context(model, x, y, reference=(xr, yr), batch_size=8)
+    if leave_one_out:
+        ctx.reference = "test"  # the audit split is its own reference: skip each sample itself
+        xr, yr = x, y
+    radii = [0.8, 1.5, 3.0]
+    result = run_metric(Intertwinedness(), ctx, n=3, ns=[1, 3, 7, 20], radius_units="absolute",
+                        radii=radii, feature_radii=[0.05, 0.2, 0.6])
+    feats = ctx.model.features(x).detach().double().numpy()
+    ref_feats = ctx.model.features(xr).detach().double().numpy()
+    xq, xrn = x.double().numpy(), xr.double().numpy()
+    yq, yrn = y.numpy(), yr.numpy()
+    expected = brute_itw_n(feats, yq, ref_feats, yrn, 3, leave_one_out)
+    np.testing.assert_allclose(result.samples, expected)
+    assert result.value == pytest.approx(np.mean(expected))
+    for row in result.details["itw_n_curve"]:
+        m = row["n"]
+        assert row["input"] == pytest.approx(np.mean(brute_itw_n(xq, yq, xrn, yrn, m,
+                                                                 leave_one_out)))
+        assert row["feature"] == pytest.approx(np.mean(brute_itw_n(feats, yq, ref_feats, yrn,
+                                                                   m, leave_one_out)))
+    if not leave_one_out:
+        curve = result.details["itw_r_curve"]
+        for row, radius in zip(curve, radii, strict=True):
+            mean, empty = brute_itw_r(xq, yq, xrn, yrn, radius)
+            assert row["input"] == pytest.approx(mean)
+            assert row["input_no_neighbour"] == empty
+        for row, radius in zip(curve, [0.05, 0.2, 0.6], strict=True):
+            mean, empty = brute_itw_r(feats, yq, ref_feats, yrn, radius)
+            assert row["feature_no_neighbour"] == empty
+            if empty < len(x):
+                assert row["feature"] == pytest.approx(mean)
+
+
+def test_far_apart_clusters_are_not_intertwined_in_either_space() -> None:
+    splits = mixture_splits(MixtureOptions(clusters=6, points=40, test_points=10, sigma=0.002,
+                                           dim=5, labels=3, seed=2))
+    train, test = splits["train"], splits["test"]
+    model = random_net(5, seed=0)
+    ctx = make_context(model, test.x, test.y, reference=(train.x, train.y))
+    result = run_metric(Intertwinedness(), ctx, n=20, ns=[1, 10, 40],
+                        radii=[0.01, 0.05, 0.1])
+    assert result.value == 1.0
+    assert result.details["input_itw_n"] == 1.0
+    for row in result.details["itw_n_curve"] + result.details["itw_r_curve"]:
+        assert row["input"] == 1.0 and row["feature"] == 1.0, row
+    assert len(result.figures) == 2
+
+
+def test_intertwined_classes_score_lower_in_input_space() -> None:
+    # the same clusters with their means pulled together: neighbours of other classes appear
+    def input_itw(separation: float) -> float:
+        splits = mixture_splits(MixtureOptions(clusters=10, points=40, test_points=10,
+                                               sigma=0.05, dim=5, labels=2,
+                                               separation=separation, seed=5))
+        ctx = make_context(random_net(5, 0, classes=2), splits["test"].x, splits["test"].y,
+                           reference=(splits["train"].x, splits["train"].y))
+        return run_metric(Intertwinedness(), ctx, n=10).details["input_itw_n"]
+
+    assert input_itw(0.05) < input_itw(0.3) < input_itw(1.0)
+
+
+def test_too_many_neighbours_is_a_metric_error_and_params_are_checked() -> None:
+    x, y, xr, yr = small_case()
+    ctx = make_context(random_net(4, 0), x, y, reference=(xr, yr))
+    with pytest.raises(MetricError, match="only 40"):
+        run_metric(Intertwinedness(), ctx, n=41)
+    with pytest.raises(MetricError):
+        run_metric(Intertwinedness(), ctx, n=5, ns=[1, 100])
+    result = run_metric(Intertwinedness(), ctx, n=5)  # the default curve stops at 40
+    assert result.details["itw_n_curve"][-1]["n"] == 40
+    for bad in ({"n": 0}, {"ns": [0, 1]}, {"radii": [0.5, 2.0]}, {"radii": [-1.0]},
+                {"feature_radii": [1.0]}, {"radius_units": "pixels"},
+                {"radius_units": "absolute", "radii": [1.0, 2.0], "feature_radii": [1.0]}):
+        with pytest.raises(ValidationError):
+            Intertwinedness.Params.model_validate(bad)

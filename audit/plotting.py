@@ -1,0 +1,143 @@
+"""Render :mod:`robaudit.figures` objects to small PNG images (base64) for the HTML report.
+
+Uses matplotlib's object-oriented API on the Agg canvas: no pyplot, so no global figure
+registry to leak into, no GUI backend, and nothing to close besides dropping the figure.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
+
+from robaudit.figures import Figure, Histogram, ImagePlot, LinePlot
+
+SIZE = (4.0, 2.6)  # inches
+DPI = 100
+#: Marker colours by label; other markers cycle through ``PALETTE``.
+MARKER_COLOURS = {"value": "#1f2937", "min": "#16a34a", "max": "#dc2626"}
+PALETTE = ("#7c3aed", "#0891b2", "#ca8a04", "#db2777")
+
+
+def render_png(figure: Figure) -> str:
+    """The figure as a base64-encoded PNG (no ``data:`` prefix).
+
+    Raises ``ValueError`` for a figure that cannot be drawn (e.g. an image of the wrong
+    shape); the reporter shows a note in its place.
+    """
+    fig = MplFigure(figsize=SIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if isinstance(figure, Histogram):
+        _histogram(ax, figure)
+    elif isinstance(figure, LinePlot):
+        _lineplot(ax, figure)
+    elif isinstance(figure, ImagePlot):
+        _image(fig, ax, figure)
+    else:
+        raise ValueError(f"unknown figure type {type(figure).__name__}")
+    ax.set_title(figure.title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.clear()
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def samples_histogram(
+    samples: tuple[float, ...], value: float | None, expect: Mapping[str, float], title: str
+) -> Histogram:
+    """The histogram of a check's per-sample values with its value and thresholds marked."""
+    markers = {k: float(v) for k, v in expect.items() if k in ("min", "max")}
+    if value is not None:
+        markers["value"] = float(value)
+    return Histogram(title=title, values=tuple(samples), xlabel="per-sample value",
+                     markers=markers)
+
+
+def _style(ax: Axes) -> None:
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.grid(alpha=0.25, linewidth=0.6)
+    ax.set_axisbelow(True)
+
+
+def _histogram(ax: Axes, figure: Histogram) -> None:
+    values = np.asarray(figure.values, dtype=float).ravel()
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise ValueError("no finite values to plot")
+    ax.hist(finite, bins=max(1, int(figure.bins)), color="#93c5fd", edgecolor="#3b82f6",
+            linewidth=0.5)
+    others = iter(PALETTE * (1 + len(figure.markers) // len(PALETTE)))
+    for label, x in figure.markers.items():
+        if not np.isfinite(x):
+            continue
+        colour = MARKER_COLOURS.get(label) or next(others)
+        style = "-" if label == "value" else "--"
+        ax.axvline(x, color=colour, linestyle=style, linewidth=1.4, label=f"{label} {x:.4g}")
+    if figure.markers:
+        ax.legend(fontsize=7, frameon=False)
+    ax.set_xlabel(figure.xlabel, fontsize=8)
+    ax.set_ylabel("count", fontsize=8)
+    if finite.size < values.size:
+        ax.text(0.99, 0.98, f"{values.size - finite.size} non-finite not shown",
+                transform=ax.transAxes, ha="right", va="top", fontsize=6, color="#6b7280")
+    _style(ax)
+
+
+def _lineplot(ax: Axes, figure: LinePlot) -> None:
+    x = np.asarray(figure.x, dtype=float)
+    if not figure.series:
+        raise ValueError("a line plot without series")
+    for name, ys in figure.series.items():
+        y = np.asarray(ys, dtype=float)
+        if y.shape != x.shape:
+            raise ValueError(f"series {name!r} has {y.size} points for {x.size} x values")
+        ax.plot(x, y, marker="o", markersize=2.5, linewidth=1.3, label=name)
+    if figure.logx:
+        ax.set_xscale("log")
+    if len(figure.series) > 1:
+        ax.legend(fontsize=7, frameon=False)
+    ax.set_xlabel(figure.xlabel, fontsize=8)
+    ax.set_ylabel(figure.ylabel, fontsize=8)
+    _style(ax)
+
+
+def _image(fig: MplFigure, ax: Axes, figure: ImagePlot) -> None:
+    image = np.asarray(figure.image, dtype=float)
+    if image.ndim == 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim == 3 and image.shape[0] == 3:
+        image = image.transpose(1, 2, 0)
+    elif image.ndim != 2:
+        raise ValueError(f"an image must be H×W, 1×H×W or 3×H×W, not {image.shape}")
+    if not np.isfinite(image).all():
+        raise ValueError("the image has non-finite pixels")
+    low, high = float(image.min()), float(image.max())
+    signed = low < 0 < high
+    if image.ndim == 2:
+        if signed:  # a signed perturbation: diverging colours centred on zero
+            bound = max(-low, high)
+            shown = ax.imshow(image, cmap="RdBu_r", vmin=-bound, vmax=bound,
+                              interpolation="nearest")
+        else:
+            shown = ax.imshow(image, cmap="gray", vmin=low, vmax=high if high > low else low + 1,
+                              interpolation="nearest")
+        bar = fig.colorbar(shown, ax=ax, shrink=0.85)
+        bar.ax.tick_params(labelsize=6)
+    else:
+        if signed:  # zero maps to mid-grey
+            rgb = 0.5 + image / (2 * max(-low, high))
+        else:
+            rgb = (image - low) / (high - low) if high > low else np.zeros_like(image)
+        ax.imshow(np.clip(rgb, 0.0, 1.0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if figure.caption:
+        ax.set_xlabel(figure.caption, fontsize=7)

@@ -1,0 +1,267 @@
+"""The HTML report (``--html PATH``): one self-contained file for every spec of the run.
+
+Nothing in it is fetched: the CSS is inline and the plots are PNG ``data:`` URIs, so the file
+can be mailed, attached to a CI run or opened offline. A sticky bar at the top holds the run's
+outcome and counts; each spec has a section with its summary (audit, spec, outcome, counts,
+device, seed, duration, environment), an overview table, and a card per check: the outcome,
+the value against its threshold (text and a gauge with the confidence interval), the resolved
+params, the details (scalars and flattened nested dicts as one table, lists of records as their
+own tables), the message, the traceback of an error, and the plots — a histogram of the
+per-sample values with the value and thresholds marked, then every figure the metric returned.
+A figure that cannot be drawn shows a note in its place. Everything user-supplied is escaped
+(Jinja2 autoescape). An interrupted run is flagged and shows the checks that finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+import robaudit
+from robaudit import hookimpl
+from robaudit.plugins.reporters.json_report import jsonable
+from robaudit.results import OUTCOMES, AuditResult, CheckResult, Outcome
+
+TEMPLATE = "report.html.j2"
+MAX_ROWS = 200  # rows shown of a details table
+MAX_LIST = 12  # items shown of a list of numbers
+
+
+@dataclass
+class Table:
+    """A details table: ``columns`` headers and rows of formatted cells."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    hidden: int = 0  # rows left out (over MAX_ROWS)
+
+
+@dataclass
+class Plot:
+    title: str
+    src: str = ""  # a data: URI, or "" when the figure failed to render
+    error: str = ""
+
+
+@dataclass
+class Gauge:
+    """Positions (percent of the bar's width) of the pass zone, value, CI and thresholds."""
+
+    zone: tuple[float, float]
+    value: float
+    ci: tuple[float, float] | None
+    ticks: list[tuple[float, str]] = field(default_factory=list)
+
+
+def fmt(value: Any) -> str:
+    """A value as short readable text (4 significant digits for floats)."""
+    value = jsonable(value)
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, list) and all(_is_scalar(v) for v in value):
+        shown = ", ".join(fmt(v) for v in value[:MAX_LIST])
+        more = f", … ({len(value)} values)" if len(value) > MAX_LIST else ""
+        return f"[{shown}{more}]"
+    if isinstance(value, (list, dict)):
+        text = json.dumps(value)
+        return text if len(text) <= 160 else text[:157] + "…"
+    return str(value)
+
+
+def _float(value: float) -> str:
+    """4 significant digits, in positional notation between 1e-3 and 1e6 (20000, not 2e+04)."""
+    size = abs(value)
+    if not 1e-3 <= size < 1e6:
+        return f"{value:.4g}"
+    text = f"{value:.{max(0, 3 - math.floor(math.log10(size)))}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _flatten(prefix: str, value: Mapping[str, Any], into: dict[str, Any]) -> None:
+    for key, item in value.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(item, Mapping):
+            _flatten(name, item, into)
+        else:
+            into[name] = item
+
+
+def _records_table(title: str, records: list[Mapping[str, Any]]) -> Table:
+    flat = []
+    for record in records:
+        row: dict[str, Any] = {}
+        _flatten("", record, row)
+        flat.append(row)
+    columns = list(dict.fromkeys(k for row in flat for k in row))
+    rows = [[fmt(row.get(c)) for c in columns] for row in flat[:MAX_ROWS]]
+    return Table(title, columns, rows, hidden=max(0, len(flat) - MAX_ROWS))
+
+
+def _matrix_table(title: str, matrix: list[list[Any]]) -> Table:
+    width = max(len(row) for row in matrix)
+    rows = [[str(i), *(fmt(v) for v in row)] for i, row in enumerate(matrix[:MAX_ROWS])]
+    return Table(title, ["", *map(str, range(width))], rows,
+                 hidden=max(0, len(matrix) - MAX_ROWS))
+
+
+def details_tables(details: Mapping[str, Any]) -> list[Table]:
+    """``details`` as tables: one of every scalar (nested dicts flattened to dotted keys, short
+    lists inline), then one per list of records (e.g. a per-layer table) or small matrix."""
+    flat: dict[str, Any] = {}
+    _flatten("", jsonable(details), flat)
+    scalars: list[list[str]] = []
+    tables: list[Table] = []
+    for key, value in flat.items():
+        if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            tables.append(_records_table(key, value))
+        elif (isinstance(value, list) and value and len(value) <= 64
+              and all(isinstance(row, list) and row and all(_is_scalar(v) for v in row)
+                      for row in value)):
+            tables.append(_matrix_table(key, value))
+        else:
+            scalars.append([key, fmt(value)])
+    if scalars:
+        tables.insert(0, Table("", ["name", "value"], scalars))
+    return tables
+
+
+def threshold_text(expect: Mapping[str, float]) -> str:
+    parts = []
+    if "min" in expect:
+        parts.append(f"≥ {fmt(expect['min'])}")
+    if "max" in expect:
+        parts.append(f"≤ {fmt(expect['max'])}")
+    return " and ".join(parts)
+
+
+def gauge(check: CheckResult) -> Gauge | None:
+    """The gauge of a check with a finite value and at least one threshold."""
+    value = check.value
+    bounds = {k: float(v) for k, v in check.expect.items()
+              if k in ("min", "max") and math.isfinite(float(v))}
+    if value is None or not math.isfinite(value) or not bounds:
+        return None
+    ci = check.ci if check.ci is not None and all(map(math.isfinite, check.ci)) else None
+    points = [value, *bounds.values(), *(ci or ())]
+    low, high = min(points), max(points)
+    span = high - low or max(abs(value), 1.0)
+    low, high = low - 0.15 * span, high + 0.15 * span
+
+    def pos(x: float) -> float:
+        return round(100.0 * (x - low) / (high - low), 2)
+
+    zone = (pos(bounds.get("min", low)), pos(bounds.get("max", high)))
+    ticks = [(pos(x), f"{k} {fmt(x)}") for k, x in bounds.items()]
+    return Gauge(zone, pos(value), None if ci is None else (pos(ci[0]), pos(ci[1])), ticks)
+
+
+def plots(check: CheckResult) -> list[Plot]:
+    """The check's plots: the per-sample histogram, then its figures, each as a data: URI."""
+    from robaudit import plotting  # matplotlib loads only when an HTML report is written
+
+    figures = list(check.figures)
+    if check.samples:
+        figures.insert(0, plotting.samples_histogram(
+            check.samples, check.value, check.expect, f"{check.id}: per-sample values"))
+    rendered = []
+    for figure in figures:
+        title = str(getattr(figure, "title", type(figure).__name__))
+        try:
+            rendered.append(Plot(title, src="data:image/png;base64,"
+                                 + plotting.render_png(figure)))
+        except Exception as exc:  # one bad figure must not cost the whole report
+            rendered.append(Plot(title, error=f"{type(exc).__name__}: {exc}"))
+    return rendered
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
+
+
+def overall_outcome(results: list[AuditResult]) -> Outcome:
+    found = {r.outcome for r in results if r.checks}
+    return next((o for o in ("error", "failed", "passed") if o in found), "skipped")
+
+
+def check_view(check: CheckResult, anchor: str) -> dict[str, Any]:
+    return {
+        "check": check,
+        "anchor": anchor,
+        "value": fmt(check.value),
+        "threshold": threshold_text(check.expect),
+        "ci": None if check.ci is None else f"[{fmt(check.ci[0])}, {fmt(check.ci[1])}]",
+        "better": {True: "higher is better", False: "lower is better"}.get(
+            check.higher_is_better, ""),
+        "gauge": gauge(check),
+        "params": [[k, fmt(v)] for k, v in jsonable(check.params).items()],
+        "details": details_tables(check.details),
+        "plots": plots(check),
+    }
+
+
+def audit_view(result: AuditResult, index: int) -> dict[str, Any]:
+    anchor = f"audit-{index}"
+    return {
+        "result": result,
+        "anchor": anchor,
+        "stem": Path(result.spec).stem,
+        "summary": result.summary(),
+        "checks": [check_view(c, f"{anchor}-{j}-{_slug(c.id)}")
+                   for j, c in enumerate(result.checks)],
+    }
+
+
+def render_html(results: list[AuditResult]) -> str:
+    """The report's HTML text."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("robaudit.templates", "."), autoescape=True,
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters["fmt"] = fmt
+    totals = dict.fromkeys(OUTCOMES, 0)
+    for result in results:
+        for outcome, count in result.summary().items():
+            totals[outcome] += count
+    return env.get_template(TEMPLATE).render(
+        version=robaudit.__version__,
+        audits=[audit_view(r, i) for i, r in enumerate(results)],
+        outcome=overall_outcome(results),
+        totals=totals,
+        duration=sum(r.duration_s for r in results),
+        interrupted=any(r.interrupted for r in results),
+    )
+
+
+def write_html(path: Path, results: list[AuditResult]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(results), encoding="utf-8")
+
+
+@hookimpl
+def robaudit_addoption(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--html", dest="html_path", type=Path, default=None, metavar="PATH",
+                        help="write a self-contained HTML report to PATH")
+
+
+@hookimpl
+def robaudit_report(results: list[AuditResult], options: argparse.Namespace) -> None:
+    path = getattr(options, "html_path", None)
+    if path is not None:
+        write_html(Path(path), results)

@@ -1,0 +1,116 @@
+"""The JSON report (``--json PATH``): design.md §5, key for key and in that order.
+
+One spec writes its object to ``PATH``. Several specs in one run write one object per spec,
+to ``PATH`` with the spec file's stem inserted before the suffix: ``--json r.json`` with
+``specs/resnet.yaml`` and ``specs/mlp.yaml`` writes ``r.resnet.json`` and ``r.mlp.json``. Two
+specs with the same stem get ``-2``, ``-3``, … after the stem (``r.resnet-2.json``), in the
+order the specs were given.
+
+Values are strict JSON: NaN and ±inf become ``null``, numpy and torch scalars and arrays become
+numbers and lists, tuples become lists. An interrupted run writes the checks that finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import robaudit
+from robaudit import hookimpl
+from robaudit.results import AuditResult, CheckResult
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: non-finite floats -> None, array-likes -> lists."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if callable(getattr(value, "tolist", None)):  # numpy / torch scalars and arrays
+        return jsonable(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def check_json(check: CheckResult) -> dict[str, Any]:
+    """One entry of the report's ``checks`` list."""
+    return {
+        "id": check.id,
+        "metric": check.metric,
+        "outcome": check.outcome,
+        "value": jsonable(check.value),
+        "ci": None if check.ci is None else jsonable(list(check.ci)),
+        "expect": jsonable(check.expect),
+        "params": jsonable(check.params),
+        "details": jsonable(check.details),
+        "message": check.message,
+        "duration_s": jsonable(check.duration_s),
+    }
+
+
+def audit_json(result: AuditResult) -> dict[str, Any]:
+    """The report object of one spec (design.md §5)."""
+    return {
+        "robaudit": robaudit.__version__,
+        "audit": result.audit,
+        "spec": result.spec,
+        "outcome": result.outcome,
+        "summary": result.summary(),
+        "duration_s": jsonable(result.duration_s),
+        "seed": result.seed,
+        "device": result.device,
+        "environment": jsonable(result.environment),
+        "checks": [check_json(c) for c in result.checks],
+    }
+
+
+def report_paths(path: Path, results: list[AuditResult]) -> list[Path]:
+    """Where each spec's report goes (see the module docstring)."""
+    if len(results) == 1:
+        return [path]
+    paths: list[Path] = []
+    used: set[str] = set()
+    for result in results:
+        stem = name = Path(result.spec).stem
+        count = 1
+        while name in used:
+            count += 1
+            name = f"{stem}-{count}"
+        used.add(name)
+        paths.append(path.with_name(f"{path.stem}.{name}{path.suffix}"))
+    return paths
+
+
+def write_json(path: Path, results: list[AuditResult]) -> list[Path]:
+    """Write the report(s); returns the paths written."""
+    written = report_paths(path, results)
+    for target, result in zip(written, results, strict=True):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(audit_json(result), indent=2, ensure_ascii=False, allow_nan=False)
+        target.write_text(text + "\n", encoding="utf-8")
+    return written
+
+
+@hookimpl
+def robaudit_addoption(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", dest="json_path", type=Path, default=None, metavar="PATH",
+                        help="write the JSON report to PATH (several specs: PATH with each "
+                             "spec's stem before the suffix)")
+
+
+@hookimpl
+def robaudit_report(results: list[AuditResult], options: argparse.Namespace) -> None:
+    path = getattr(options, "json_path", None)
+    if path is not None and results:
+        write_json(Path(path), results)

@@ -201,6 +201,8 @@ def overall_outcome(results: list[AuditResult]) -> Outcome:
 
 
 def check_view(check: CheckResult, anchor: str) -> dict[str, Any]:
+    tables = details_tables(check.details)
+    scalars = tables.pop(0) if tables and not tables[0].title else None
     return {
         "check": check,
         "anchor": anchor,
@@ -211,7 +213,8 @@ def check_view(check: CheckResult, anchor: str) -> dict[str, Any]:
             check.higher_is_better, ""),
         "gauge": gauge(check),
         "params": [[k, fmt(v)] for k, v in jsonable(check.params).items()],
-        "details": details_tables(check.details),
+        "scalars": scalars,  # the table of scalar details, beside the params
+        "tables": tables,  # lists of records and matrices, full width below
         "plots": plots(check),
     }
 

@@ -1,0 +1,111 @@
+"""Gradient attacks on a batch: FGSM (Goodfellow et al. 2015) and PGD (Madry et al. 2018).
+
+Both ascend the cross-entropy of the true label, take input gradients with
+``torch.autograd.grad`` and clip every point to the model's input box when one is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from robaudit.ops.projections import Norm, project_lp
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _clip(v: torch.Tensor, input_range: tuple[float, float] | None) -> torch.Tensor:
+    return v if input_range is None else v.clamp(*input_range)
+
+
+def _loss_gradient(
+    logits_fn: LogitsFn, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits at ``x`` and the input gradient of the summed cross-entropy of ``y``
+    (per-sample gradients, since the samples do not interact)."""
+    with torch.enable_grad():
+        xa = x.detach().requires_grad_(True)
+        logits = logits_fn(xa)
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xa)
+    return logits.detach(), grad
+
+
+def fgsm(
+    logits_fn: LogitsFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    input_range: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """The fast gradient sign method: x + eps · sign(∇ₓ loss(x, y)), clipped to the box
+    (one forward and one backward pass)."""
+    _, grad = _loss_gradient(logits_fn, x, y)
+    return _clip(x + eps * grad.sign(), input_range).detach()
+
+
+def random_in_ball(
+    shape: torch.Size, eps: float, norm: Norm, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Points drawn uniformly from the ℓp ball of radius ``eps`` (one per sample of ``shape``),
+    on the CPU from ``generator``: ℓ∞ uniform per coordinate; ℓ2 a Gaussian direction scaled
+    by eps · u^(1/d), u uniform on [0, 1] and d the dimension of a sample."""
+    if norm == "linf":
+        return (2 * torch.rand(shape, generator=generator) - 1) * eps
+    direction = torch.randn(shape, generator=generator)
+    direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-30).view(
+        -1, *([1] * (len(shape) - 1))
+    )
+    dim = int(torch.Size(shape[1:]).numel())
+    radius = eps * torch.rand(shape[0], generator=generator) ** (1.0 / dim)
+    return direction * radius.view(-1, *([1] * (len(shape) - 1)))
+
+
+def pgd(
+    logits_fn: LogitsFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: Norm,
+    steps: int,
+    step_size: float,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+    input_range: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Projected gradient ascent of the cross-entropy in the ℓp ball of radius ``eps``.
+
+    Each step is x_t + step_size · sign(g) (ℓ∞) or x_t + step_size · g/‖g‖₂ (ℓ2), projected
+    back onto the ball around x and clipped to the box. The start is x, or with
+    ``random_start`` a uniform point of the ball (drawn on the CPU from ``generator``).
+
+    Returns, per sample, the first iterate that the model misclassifies, or the last iterate
+    when none is: a sample leaves the batch as soon as one of its iterates is misclassified,
+    so later steps compute only the samples still standing (the result is the same as
+    running every sample for all ``steps`` and keeping any misclassified iterate).
+    """
+    x = x.detach()
+    start = x
+    if random_start:
+        start = x + random_in_ball(x.shape, eps, norm, generator).to(x.device, x.dtype)
+    current = _clip(start, input_range).clone()
+    active = torch.arange(x.shape[0], device=x.device)
+    shape = (-1, *([1] * (x.dim() - 1)))
+    for _ in range(steps):
+        if active.numel() == 0:
+            break
+        logits, grad = _loss_gradient(logits_fn, current[active], y[active])
+        standing = logits.argmax(dim=1) == y[active]
+        active, grad = active[standing], grad[standing]
+        if norm == "linf":
+            ascent = grad.sign()
+        else:
+            ascent = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)
+        moved = current[active] + step_size * ascent
+        delta = project_lp(moved - x[active], eps, norm)
+        current[active] = _clip(x[active] + delta, input_range)
+    return current

@@ -1,0 +1,186 @@
+"""Accuracy under perturbation: ``fgsm_accuracy``, ``pgd_accuracy`` and ``noise_accuracy``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
+from robaudit.context import AuditContext
+from robaudit.ops.attacks import fgsm, pgd
+from robaudit.ops.stats import wilson_interval
+
+
+def _accuracy_result(correct: torch.Tensor, clean: torch.Tensor, **details: float) -> MetricResult:
+    """Robust accuracy from per-sample 0/1 correctness, with Wilson's 95% interval."""
+    hits, total = int(correct.sum()), int(correct.numel())
+    return MetricResult(
+        value=hits / total,
+        samples=correct.double().cpu().numpy(),
+        ci=wilson_interval(hits, total),
+        details={
+            "correct": hits,
+            "samples": total,
+            "clean_accuracy": float(clean.double().mean()),
+            **details,
+        },
+    )
+
+
+def _clean_batches(
+    ctx: AuditContext, description: str
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(x, y, clean_correct)`` batches of the audit split; the clean predictions come from
+    the run's cached forward pass (``ctx.features``). Advances a progress task."""
+    _, logits = ctx.features()
+    correct = logits.argmax(dim=1) == ctx.data().y.to(logits.device)
+    task = ctx.progress(len(ctx.data()), description)
+    start = 0
+    for x, y in ctx.batches():
+        yield x, y, correct[start : start + x.shape[0]].to(x.device)
+        start += x.shape[0]
+        task.advance(x.shape[0])
+
+
+class FGSMParams(MetricParams):
+    eps: float = Field(
+        0.1, gt=0,
+        description="ℓ∞ budget in input units (Goodfellow et al. use 0.25 on [0, 1] MNIST; "
+                    "0.1 suits the 8×8 digits)",
+    )
+
+
+class FGSMAccuracy(Metric):
+    """Accuracy under the fast gradient sign method (one ℓ∞ gradient-sign step of size eps).
+
+    Goodfellow, Shlens & Szegedy (ICLR 2015), section 4: x' = clip(x + eps · sign(∇ₓ J(x, y)))
+    with J the cross-entropy of the true label, clipped to the model's input range. value: the
+    fraction of the audit split still classified correctly at x' (robust accuracy); a sample
+    misclassified when clean counts as not robust and is not attacked. samples: per-sample 0/1
+    correctness; ci: Wilson's 95% score interval.
+    """
+
+    name: ClassVar[str] = "fgsm_accuracy"
+    Params: ClassVar[type[MetricParams]] = FGSMParams
+    higher_is_better: ClassVar[bool] = True
+    source: ClassVar[str] = "Goodfellow et al. 2015, section 4 (FGSM)"
+
+    def compute(self, ctx: AuditContext, params: FGSMParams) -> MetricResult:
+        results, cleans = [], []
+        for x, y, clean in _clean_batches(ctx, f"FGSM eps={params.eps}"):
+            robust = clean.clone()
+            if clean.any():
+                adv = fgsm(ctx.model.logits, x[clean], y[clean], params.eps,
+                           input_range=ctx.model.input_range)
+                robust[clean] = ctx.model.predict(adv) == y[clean]
+            results.append(robust)
+            cleans.append(clean)
+        return _accuracy_result(torch.cat(results), torch.cat(cleans), eps=params.eps)
+
+    def floor(self, ctx: AuditContext, params: FGSMParams) -> Floor:
+        n = len(ctx.data())
+        return Floor(forward=2 * n, gradient=n,
+                     note="clean and adversarial forward passes, one input gradient")
+
+
+class PGDParams(MetricParams):
+    eps: float = Field(0.1, gt=0, description="radius of the ℓp ball, in input units")
+    norm: Literal["linf", "l2"] = Field("linf", description="the ball's norm")
+    steps: int = Field(20, ge=1, le=10_000, description="gradient steps per restart")
+    step_size: float | None = Field(
+        None, gt=0, description="step length; default 2.5 · eps / steps (Madry et al.)"
+    )
+    random_start: bool = Field(True, description="start at a uniform point of the ball")
+    restarts: int = Field(1, ge=1, le=1000, description="independent random starts")
+
+
+class PGDAccuracy(Metric):
+    """Accuracy under projected gradient descent in an ℓ∞ or ℓ2 ball (Madry et al. 2018).
+
+    Madry et al. (ICLR 2018), section 2: ``steps`` steps of x ← Π(x + α · sign(∇ₓ J)) (ℓ∞) or
+    x ← Π(x + α · ∇ₓ J / ‖∇ₓ J‖₂) (ℓ2) on the cross-entropy J of the true label, Π the
+    projection onto the ball of radius eps around the clean x, every point clipped to the
+    model's input range; α defaults to 2.5 · eps / steps (their rule), the start is a uniform
+    point of the ball when ``random_start``. value: robust accuracy, the fraction of the audit
+    split classified correctly at every iterate of every restart: a sample counts robust only
+    if no iterate of any restart is misclassified (a sample leaves the attack as soon as one
+    is, and a clean misclassification is not robust). samples: per-sample 0/1; ci: Wilson.
+    """
+
+    name: ClassVar[str] = "pgd_accuracy"
+    Params: ClassVar[type[MetricParams]] = PGDParams
+    higher_is_better: ClassVar[bool] = True
+    source: ClassVar[str] = "Madry et al. 2018, section 2 (PGD)"
+
+    def compute(self, ctx: AuditContext, params: PGDParams) -> MetricResult:
+        step = params.step_size or 2.5 * params.eps / params.steps
+        results, cleans = [], []
+        description = f"PGD {params.norm} eps={params.eps}"
+        for x, y, clean in _clean_batches(ctx, description):
+            robust = clean.clone()
+            for _ in range(params.restarts):
+                alive = robust.nonzero().squeeze(1)
+                if alive.numel() == 0:
+                    break
+                adv = pgd(
+                    ctx.model.logits, x[alive], y[alive], eps=params.eps, norm=params.norm,
+                    steps=params.steps, step_size=step, random_start=params.random_start,
+                    generator=ctx.generator, input_range=ctx.model.input_range,
+                )
+                robust[alive] = ctx.model.predict(adv) == y[alive]
+            results.append(robust)
+            cleans.append(clean)
+        return _accuracy_result(torch.cat(results), torch.cat(cleans), eps=params.eps,
+                                step_size=step)
+
+    def floor(self, ctx: AuditContext, params: PGDParams) -> Floor:
+        n = len(ctx.data())
+        return Floor(forward=n * (1 + params.restarts), gradient=n * params.steps * params.restarts,
+                     note="every step of every restart on a sample that survives them all")
+
+
+class NoiseParams(MetricParams):
+    sigma: float = Field(
+        0.1, ge=0, description="stddev of the Gaussian noise (Szegedy et al., Table 2: 0.1, 0.3)"
+    )
+    clip: bool = Field(True, description="clip the noisy inputs to the model's input range")
+
+
+class NoiseAccuracy(Metric):
+    """Accuracy on inputs with additive Gaussian noise: the random-distortion baseline.
+
+    Szegedy et al. (2014), section 4.2, the last rows of Tables 2 and 4: the error caused by
+    Gaussian noise of stddev σ, the reference against which adversarial distortions of a
+    similar size are judged. x' = x + σ·n, n ~ N(0, I) drawn per sample from the check's
+    generator, clipped to the model's input range when ``clip`` (the paper does not say; its
+    inputs live in [0, 1]). value: accuracy on x' over the audit split. samples: per-sample
+    0/1 correctness (one noise draw each); ci: Wilson's 95% score interval.
+    """
+
+    name: ClassVar[str] = "noise_accuracy"
+    Params: ClassVar[type[MetricParams]] = NoiseParams
+    higher_is_better: ClassVar[bool] = True
+    source: ClassVar[str] = "Szegedy et al. 2014, section 4.2, Tables 2 and 4 (noise rows)"
+
+    def compute(self, ctx: AuditContext, params: NoiseParams) -> MetricResult:
+        results, cleans = [], []
+        for x, y, clean in _clean_batches(ctx, f"Gaussian noise sigma={params.sigma}"):
+            noisy = x + params.sigma * ctx.randn(*x.shape).to(x.dtype)
+            if params.clip:
+                noisy = noisy.clamp(*ctx.model.input_range)
+            results.append(ctx.model.predict(noisy) == y)
+            cleans.append(clean)
+        return _accuracy_result(torch.cat(results), torch.cat(cleans), sigma=params.sigma)
+
+    def floor(self, ctx: AuditContext, params: NoiseParams) -> Floor:
+        return Floor(forward=2 * len(ctx.data()), note="clean and noisy forward passes")
+
+
+@hookimpl
+def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
+    register(FGSMAccuracy())
+    register(PGDAccuracy())
+    register(NoiseAccuracy())

@@ -1,0 +1,224 @@
+"""``lbfgs_min_distortion``: box-constrained L-BFGS adversarial examples (Szegedy et al. 2014)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from scipy.optimize import Bounds, minimize
+from threadpoolctl import threadpool_limits
+
+from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
+from robaudit.context import AuditContext
+from robaudit.errors import MetricError
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+Loss = Literal["cross_entropy", "margin"]
+
+#: The logit margin by which the ``margin`` loss asks the target to lead (so that the
+#: minimiser lies strictly inside the target's region, not on a tie).
+MARGIN = 1e-2
+
+
+class LBFGSParams(MetricParams):
+    target: Literal["random", "all"] = Field(
+        "random", description="one random other label per sample, or every other label"
+    )
+    search_steps: int = Field(
+        10, ge=1, le=100, description="rounds of the geometric search over the penalty c"
+    )
+    c_init: float = Field(1.0, gt=0, description="the penalty c of the first round")
+    max_iter: int = Field(100, ge=1, le=10_000, description="L-BFGS-B iterations per round")
+    loss: Loss = Field(
+        "cross_entropy",
+        description="loss_f: cross-entropy of the target (the paper's), or the logit margin "
+                    "max(max_j≠l f_j − f_l + 0.01, 0), which reaches closer to the minimum",
+    )
+
+
+def target_loss(logits: torch.Tensor, target: torch.Tensor, loss: Loss) -> torch.Tensor:
+    """Σ_i loss_f(x_i + r_i, l_i) from the logits: the cross-entropy of the target, or the
+    hinge on the target's lead over the best other class (:data:`MARGIN`)."""
+    if loss == "cross_entropy":
+        return F.cross_entropy(logits, target, reduction="sum")
+    lead = logits.gather(1, target[:, None]).squeeze(1)
+    best_other = logits.scatter(1, target[:, None], float("-inf")).amax(dim=1)
+    return torch.relu(best_other - lead + MARGIN).sum()
+
+
+def minimise_penalty(
+    logits_fn: LogitsFn,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    c: torch.Tensor,
+    input_range: tuple[float, float],
+    max_iter: int,
+    loss: Loss = "cross_entropy",
+) -> torch.Tensor:
+    """argmin_r Σ_i c_i‖r_i‖₂² + loss_f(x_i + r_i, target_i) subject to x + r in the box, by
+    one L-BFGS-B run over the concatenated r of the batch (the sum is separable, so its
+    minimiser is the tuple of the per-sample minimisers). The gradient comes from torch;
+    BLAS is held to one thread inside L-BFGS-B, whose vector operations are too small to gain
+    from more (and slow down by an order of magnitude on a busy machine)."""
+    shape = x.shape
+    lo, hi = input_range
+    base = x.detach().double().cpu().numpy().ravel()
+    weight = c.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+    def objective(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        r = torch.from_numpy(flat).view(shape).to(x.device, x.dtype).requires_grad_(True)
+        with torch.enable_grad():
+            total = (weight * r * r).sum() + target_loss(logits_fn(x + r), target, loss)
+            (grad,) = torch.autograd.grad(total, r)
+        return float(total.detach()), grad.double().cpu().numpy().ravel()
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        solution = minimize(
+            objective, np.zeros_like(base), jac=True, method="L-BFGS-B",
+            bounds=Bounds(lo - base, hi - base), options={"maxiter": max_iter},
+        )
+    return torch.from_numpy(solution.x).view(shape).to(x.device, x.dtype)
+
+
+def minimal_distortion(
+    logits_fn: LogitsFn,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    input_range: tuple[float, float],
+    *,
+    search_steps: int,
+    c_init: float,
+    max_iter: int,
+    loss: Loss = "cross_entropy",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the smallest ‖r‖₂² found whose x + r is classified ``target``, by a search
+    over c (see :class:`LBFGSMinDistortion`), and whether any round reached the target."""
+    n = x.shape[0]
+    c = torch.full((n,), c_init, dtype=torch.float64)
+    lowest_fail = torch.full((n,), float("inf"), dtype=torch.float64)
+    highest_success = torch.zeros(n, dtype=torch.float64)
+    best = torch.full((n,), float("inf"), dtype=torch.float64)
+    for _ in range(search_steps):
+        r = minimise_penalty(logits_fn, x, target, c, input_range, max_iter, loss)
+        with torch.no_grad():
+            success = (logits_fn(x + r).argmax(dim=1) == target).cpu()
+        squared = r.flatten(1).double().pow(2).sum(dim=1).cpu()
+        best = torch.where(success & (squared < best), squared, best)
+        highest_success = torch.where(success, torch.maximum(highest_success, c), highest_success)
+        lowest_fail = torch.where(success, lowest_fail, torch.minimum(lowest_fail, c))
+        c = torch.where(
+            torch.isinf(lowest_fail),
+            c * 10,
+            torch.where(highest_success == 0, c / 10, (highest_success * lowest_fail).sqrt()),
+        )
+    return best, torch.isfinite(best)
+
+
+class LBFGSMinDistortion(Metric):
+    """Average minimum distortion √(‖r‖²/m) of targeted box-constrained L-BFGS examples.
+
+    Szegedy et al. (2014), section 4.1: for a target label l, minimise c·|r| + loss_f(x + r, l)
+    subject to x + r in the input box with box-constrained L-BFGS, searching over c for the
+    penalty at which the minimiser still satisfies f(x + r) = l; section 4.2 reports the
+    average distortion √(Σ(x'_i − x_i)²/m) (m the input dimension; Table 1's "Av. min.
+    distortion"). value: its mean over the problems where the target was reached (higher =
+    larger perturbations needed = more robust); details: the success rate.
+
+    Choices where the paper is terse:
+
+    - |r| is ‖r‖₂² (smooth, so L-BFGS's curvature model holds at r = 0; the penalty family
+      traces the same minimisers as with ‖r‖₂, reparametrised in c).
+    - loss_f ("a continuous loss function") is by default the cross-entropy of l. Its penalty
+      minimisers are not the nearest points of l's region even for a linear classifier (the
+      cross-entropy also pushes away from the non-binding classes), so the distortion is an
+      upper bound of the minimum: on linear 4-class models it lands 4–30% above the exact
+      (QP) distance, exact only for two classes. ``loss: margin`` uses the hinge
+      max(max_j≠l f_j − f_l + 0.01, 0), an exact penalty: for small enough c its minimiser is
+      the nearest point whose target logit leads by 0.01, within 2% of the exact distance on
+      the same models (L-BFGS copes with the kink at the boundary, at about 5× the
+      iterations).
+    - The paper asks for the "minimum c"; with c weighting |r| a smaller c only makes the
+      distortion larger (c → 0 just minimises the loss), so we read it as the largest c whose
+      minimiser still reaches l, i.e. the smallest distortion. Search, per sample: start at
+      ``c_init``; after a success c ×= 10 until a failure, after a failure c /= 10 until a
+      success; once both are seen, c = the geometric mean of the largest success and the
+      smallest failure (bisection in log c). The smallest ‖r‖ of any successful round is kept.
+    - Targets: ``random`` draws one label per sample uniformly among the labels other than
+      the model's clean prediction (from the check's generator); ``all`` uses every other label
+      (K − 1 problems per sample; ``details.mean_untargeted`` then averages the per-sample
+      minimum over targets). Every sample of the split is attacked; its origin is its
+      predicted class, as for DeepFool.
+    - One L-BFGS-B run (scipy) solves a whole batch of ``ctx.batch_size`` problems: the
+      objective is a sum of independent per-sample terms, so its minimiser is exact per sample.
+    """
+
+    name: ClassVar[str] = "lbfgs_min_distortion"
+    Params: ClassVar[type[MetricParams]] = LBFGSParams
+    higher_is_better: ClassVar[bool] = True
+    source: ClassVar[str] = "Szegedy et al. 2014, section 4.1 (box-constrained L-BFGS)"
+
+    def compute(self, ctx: AuditContext, params: LBFGSParams) -> MetricResult:
+        _, logits = ctx.features()
+        predicted = logits.argmax(dim=1).cpu()
+        n, classes = logits.shape
+        if classes < 2:
+            raise MetricError("lbfgs_min_distortion needs a model with at least 2 classes")
+        if params.target == "random":
+            shift = torch.randint(1, classes, (n,), generator=ctx.generator)
+            sample = torch.arange(n)
+            target = (predicted + shift) % classes
+        else:
+            sample = torch.arange(n).repeat_interleave(classes - 1)
+            shift = torch.arange(1, classes).repeat(n)
+            target = (predicted[sample] + shift) % classes
+        data = ctx.data()
+        squared = torch.empty(sample.shape[0], dtype=torch.float64)
+        task = ctx.progress(sample.shape[0], "L-BFGS minimal distortion")
+        for start in range(0, sample.shape[0], ctx.batch_size):
+            rows = slice(start, start + ctx.batch_size)
+            x = data.x[sample[rows]].to(ctx.device)
+            squared[rows], _ = minimal_distortion(
+                ctx.model.logits, x, target[rows].to(ctx.device), ctx.model.input_range,
+                search_steps=params.search_steps, c_init=params.c_init, max_iter=params.max_iter,
+                loss=params.loss,
+            )
+            task.advance(x.shape[0])
+        dim = int(data.x[0].numel())
+        distortion = (squared / dim).sqrt().numpy()
+        found = np.isfinite(distortion)
+        if not found.any():
+            raise MetricError("L-BFGS reached no target label; raise search_steps or max_iter")
+        value = float(distortion[found].mean())
+        details: dict[str, float] = {
+            "success_rate": float(found.mean()),
+            "problems": int(distortion.size),
+            "input_dim": dim,
+        }
+        if params.target == "all":
+            per_sample = distortion.reshape(n, classes - 1).min(axis=1)
+            details["mean_untargeted"] = float(per_sample[np.isfinite(per_sample)].mean())
+        return MetricResult(
+            value=value,
+            samples=np.where(found, distortion, np.nan),
+            details=details,
+            figures=[Histogram(
+                title="L-BFGS minimum distortion √(‖r‖²/m)", values=tuple(distortion[found]),
+                xlabel="distortion", markers={"mean": value},
+            )],
+        )
+
+    def floor(self, ctx: AuditContext, params: LBFGSParams) -> Floor:
+        n = len(ctx.data())
+        classes = ctx.model.num_classes(ctx.data().x)
+        problems = n if params.target == "random" else n * (classes - 1)
+        return Floor(forward=n, gradient=problems * params.search_steps,
+                     note="at least one loss gradient per problem and round of the c search")
+
+
+@hookimpl
+def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
+    register(LBFGSMinDistortion())

@@ -1,0 +1,224 @@
+"""DeepFool against closed forms on linear classifiers, brute force on a ReLU MLP, and the
+``deepfool_min_distortion`` metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from robaudit.ops.deepfool import STEP_SLACK, deepfool, deepfool_split
+from robaudit.plugins.metrics.deepfool_distortion import DeepFoolMinDistortion
+from robaudit.testing import make_context, run_metric
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    module = module.double().eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def linear(inputs: int, classes: int, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    return frozen(nn.Linear(inputs, classes))
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return frozen(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                                nn.Linear(32, 4)))
+
+
+def points(n: int, d: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def closed_form(model: nn.Linear, x: torch.Tensor, dual: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample (by a plain loop): the distance min_j |f_k − f_j| / ‖w_k − w_j‖_dual to the
+    nearest class boundary of a linear classifier, and that class j."""
+    z = model(x).numpy()
+    w = model.weight.numpy()
+    dist, nearest = [], []
+    for i in range(x.shape[0]):
+        k = int(z[i].argmax())
+        d = {j: abs(z[i, k] - z[i, j]) / np.linalg.norm(w[k] - w[j], ord=dual)
+             for j in range(w.shape[0]) if j != k}
+        j = min(d, key=d.__getitem__)
+        dist.append(d[j])
+        nearest.append(j)
+    return np.array(dist), np.array(nearest)
+
+
+@pytest.mark.parametrize("classes", [2, 5])
+def test_l2_distance_of_a_linear_classifier_is_the_closed_form(classes: int) -> None:
+    model, x = linear(6, classes), points(12, 6)
+    overshoot = 0.02
+    result = deepfool(model, x, candidates=classes, overshoot=overshoot)
+    dist, nearest = closed_form(model, x, dual=2)
+    np.testing.assert_allclose(result.perturbation.norm(dim=1).numpy(),
+                               (1 + overshoot) * (dist + STEP_SLACK), rtol=1e-4)
+    assert result.iterations.tolist() == [1] * 12
+    assert bool(result.converged.all())
+    # The step is along the normal of the nearest boundary, w_j − w_k normalised.
+    k = model(x).argmax(dim=1)
+    w = model.weight
+    normal = w[torch.as_tensor(nearest)] - w[k]
+    normal = normal / normal.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(result.normal, normal)
+    direction = result.perturbation / result.perturbation.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(direction, normal)
+    assert torch.equal(model(result.boundary).argmax(dim=1), result.crossed_into)
+    assert bool((result.crossed_into != k).all())
+
+
+@pytest.mark.parametrize("classes", [2, 5])
+def test_linf_distance_of_a_linear_classifier_is_the_closed_form(classes: int) -> None:
+    model, x = linear(6, classes, seed=3), points(12, 6)
+    result = deepfool(model, x, norm="linf", candidates=classes, overshoot=0.0)
+    dist, nearest = closed_form(model, x, dual=1)
+    np.testing.assert_allclose(result.perturbation.abs().amax(dim=1).numpy(),
+                               dist + STEP_SLACK, rtol=1e-4)
+    assert result.iterations.tolist() == [1] * 12
+    k = model(x).argmax(dim=1)
+    sign = (model.weight[torch.as_tensor(nearest)] - model.weight[k]).sign()
+    torch.testing.assert_close(result.perturbation.sign(), sign)
+    assert bool((model(result.boundary).argmax(dim=1) != k).all())
+
+
+def test_candidates_restrict_the_classes_considered() -> None:
+    """With 2 candidates only the runner-up class is linearised: on a linear model the step
+    goes to its boundary, which may be farther than the nearest one."""
+    model, x = linear(6, 5, seed=4), points(20, 6)
+    z = model(x)
+    top2 = z.topk(2, dim=1).indices
+    w = model.weight
+    expected = (z.gather(1, top2[:, :1]) - z.gather(1, top2[:, 1:])).squeeze(1).abs() / (
+        w[top2[:, 0]] - w[top2[:, 1]]).norm(dim=1)
+    result = deepfool(model, x, candidates=2, overshoot=0.0)
+    first_step = result.iterations == 1
+    torch.testing.assert_close(result.perturbation.norm(dim=1)[first_step],
+                               expected[first_step] + STEP_SLACK)
+    assert bool(result.converged.all())
+
+
+def test_a_misclassified_sample_takes_no_step_and_the_batch_does_not_mix() -> None:
+    model, x = mlp(), points(10, 8)
+    clean = model(x).argmax(dim=1)
+    labels = clean.clone()
+    labels[:3] = (clean[:3] + 1) % 4  # these three are "already misclassified"
+    result = deepfool(model, x, labels=labels)
+    assert result.iterations[:3].tolist() == [0, 0, 0]
+    assert bool(result.converged[:3].all())
+    assert torch.equal(result.crossed_into[:3], clean[:3])
+    assert float(result.perturbation[:3].abs().max()) == 0.0
+    assert float(result.normal[:3].abs().max()) == 0.0
+    # Each sample's result is the one it gets alone: the active-set indexing keeps rows apart.
+    for i in range(3, 10):
+        alone = deepfool(model, x[i : i + 1], labels=labels[i : i + 1])
+        torch.testing.assert_close(alone.perturbation[0], result.perturbation[i])
+        assert int(alone.iterations[0]) == int(result.iterations[i])
+
+
+def test_relu_mlp_boundary_points_change_the_label_and_are_nearly_minimal() -> None:
+    model, x = mlp(seed=2), points(40, 8, seed=5)
+    overshoot = 0.02
+    result = deepfool(model, x, overshoot=overshoot, candidates=4)
+    clean = model(x).argmax(dim=1)
+    assert bool(result.converged.all())
+    assert torch.equal(model(result.boundary).argmax(dim=1), result.crossed_into)
+    assert bool((result.crossed_into != clean).all())
+    # Brute force: the first label change along the returned direction, on a fine grid.
+    size = result.perturbation.norm(dim=1)
+    direction = result.perturbation / size[:, None]
+    steps = torch.linspace(0, 1, 2001, dtype=torch.float64)[1:]
+    along = x[:, None, :] + steps[None, :, None] * (1.5 * size)[:, None, None] * direction[:, None]
+    changed = model(along).argmax(dim=2) != clean[:, None]
+    first = steps[changed.float().argmax(dim=1)] * 1.5 * size
+    ratio = size / first
+    assert bool((ratio >= 1 - 1e-3).all())  # r itself crosses, so the first change is no farther
+    assert float(ratio.mean()) <= 1 + overshoot + 0.05  # and r overshoots it only slightly
+    # Random directions need far larger perturbations to change the label.
+    gen = torch.Generator().manual_seed(7)
+    random_dirs = torch.randn(40, 32, 8, generator=gen, dtype=torch.float64)
+    random_dirs = random_dirs / random_dirs.norm(dim=2, keepdim=True)
+    radii = torch.linspace(0, 20, 401, dtype=torch.float64)[1:]
+    probe = x[:, None, None, :] + radii[None, None, :, None] * random_dirs[:, :, None, :]
+    moved = model(probe).argmax(dim=3) != clean[:, None, None]
+    reach = torch.where(moved.any(dim=2), radii[moved.float().argmax(dim=2)],
+                        torch.full(moved.shape[:2], float("inf"), dtype=torch.float64))
+    assert float(size.median()) < float(reach.min(dim=1).values.median())
+
+
+def test_the_box_keeps_points_feasible_and_finds_the_box_constrained_minimum() -> None:
+    """Binary linear model in the box [0, 1]^d: the nearest point of the other class inside
+    the box is clip(x + μ·w) for the smallest μ ≥ 0 that reaches the boundary (the KKT form of
+    the projection onto a half-space ∩ box), found here by bisection."""
+    model = linear(6, 2, seed=8)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.rand(16, 6, generator=gen, dtype=torch.float64)
+    k = model(x).argmax(dim=1)
+    w = (model.weight[1 - k] - model.weight[k])  # direction that raises f_other − f_k
+    bias = model.bias[1 - k] - model.bias[k]
+
+    def margin(mu: torch.Tensor) -> torch.Tensor:
+        return ((x + mu[:, None] * w).clamp(0, 1) * w).sum(dim=1) + bias
+
+    low, high = torch.zeros(16, dtype=torch.float64), torch.full((16,), 1e3, dtype=torch.float64)
+    feasible = margin(high) > 0
+    for _ in range(200):
+        mid = (low + high) / 2
+        above = margin(mid) > 0
+        high, low = torch.where(above, mid, high), torch.where(above, low, mid)
+    exact = ((x + high[:, None] * w).clamp(0, 1) - x).norm(dim=1)
+    result = deepfool(model, x, candidates=2, overshoot=0.0, input_range=(0.0, 1.0))
+    assert float(result.boundary.min()) >= 0.0 and float(result.boundary.max()) <= 1.0
+    torch.testing.assert_close(result.boundary, x + result.perturbation)
+    done = result.converged
+    assert torch.equal(done, feasible)
+    size = result.perturbation.norm(dim=1)
+    assert bool((size[done] >= exact[done] * (1 - 1e-6)).all())
+    assert bool((size[done] <= exact[done] * 1.05 + 2 * STEP_SLACK).all())
+
+
+def test_a_boundary_outside_the_box_is_not_reached() -> None:
+    """f_1 − f_0 = Σx − 100 < 0 on all of [0, 1]^4: DeepFool walks to the corner, finds every
+    coordinate blocked by the box, and stops without a label change."""
+    model = frozen(nn.Linear(4, 2))
+    model.weight.copy_(torch.tensor([[0.0] * 4, [1.0] * 4]))
+    model.bias.copy_(torch.tensor([0.0, -100.0]))
+    x = torch.full((2, 4), 0.5, dtype=torch.float64)
+    result = deepfool(model, x, input_range=(0.0, 1.0))
+    assert not bool(result.converged.any())
+    torch.testing.assert_close(result.boundary, torch.ones_like(x))
+    assert result.iterations.tolist() == [1, 1]
+    assert result.crossed_into.tolist() == [0, 0]
+
+
+def test_metric_value_is_the_papers_rho_on_a_linear_model() -> None:
+    model, x = linear(6, 3, seed=10), points(30, 6, seed=11)
+    y = model(x).argmax(dim=1)
+    y[:5] = (y[:5] + 1) % 3  # misclassified samples still count, measured from their prediction
+    ctx = make_context(model, x, y, input_range=(-1e3, 1e3))
+    result = run_metric(DeepFoolMinDistortion(), ctx, candidates=3)
+    dist, _ = closed_form(model, x, dual=2)
+    rho = 1.02 * (dist + STEP_SLACK) / x.norm(dim=1).numpy()
+    assert result.value == pytest.approx(rho.mean(), rel=1e-4)
+    np.testing.assert_allclose(result.samples, rho, rtol=1e-4)
+    assert result.details["success_rate"] == 1.0
+    assert result.details["mean_iterations"] == 1.0
+    assert result.details["rho_correct"] == pytest.approx(rho[5:].mean(), rel=1e-4)
+    # The DeepFool run is cached for the other checks (curvature) under the documented key.
+    key = ("deepfool", "model", "test", "l2", 0.02, 3, 50)
+    assert key in ctx.cache
+    assert deepfool_split(ctx, candidates=3) is ctx.cache.get_or_compute(key, lambda: None)
+
+
+def test_metric_linf_uses_the_linf_norms() -> None:
+    model, x = linear(6, 3, seed=12), points(10, 6, seed=13)
+    ctx = make_context(model, x, model(x).argmax(dim=1), input_range=(-1e3, 1e3))
+    result = run_metric(DeepFoolMinDistortion(), ctx, norm="linf", overshoot=0.0, candidates=3)
+    dist, _ = closed_form(model, x, dual=1)
+    expected = (dist + STEP_SLACK) / x.abs().amax(dim=1).numpy()
+    assert result.value == pytest.approx(expected.mean(), rel=1e-4)

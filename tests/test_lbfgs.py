@@ -1,0 +1,98 @@
+"""Box-constrained L-BFGS minimal distortion against exact minimal targeted distances of
+linear classifiers (closed form for two classes, a scipy QP for more)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+from torch import nn
+
+from robaudit.plugins.metrics.lbfgs import LBFGSMinDistortion
+from robaudit.testing import make_context, run_metric
+
+D = 5
+BOX = (-20.0, 20.0)
+
+
+def linear(classes: int, seed: int) -> nn.Linear:
+    torch.manual_seed(seed)
+    model = nn.Linear(D, classes).double().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def points(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def targeted_distance(model: nn.Linear, x: np.ndarray, target: int) -> float:
+    """min ‖r‖₂ s.t. f_target(x + r) ≥ f_j(x + r) for all j (a QP, solved by SLSQP)."""
+    w, b = model.weight.numpy(), model.bias.numpy()
+    others = [j for j in range(w.shape[0]) if j != target]
+    constraints = [{"type": "ineq", "fun": lambda r, j=j: (w[target] - w[j]) @ (x + r)
+                    + b[target] - b[j], "jac": lambda r, j=j: w[target] - w[j]} for j in others]
+    solution = minimize(lambda r: r @ r, np.zeros_like(x), jac=lambda r: 2 * r,
+                        constraints=constraints, method="SLSQP", options={"ftol": 1e-12})
+    return float(np.sqrt(solution.x @ solution.x))
+
+
+def test_binary_linear_distortion_is_the_closed_form() -> None:
+    model, x = linear(2, seed=0), points(8, seed=1)
+    ctx = make_context(model, x, model(x).argmax(dim=1), input_range=BOX)
+    result = run_metric(LBFGSMinDistortion(), ctx, search_steps=12)
+    z, w = model(x), model.weight
+    exact = ((z[:, 0] - z[:, 1]).abs() / (w[0] - w[1]).norm()).numpy()
+    found = np.sqrt(D) * result.samples  # √(‖r‖²/m) back to ‖r‖
+    assert result.details["success_rate"] == 1.0
+    assert bool(np.all(found >= exact * (1 - 1e-6)))  # no point of the other class is closer
+    assert bool(np.all(found <= exact * 1.03))  # and the search gets within 3%
+    assert result.value == pytest.approx(float(np.mean(exact / np.sqrt(D))), rel=0.03)
+
+
+@pytest.mark.parametrize(("loss", "slack"), [("margin", 1.03), ("cross_entropy", 1.5)])
+def test_random_targets_against_the_qp_distance_of_a_multiclass_model(loss: str,
+                                                                      slack: float) -> None:
+    """Never closer than the exact targeted distance (every reported point is in the target's
+    region); the margin loss reaches it within 3%, the cross-entropy is only an upper bound
+    (its minimisers also push away from the non-binding classes)."""
+    model, x = linear(4, seed=2), points(8, seed=3)
+    ctx = make_context(model, x, model(x).argmax(dim=1), input_range=BOX, seed=5)
+    result = run_metric(LBFGSMinDistortion(), ctx, search_steps=12, loss=loss)
+    # Re-draw the documented targets: prediction + U{1, …, K−1} mod K from the check's seed.
+    shift = torch.randint(1, 4, (8,), generator=torch.Generator().manual_seed(5))
+    targets = (model(x).argmax(dim=1) + shift) % 4
+    exact = np.array([targeted_distance(model, x[i].numpy(), int(targets[i])) for i in range(8)])
+    found = np.sqrt(D) * result.samples
+    assert bool(np.all(found >= exact * (1 - 1e-4)))
+    assert bool(np.all(found <= exact * slack))
+
+
+def test_all_targets_give_every_pair_and_the_untargeted_minimum() -> None:
+    model, x = linear(3, seed=4), points(5, seed=6)
+    ctx = make_context(model, x, model(x).argmax(dim=1), input_range=BOX)
+    result = run_metric(LBFGSMinDistortion(), ctx, target="all", search_steps=12)
+    assert result.details["problems"] == 5 * 2
+    z, w = model(x).numpy(), model.weight.numpy()
+    k = z.argmax(axis=1)
+    nearest = [min(abs(z[i, k[i]] - z[i, j]) / np.linalg.norm(w[k[i]] - w[j])
+                   for j in range(3) if j != k[i]) for i in range(5)]
+    assert result.details["mean_untargeted"] == pytest.approx(np.mean(nearest) / np.sqrt(D),
+                                                              rel=0.03)
+
+
+def test_the_box_binds_the_solution() -> None:
+    """In the box [0, 1]^D a far-away boundary cannot be reached: no success is reported and
+    the metric says so; a reachable one is reached inside the box."""
+    model = linear(2, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.rand(6, D, generator=gen, dtype=torch.float64)
+    ctx = make_context(model, x, model(x).argmax(dim=1), input_range=(0.0, 1.0))
+    result = run_metric(LBFGSMinDistortion(), ctx, search_steps=8)
+    z, w = model(x), model.weight
+    unconstrained = ((z[:, 0] - z[:, 1]).abs() / (w[0] - w[1]).norm()).numpy()
+    reached = np.isfinite(result.samples)
+    assert reached.any()
+    assert bool(np.all(np.sqrt(D) * result.samples[reached] >= unconstrained[reached] * (1 - 1e-6)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import math
 import re
@@ -15,6 +16,7 @@ import pytest
 from conftest import TOY_HEADER
 
 import robaudit
+from robaudit.errors import UsageError
 from robaudit.figures import Histogram, ImagePlot, LinePlot
 from robaudit.plugins.reporters import html, json_report, junitxml
 from robaudit.results import AuditResult, CheckResult
@@ -335,3 +337,38 @@ checks:
     assert "kaboom" in suite.find("testcase[@name='boom']/error").text
     text = (out / "r.html").read_text()
     assert ">good</h2>" in text and ">boom</h2>" in text and "Traceback" in text
+
+
+def test_an_unwritable_report_path_is_a_usage_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    for module, option in ((json_report, "json_path"), (junitxml, "junitxml_path"),
+                           (html, "html_path")):
+        with pytest.raises(UsageError, match="cannot write the report"):
+            module.robaudit_report(results=[audit(checks=[])],
+                                   options=options(tmp_path, **{option: "file/r.out"}))
+
+
+# -- plotting --------------------------------------------------------------------------------
+
+
+def _pixels(figure: object) -> np.ndarray:
+    from matplotlib.image import imread
+
+    from robaudit.plotting import render_png
+
+    return imread(io.BytesIO(base64.b64decode(render_png(figure))), format="png")[..., :3]
+
+
+def test_images_are_grey_when_unsigned_and_diverging_when_signed():
+    ramp = np.arange(64.0).reshape(8, 8) * 4  # any range, scaled for display
+    grey = _pixels(ImagePlot("unsigned", ramp))
+    assert grey.shape[:2] == (260, 400)  # 4 × 2.6 in at 100 dpi
+    assert np.allclose(grey[..., 0], grey[..., 1]) and np.allclose(grey[..., 1], grey[..., 2])
+    signed = _pixels(ImagePlot("signed", np.where(np.arange(64).reshape(8, 8) < 32, -1e-3,
+                                                  2e-3)))
+    red = (signed[..., 0] > 0.6) & (signed[..., 2] < 0.3)
+    blue = (signed[..., 2] > 0.5) & (signed[..., 0] < 0.3)
+    assert red.sum() > 100 and blue.sum() > 100
+    rgb = _pixels(ImagePlot("rgb", np.stack([np.ones((4, 4)), np.zeros((4, 4)),
+                                            np.zeros((4, 4))]) * 7.0 + 3.0))
+    assert ((rgb[..., 0] > 0.9) & (rgb[..., 1] < 0.1) & (rgb[..., 2] < 0.1)).sum() > 1000

@@ -27,6 +27,7 @@ import jinja2
 
 import robaudit
 from robaudit import hookimpl
+from robaudit.errors import UsageError
 from robaudit.plugins.reporters.json_report import jsonable
 from robaudit.results import OUTCOMES, AuditResult, CheckResult, Outcome
 
@@ -267,4 +268,7 @@ def robaudit_addoption(parser: argparse.ArgumentParser) -> None:
 def robaudit_report(results: list[AuditResult], options: argparse.Namespace) -> None:
     path = getattr(options, "html_path", None)
     if path is not None:
-        write_html(Path(path), results)
+        try:
+            write_html(Path(path), results)
+        except OSError as exc:
+            raise UsageError(f"--html {path}: cannot write the report: {exc}") from None

@@ -21,6 +21,7 @@ from typing import Any
 
 import robaudit
 from robaudit import hookimpl
+from robaudit.errors import UsageError
 from robaudit.results import AuditResult, CheckResult
 
 
@@ -113,4 +114,7 @@ def robaudit_addoption(parser: argparse.ArgumentParser) -> None:
 def robaudit_report(results: list[AuditResult], options: argparse.Namespace) -> None:
     path = getattr(options, "json_path", None)
     if path is not None and results:
-        write_json(Path(path), results)
+        try:
+            write_json(Path(path), results)
+        except OSError as exc:
+            raise UsageError(f"--json {path}: cannot write the report: {exc}") from None

@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from robaudit import hookimpl
+from robaudit.errors import UsageError
 from robaudit.plugins.reporters.json_report import jsonable
 from robaudit.results import AuditResult, CheckResult
 
@@ -113,4 +114,7 @@ def robaudit_addoption(parser: argparse.ArgumentParser) -> None:
 def robaudit_report(results: list[AuditResult], options: argparse.Namespace) -> None:
     path = getattr(options, "junitxml_path", None)
     if path is not None:
-        write_junitxml(Path(path), results)
+        try:
+            write_junitxml(Path(path), results)
+        except OSError as exc:
+            raise UsageError(f"--junitxml {path}: cannot write the report: {exc}") from None

@@ -270,12 +270,12 @@ class TorchvisionSource(DataSource):
             try:
                 dataset = cls(str(root), download=False, transform=transforms.ToTensor(),
                               **selector)
-            except RuntimeError as exc:
+            except (RuntimeError, OSError) as exc:
                 raise UsageError(
-                    f"data.root: {options.dataset} ({split}) is not on disk under {root}: "
-                    f"{exc}. robaudit never downloads: the data set must already be on disk "
-                    f"(e.g. run torchvision.datasets.{options.dataset}(root, download=True) "
-                    "once yourself)"
+                    f"data.root: {options.dataset} ({split} split) must already be on disk "
+                    f"under {root}; robaudit never downloads (run torchvision.datasets."
+                    f"{options.dataset}(root, download=True) once yourself). "
+                    f"torchvision said: {exc}"
                 ) from None
             splits[split] = _vision_tensors(dataset)
         return splits

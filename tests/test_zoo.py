@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import robaudit.zoo
+from robaudit.errors import UsageError
 from robaudit.plugins.loaders.data import digits_splits
 from robaudit.zoo import ZOO, ZooEntry, digits_resnet, train_model
 from robaudit.zoo.resnet import BasicBlock, DigitsResNet
@@ -118,6 +119,12 @@ def test_zoo_collects_entries_of_every_submodule(tmp_path: Path,
     assert isinstance(found["tiny"], ZooEntry) and found["tiny"].epochs == 1
     assert found["digits_resnet"] is ZOO["digits_resnet"]
     assert "tiny" not in ZOO
+
+
+def test_unknown_zoo_model_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"unknown model 'nope'; known: .*digits_resnet"):
+        train_model("nope", tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_zoo_recipe_reaches_95_percent(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from robaudit.context import DataSplit, ProgressFactory
+from robaudit.errors import UsageError
 from robaudit.zoo.resnet import digits_resnet
 from robaudit.zoo.training import accuracy, fit
 
@@ -91,6 +92,8 @@ def train_model(
     """Build the zoo model ``name``, train it with its recipe and ``seed``, save its float32
     ``state_dict`` to ``out`` (``torch.save``; loads with ``weights_only=True``) and return
     {"train_accuracy", "test_accuracy", "seconds", "parameters"}."""
+    if name not in ZOO:
+        raise UsageError(f"zoo: unknown model {name!r}; known: {', '.join(sorted(ZOO))}")
     entry = ZOO[name]
     splits = entry.data()
     train, test = splits["train"], splits["test"]

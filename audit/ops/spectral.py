@@ -76,7 +76,8 @@ def strided_circular_conv_norm(
     small matrix products), the Δ₁Δ₂ aliased frequencies are gathered into one
     (D/groups) × (C/groups·Δ₁Δ₂) matrix per output frequency and group, and the largest
     singular values of all of them come from one ``torch.linalg.matrix_norm`` call per block
-    (blocks bound the memory).
+    (blocks bound the memory). Real kernels make A(−η) the conjugate of A(η) up to a column
+    permutation, so only the frequencies η₁ ≤ m₁/2 are evaluated.
     """
     (n1, n2), (s1, s2) = grid, stride
     if n1 % s1 or n2 % s2:
@@ -94,8 +95,10 @@ def strided_circular_conv_norm(
     per_row = out * cin * s1 * s2 * m2
     rows_per_block = max(1, _ELEMENT_BUDGET // per_row)
     best = torch.zeros((), dtype=real, device=w.device)
-    for start in range(0, m1, rows_per_block):
-        eta1 = torch.arange(start, min(m1, start + rows_per_block), device=w.device)
+    # A(−η) is A(η) conjugated with its columns permuted (real kernels): rows η₁ ≤ m₁/2 suffice
+    half = m1 // 2 + 1
+    for start in range(0, half, rows_per_block):
+        eta1 = torch.arange(start, min(half, start + rows_per_block), device=w.device)
         xi1 = (eta1[None, :] + m1 * torch.arange(s1, device=w.device)[:, None]).reshape(-1)
         block = torch.einsum("dcub,ua->dcab", cols, e1[:, xi1])  # D × C × (s1·B) × n2
         block = block.reshape(groups, out // groups, cin, s1, eta1.numel(), s2, m2)

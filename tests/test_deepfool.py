@@ -194,13 +194,14 @@ def test_a_boundary_outside_the_box_is_not_reached() -> None:
     torch.testing.assert_close(result.boundary, torch.ones_like(x))
     assert result.iterations.tolist() == [1, 1]
     assert result.crossed_into.tolist() == [0, 0]
+    torch.testing.assert_close(result.normal, torch.full_like(x, 0.5))
 
 
 def test_metric_value_is_the_papers_rho_on_a_linear_model() -> None:
     model, x = linear(6, 3, seed=10), points(30, 6, seed=11)
     y = model(x).argmax(dim=1)
     y[:5] = (y[:5] + 1) % 3  # misclassified samples still count, measured from their prediction
-    ctx = make_context(model, x, y, input_range=(-1e3, 1e3))
+    ctx = make_context(model, x, y, input_range=(-1e3, 1e3), batch_size=7)  # 5 batches
     result = run_metric(DeepFoolMinDistortion(), ctx, candidates=3)
     dist, _ = closed_form(model, x, dual=2)
     rho = 1.02 * (dist + STEP_SLACK) / x.norm(dim=1).numpy()

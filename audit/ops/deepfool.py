@@ -75,8 +75,9 @@ class DeepFoolResult:
     iterations    (N,) long: the number of linearised steps taken.
     converged     (N,) bool: the label changed within ``max_iter`` steps.
     normal        (N, *input) unit ℓ2 normal of the last linearised boundary: the normalised
-                  gradient of f_l − f_k at the last iterate where a step was taken (zero for a
-                  sample that took no step).
+                  gradient of f_l − f_k at the last iterate where a step was computed (zero for
+                  a sample that took no step; for a sample pinned by the box, the normal of
+                  its nearest boundary ignoring the box).
     """
 
     perturbation: torch.Tensor
@@ -118,6 +119,8 @@ def deepfool(
     n = x.shape[0]
     with torch.no_grad():
         clean = logits_fn(x)
+    if clean.shape[1] < 2:
+        raise ValueError("deepfool needs a classifier with at least 2 classes")
     count = min(candidates, clean.shape[1])
     original = clean.argmax(dim=1) if labels is None else labels.to(x.device).long()
     others = clean.scatter(1, original[:, None], float("-inf")).topk(count - 1, dim=1).indices
@@ -195,11 +198,13 @@ def _linearised_step(
     dual = flat.norm(p=2, dim=2) if norm == "l2" else flat.abs().sum(dim=2)
     distance = diffs.abs() / dual
     distance = torch.where(dual > 0, distance, torch.full_like(distance, float("inf")))
-    best = distance.argmin(dim=1)
     rows = torch.arange(point.shape[0], device=point.device)
+    movable = torch.isfinite(distance).any(dim=1)
+    # A sample pinned by the box keeps the normal of its nearest unconstrained boundary.
+    unconstrained = diffs.abs() / grads.flatten(2).norm(p=2, dim=2)
+    best = torch.where(movable, distance.argmin(dim=1), unconstrained.argmin(dim=1))
     chosen = feasible[rows, best]
     length = distance[rows, best]
-    movable = torch.isfinite(length)
     length = torch.where(movable, length + STEP_SLACK, torch.zeros_like(length))
     shape = (-1, *([1] * (point.dim() - 1)))
     if norm == "l2":

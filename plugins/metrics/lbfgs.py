@@ -215,8 +215,12 @@ class LBFGSMinDistortion(Metric):
         n = len(ctx.data())
         classes = ctx.model.num_classes(ctx.data().x)
         problems = n if params.target == "random" else n * (classes - 1)
-        return Floor(forward=n, gradient=problems * params.search_steps,
-                     note="at least one loss gradient per problem and round of the c search")
+        return Floor(
+            forward=n + problems * params.search_steps,
+            gradient=problems * params.search_steps * params.max_iter,
+            note="max_iter loss gradients per problem and round of the c search (a batch's "
+                 "summed objective rarely meets L-BFGS-B's tolerance before max_iter)",
+        )
 
 
 @hookimpl

@@ -102,6 +102,15 @@ def test_fourier_bounds_zero_padding_with_sizes_off_the_stride(k, s, p, size):
     assert fourier(conv, size).value >= dense_norm(conv, (3, *size)) * (1 - 1e-9)
 
 
+@pytest.mark.parametrize(("k", "s", "size"),
+                         [(1, 2, (8, 8)), (2, 2, (6, 4)), ((2, 1), (3, 1), (9, 5))])
+def test_fourier_is_exact_for_unpadded_windows_that_tile_the_input(k, s, size):
+    conv = make_conv(7, 3, 5, k, stride=s)
+    estimate = fourier(conv, size)
+    assert estimate.exact
+    assert estimate.value == pytest.approx(dense_norm(conv, (3, *size)), rel=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["reflect", "replicate"])
 def test_fourier_bounds_reflect_and_replicate_padding(mode):
     conv = make_conv(6, 3, 4, 3, padding=1, padding_mode=mode)

@@ -151,10 +151,12 @@ def conv2d_fourier_bound(
 
     Circular padding whose outputs sample every Δ-th position of the input grid exactly once
     (e.g. kernel 2p+1, padding p and Δ dividing the size) gives the exact norm on the input
-    grid. In every other case the layer is written as (padding map) then (valid convolution
-    on the padded grid of size n + p_before + p_after, rounded up to a multiple of Δ), whose
-    outputs are a subset of the circular ones on that grid: the product of the padding map's
-    norm (1 for zero padding) and the circular norm is an upper bound.
+    grid, and so does a layer without padding whose windows tile the grid (kernel ≤ Δ, e.g. a
+    strided 1×1 shortcut or a patch embedding). In every other case the layer is written as
+    (padding map) then (valid convolution on the padded grid of size n + p_before + p_after,
+    rounded up to a multiple of Δ), whose outputs are a subset of the circular ones on that
+    grid: the product of the padding map's norm (1 for zero padding) and the circular norm is
+    an upper bound.
     """
     kernel = dilate_kernel(weight, dilation)
     sizes = tuple(int(n) for n in input_size)
@@ -171,7 +173,12 @@ def conv2d_fourier_bound(
         padding_copy_count(n, p, padding_mode) for n, p in zip(sizes, padding, strict=True)
     )
     norm = strided_circular_conv_norm(kernel, grid, stride, groups)  # type: ignore[arg-type]
-    return NormEstimate(math.sqrt(copies) * norm, exact=False)
+    # windows that neither overlap nor wrap and tile an unpadded grid: the circular layer itself
+    tiling = all(
+        p == (0, 0) and n % s == 0 and k <= s
+        for n, k, s, p in zip(sizes, taps, stride, padding, strict=True)
+    )
+    return NormEstimate(math.sqrt(copies) * norm, exact=tiling)
 
 
 def _circular_tiling(

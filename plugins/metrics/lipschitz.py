@@ -32,6 +32,7 @@ optional dependency is registered without importing it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -283,7 +284,8 @@ def network_bound(
     shape ``input_shape``, with its per-layer rows: one forward pass of a zero input records
     every module's shapes, then the rules compose the bound from the root."""
     shapes: dict[int, set[Any]] = {}
-    device = next((p.device for p in network.parameters()), torch.device("cpu"))
+    tensors = itertools.chain(network.parameters(), network.buffers())
+    device = next((t.device for t in tensors), torch.device("cpu"))
     with _recording(network, shapes), torch.no_grad():
         network(torch.zeros(1, *input_shape, dtype=dtype, device=device))
     walk = _Walk(shapes, options or BoundOptions(), generator or torch.Generator().manual_seed(0))

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
@@ -56,6 +57,8 @@ def cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300,
 
 
 sys.path.insert(0, str(FIXTURES))
+# The tests' tensors are tiny: one thread avoids oversubscribing small CI machines.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

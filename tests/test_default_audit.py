@@ -1,0 +1,59 @@
+"""The default audit end to end, as a user runs it: exit 0 and all three reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import yaml
+from conftest import ROOT, cli
+
+SPEC = ROOT / "specs" / "resnet.yaml"
+
+
+def test_default_audit_passes_and_writes_every_report(tmp_path: Path):
+    paths = {kind: tmp_path / f"r.{kind}" for kind in ("json", "xml", "html")}
+    done = subprocess.run(
+        [sys.executable, "-m", "robaudit", "run", str(SPEC), "--json", str(paths["json"]),
+         "--junitxml", str(paths["xml"]), "--html", str(paths["html"])],
+        capture_output=True, text=True, cwd=ROOT, timeout=900,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    spec_checks = yaml.safe_load(SPEC.read_text())["checks"]
+
+    report = json.loads(paths["json"].read_text())
+    assert list(report) == ["robaudit", "audit", "spec", "outcome", "summary", "duration_s",
+                            "seed", "device", "environment", "checks"]
+    assert report["outcome"] == "passed"
+    assert report["summary"]["passed"] == len(spec_checks)
+    for check in report["checks"]:
+        assert list(check) == ["id", "metric", "outcome", "value", "ci", "expect", "params",
+                               "details", "message", "duration_s"]
+        assert check["outcome"] == "passed"
+        assert np.isfinite(check["value"])
+
+    suite = ET.parse(paths["xml"]).getroot().find("testsuite")
+    assert suite is not None and len(suite.findall("testcase")) == len(spec_checks)
+
+    html = paths["html"].read_text()
+    assert all(c.get("id", c["metric"]) in html for c in spec_checks)
+    assert "data:image/png;base64," in html
+
+
+def test_wrong_shapes_in_a_data_file_is_a_located_usage_error(write_spec, toy_dir):
+    np.savez(toy_dir / "bad.npz", x=np.zeros((10, 8, 8), dtype=np.float32),
+             y=np.zeros(10, dtype=np.int64))
+    spec = write_spec("""\
+audit: x
+model: {factory: "toy_model.py:linear"}
+data: {source: npz, path: bad.npz}
+checks: [{metric: clean_accuracy}]
+""")
+    done = cli("run", spec)
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert str(spec) in done.stderr and "data.path" in done.stderr and "bad.npz" in done.stderr

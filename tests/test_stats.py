@@ -7,7 +7,13 @@ import pytest
 import torch
 from scipy import stats
 
-from robaudit.ops.stats import average_ranks, mean_interval, spearman, wilson_interval
+from robaudit.ops.stats import (
+    average_ranks,
+    mean_interval,
+    pair_distances,
+    spearman,
+    wilson_interval,
+)
 
 
 def test_average_ranks_match_scipy_with_ties():
@@ -49,3 +55,11 @@ def test_mean_interval_matches_scipy_t_interval():
 def test_wilson_interval_matches_scipy(k, n):
     expected = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
     np.testing.assert_allclose(wilson_interval(k, n), (expected.low, expected.high), atol=1e-9)
+
+
+def test_pair_distances_both_paths_match_a_loop():
+    points = torch.rand(12, 2, 3, dtype=torch.float64)
+    for count in (20, 400):  # fewer pairs than N² gathers, more uses the distance matrix
+        a, b = torch.randint(0, 12, (count,)), torch.randint(0, 12, (count,))
+        expected = [float((points[i] - points[j]).norm()) for i, j in zip(a, b, strict=True)]
+        np.testing.assert_allclose(pair_distances(points, a, b).numpy(), expected, atol=1e-12)

@@ -29,6 +29,20 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (ra * rb).sum(-1) / torch.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
 
 
+def pair_distances(points: torch.Tensor, first: torch.Tensor, second: torch.Tensor
+                   ) -> torch.Tensor:
+    """‖points[first] − points[second]‖₂ for index tensors of any (equal) shape.
+
+    When the pairs outnumber the N² entries of the distance matrix, the matrix is computed once
+    with ``torch.cdist`` and indexed (cheaper); otherwise the pairs are gathered directly.
+    """
+    n = points.shape[0]
+    if n * n <= first.numel():
+        flat = points.flatten(1)
+        return torch.cdist(flat, flat)[first, second]
+    return (points[first] - points[second]).flatten(first.dim()).norm(dim=-1)
+
+
 def mean_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
     """Student-t interval of the mean of ``samples`` (NaNs dropped); None under 2 values."""
     values = np.asarray(samples, dtype=np.float64)

@@ -11,7 +11,7 @@ from pydantic import Field
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError
-from robaudit.ops.stats import spearman
+from robaudit.ops.stats import pair_distances, spearman
 
 
 class SpearmanParams(MetricParams):
@@ -55,12 +55,10 @@ class RankOrderSpearman(Metric):
         first, second = first.to(feats.device), second.to(feats.device)
         values = []
         task = ctx.progress(params.trials, "rank-order trials")
-        chunk = max(1, 50_000 // params.pairs)
+        chunk = max(1, 200_000 // params.pairs)
         for start in range(0, params.trials, chunk):
             a, b = first[start : start + chunk], second[start : start + chunk]
-            d_in = (inputs[a] - inputs[b]).norm(dim=-1)
-            d_feat = (feats[a] - feats[b]).norm(dim=-1)
-            values.append(spearman(d_in, d_feat))
+            values.append(spearman(pair_distances(inputs, a, b), pair_distances(feats, a, b)))
             task.advance(a.shape[0])
         r_s = torch.cat(values).cpu().numpy()
         return MetricResult(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from robaudit.figures import Figure
@@ -61,3 +64,22 @@ class AuditResult:
         if counts["passed"]:
             return "passed"
         return "skipped"
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: non-finite floats -> None, array-likes -> lists."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if callable(getattr(value, "tolist", None)):  # numpy / torch scalars and arrays
+        return jsonable(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)

@@ -19,7 +19,7 @@ import robaudit
 from robaudit.errors import UsageError
 from robaudit.figures import Histogram, ImagePlot, LinePlot
 from robaudit.plugins.reporters import html, json_report, junitxml
-from robaudit.results import AuditResult, CheckResult
+from robaudit.results import AuditResult, CheckResult, jsonable
 
 CHECK_KEYS = ["id", "metric", "outcome", "value", "ci", "expect", "params", "details",
               "message", "duration_s"]
@@ -151,7 +151,7 @@ def test_json_values_round_trip(tmp_path):
 
 
 def test_jsonable_converts_numpy_and_non_finite_values():
-    converted = json_report.jsonable(
+    converted = jsonable(
         {1: (np.float32(0.5), np.array([[1, 2]]), -math.inf), "x": {np.int8(3)}})
     assert converted == {"1": [0.5, [[1, 2]], None], "x": [3]}
     assert type(converted["1"][1][0][0]) is int

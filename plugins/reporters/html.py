@@ -28,8 +28,7 @@ import jinja2
 import robaudit
 from robaudit import hookimpl
 from robaudit.errors import UsageError
-from robaudit.plugins.reporters.json_report import jsonable
-from robaudit.results import OUTCOMES, AuditResult, CheckResult, Outcome
+from robaudit.results import OUTCOMES, AuditResult, CheckResult, Outcome, jsonable
 
 TEMPLATE = "report.html.j2"
 MAX_ROWS = 200  # rows shown of a details table

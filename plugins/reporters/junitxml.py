@@ -20,8 +20,7 @@ from pathlib import Path
 
 from robaudit import hookimpl
 from robaudit.errors import UsageError
-from robaudit.plugins.reporters.json_report import jsonable
-from robaudit.results import AuditResult, CheckResult
+from robaudit.results import AuditResult, CheckResult, jsonable
 
 #: Characters that XML 1.0 forbids (control characters such as the ESC of ANSI colours).
 _INVALID_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")

@@ -1,0 +1,241 @@
+"""Universal adversarial perturbations: one perturbation v, ‖v‖_p ≤ ξ, that changes the
+prediction of most samples (Moosavi-Dezfooli, Fawzi, Fawzi & Frossard, CVPR 2017).
+
+Two fitting algorithms share one result type, :class:`UAPFit`:
+
+- :func:`fit_uap_deepfool` — the paper's Algorithm 1 (DeepFool inner step, projection onto the
+  ℓp ball, passes until the fooling rate of the fit set reaches 1 − δ), with mini-batched
+  DeepFool calls; the exact difference from the one-sample-at-a-time original is stated in
+  its docstring.
+- :func:`fit_uap_sgd` — projected stochastic gradient ascent of a clamped cross-entropy
+  (Shafahi, Najibi, Xu, Dickerson, Davis & Goldstein, "Universal adversarial training",
+  AAAI 2020, section 3), the faster successor.
+
+"Fooled" always means that the prediction at x + v (clipped to the input box when one is
+given) differs from the clean prediction at x: labels are never used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from robaudit.ops.deepfool import deepfool
+from robaudit.ops.projections import Norm, project_lp
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+#: Called after each pass with (pass number from 1, fooling rate of the fit set).
+PassCallback = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class UAPFit:
+    """A fitted universal perturbation.
+
+    perturbation  v, shape of one sample (on the device of the fit data), ‖v‖_p ≤ eps.
+    fooling_rate  the fraction of the fit set fooled by v after the last pass.
+    passes        the number of passes made over the fit set.
+    history       the fit fooling rate after each pass.
+    """
+
+    perturbation: torch.Tensor
+    fooling_rate: float
+    passes: int
+    history: tuple[float, ...]
+
+
+def perturb(x: torch.Tensor, v: torch.Tensor, input_range: tuple[float, float] | None
+            ) -> torch.Tensor:
+    """x + v (v broadcast over the batch), clipped to the input box when one is given."""
+    out = x + v
+    return out if input_range is None else out.clamp(*input_range)
+
+
+def predictions(logits_fn: LogitsFn, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """The predicted labels of ``x``, ``batch`` samples per forward pass."""
+    with torch.no_grad():
+        return torch.cat([logits_fn(x[s : s + batch]).argmax(dim=1)
+                          for s in range(0, x.shape[0], batch)])
+
+
+def fooled(
+    logits_fn: LogitsFn,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    clean: torch.Tensor,
+    *,
+    input_range: tuple[float, float] | None,
+    batch: int,
+) -> torch.Tensor:
+    """Per sample, whether the prediction at clip(x + delta) differs from ``clean``.
+
+    ``delta`` is one perturbation for every sample (a universal one, the shape of a sample)
+    or one per sample (the shape of ``x``)."""
+    per_sample = delta.shape == x.shape
+    out = []
+    with torch.no_grad():
+        for s in range(0, x.shape[0], batch):
+            d = delta[s : s + batch] if per_sample else delta
+            pred = logits_fn(perturb(x[s : s + batch], d, input_range)).argmax(dim=1)
+            out.append(pred != clean[s : s + batch])
+    return torch.cat(out)
+
+
+def random_lp_noise(
+    shape: torch.Size | tuple[int, ...], radius: float, norm: Norm,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """One random perturbation of ℓp norm exactly ``radius`` per sample of ``shape``, on the
+    CPU from ``generator``: ℓ∞ a random vertex of the cube (independent signs times the
+    radius, the largest random ℓ∞ perturbation); ℓ2 a uniformly random direction (a Gaussian
+    normalised) times the radius."""
+    if norm == "linf":
+        signs = torch.randint(0, 2, tuple(shape), generator=generator).float() * 2 - 1
+        return signs * radius
+    direction = torch.randn(tuple(shape), generator=generator)
+    size = direction.flatten(1).norm(dim=1).clamp_min(1e-30)
+    return direction / size.view(-1, *([1] * (len(shape) - 1))) * radius
+
+
+def _check(norm: Norm, eps: float, delta: float, batch: int) -> None:
+    if norm not in ("l2", "linf"):
+        raise ValueError(f"unknown norm {norm!r}; expected 'l2' or 'linf'")
+    if eps <= 0 or not 0 <= delta < 1 or batch < 1:
+        raise ValueError("need eps > 0, 0 <= delta < 1 and batch >= 1")
+
+
+def fit_uap_deepfool(
+    logits_fn: LogitsFn,
+    x: torch.Tensor,
+    *,
+    eps: float,
+    norm: Norm = "linf",
+    delta: float = 0.2,
+    max_passes: int = 10,
+    overshoot: float = 0.02,
+    max_iter: int = 50,
+    candidates: int = 10,
+    batch: int = 32,
+    input_range: tuple[float, float] | None = None,
+    generator: torch.Generator | None = None,
+    on_pass: PassCallback | None = None,
+) -> UAPFit:
+    """Moosavi-Dezfooli et al. (2017), Algorithm 1, with mini-batched DeepFool.
+
+    The original: v ← 0; while the fooling rate of X is below 1 − δ: for each x_i of X in a
+    random order, if k̂(x_i + v) = k̂(x_i), compute the minimal ℓ2 perturbation Δv_i that sends
+    x_i + v across the boundary (DeepFool) and set v ← P_{p,ξ}(v + Δv_i).
+
+    What this function does, exactly: each pass draws a random order of X (``generator``)
+    and cuts it into consecutive mini-batches of ``batch`` samples. For each mini-batch B:
+
+    1. with one forward pass, find the samples of B that the current v (call it v_B) does not
+       fool;
+    2. run ℓ2 DeepFool on all of them at once, from clip(x_i + v_B), away from the clean
+       prediction k̂(x_i) (unconstrained by the box, as in the paper's Δv_i);
+    3. for each of them whose DeepFool converged, in the pass's random order, apply the
+       original update v ← P_{p,ξ}(v + Δv_i) (ℓ∞: clip every entry to [−ξ, ξ]; ℓ2: rescale
+       to radius ξ only when outside); a non-converged Δv_i is skipped.
+
+    The only difference from the original is that every Δv_i of B is computed at v_B, the
+    perturbation at the start of the mini-batch, instead of at the v left by the updates of
+    the samples of B before x_i; and consequently that a sample of B that those earlier
+    updates would already have fooled still contributes its step. The updates themselves,
+    their order and the projection after each of them are the original's, so ``batch=1``
+    *is* Algorithm 1. Why this is faithful: for the samples that v does not fool, the
+    paper's Δv_i are the DeepFool steps at x_i + v, and v moves only by bounded, projected
+    increments within a mini-batch; a stale step points across the same boundary and, since
+    the universal direction is shared (the paper's section 4), mostly along v's own growth,
+    and the projection after each update keeps v in the ball whatever the steps sum to. The
+    batched form spends one DeepFool call (one set of gradient passes) per mini-batch instead
+    of one per sample. The stopping rule is the paper's: after each pass, the fooling rate of
+    X (clipped to the box) is measured and the fit stops once it reaches 1 − δ, or after
+    ``max_passes`` passes. Fooling is always judged at clip(x + v).
+    """
+    _check(norm, eps, delta, batch)
+    x = x.detach()
+    n = x.shape[0]
+    clean = predictions(logits_fn, x, batch)
+    v = torch.zeros_like(x[0])
+    history: list[float] = []
+    for index in range(1, max_passes + 1):
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n, batch):
+            idx = order[start : start + batch]
+            xb, kb = x[idx], clean[idx]
+            point = perturb(xb, v, input_range)
+            with torch.no_grad():
+                standing = logits_fn(point).argmax(dim=1) == kb
+            if not bool(standing.any()):
+                continue
+            result = deepfool(
+                logits_fn, point[standing], norm="l2", candidates=candidates,
+                overshoot=overshoot, max_iter=max_iter, labels=kb[standing],
+            )
+            for step in result.perturbation[result.converged]:
+                v = project_lp(v + step, eps, norm, batched=False)
+        rate = float(fooled(logits_fn, x, v, clean, input_range=input_range, batch=batch)
+                     .float().mean())
+        history.append(rate)
+        if on_pass is not None:
+            on_pass(index, rate)
+        if rate >= 1 - delta:
+            break
+    return UAPFit(v, history[-1] if history else 0.0, len(history), tuple(history))
+
+
+def fit_uap_sgd(
+    logits_fn: LogitsFn,
+    x: torch.Tensor,
+    *,
+    eps: float,
+    norm: Norm = "linf",
+    delta: float = 0.2,
+    max_passes: int = 10,
+    step: float = 0.1,
+    clamp: float = 2.0,
+    batch: int = 32,
+    input_range: tuple[float, float] | None = None,
+    generator: torch.Generator | None = None,
+    on_pass: PassCallback | None = None,
+) -> UAPFit:
+    """Projected stochastic gradient ascent for a universal perturbation (Shafahi et al. 2020,
+    section 3, "universal perturbations via stochastic gradient").
+
+    Each pass draws a random order of X (``generator``) and, for each mini-batch B of
+    ``batch`` samples, ascends the clamped loss L(v) = mean_{x∈B} min(CE(f(clip(x + v)),
+    k̂(x)), ``clamp``), where k̂(x) is the clean prediction: one forward pass and one gradient
+    g = ∇_v L per mini-batch. The step is ``step``·ξ·sign(g) for ℓ∞ and ``step``·ξ·g/‖g‖₂ for
+    ℓ2 (the sign / normalised steps of PGD), followed by the projection onto the ℓp ball of
+    radius ξ. Clamping the per-sample loss is Shafahi et al.'s device that stops samples
+    already fooled with high confidence from dominating the mean gradient. The stopping rule
+    is Algorithm 1's (fit fooling rate ≥ 1 − δ after a pass, or ``max_passes``).
+    """
+    _check(norm, eps, delta, batch)
+    x = x.detach()
+    n = x.shape[0]
+    clean = predictions(logits_fn, x, batch)
+    v = torch.zeros_like(x[0])
+    history: list[float] = []
+    for index in range(1, max_passes + 1):
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n, batch):
+            idx = order[start : start + batch]
+            with torch.enable_grad():
+                va = v.detach().requires_grad_(True)
+                logits = logits_fn(perturb(x[idx], va, input_range))
+                loss = F.cross_entropy(logits, clean[idx], reduction="none")
+                (grad,) = torch.autograd.grad(loss.clamp(max=clamp).mean(), va)
+            ascent = grad.sign() if norm == "linf" else grad / grad.norm().clamp_min(1e-30)
+            v = project_lp(v + step * eps * ascent, eps, norm, batched=False)
+        rate = float(fooled(logits_fn, x, v, clean, input_range=input_range, batch=batch)
+                     .float().mean())
+        history.append(rate)
+        if on_pass is not None:
+            on_pass(index, rate)
+        if rate >= 1 - delta:
+            break
+    return UAPFit(v, history[-1] if history else 0.0, len(history), tuple(history))

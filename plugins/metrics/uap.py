@@ -1,0 +1,220 @@
+"""``uap_fooling_rate``: universal adversarial perturbations (Moosavi-Dezfooli et al. 2017)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from robaudit import Floor, ImagePlot, Metric, MetricParams, MetricResult, hookimpl
+from robaudit.context import AuditContext
+from robaudit.errors import MetricError
+from robaudit.ops.deepfool import deepfool_split
+from robaudit.ops.projections import lp_norm
+from robaudit.ops.stats import wilson_interval
+from robaudit.ops.uap import UAPFit, fit_uap_deepfool, fit_uap_sgd, fooled, random_lp_noise
+
+#: The default budget ξ per norm, for inputs in [0, 1] (see :class:`UAPFoolingRate`).
+DEFAULT_EPS = {"linf": 0.1, "l2": 0.4}
+#: How many leading singular values of the DeepFool normals are reported.
+TOP_SINGULAR_VALUES = 10
+
+
+class UAPFitParams(MetricParams):
+    """The parameters of a universal-perturbation fit (shared by every metric that fits one)."""
+
+    eps: float = Field(
+        DEFAULT_EPS["linf"], gt=0,
+        description="the budget ξ: the radius of the ℓp ball of v (inputs in [0, 1]); when not "
+                    "given: 0.1 for linf, 0.4 for l2")
+    norm: Literal["linf", "l2"] = Field("linf", description="the norm p of the budget")
+    delta: float = Field(0.2, ge=0, lt=1,
+                         description="stop once the fit fooling rate reaches 1 − delta")
+    max_passes: int = Field(10, ge=1, le=1000, description="at most this many passes")
+    fit_limit: int = Field(500, ge=1, description="fit on the first fit_limit reference samples")
+    method: Literal["deepfool", "sgd"] = Field(
+        "deepfool", description="deepfool: the paper's Algorithm 1; sgd: Shafahi et al. 2020")
+    overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool's overshoot")
+    max_iter: int = Field(50, ge=1, le=1000, description="DeepFool's iterations per call")
+    candidates: int = Field(10, ge=2, description="DeepFool's candidate classes")
+    batch: int = Field(32, ge=1, description="samples per mini-batch of the fit")
+    step: float = Field(0.1, gt=0, le=1, description="sgd: step size as a fraction of eps")
+    clamp: float = Field(2.0, gt=0, description="sgd: clamp of the per-sample cross-entropy")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_eps(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("eps") is None and data.get("norm") == "l2":
+            return {**data, "eps": DEFAULT_EPS["l2"]}
+        return data
+
+    def fit_key(self) -> tuple[Any, ...]:
+        """Every parameter the fit depends on (the method's own only)."""
+        common = (self.method, self.eps, self.norm, self.delta, self.max_passes,
+                  self.fit_limit, self.batch)
+        if self.method == "deepfool":
+            return (*common, self.overshoot, self.max_iter, self.candidates)
+        return (*common, self.step, self.clamp)
+
+
+def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
+    """The universal perturbation of the audited model fitted on the first ``fit_limit``
+    samples of the reference split, cached in ``ctx.cache`` under the model, the reference
+    split, the spec seed and :meth:`UAPFitParams.fit_key`, so that every check with the same
+    fit parameters shares one fit. The fit's random order comes from a generator seeded with
+    the spec seed (not the check's generator, which differs between checks)."""
+    mua = ctx.model
+
+    def compute() -> UAPFit:
+        data = ctx.data(ctx.reference)
+        x = data.x[: params.fit_limit].to(ctx.device)
+        generator = torch.Generator().manual_seed(ctx.seed)
+        task = ctx.progress(params.max_passes, f"universal perturbation ({params.method})")
+
+        def on_pass(index: int, rate: float) -> None:
+            task.advance(1)
+
+        common: dict[str, Any] = {
+            "eps": params.eps, "norm": params.norm, "delta": params.delta,
+            "max_passes": params.max_passes, "batch": params.batch,
+            "input_range": mua.input_range, "generator": generator, "on_pass": on_pass,
+        }
+        if params.method == "deepfool":
+            return fit_uap_deepfool(
+                mua.logits, x, overshoot=params.overshoot, max_iter=params.max_iter,
+                candidates=params.candidates, **common,
+            )
+        return fit_uap_sgd(mua.logits, x, step=params.step, clamp=params.clamp, **common)
+
+    key = ("uap", mua.name, ctx.reference, ctx.seed, *params.fit_key())
+    return ctx.cache.get_or_compute(key, compute)
+
+
+def normalised_singular_values(vectors: torch.Tensor, top: int) -> list[float]:
+    """The ``top`` largest singular values of the matrix whose columns are ``vectors``
+    (rows of the input), divided by the largest."""
+    values = torch.linalg.svdvals(vectors.flatten(1).double())
+    if values.numel() == 0 or float(values[0]) == 0.0:
+        return []
+    return [round(float(s), 6) for s in (values / values[0])[:top]]
+
+
+class UAPFoolingRate(Metric):
+    """Held-out fooling rate of a universal adversarial perturbation fitted on the reference split.
+
+    Moosavi-Dezfooli, Fawzi, Fawzi & Frossard, "Universal adversarial perturbations",
+    CVPR 2017 (the four robustness categories of the note in the seeds): a single v with
+    ‖v‖_p ≤ ξ (``eps``) that changes the prediction of most samples. v is fitted on the first
+    ``fit_limit`` samples of the reference split and evaluated on the audit split. value: the
+    fraction of audit samples whose prediction at clip(x + v) differs from the clean
+    prediction (labels are not used; lower is better), with Wilson's 95% interval.
+
+    Fitting (``method``):
+
+    - ``deepfool`` (default): the paper's Algorithm 1 — passes over the shuffled fit set; for
+      each sample that v does not fool, the ℓ2 DeepFool step Δv_i at x_i + v (the paper's
+      arg min ‖r‖₂ for both budgets), accepted only when DeepFool converged, then
+      v ← P_{p,ξ}(v + Δv_i) (ℓ∞: clip; ℓ2: rescale only when outside); stop once the fit
+      fooling rate reaches 1 − δ (δ = 0.2, the paper's) or after ``max_passes``. The DeepFool
+      steps are computed per mini-batch of ``batch`` samples, all at the v of the start of the
+      mini-batch, then applied one by one in the random order with a projection after each:
+      the only difference from the one-sample-at-a-time original (``batch: 1`` is the
+      original); :func:`robaudit.ops.uap.fit_uap_deepfool` documents it in full.
+    - ``sgd``: projected sign-gradient (ℓ∞) or normalised-gradient (ℓ2) ascent of the mean
+      clamped cross-entropy of the clean predictions w.r.t. v, steps of ``step``·ξ, a
+      projection after each step (Shafahi et al., "Universal adversarial training",
+      AAAI 2020, section 3), same stopping rule; usually faster.
+
+    Choices where the paper is silent or does not apply:
+
+    - Budget: the paper uses ℓ∞ ξ = 10 and ℓ2 ξ = 2000 on ImageNet images in [0, 255]
+      (d = 224·224·3). For the 8×8 digits in [0, 1] the default is ℓ∞ ξ = 0.1 (1.6 of the
+      data's 16 grey-level steps; about the median minimal ℓ∞ DeepFool perturbation of the
+      shipped digits ResNet, 0.093) and ℓ2 ξ = 0.4, the paper's ℓ2/ℓ∞ ratio
+      2000/10 = 0.52·√d carried over to d = 64.
+    - The box: v is fitted and evaluated as clip(x + v) to ``model.input_range`` (the
+      perturbed image must be a valid input); DeepFool's inner steps are unconstrained, as
+      the paper's Δv_i.
+    - Randomness: the fit's random order comes from a generator seeded with the spec seed, so
+      that checks sharing the fit parameters (e.g. ``robustness_category``) share the fit
+      (``ctx.cache``); the noise baseline draws from the check's generator.
+
+    details: the fit fooling rate and its history, the passes, ‖v‖_p, the fooling rate of
+    random noise of the same norm as v (one draw per sample: a random vertex of the cube for
+    ℓ∞, a uniformly random direction for ℓ2), and the paper's section 4 evidence of a shared
+    low-dimensional subspace: the top singular values (divided by the largest) of the matrix
+    of unit normals to the decision boundary at the audit samples (ℓ2 DeepFool, converged
+    samples), next to those of as many random unit vectors. figures: v as an image.
+    """
+
+    name: ClassVar[str] = "uap_fooling_rate"
+    Params: ClassVar[type[MetricParams]] = UAPFitParams
+    higher_is_better: ClassVar[bool] = False
+    source: ClassVar[str] = ("Moosavi-Dezfooli et al. 2017, Universal adversarial "
+                             "perturbations, Algorithm 1 and section 4")
+
+    def compute(self, ctx: AuditContext, params: UAPFitParams) -> MetricResult:
+        data = ctx.data()
+        if len(data) == 0 or len(ctx.data(ctx.reference)) == 0:
+            raise MetricError("uap_fooling_rate needs a non-empty audit and reference split")
+        fit = fitted_uap(ctx, params)
+        mua = ctx.model
+        x = data.x.to(ctx.device)
+        clean = ctx.features()[1].argmax(dim=1).to(ctx.device)
+        v = fit.perturbation
+        hits = fooled(mua.logits, x, v, clean, input_range=mua.input_range,
+                      batch=ctx.batch_size)
+        size = float(lp_norm(v, params.norm, batched=False))
+        noise = random_lp_noise(x.shape, size, params.norm, ctx.generator).to(ctx.device)
+        noise_rate = float(fooled(mua.logits, x, noise, clean, input_range=mua.input_range,
+                                  batch=ctx.batch_size).float().mean())
+
+        boundary = deepfool_split(ctx, norm="l2", overshoot=params.overshoot,
+                                  candidates=params.candidates, max_iter=params.max_iter)
+        normals = boundary.normal[boundary.converged]
+        random_dirs = torch.randn(normals.shape, generator=ctx.generator)
+        count, total = int(hits.sum()), int(hits.numel())
+        symbol = "ℓ∞" if params.norm == "linf" else "ℓ2"
+        return MetricResult(
+            value=count / total,
+            samples=hits.double().cpu().numpy(),
+            ci=wilson_interval(count, total),
+            details={
+                "fit_fooling_rate": fit.fooling_rate,
+                "fit_history": list(fit.history),
+                "passes": fit.passes,
+                "fit_samples": min(params.fit_limit, len(ctx.data(ctx.reference))),
+                "perturbation_norm": size,
+                "noise_fooling_rate": noise_rate,
+                "normals": int(normals.shape[0]),
+                "normals_singular_values": normalised_singular_values(
+                    normals, TOP_SINGULAR_VALUES),
+                "random_singular_values": normalised_singular_values(
+                    random_dirs, TOP_SINGULAR_VALUES),
+            },
+            figures=[ImagePlot(
+                title="universal perturbation v",
+                image=v.detach().cpu().numpy(),
+                caption=f"{symbol} norm {size:.4g} (budget {params.eps:g}); fools "
+                        f"{count / total:.1%} of the audit split, random noise of the same "
+                        f"norm {noise_rate:.1%}",
+            )],
+        )
+
+    def floor(self, ctx: AuditContext, params: UAPFitParams) -> Floor:
+        fit = min(params.fit_limit, len(ctx.data(ctx.reference)))
+        audit = len(ctx.data())
+        return Floor(
+            forward=2 * fit + 2 * audit,
+            gradient=fit + audit,
+            note="one fit pass (a prediction and a gradient per fit sample, then the pass's "
+                 "fooling rate), the held-out and noise evaluations, one gradient per audit "
+                 "sample for the boundary normals",
+        )
+
+
+@hookimpl
+def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
+    register(UAPFoolingRate())

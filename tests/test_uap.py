@@ -1,0 +1,150 @@
+"""``uap_fooling_rate`` and the fitting algorithms of ``robaudit.ops.uap``, checked against the
+closed form of a binary linear classifier.
+
+For f(x) = w·x + b with logits [0, f] and every sample on the side f > 0, a universal v changes
+the prediction of x exactly when w·v ≤ −f(x) (away from the box's edges), and the best v in the
+ℓ∞ ball of radius ε is −ε·sign(w) (w·v = −ε‖w‖₁), in the ℓ2 ball −ε·w/‖w‖₂ (w·v = −ε‖w‖₂).
+So the best fooling rate is the fraction of samples with f(x) < ε‖w‖₁ (ℓ∞) or ε‖w‖₂ (ℓ2).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from robaudit.ops.uap import fit_uap_deepfool, fit_uap_sgd, random_lp_noise
+from robaudit.plugins.metrics.uap import UAPFitParams, UAPFoolingRate
+from robaudit.testing import make_context, run_metric
+
+DIM = 16
+#: w = ±1 entries: ‖w‖₁ = 16, ‖w‖₂ = 4.
+SIGNS = torch.tensor([1.0, -1.0] * (DIM // 2))
+#: Budgets whose threshold ε‖w‖ is 0.8 in both norms.
+BUDGETS = {"linf": 0.05, "l2": 0.2}
+SMALL, LARGE = 0.4, 1.6  # margins f(x): fooled at the threshold 0.8, and not fooled
+
+
+def linear_model(w: torch.Tensor = SIGNS) -> nn.Module:
+    """Logits [0, w·(x − 0.5)] on flattened 1×4×4 inputs."""
+    layer = nn.Linear(DIM, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.stack([torch.zeros(DIM), w]))
+        layer.bias.copy_(torch.tensor([0.0, -0.5 * float(w.sum())]))
+    return nn.Sequential(nn.Flatten(), layer)
+
+
+def samples(margins: list[float], seed: int, w: torch.Tensor = SIGNS) -> torch.Tensor:
+    """Points 0.5 + (a random offset ⊥ w) + m·w/‖w‖² with f = m, inside [0.25, 0.75]^d."""
+    g = torch.Generator().manual_seed(seed)
+    offset = (torch.rand(len(margins), DIM, generator=g) - 0.5) * 0.2
+    offset -= (offset @ w)[:, None] * w / w.dot(w)
+    m = torch.tensor(margins)[:, None]
+    return (0.5 + offset + m * w / w.dot(w)).view(-1, 1, 4, 4)
+
+
+def margins(small: int, large: int) -> list[float]:
+    return [SMALL] * small + [LARGE] * large
+
+
+@pytest.mark.parametrize("method", ["deepfool", "sgd"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_linear_fooling_rate_is_the_closed_form(method: str, norm: str) -> None:
+    ref = samples(margins(12, 8), seed=1)  # 60% foolable
+    test = samples(margins(5, 15), seed=2)  # 25% foolable
+    ctx = make_context(linear_model(), test, torch.ones(20, dtype=torch.long),
+                       reference=(ref, torch.ones(20, dtype=torch.long)))
+    result = run_metric(UAPFoolingRate(), ctx, eps=BUDGETS[norm], norm=norm, method=method,
+                        max_passes=20, step=0.2)
+    assert result.value == pytest.approx(0.25)
+    assert result.details["fit_fooling_rate"] == pytest.approx(0.6)
+    # δ = 0.2 asks for 80% on the fit set, which no v reaches: every pass is made
+    assert result.details["passes"] == 20
+
+
+@pytest.mark.parametrize("fit", [fit_uap_deepfool, fit_uap_sgd])
+def test_fitted_perturbation_is_the_optimal_one(fit) -> None:
+    x = samples(margins(6, 6), seed=3)
+    model = linear_model()
+    w = SIGNS.view(1, 4, 4)
+    extra = {"step": 0.2} if fit is fit_uap_sgd else {}
+    linf = fit(model, x, eps=0.05, norm="linf", max_passes=20, input_range=(0.0, 1.0),
+               generator=torch.Generator().manual_seed(0), **extra)
+    assert torch.allclose(linf.perturbation, -0.05 * w, atol=1e-6)
+    l2 = fit(model, x, eps=0.2, norm="l2", max_passes=20, input_range=(0.0, 1.0),
+             generator=torch.Generator().manual_seed(0), **extra)
+    cosine = float((l2.perturbation * -w).sum() / (l2.perturbation.norm() * w.norm()))
+    assert cosine > 0.999
+    assert float(l2.perturbation.norm()) == pytest.approx(0.2, rel=1e-4)
+
+
+def test_stops_at_one_minus_delta() -> None:
+    x = samples(margins(9, 1), seed=4)  # v fools 90% ≥ 1 − δ = 0.8 after the first pass
+    fit = fit_uap_deepfool(linear_model(), x, eps=0.05, norm="linf", delta=0.2, max_passes=20,
+                           input_range=(0.0, 1.0), generator=torch.Generator().manual_seed(0))
+    assert fit.passes == 1
+    assert fit.fooling_rate == pytest.approx(0.9)
+
+
+def test_batch_of_one_is_the_sequential_algorithm() -> None:
+    """With batch=1 each DeepFool step is taken at the current v: a sample that an earlier
+    update already fooled contributes nothing, so v is the projected sum of the steps of the
+    samples still standing, one by one (a brute-force loop of the paper's Algorithm 1)."""
+    from robaudit.ops.deepfool import deepfool
+    from robaudit.ops.projections import project_lp
+
+    x = samples([0.3, 0.5, 0.7, 1.2, 0.2], seed=5)
+    model = linear_model()
+    g = torch.Generator().manual_seed(7)
+    fit = fit_uap_deepfool(model, x, eps=0.2, norm="l2", max_passes=1, batch=1,
+                           input_range=(0.0, 1.0), generator=g)
+    order = torch.randperm(5, generator=torch.Generator().manual_seed(7))
+    v = torch.zeros(1, 4, 4)
+    for i in order.tolist():
+        point = (x[i : i + 1] + v).clamp(0, 1)
+        if model(point).argmax(dim=1).item() == 1:
+            step = deepfool(model, point, norm="l2")
+            v = project_lp(v + step.perturbation[0], 0.2, "l2", batched=False)
+    assert torch.allclose(fit.perturbation, v, atol=1e-7)
+
+
+def test_random_noise_has_the_norm_and_the_details() -> None:
+    g = torch.Generator().manual_seed(0)
+    linf = random_lp_noise((50, 1, 4, 4), 0.3, "linf", g)
+    assert torch.all(linf.abs() == 0.3)
+    l2 = random_lp_noise((50, 1, 4, 4), 0.3, "l2", g)
+    assert torch.allclose(l2.flatten(1).norm(dim=1), torch.full((50,), 0.3))
+
+
+def test_normals_of_a_linear_model_span_one_direction() -> None:
+    """Section 4 of the paper: the boundary normals at the samples share a low-dimensional
+    subspace. For a binary linear model every normal is w/‖w‖: rank one."""
+    x = samples(margins(10, 10), seed=6)
+    ctx = make_context(linear_model(), x, torch.ones(20, dtype=torch.long))
+    details = run_metric(UAPFoolingRate(), ctx, max_passes=2).details
+    values = details["normals_singular_values"]
+    assert values[0] == 1.0 and max(values[1:]) < 1e-6
+    assert min(details["random_singular_values"][1:4]) > 0.1
+    assert details["normals"] == 20
+
+
+def test_deterministic_with_the_seed_and_shared_through_the_cache() -> None:
+    x = samples(margins(10, 10), seed=8)
+    y = torch.ones(20, dtype=torch.long)
+    first = run_metric(UAPFoolingRate(), make_context(linear_model(), x, y), max_passes=3)
+    ctx = make_context(linear_model(), x, y)
+    second = run_metric(UAPFoolingRate(), ctx, max_passes=3)
+    assert first.details == second.details and first.value == second.value
+    key = ("uap", "model", "train", 0, *UAPFitParams.model_validate({"max_passes": 3}).fit_key())
+    assert key in ctx.cache
+    again = run_metric(UAPFoolingRate(), ctx, max_passes=3)
+    assert again.details["fit_history"] == second.details["fit_history"]
+
+
+def test_eps_default_follows_the_norm() -> None:
+    assert UAPFitParams.model_validate({}).eps == 0.1
+    assert UAPFitParams.model_validate({"norm": "l2"}).eps == 0.4
+    assert UAPFitParams.model_validate({"norm": "l2", "eps": 0.3}).eps == 0.3
+    with pytest.raises(ValidationError):
+        UAPFitParams.model_validate({"delta": 1.0})

@@ -178,7 +178,7 @@ def fit_uap_deepfool(
             for step in result.perturbation[result.converged]:
                 v = project_lp(v + step, eps, norm, batched=False)
         rate = float(fooled(logits_fn, x, v, clean, input_range=input_range, batch=batch)
-                     .float().mean())
+                     .double().mean())
         history.append(rate)
         if on_pass is not None:
             on_pass(index, rate)
@@ -232,7 +232,7 @@ def fit_uap_sgd(
             ascent = grad.sign() if norm == "linf" else grad / grad.norm().clamp_min(1e-30)
             v = project_lp(v + step * eps * ascent, eps, norm, batched=False)
         rate = float(fooled(logits_fn, x, v, clean, input_range=input_range, batch=batch)
-                     .float().mean())
+                     .double().mean())
         history.append(rate)
         if on_pass is not None:
             on_pass(index, rate)

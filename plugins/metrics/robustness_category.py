@@ -1,0 +1,147 @@
+"""``robustness_category``: the four robustness categories of universal perturbations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
+from robaudit.context import AuditContext
+from robaudit.errors import MetricError
+from robaudit.ops.attacks import pgd
+from robaudit.ops.deepfool import deepfool_split
+from robaudit.ops.projections import lp_norm
+from robaudit.ops.uap import fooled, random_lp_noise
+from robaudit.plugins.metrics.uap import UAPFitParams, fitted_uap
+
+#: The names of the categories, by number.
+CATEGORY_NAMES = {
+    1: "no adversarial perturbations",
+    2: "per-sample adversarial perturbations",
+    3: "universal adversarial perturbations",
+    4: "all perturbations are adversarial",
+}
+
+
+class CategoryParams(UAPFitParams):
+    tau: float = Field(0.5, gt=0, lt=1,
+                       description="a kind of perturbation counts when it fools more than tau")
+    attack: Literal["pgd", "deepfool"] = Field(
+        "pgd", description="the per-sample attack within eps: PGD, or DeepFool's minimal "
+                           "perturbation when its norm is at most eps")
+    steps: int = Field(20, ge=1, le=10_000, description="PGD steps")
+    step_size: float | None = Field(
+        None, gt=0, description="PGD step size (default 2.5·eps/steps, Madry et al.)")
+
+
+class RobustnessCategory(Metric):
+    """The robustness category (1 best … 4 worst) of the model at the budget ``eps``.
+
+    The note on Moosavi-Dezfooli et al. (2017), "Universal adversarial perturbations"
+    (universal-adversarial-perturbations-geometry, "Four Scenarios"): with B_ε the ℓp ball,
+    (1) ∀I ∀Δ∈B_ε f(I) = f(I+Δ): no adversarial perturbations; (2) ∀I ∃Δ∈B_ε f(I) ≠ f(I+Δ):
+    per-sample ones; (3) ∃Δ∈B_ε ∀I f(I) ≠ f(I+Δ): universal ones; (4) ∀I ∀Δ∈B_ε
+    f(I) ≠ f(I+Δ): every perturbation is adversarial. Each category is strictly less robust
+    than the previous one. value: the category (lower is better).
+
+    The quantifiers are measured on the audit split, "for most images" read as "for more
+    than a fraction ``tau`` of the samples" (default 0.5, a majority), and "fooled" as "the
+    prediction at clip(x + Δ) differs from the clean prediction":
+
+    - 4 if random noise of norm ``eps`` (one draw per sample from the check's generator: a
+      random vertex of the ℓ∞ cube, or a uniformly random direction on the ℓ2 sphere, the
+      largest random perturbations of the ball, standing in for ∀Δ) fools more than tau;
+    - else 3 if the universal perturbation of ``uap_fooling_rate`` (same fit parameters, the
+      same cached fit) fools more than tau;
+    - else 2 if a per-sample attack within eps does: ``pgd`` (the default; PGD of the clean
+      prediction's cross-entropy with a random start, ``steps`` steps) or ``deepfool``
+      (DeepFool in the budget's norm, counted when it converged within norm eps). Since the
+      noise and the universal perturbation are per-sample perturbations within eps too, a
+      sample they fool counts as fooled here as well, so the three rates are ordered;
+    - else 1.
+
+    details: the three fooling rates, tau, the category's name and the UAP fit's passes.
+    """
+
+    name: ClassVar[str] = "robustness_category"
+    Params: ClassVar[type[MetricParams]] = CategoryParams
+    higher_is_better: ClassVar[bool] = False
+    source: ClassVar[str] = ("Moosavi-Dezfooli et al. 2017, Universal adversarial "
+                             "perturbations; the four categories of the note (seeds)")
+
+    def compute(self, ctx: AuditContext, params: CategoryParams) -> MetricResult:
+        data = ctx.data()
+        if len(data) == 0 or len(ctx.data(ctx.reference)) == 0:
+            raise MetricError("robustness_category needs a non-empty audit and reference split")
+        mua = ctx.model
+        box = mua.input_range
+        x = data.x.to(ctx.device)
+        clean = ctx.features()[1].argmax(dim=1).to(ctx.device)
+        batch = ctx.batch_size
+
+        noise = random_lp_noise(x.shape, params.eps, params.norm, ctx.generator).to(ctx.device)
+        noise_hits = fooled(mua.logits, x, noise, clean, input_range=box, batch=batch)
+        fit = fitted_uap(ctx, params)
+        uap_hits = fooled(mua.logits, x, fit.perturbation, clean, input_range=box, batch=batch)
+        attack_hits = self._attack(ctx, params, x, clean)
+        sample_hits = attack_hits | uap_hits | noise_hits
+
+        rates = {
+            "noise_fooling_rate": float(noise_hits.double().mean()),
+            "universal_fooling_rate": float(uap_hits.double().mean()),
+            "per_sample_fooling_rate": float(sample_hits.double().mean()),
+        }
+        if rates["noise_fooling_rate"] > params.tau:
+            category = 4
+        elif rates["universal_fooling_rate"] > params.tau:
+            category = 3
+        elif rates["per_sample_fooling_rate"] > params.tau:
+            category = 2
+        else:
+            category = 1
+        return MetricResult(
+            value=float(category),
+            details={
+                **rates,
+                "attack_fooling_rate": float(attack_hits.double().mean()),
+                "tau": params.tau,
+                "category_name": CATEGORY_NAMES[category],
+                "uap_passes": fit.passes,
+            },
+        )
+
+    @staticmethod
+    def _attack(ctx: AuditContext, params: CategoryParams, x: torch.Tensor,
+                clean: torch.Tensor) -> torch.Tensor:
+        """Per sample, whether the per-sample attack within eps changes the prediction."""
+        mua = ctx.model
+        if params.attack == "deepfool":
+            result = deepfool_split(ctx, norm=params.norm, overshoot=params.overshoot,
+                                    candidates=params.candidates, max_iter=params.max_iter)
+            size = lp_norm(result.boundary.to(ctx.device) - x, params.norm)
+            return result.converged.to(ctx.device) & (size <= params.eps)
+        step = params.step_size or 2.5 * params.eps / params.steps
+        hits = []
+        for start in range(0, x.shape[0], ctx.batch_size):
+            xb, kb = x[start : start + ctx.batch_size], clean[start : start + ctx.batch_size]
+            adv = pgd(mua.logits, xb, kb, eps=params.eps, norm=params.norm, steps=params.steps,
+                      step_size=step, generator=ctx.generator, input_range=mua.input_range)
+            hits.append(mua.predict(adv) != kb)
+        return torch.cat(hits)
+
+    def floor(self, ctx: AuditContext, params: CategoryParams) -> Floor:
+        n = len(ctx.data())
+        fit = min(params.fit_limit, len(ctx.data(ctx.reference)))
+        return Floor(
+            forward=3 * n + 2 * fit,
+            gradient=n + fit,
+            note="noise and UAP evaluations, one fit pass, one attack gradient per sample",
+        )
+
+
+@hookimpl
+def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
+    register(RobustnessCategory())

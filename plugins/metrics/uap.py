@@ -169,7 +169,7 @@ class UAPFoolingRate(Metric):
         size = float(lp_norm(v, params.norm, batched=False))
         noise = random_lp_noise(x.shape, size, params.norm, ctx.generator).to(ctx.device)
         noise_rate = float(fooled(mua.logits, x, noise, clean, input_range=mua.input_range,
-                                  batch=ctx.batch_size).float().mean())
+                                  batch=ctx.batch_size).double().mean())
 
         boundary = deepfool_split(ctx, norm="l2", overshoot=params.overshoot,
                                   candidates=params.candidates, max_iter=params.max_iter)

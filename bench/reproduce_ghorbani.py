@@ -57,6 +57,9 @@ except ImportError:  # the metric registry has it under its spec name
 #: Separations of the cluster means (the intertwinedness knob of the mixture).
 SEPARATIONS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 DEPTHS = (1, 2, 3)
+#: Extra runs of the depth table: (label, depth, changes to the zoo recipe). The quarter-width
+#: 1-layer CNN underfits with the shared recipe; trained harder it deforms too.
+EXTRA_RUNS = (("1, lr 0.1, 40 epochs", 1, {"lr": 0.1, "epochs": 40}),)
 #: Metric params: fewer than the paper's (1000 samples, 1000 points, 10,000 trials) to stay fast.
 SPEARMAN_PARAMS = {"pairs": 100, "trials": 300}
 SPHERE_PARAMS = {"radius": 1.0, "points": 100, "samples": 100}
@@ -95,15 +98,17 @@ def measure(model: nn.Module, splits: dict[str, DataSplit]) -> Measure:
         ctx.model.__exit__(None, None, None)  # give training back its mode and gradients
 
 
-def before_after(depth: int, separation: float, seed: int) -> tuple[Measure, Measure]:
+def before_after(depth: int, separation: float, seed: int, recipe: dict | None = None
+                 ) -> tuple[Measure, Measure]:
     """Measure the ``depth``-layer CNN on the mixture at ``separation`` before and after
-    training it with the zoo's recipe; ``seed`` sets the data, the init and the batch order."""
+    training it with the zoo's recipe (updated with ``recipe``); ``seed`` sets the data, the
+    init and the batch order."""
     splits = mixture_splits(MixtureOptions(**{**MIXTURE, "separation": separation,
                                               "seed": seed}))
     torch.manual_seed(seed)
     model = ghorbani_cnn(depth, **SMALL)
     before = measure(model, splits)
-    fit(model, splits["train"].x, splits["train"].y, seed=seed, **RECIPE)
+    fit(model, splits["train"].x, splits["train"].y, seed=seed, **{**RECIPE, **(recipe or {})})
     return before, measure(model, splits)
 
 
@@ -127,10 +132,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def run(seeds: int) -> tuple[dict, dict]:
     """Figure 4 (by depth) and Figures 5-6 (by separation): {key: (before, after)} summaries."""
     by_depth, by_separation = {}, {}
-    for depth in DEPTHS:
-        pairs = [before_after(depth, MIXTURE["separation"], s) for s in range(seeds)]
-        by_depth[depth] = (summarise(p[0] for p in pairs), summarise(p[1] for p in pairs))
-        print(f"depth {depth}: done", flush=True)
+    runs = [(str(d), d, {}) for d in DEPTHS] + list(EXTRA_RUNS)
+    for label, depth, recipe in runs:
+        pairs = [before_after(depth, MIXTURE["separation"], s, recipe) for s in range(seeds)]
+        by_depth[label] = (summarise(p[0] for p in pairs), summarise(p[1] for p in pairs))
+        print(f"depth {label}: done", flush=True)
     for separation in SEPARATIONS:
         pairs = [before_after(3, separation, s) for s in range(seeds)]
         by_separation[separation] = (summarise(p[0] for p in pairs),
@@ -141,17 +147,18 @@ def run(seeds: int) -> tuple[dict, dict]:
 
 def report(by_depth: dict, by_separation: dict, seeds: int, seconds: float) -> str:
     depth_rows = [
-        [str(d), stage, fmt(s["spearman"]), fmt(s["sphere_k"]), fmt(s["fgsm_change"]),
+        [d, stage, fmt(s["spearman"]), fmt(s["sphere_k"]), fmt(s["fgsm_change"]),
          fmt(s["itw_feature"]), fmt(s["accuracy"])]
         for d, pair in by_depth.items() for stage, s in zip(("before", "after"), pair,
                                                              strict=True)
     ]
     sep_rows = [
         [f"{sep}", fmt((1 - b["itw_input"][0], b["itw_input"][1])), fmt(b["spearman"]),
-         fmt(a["spearman"]), fmt(a["sphere_k"]), fmt(a["fgsm_change"]), fmt(a["itw_feature"]),
-         fmt(a["accuracy"])]
+         fmt(a["spearman"]), fmt(b["sphere_k"]), fmt(a["sphere_k"]), fmt(a["fgsm_change"]),
+         fmt(a["itw_feature"]), fmt(a["accuracy"])]
         for sep, (b, a) in by_separation.items()
     ]
+    lines = trend_lines(by_depth, by_separation)
     mixture = ", ".join(f"{k}={v}" for k, v in MIXTURE.items() if k not in ("separation",
                                                                               "seed"))
     return "\n".join([
@@ -168,18 +175,74 @@ def report(by_depth: dict, by_separation: dict, seeds: int, seconds: float) -> s
         "",
         f"## Figure 4 / Appendix D: deformation by depth (separation {MIXTURE['separation']})",
         "",
+        "Rows 1-3 use the zoo recipe; the last row trains the 1-layer CNN harder (on 1×8×8 "
+        "inputs its quarter-width version is a global max-pool of 16 channels, which underfits "
+        "the shared recipe).",
+        "",
         table(["layers", "training", "Spearman r_s", "sphere k", "FGSM ‖P−P*‖₁",
                "feature ITW_10", "test accuracy"], depth_rows),
         "",
         "## Figures 5 and 6: 3-layer CNN against the intertwinedness of the data",
         "",
         "Intertwinedness = 1 − mean input-space ITW_10 of the test split (higher = more "
-        "intertwined); the columns after it are the trained network's, except `r_s before`.",
+        "intertwined); `before` columns are the untrained network's, the others the trained "
+        "network's.",
         "",
-        table(["separation", "intertwinedness", "r_s before", "r_s after", "sphere k",
+        table(["separation", "intertwinedness", "r_s before", "r_s after", "k before", "k after",
                "FGSM ‖P−P*‖₁", "feature ITW_10", "test accuracy"], sep_rows),
         "",
+        "## Trends (computed from the means above)",
+        "",
+        *lines,
+        "",
+        "![figures](figures.png)",
+        "",
     ])
+
+
+def trend_lines(by_depth: dict, by_separation: dict) -> list[str]:
+    """The paper's claims, each checked on the means of this run."""
+
+    def means(pairs: Iterable, stage: int, key: str) -> list[float]:
+        return [pair[stage][key][0] for pair in pairs]
+
+    def monotone(values: list[float], increasing: bool) -> bool:
+        steps = np.diff(values)
+        return bool((steps > 0).all() if increasing else (steps < 0).all())
+
+    shared = [by_depth[str(d)] for d in DEPTHS]  # the shared recipe, by depth
+    sep_pairs = list(by_separation.values())  # separation increasing = intertwinedness falling
+
+    def per_row(key: str, larger_after: bool) -> str:
+        def holds(pair: tuple) -> bool:
+            before, after = pair[0][key][0], pair[1][key][0]
+            return after > before if larger_after else after < before
+
+        rows = [f"depth {label}: {yes(holds(p))}" for label, p in by_depth.items()]
+        rows.append(f"depth 3 at every separation: {yes(all(holds(p) for p in sep_pairs))}")
+        return "; ".join(rows)
+
+    claims = [
+        ("sphere k after training > before (Appendix D)", per_row("sphere_k", True)),
+        ("Spearman after training < before (Figure 4c)", per_row("spearman", False)),
+        ("sphere k after training increases with depth (Figure 4a)",
+         yes(monotone(means(shared, 1, "sphere_k"), increasing=True))),
+        ("Spearman after training decreases with depth (Figure 4b)",
+         yes(monotone(means(shared, 1, "spearman"), increasing=False))),
+        ("measured intertwinedness decreases as the separation grows",
+         yes(monotone([1 - v for v in means(sep_pairs, 0, "itw_input")], increasing=False))),
+        ("Spearman after training decreases as intertwinedness increases (Figure 5)",
+         yes(monotone(means(sep_pairs, 1, "spearman"), increasing=True))),
+        ("FGSM output change increases as intertwinedness increases (Figure 6)",
+         yes(monotone(means(sep_pairs, 1, "fgsm_change"), increasing=False))),
+        ("sphere k after training increases as intertwinedness increases (not claimed by the "
+         "paper)", yes(monotone(means(sep_pairs, 1, "sphere_k"), increasing=False))),
+    ]
+    return [f"- {claim}: **{verdict}**" for claim, verdict in claims]
+
+
+def yes(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 def plot(by_depth: dict, by_separation: dict, path: Path) -> None:
@@ -189,12 +252,12 @@ def plot(by_depth: dict, by_separation: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    depths = list(by_depth)
+    depths = list(DEPTHS)
     for ax, key, label in ((axes[0], "sphere_k", "sphere deformation k"),
                            (axes[1], "spearman", "rank-order Spearman r_s")):
         for index, stage in enumerate(("before", "after")):
-            mean = [by_depth[d][index][key][0] for d in depths]
-            std = [by_depth[d][index][key][1] for d in depths]
+            mean = [by_depth[str(d)][index][key][0] for d in depths]
+            std = [by_depth[str(d)][index][key][1] for d in depths]
             ax.errorbar(depths, mean, yerr=std, marker="o", capsize=3,
                         label=f"{stage} training")
         ax.set_xticks(depths)

@@ -9,17 +9,23 @@ CNNs of robaudit.zoo.ghorbani_cnn trained with the zoo recipe. Everything is see
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from robaudit.context import DataSplit
+from robaudit.model import ModelUnderAudit
+from robaudit.pluginmanager import load_plugins
 from robaudit.plugins.loaders.gaussian_mixture import MixtureOptions, mixture_splits
 from robaudit.plugins.metrics.fgsm_output_change import FgsmOutputChange
 from robaudit.plugins.metrics.intertwinedness import Intertwinedness
 from robaudit.plugins.metrics.spearman import RankOrderSpearman
 from robaudit.plugins.metrics.sphere_deformation import SphereDeformation
+from robaudit.spec import load_spec
 from robaudit.testing import make_context, run_metric
+from robaudit.zoo import ZOO
 from robaudit.zoo.ghorbani_cnn import MIXTURE, RECIPE, SMALL, ghorbani_cnn
 from robaudit.zoo.training import fit
 
@@ -75,3 +81,37 @@ def test_more_intertwined_data_means_lower_spearman_and_larger_fgsm_change(key: 
         assert trained[0] > trained[1] > trained[2]
     else:  # the data is less intertwined, and the trained map less deformed, as means separate
         assert trained[0] < trained[1] < trained[2]
+
+
+@pytest.mark.parametrize(("depth", "flat"), [(1, 64 * 2 * 2), (2, 128 * 2 * 2), (3, 256)])
+def test_cnn_layout_follows_appendix_a_on_cifar_sized_inputs(depth: int, flat: int) -> None:
+    model = ghorbani_cnn(depth, (3, 32, 32), 10)
+    assert isinstance(model, nn.Sequential)
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256][:depth]
+    assert all(c.kernel_size == (5, 5) and c.stride == (2, 2) for c in convs)
+    for index, layer in enumerate(model):
+        if isinstance(layer, nn.Conv2d):
+            assert isinstance(model[index + 1], nn.BatchNorm2d)
+            assert isinstance(model[index + 2], nn.ReLU)
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(flat, 1024), (1024, 10)]
+    mua = ModelUnderAudit(model)
+    with mua:
+        feats, logits = mua.features_and_logits(torch.rand(2, 3, 32, 32))
+    assert feats.shape == (2, 1024) and logits.shape == (2, 10)
+
+
+def test_small_inputs_fit_and_zoo_entries_are_registered() -> None:
+    for depth in (1, 2, 3):
+        assert ghorbani_cnn(depth, (1, 5, 7), 3, 16, 0.25)(torch.rand(4, 1, 5, 7)).shape == (4, 3)
+        assert f"ghorbani_cnn{depth}" in ZOO
+    with pytest.raises(ValueError):
+        ghorbani_cnn(4)
+
+
+def test_shipped_spec_is_valid() -> None:
+    spec = Path(__file__).parent.parent / "specs" / "ghorbani-cnn.yaml"
+    loaded = load_spec(spec, load_plugins())
+    assert {c.metric.name for c in loaded.checks} >= {
+        "sphere_deformation", "intertwinedness", "fgsm_output_change", "rank_order_spearman"}

@@ -158,3 +158,23 @@ def test_too_many_neighbours_is_a_metric_error_and_params_are_checked() -> None:
                 {"radius_units": "absolute", "radii": [1.0, 2.0], "feature_radii": [1.0]}):
         with pytest.raises(ValidationError):
             Intertwinedness.Params.model_validate(bad)
+
+
+def test_knn_is_exact_for_data_far_from_the_origin() -> None:
+    # ‖a‖² + ‖b‖² − 2a·b loses the small distances of points near (100, …, 100) in float32;
+    # centring on the reference mean keeps the order of the float64 distances
+    g = torch.Generator().manual_seed(6)
+    r = 100.0 + 0.01 * torch.randn(200, 30, generator=g, dtype=torch.float64)
+    q = 100.0 + 0.01 * torch.randn(20, 30, generator=g, dtype=torch.float64)
+    _, index = knn(q.float(), r.float(), 5)
+    expected = torch.cdist(q, r, compute_mode="donot_use_mm_for_euclid_dist").argsort(dim=1)
+    assert torch.equal(index, expected[:, :5])
+
+
+def test_reference_copies_of_audit_samples_are_counted() -> None:
+    x, y, xr, yr = small_case()
+    ctx = make_context(random_net(4, 0), x, y,
+                       reference=(torch.cat([xr, x[:7]]), torch.cat([yr, y[:7]])))
+    result = run_metric(Intertwinedness(), ctx, n=1, ns=[1])
+    assert result.details["duplicates"] == 7
+    assert result.details["leave_one_out"] is False

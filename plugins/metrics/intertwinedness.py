@@ -81,7 +81,9 @@ class Intertwinedness(Metric):
       (default: the same list; else one per entry of ``radii``) feature-space radii.
     - The label of x is its true label; the n nearest use ℓ2 distance, ties broken arbitrarily.
     - When the reference split is the audit split itself (no separate training data), each
-      sample is left out of its own neighbours (leave-one-out).
+      sample is left out of its own neighbours (leave-one-out). ``duplicates`` in details
+      counts audit samples with an exact copy in the reference split (input distance 0): a
+      split that overlaps the reference inflates ITW, and this number shows it.
     - ``n`` (or an entry of ``ns``) larger than the reference set is a MetricError; the default
       curve stops at the reference size. The paper's curves run to n = 1000 on 1000 samples.
     """
@@ -125,6 +127,9 @@ class Intertwinedness(Metric):
         for space, (queries, reference) in spaces.items():
             chunk = _query_chunk(ctx.batch_size, reference.shape[0], largest)
             _, index = knn(queries, reference, largest, exclude=exclude, query_chunk=chunk)
+            if space == "input":
+                gap = (queries - reference[index[:, 0]]).abs().amax(dim=1)
+                duplicates = int((gap == 0).sum())
             same = (ref_labels[index] == labels[:, None]).double()
             per_n[space] = same.cumsum(dim=1) / torch.arange(1, largest + 1, device=device)
             radii = self._radii(ctx, params, space, queries, reference, exclude)
@@ -159,6 +164,7 @@ class Intertwinedness(Metric):
                 "n": params.n,
                 "reference_samples": len(ref),
                 "leave_one_out": same_split,
+                "duplicates": duplicates,
                 "itw_n_curve": n_table,
                 "itw_r_curve": r_table,
             },

@@ -71,12 +71,20 @@ def test_fitted_perturbation_is_the_optimal_one(fit) -> None:
     extra = {"step": 0.2} if fit is fit_uap_sgd else {}
     linf = fit(model, x, eps=0.05, norm="linf", max_passes=20, input_range=(0.0, 1.0),
                generator=torch.Generator().manual_seed(0), **extra)
-    assert torch.allclose(linf.perturbation, -0.05 * w, atol=1e-6)
+    # v = −c·sign(w) with c ≤ ε; DeepFool's first steps already reach the vertex c = ε (the
+    # returned v is the first pass's with the best rate, so sgd may stop short of it)
+    v = linf.perturbation
+    assert torch.equal(v.sign(), -w) and torch.allclose(v.abs(), v.abs().max())
+    assert float(v.abs().max()) <= 0.05 + 1e-7
+    if fit is fit_uap_deepfool:
+        assert torch.allclose(v, -0.05 * w, atol=1e-6)
     l2 = fit(model, x, eps=0.2, norm="l2", max_passes=20, input_range=(0.0, 1.0),
              generator=torch.Generator().manual_seed(0), **extra)
     cosine = float((l2.perturbation * -w).sum() / (l2.perturbation.norm() * w.norm()))
     assert cosine > 0.999
-    assert float(l2.perturbation.norm()) == pytest.approx(0.2, rel=1e-4)
+    assert float(l2.perturbation.norm()) <= 0.2 * (1 + 1e-5)
+    # the fooled fraction is the closed form's: the six samples of margin 0.4 < ε‖w‖ = 0.8
+    assert linf.fooling_rate == l2.fooling_rate == 0.5
 
 
 def test_stops_at_one_minus_delta() -> None:

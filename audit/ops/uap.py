@@ -35,8 +35,13 @@ PassCallback = Callable[[int, float], None]
 class UAPFit:
     """A fitted universal perturbation.
 
-    perturbation  v, shape of one sample (on the device of the fit data), ‖v‖_p ≤ eps.
-    fooling_rate  the fraction of the fit set fooled by v after the last pass.
+    perturbation  v, shape of one sample (on the device of the fit data), ‖v‖_p ≤ eps: of the
+                  v's left at the end of each pass, the one with the highest fit fooling rate
+                  (the earliest among ties). When the target 1 − δ is reached that is the last
+                  one, as in the paper, whose loop runs until then; when ``max_passes`` stops
+                  the fit first, the best pass is kept rather than the last (the stopping
+                  rule already measures every pass's rate, so this costs nothing).
+    fooling_rate  the fraction of the fit set fooled by ``perturbation``.
     passes        the number of passes made over the fit set.
     history       the fit fooling rate after each pass.
     """
@@ -118,7 +123,7 @@ def fit_uap_deepfool(
     overshoot: float = 0.02,
     max_iter: int = 50,
     candidates: int = 10,
-    batch: int = 32,
+    batch: int = 64,
     input_range: tuple[float, float] | None = None,
     generator: torch.Generator | None = None,
     on_pass: PassCallback | None = None,
@@ -151,15 +156,21 @@ def fit_uap_deepfool(
     the universal direction is shared (the paper's section 4), mostly along v's own growth,
     and the projection after each update keeps v in the ball whatever the steps sum to. The
     batched form spends one DeepFool call (one set of gradient passes) per mini-batch instead
-    of one per sample. The stopping rule is the paper's: after each pass, the fooling rate of
-    X (clipped to the box) is measured and the fit stops once it reaches 1 − δ, or after
-    ``max_passes`` passes. Fooling is always judged at clip(x + v).
+    of one per sample. Measured on the shipped digits ResNet (fit on 200 test digits, scored
+    on the other 250, ℓ∞ ξ = 0.1, 10 passes, one CPU thread): ``batch`` 1 (the original)
+    9.7 s, held-out fooling rate 0.100; ``batch`` 16 / 32 / 64 / 128: 3.6 / 2.6 / 1.9 / 1.6 s,
+    0.084 / 0.084 / 0.108 / 0.080 (ξ = 0.2: 0.35 / 0.33 / 0.33 / 0.37) — within the
+    pass-to-pass spread of the original itself. The stopping rule is the paper's: after each
+    pass, the fooling rate of X (clipped to the box) is measured and the fit stops once it
+    reaches 1 − δ, or after ``max_passes`` passes. Fooling is always judged at clip(x + v).
+    The result keeps the best pass's v (see :class:`UAPFit`).
     """
     _check(norm, eps, delta, batch)
     x = x.detach()
     n = x.shape[0]
     clean = predictions(logits_fn, x, batch)
-    v = torch.zeros_like(x[0])
+    v = best = torch.zeros_like(x[0])
+    best_rate = -1.0
     history: list[float] = []
     for index in range(1, max_passes + 1):
         order = torch.randperm(n, generator=generator).to(x.device)
@@ -180,11 +191,13 @@ def fit_uap_deepfool(
         rate = float(fooled(logits_fn, x, v, clean, input_range=input_range, batch=batch)
                      .double().mean())
         history.append(rate)
+        if rate > best_rate:
+            best, best_rate = v, rate
         if on_pass is not None:
             on_pass(index, rate)
         if rate >= 1 - delta:
             break
-    return UAPFit(v, history[-1] if history else 0.0, len(history), tuple(history))
+    return UAPFit(best, max(best_rate, 0.0), len(history), tuple(history))
 
 
 def fit_uap_sgd(
@@ -197,7 +210,7 @@ def fit_uap_sgd(
     max_passes: int = 10,
     step: float = 0.1,
     clamp: float = 2.0,
-    batch: int = 32,
+    batch: int = 64,
     input_range: tuple[float, float] | None = None,
     generator: torch.Generator | None = None,
     on_pass: PassCallback | None = None,
@@ -218,7 +231,8 @@ def fit_uap_sgd(
     x = x.detach()
     n = x.shape[0]
     clean = predictions(logits_fn, x, batch)
-    v = torch.zeros_like(x[0])
+    v = best = torch.zeros_like(x[0])
+    best_rate = -1.0
     history: list[float] = []
     for index in range(1, max_passes + 1):
         order = torch.randperm(n, generator=generator).to(x.device)
@@ -234,8 +248,10 @@ def fit_uap_sgd(
         rate = float(fooled(logits_fn, x, v, clean, input_range=input_range, batch=batch)
                      .double().mean())
         history.append(rate)
+        if rate > best_rate:
+            best, best_rate = v, rate
         if on_pass is not None:
             on_pass(index, rate)
         if rate >= 1 - delta:
             break
-    return UAPFit(v, history[-1] if history else 0.0, len(history), tuple(history))
+    return UAPFit(best, max(best_rate, 0.0), len(history), tuple(history))

@@ -39,7 +39,7 @@ class UAPFitParams(MetricParams):
     overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool's overshoot")
     max_iter: int = Field(50, ge=1, le=1000, description="DeepFool's iterations per call")
     candidates: int = Field(10, ge=2, description="DeepFool's candidate classes")
-    batch: int = Field(32, ge=1, description="samples per mini-batch of the fit")
+    batch: int = Field(64, ge=1, description="samples per mini-batch of the fit")
     step: float = Field(0.1, gt=0, le=1, description="sgd: step size as a fraction of eps")
     clamp: float = Field(2.0, gt=0, description="sgd: clamp of the per-sample cross-entropy")
 

@@ -1,0 +1,209 @@
+"""robaudit's attacks against the peers, on the shipped digits ResNet and the same digits test
+samples, in one run: DeepFool (ART 1.20, torchattacks 3.5), the universal perturbation of
+Moosavi-Dezfooli et al. 2017 (ART's ``UniversalPerturbation`` with its DeepFool attacker) and
+PGD (torchattacks 3.5).
+
+    pip install -e '.[bench]'          # the peers: never runtime dependencies of robaudit
+    python bench/peers.py [--samples 200] [--eps 0.1] [--threads 1]
+
+Every implementation gets the same model (eval mode, frozen), the same samples, the same
+hyper-parameters (DeepFool: 50 iterations, overshoot 0.02, 10 candidate classes, the box
+[0, 1]; universal perturbation: ℓ∞ budget ``eps``, δ = 0.2, at most ``--passes`` passes, fitted
+and scored on the samples; PGD: ℓ∞ ``eps``, 20 steps of 2.5·eps/20, a random start, the true
+labels) and the same number of CPU threads. Columns: wall time, time relative to robaudit's,
+the success rate (DeepFool: the prediction changed; UAP: the fooling rate on the samples;
+PGD: 1 − robust accuracy), ρ_adv = mean ‖r‖₂/‖x‖₂ over the successful samples (DeepFool's
+robustness measure, Moosavi-Dezfooli et al. 2016, eq. 15), and the robust accuracy for PGD.
+
+Goals: DeepFool ≥ 30× faster than ART's at success 1.0 with ρ_adv within 5%; the universal
+perturbation ≥ 50× faster than ART's with a fooling rate at least ART's; PGD at least as fast
+as torchattacks' with the same robust accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+
+from robaudit.ops.attacks import pgd
+from robaudit.ops.deepfool import deepfool
+from robaudit.ops.uap import fit_uap_deepfool, fit_uap_sgd, fooled, predictions
+from robaudit.plugins.loaders.data import digits_splits
+from robaudit.zoo import digits_resnet
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "specs" / "models" / "digits_resnet.pt"
+BOX = (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Row:
+    attack: str
+    implementation: str
+    seconds: float
+    success: float
+    rho: float | None = None
+    robust_accuracy: float | None = None
+
+
+def timed(run: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = run()
+    return out, time.perf_counter() - start
+
+
+def rho_adv(x: torch.Tensor, adv: torch.Tensor, success: torch.Tensor) -> float:
+    """Mean ‖x' − x‖₂ / ‖x‖₂ over the successful samples."""
+    r = (adv - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+    return float(r[success].mean()) if bool(success.any()) else float("nan")
+
+
+def load_model() -> nn.Module:
+    model = digits_resnet()
+    model.load_state_dict(torch.load(WEIGHTS, weights_only=True))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def art_classifier(model: nn.Module) -> Any:
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=(1, 8, 8),
+                             nb_classes=10, clip_values=BOX, device_type="cpu")
+
+
+def bench_deepfool(model: nn.Module, x: torch.Tensor, clean: torch.Tensor,
+                   art_batch: int) -> list[Row]:
+    import torchattacks
+    from art.attacks.evasion import DeepFool
+
+    rows = []
+    result, seconds = timed(lambda: deepfool(model, x, norm="l2", candidates=10, overshoot=0.02,
+                                             max_iter=50, input_range=BOX))
+    changed = predictions(model, result.boundary, len(x)) != clean
+    rows.append(Row("DeepFool ℓ2", "robaudit", seconds, float(changed.double().mean()),
+                    rho_adv(x, result.boundary, changed)))
+
+    art = DeepFool(art_classifier(model), max_iter=50, epsilon=0.02, nb_grads=10,
+                   batch_size=art_batch, verbose=False)
+    adv, seconds = timed(lambda: torch.from_numpy(art.generate(x.numpy())))
+    changed = predictions(model, adv, len(x)) != clean
+    rows.append(Row("DeepFool ℓ2", f"ART 1.20 (batch {art_batch})", seconds,
+                    float(changed.double().mean()), rho_adv(x, adv, changed)))
+
+    attack = torchattacks.DeepFool(model, steps=50, overshoot=0.02)
+    adv, seconds = timed(lambda: attack(x, clean))
+    changed = predictions(model, adv, len(x)) != clean
+    rows.append(Row("DeepFool ℓ2", "torchattacks 3.5", seconds, float(changed.double().mean()),
+                    rho_adv(x, adv, changed)))
+    return rows
+
+
+def bench_uap(model: nn.Module, x: torch.Tensor, clean: torch.Tensor, eps: float,
+              passes: int, seed: int) -> list[Row]:
+    from art.attacks.evasion import UniversalPerturbation
+
+    rows = []
+    methods = (("robaudit (deepfool)", fit_uap_deepfool), ("robaudit (sgd)", fit_uap_sgd))
+    for name, fit_fn in methods:
+        fit, seconds = timed(lambda fit_fn=fit_fn: fit_fn(
+            model, x, eps=eps, norm="linf", delta=0.2, max_passes=passes, batch=64,
+            input_range=BOX, generator=torch.Generator().manual_seed(seed)))
+        hits = fooled(model, x, fit.perturbation, clean, input_range=BOX, batch=len(x))
+        rows.append(Row(f"UAP ℓ∞ {eps:g}", f"{name}, {fit.passes} passes", seconds,
+                        float(hits.double().mean())))
+
+    random.seed(seed)
+    np.random.seed(seed)
+    art = UniversalPerturbation(
+        art_classifier(model), attacker="deepfool",
+        attacker_params={"max_iter": 50, "epsilon": 0.02, "nb_grads": 10, "verbose": False},
+        delta=0.2, max_iter=passes, eps=eps, norm=np.inf, batch_size=32, verbose=False,
+    )
+    _, seconds = timed(lambda: art.generate(x.numpy()))
+    noise = torch.from_numpy(np.asarray(art.noise)[0]).float()
+    hits = fooled(model, x, noise, clean, input_range=BOX, batch=len(x))
+    rows.append(Row(f"UAP ℓ∞ {eps:g}", "ART 1.20", seconds, float(hits.double().mean())))
+    return rows
+
+
+def bench_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+              seed: int) -> list[Row]:
+    import torchattacks
+
+    steps, alpha = 20, 2.5 * eps / 20
+    rows = []
+    generator = torch.Generator().manual_seed(seed)
+    adv, seconds = timed(lambda: pgd(model, x, y, eps=eps, norm="linf", steps=steps,
+                                     step_size=alpha, generator=generator, input_range=BOX))
+    accuracy = float((predictions(model, adv, len(x)) == y).double().mean())
+    rows.append(Row(f"PGD ℓ∞ {eps:g}", "robaudit", seconds, 1 - accuracy,
+                    robust_accuracy=accuracy))
+    torch.manual_seed(seed)
+    attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    adv, seconds = timed(lambda: attack(x, y))
+    accuracy = float((predictions(model, adv, len(x)) == y).double().mean())
+    rows.append(Row(f"PGD ℓ∞ {eps:g}", "torchattacks 3.5", seconds, 1 - accuracy,
+                    robust_accuracy=accuracy))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--eps", type=float, default=0.1, help="ℓ∞ budget of UAP and PGD")
+    parser.add_argument("--passes", type=int, default=10, help="UAP passes at most")
+    parser.add_argument("--art-batch", type=int, default=1,
+                        help="ART DeepFool's batch_size (ART's default is 1)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["deepfool", "uap", "pgd"], action="append")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = load_model()
+    test = digits_splits()["test"]
+    x, y = test.x[: args.samples].contiguous(), test.y[: args.samples]
+    clean = predictions(model, x, len(x))
+    selected = args.only or ["deepfool", "uap", "pgd"]
+    rows: list[Row] = []
+    if "deepfool" in selected:
+        rows += bench_deepfool(model, x, clean, args.art_batch)
+    if "uap" in selected:
+        rows += bench_uap(model, x, clean, args.eps, args.passes, args.seed)
+    if "pgd" in selected:
+        rows += bench_pgd(model, x, y, args.eps, args.seed)
+
+    table = Table(title=f"peers on the digits ResNet, {len(x)} test samples, "
+                        f"{args.threads} thread(s); clean accuracy "
+                        f"{float((clean == y).double().mean()):.3f}")
+    for column in ("attack", "implementation", "time (s)", "time / robaudit", "success",
+                   "ρ_adv", "robust acc."):
+        table.add_column(column, justify="left" if column in ("attack", "implementation")
+                         else "right")
+    reference: dict[str, float] = {}
+    for row in rows:
+        reference.setdefault(row.attack, row.seconds)
+        table.add_row(
+            row.attack, row.implementation, f"{row.seconds:.3f}",
+            f"{row.seconds / reference[row.attack]:.1f}×", f"{row.success:.3f}",
+            "—" if row.rho is None else f"{row.rho:.4f}",
+            "—" if row.robust_accuracy is None else f"{row.robust_accuracy:.3f}",
+        )
+    Console(width=150).print(table)
+
+
+if __name__ == "__main__":
+    main()

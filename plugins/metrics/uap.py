@@ -121,7 +121,9 @@ class UAPFoolingRate(Metric):
       steps are computed per mini-batch of ``batch`` samples, all at the v of the start of the
       mini-batch, then applied one by one in the random order with a projection after each:
       the only difference from the one-sample-at-a-time original (``batch: 1`` is the
-      original); :func:`robaudit.ops.uap.fit_uap_deepfool` documents it in full.
+      original); :func:`robaudit.ops.uap.fit_uap_deepfool` documents it in full. When
+      ``max_passes`` ends the fit before 1 − δ, the v of the pass with the best fit fooling
+      rate is kept rather than the last (Algorithm 1 has no pass limit).
     - ``sgd``: projected sign-gradient (ℓ∞) or normalised-gradient (ℓ2) ascent of the mean
       clamped cross-entropy of the clean predictions w.r.t. v, steps of ``step``·ξ, a
       projection after each step (Shafahi et al., "Universal adversarial training",

@@ -178,3 +178,12 @@ def test_reference_copies_of_audit_samples_are_counted() -> None:
     result = run_metric(Intertwinedness(), ctx, n=1, ns=[1])
     assert result.details["duplicates"] == 7
     assert result.details["leave_one_out"] is False
+
+
+def test_default_curve_stops_at_the_papers_n_of_1000() -> None:
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(5, 2, generator=g), torch.randint(0, 2, (5,), generator=g)
+    xr, yr = torch.randn(1200, 2, generator=g), torch.randint(0, 2, (1200,), generator=g)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 2))
+    result = run_metric(Intertwinedness(), make_context(model, x, y, reference=(xr, yr)), n=3)
+    assert [row["n"] for row in result.details["itw_n_curve"]][-3:] == [200, 500, 1000]

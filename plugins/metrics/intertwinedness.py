@@ -16,6 +16,8 @@ from robaudit.ops.neighbors import knn, radius_label_counts
 
 #: Default radii as quantiles of the audit-to-reference distances (see the docstring).
 DEFAULT_QUANTILES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+#: The default ITW_n curve stops here (the paper's n = 1 … 1000) or at the reference size.
+DEFAULT_MAX_N = 1000
 #: Pairs drawn to estimate the distance quantiles that set the radii.
 QUANTILE_PAIRS = 200_000
 
@@ -24,8 +26,8 @@ class IntertwinednessParams(MetricParams):
     n: int = Field(10, ge=1, description="the n of ITW_n whose feature-space mean is the value")
     ns: list[int] | None = Field(
         None, min_length=1,
-        description="the n of the ITW_n curves; default: 1, 2, 5, 10, 20, 50, ... up to the "
-                    "reference size (the paper plots n = 1 … 1000)",
+        description="the n of the ITW_n curves; default: 1, 2, 5, 10, 20, 50, ... up to 1000 "
+                    "(the paper's range) or the reference size if smaller",
     )
     radii: list[float] = Field(
         list(DEFAULT_QUANTILES), min_length=1,
@@ -85,7 +87,8 @@ class Intertwinedness(Metric):
       counts audit samples with an exact copy in the reference split (input distance 0): a
       split that overlaps the reference inflates ITW, and this number shows it.
     - ``n`` (or an entry of ``ns``) larger than the reference set is a MetricError; the default
-      curve stops at the reference size. The paper's curves run to n = 1000 on 1000 samples.
+      curve runs 1, 2, 5, 10, … up to n = 1000 as the paper's (or to the reference size when
+      smaller). Memory: the neighbour indices of the largest n, audit size × n integers.
     """
 
     name: ClassVar[str] = "intertwinedness"
@@ -102,7 +105,8 @@ class Intertwinedness(Metric):
                 f"intertwinedness: n = {params.n} nearest neighbours asked for, but the reference "
                 f"split {ctx.reference!r} has only {available} candidate samples"
             )
-        ns = sorted(set(params.ns)) if params.ns is not None else _default_ns(available)
+        ns = (sorted(set(params.ns)) if params.ns is not None
+              else _default_ns(min(available, DEFAULT_MAX_N)))
         largest = max([*ns, params.n])
         if largest > available:
             raise MetricError(

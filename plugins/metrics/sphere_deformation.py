@@ -75,6 +75,8 @@ class SphereDeformation(Metric):
 
     def compute(self, ctx: AuditContext, params: SphereParams) -> MetricResult:
         data = ctx.data()
+        if len(data) == 0:
+            raise MetricError("sphere_deformation: the audit split is empty")
         chosen = torch.randperm(len(data), generator=ctx.generator)[: params.samples]
         x_all = data.x[chosen.sort().values]
         radii = params.radii

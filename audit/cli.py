@@ -72,7 +72,9 @@ def _build_parser(plugins: Plugins) -> _Parser:
     validate.add_argument("specs", nargs="+", metavar="SPEC")
     validate.add_argument("--set", dest="overrides", action="append", default=[],
                           metavar="KEY.PATH=VALUE")
-    sub.add_parser("metrics", parents=[common], help="list every metric with its params")
+    metrics = sub.add_parser("metrics", parents=[common], help="list every metric with its params")
+    metrics.add_argument("--markdown", action="store_true",
+                         help="print a Markdown table (the one in README.md)")
     sub.add_parser("plugins", parents=[common], help="list the loaded plugins")
     sub.add_parser("schema", parents=[common], help="print the JSON Schema of a spec")
 
@@ -103,7 +105,20 @@ def _param_rows(metric: robaudit.Metric) -> list[str]:
     return rows
 
 
-def _cmd_metrics(plugins: Plugins, console: Console) -> int:
+def metrics_markdown(plugins: Plugins) -> str:
+    """The Markdown table of every metric, as README.md shows it."""
+    lines = ["| metric | what `value` is | better | source |", "|---|---|---|---|"]
+    for name, metric in sorted(plugins.metrics.items()):
+        better = "higher" if metric.higher_is_better else "lower"
+        summary = metric.summary.replace("|", "\\|")
+        lines.append(f"| `{name}` | {summary} | {better} | {metric.source} |")
+    return "\n".join(lines)
+
+
+def _cmd_metrics(plugins: Plugins, console: Console, markdown: bool) -> int:
+    if markdown:
+        print(metrics_markdown(plugins))
+        return EXIT_OK
     table = Table(title="robaudit metrics", show_lines=True)
     for column in ("metric", "better", "params (defaults, bounds)", "source"):
         table.add_column(column)
@@ -150,7 +165,7 @@ def _dispatch(argv: list[str], console: Console) -> int:
     for problem in plugins.problems:
         Console(stderr=True).print(f"[yellow]WARNING[/] {escape(problem)}")
     if options.command == "metrics":
-        return _cmd_metrics(plugins, console)
+        return _cmd_metrics(plugins, console, options.markdown)
     if options.command == "plugins":
         return _cmd_plugins(plugins, console)
     if options.command == "schema":

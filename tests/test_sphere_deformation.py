@@ -78,6 +78,20 @@ def test_anisotropic_map_deforms_more_than_a_scaled_isometry() -> None:
     assert aniso.value > 3.0
 
 
+def test_result_does_not_depend_on_the_batch_size() -> None:
+    torch.manual_seed(0)
+    # 20 points × 3 dims: a sphere's draw is not a multiple of torch's 16-value normal blocks,
+    # so drawing several samples' directions at once would give other directions
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    x, y = data(9, 3)
+    values = [run_metric(SphereDeformation(), make_context(model, x, y, batch_size=size),
+                         points=20, samples=9).samples for size in (7, 40, 1000)]
+    assert values[0] is not None and values[0].std() > 0
+    for other in values[1:]:
+        assert other is not None
+        assert abs(other - values[0]).max() < 1e-4  # float32 batching noise only
+
+
 def test_clip_keeps_points_in_the_box_and_changes_k() -> None:
     # at r = 10 around points of [0, 1]^3 clipping moves every sphere point onto the box, so an
     # isometry no longer has k = 1

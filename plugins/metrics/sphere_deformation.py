@@ -60,12 +60,13 @@ class SphereDeformation(Metric):
     paper's setting is ``{points: 1000, samples: 1000}``, 100 times the work); r = 1 as in the
     paper, in input units. The spheres go through the model in batches of at most
     ``batch_size`` points (whole spheres of several samples when ``points < batch_size``).
-    All radii reuse the same directions (a paired comparison). Points are not clipped to the
-    input box by default: the metric is about the map g, not about valid inputs; ``clip: true``
-    clamps them to ``input_range`` (they then no longer lie exactly on the sphere). A sample
-    whose smallest d_i is 0 (g collapses a direction completely, e.g. a dead ReLU layer) has
-    an infinite k: it is left out of the mean and counted as ``degenerate`` in details; if
-    every sample is degenerate the check errors.
+    Each sample's directions are drawn on their own, so the result does not depend on
+    ``batch_size``. All radii reuse the same directions (a paired comparison). Points are not
+    clipped to the input box by default: the metric is about the map g, not about valid
+    inputs; ``clip: true`` clamps them to ``input_range`` (they then no longer lie exactly on
+    the sphere). A sample whose smallest d_i is 0 (g collapses a direction completely, e.g. a
+    dead ReLU layer) has an infinite k: it is left out of the mean and counted as
+    ``degenerate`` in details; if every sample is degenerate the check errors.
     """
 
     name: ClassVar[str] = "sphere_deformation"
@@ -89,8 +90,11 @@ class SphereDeformation(Metric):
             for start in range(0, x_all.shape[0], per_chunk):
                 x = x_all[start : start + per_chunk]
                 flat = x.flatten(1)
-                directions = torch.randn(flat.shape[0], params.points, flat.shape[1],
-                                         generator=ctx.generator)
+                # one draw per sample, so that the directions do not depend on the batch size
+                directions = torch.stack([
+                    torch.randn(params.points, flat.shape[1], generator=ctx.generator)
+                    for _ in range(flat.shape[0])
+                ])
                 directions = directions / directions.norm(dim=2, keepdim=True)
                 x_dev = x.to(ctx.device)
                 centre = model.features(x_dev)

@@ -152,13 +152,13 @@ class Session:
                     f"{spec.path}: data.{key}: split {name!r} does not exist in "
                     f"{data.source!r}; available: {', '.join(sorted(splits))}"
                 )
-        if data.reference not in splits:
-            splits[data.reference] = splits[data.split]
         if data.limit is not None and data.limit < len(splits[data.split]):
             chosen = splits[data.split]
             generator = torch.Generator().manual_seed(spec.model.seed)
             keep = torch.randperm(len(chosen), generator=generator)[: data.limit].sort().values
             splits[data.split] = DataSplit(chosen.x[keep], chosen.y[keep])
+        if data.reference not in splits:  # a single-split source: the reference is the split
+            splits[data.reference] = splits[data.split]
         plan.data_summary = {name: len(split) for name, split in splits.items()}
         return splits
 

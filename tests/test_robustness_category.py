@@ -9,6 +9,8 @@ the data is fooled by every perturbation larger than the ball.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -101,7 +103,11 @@ def test_shares_the_uap_fit_with_uap_fooling_rate() -> None:
     x = samples([0.4] * 6 + [1.6] * 4)
     ctx = make_context(linear_model(), x, torch.ones(10, dtype=torch.long))
     uap = run_metric(UAPFoolingRate(), ctx, eps=0.05, max_passes=4)
-    cat = run_metric(RobustnessCategory(), ctx, eps=0.05, max_passes=4)
+    # the runner gives each check its own seed and generator, and the run's cache
+    other = replace(ctx, seed=12345, generator=torch.Generator().manual_seed(12345))
+    before = set(ctx.cache._store)
+    cat = run_metric(RobustnessCategory(), other, eps=0.05, max_passes=4)
+    assert not [k for k in set(ctx.cache._store) - before if k[0] == "uap"]  # no second fit
     assert cat.details["universal_fooling_rate"] == uap.value == 0.6
     assert cat.details["uap_passes"] == uap.details["passes"]
 

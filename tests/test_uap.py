@@ -144,7 +144,7 @@ def test_deterministic_with_the_seed_and_shared_through_the_cache() -> None:
     ctx = make_context(linear_model(), x, y)
     second = run_metric(UAPFoolingRate(), ctx, max_passes=3)
     assert first.details == second.details and first.value == second.value
-    key = ("uap", "model", "train", 0, *UAPFitParams.model_validate({"max_passes": 3}).fit_key())
+    key = ("uap", "model", "train", *UAPFitParams.model_validate({"max_passes": 3}).fit_key())
     assert key in ctx.cache
     again = run_metric(UAPFoolingRate(), ctx, max_passes=3)
     assert again.details["fit_history"] == second.details["fit_history"]

@@ -61,6 +61,10 @@ def test_linear_fooling_rate_is_the_closed_form(method: str, norm: str) -> None:
     assert result.details["fit_fooling_rate"] == pytest.approx(0.6)
     # δ = 0.2 asks for 80% on the fit set, which no v reaches: every pass is made
     assert result.details["passes"] == 20
+    # the figure is v itself, pointing across the boundary (w·v < 0), within the budget
+    image = torch.from_numpy(result.figures[0].image)
+    assert image.shape == (1, 4, 4) and float((image.flatten() * SIGNS).sum()) < 0
+    assert result.details["perturbation_norm"] <= BUDGETS[norm] * (1 + 1e-6)
 
 
 @pytest.mark.parametrize("fit", [fit_uap_deepfool, fit_uap_sgd])

@@ -98,7 +98,7 @@ def _param_rows(metric: robaudit.Metric) -> list[str]:
                 if getattr(item, attr, None) is not None:
                     bounds.append(f"{sign} {getattr(item, attr)}")
         kind = getattr(info.annotation, "__name__", str(info.annotation))
-        text = f"{name}: {kind} = {info.default!r}"
+        text = f"{name}: {kind} " + ("(required)" if info.is_required() else f"= {info.default!r}")
         if bounds:
             text += f" ({', '.join(bounds)})"
         rows.append(text)

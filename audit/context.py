@@ -74,8 +74,11 @@ class AuditContext:
     models      every model of the spec by name (``model`` is under its own name too).
     splits      the data splits on the CPU; use :meth:`batches` to iterate on the device.
     split       the name of the split the checks run on; ``reference`` the training-like one.
-    generator   a CPU ``torch.Generator`` seeded from the spec seed and the check id: draw
-                random numbers from it (then move them) so results do not depend on the device.
+    seed        the check's seed, derived from the spec seed and the check id.
+    generator   a CPU ``torch.Generator`` seeded with ``seed``: draw random numbers from it
+                (then move them) so results do not depend on the device.
+    run_seed    the spec's seed itself: seed work that several checks share through ``cache``
+                (e.g. a universal perturbation) from it, so it is the same for each of them.
     progress    starts a progress task; cheap when nothing is displayed.
     cache       the per-run :class:`RunCache`.
     """
@@ -88,6 +91,7 @@ class AuditContext:
     device: torch.device
     seed: int
     generator: torch.Generator
+    run_seed: int = 0
     models: dict[str, ModelUnderAudit] = field(default_factory=dict)
     progress: ProgressFactory = silent_progress
     cache: RunCache = field(default_factory=RunCache)

@@ -170,8 +170,8 @@ class Session:
         return AuditContext(
             model=base.model, splits=base.splits, split=base.split, reference=base.reference,
             batch_size=base.batch_size, device=base.device, seed=seed,
-            generator=torch.Generator().manual_seed(seed), models=base.models,
-            progress=base.progress, cache=base.cache,
+            generator=torch.Generator().manual_seed(seed), run_seed=base.run_seed,
+            models=base.models, progress=base.progress, cache=base.cache,
         )
 
     def run_check(self, check: Check, ctx: AuditContext) -> CheckResult:
@@ -225,7 +225,7 @@ class Session:
                 model=models["model"], splits=splits, split=spec.model.data.split,
                 reference=spec.model.data.reference, batch_size=spec.model.data.batch_size,
                 device=plan.device, seed=seed, generator=torch.Generator().manual_seed(seed),
-                models=models, cache=RunCache(),
+                run_seed=seed, models=models, cache=RunCache(),
                 progress=self.hook.robaudit_progress(options=self.options) or silent_progress,
             )
             self.hook.robaudit_audit_start(plan=plan)

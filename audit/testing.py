@@ -59,6 +59,7 @@ def make_context(
         device=torch.device(device),
         seed=seed,
         generator=generator,
+        run_seed=seed,
         models=all_models,
         cache=RunCache(),
     )

@@ -28,6 +28,14 @@ def test_a_checks_seed_does_not_depend_on_the_other_checks(write_spec):
     seed_alone = result_alone.checks[0].details["seed"]
     assert seed_alone == result_more.checks[1].details["seed"] == check_seed(0, "a")
     assert result_more.checks[0].details["seed"] != seed_alone
+    assert result_alone.checks[0].details["run_seed"] == 0
+
+
+def test_seed_option_changes_the_check_and_run_seeds(write_spec):
+    spec = write_spec(TOY_HEADER + "checks:\n  - {id: a, metric: constant}\n")
+    [result], _ = run(spec, seed=7)
+    assert result.checks[0].details["run_seed"] == 7
+    assert result.checks[0].details["seed"] == check_seed(7, "a")
 
 
 def test_limit_takes_a_seeded_subset_of_the_audit_split(write_spec):

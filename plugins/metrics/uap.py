@@ -19,7 +19,6 @@ from robaudit.ops.uap import UAPFit, fit_uap_deepfool, fit_uap_sgd, fooled, rand
 #: The default budget ξ per norm, for inputs in [0, 1] (see :class:`UAPFoolingRate`).
 DEFAULT_EPS = {"linf": 0.1, "l2": 0.4}
 #: The seed of the fit's random sample order (the same for every check, see :func:`fitted_uap`).
-FIT_SEED = 0
 #: How many leading singular values of the DeepFool normals are reported.
 TOP_SINGULAR_VALUES = 10
 
@@ -65,15 +64,15 @@ def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
     """The universal perturbation of the audited model fitted on the first ``fit_limit``
     samples of the reference split, cached in ``ctx.cache`` under the model, the reference
     split and :meth:`UAPFitParams.fit_key`, so that every check with the same fit parameters
-    shares one fit. The fit's random order comes from a generator seeded with
-    :data:`FIT_SEED`: a check's own seed and generator derive from the check id, so a fit drawn
-    from them could not be shared between checks (nor reproduced by a check run alone)."""
+    shares one fit. The fit's random order comes from a generator seeded with the spec's seed
+    (``ctx.run_seed``): a check's own seed and generator derive from the check id, so a fit
+    drawn from them could not be shared between checks (nor reproduced by a check run alone)."""
     mua = ctx.model
 
     def compute() -> UAPFit:
         data = ctx.data(ctx.reference)
         x = data.x[: params.fit_limit].to(ctx.device)
-        generator = torch.Generator().manual_seed(FIT_SEED)
+        generator = torch.Generator().manual_seed(ctx.run_seed)
         task = ctx.progress(params.max_passes, f"universal perturbation ({params.method})")
 
         def on_pass(index: int, rate: float) -> None:
@@ -142,8 +141,8 @@ class UAPFoolingRate(Metric):
     - The box: v is fitted and evaluated as clip(x + v) to ``model.input_range`` (the
       perturbed image must be a valid input); DeepFool's inner steps are unconstrained, as
       the paper's Δv_i.
-    - Randomness: the fit's random order comes from a generator with a fixed seed
-      (:data:`FIT_SEED`), not from the check's generator, which is seeded from the check id:
+    - Randomness: the fit's random order comes from a generator seeded with the spec's seed
+      (``ctx.run_seed``), not from the check's generator, which is seeded from the check id:
       so checks with the same fit parameters (e.g. ``robustness_category``) share one fit
       through ``ctx.cache`` and a check gives the same value whether it runs alone or not.
       The noise baseline draws from the check's generator.

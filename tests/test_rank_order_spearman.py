@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from scipy import stats
 from torch import nn
@@ -24,15 +25,21 @@ class Featurise(nn.Module):
 
 
 def orthogonal(dim: int, seed: int = 0) -> nn.Linear:
-    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed)))
-    layer = nn.Linear(dim, dim)
+    """2.5 × an orthogonal matrix, in float64 (orthogonal to ~1e-16: float32's ~1e-7 error
+    would reorder nearly equal distances)."""
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
+    layer = nn.Linear(dim, dim).double()
     layer.weight.data = 2.5 * q
     return layer
 
 
-def test_scaled_orthogonal_feature_map_gives_exactly_one():
-    x = torch.rand(200, 1, 4, 4)
-    ctx = make_context(Featurise(orthogonal(16), 16), x, torch.zeros(200, dtype=torch.long))
+@pytest.mark.parametrize("seed", range(5))
+def test_scaled_orthogonal_feature_map_gives_exactly_one(seed):
+    x = torch.rand(200, 1, 4, 4, generator=torch.Generator().manual_seed(seed),
+                   dtype=torch.float64)
+    model = Featurise(orthogonal(16), 16).double()
+    ctx = make_context(model, x, torch.zeros(200, dtype=torch.long), seed=seed)
     result = run_metric(RankOrderSpearman(), ctx, pairs=50, trials=200)
     assert result.value == 1.0
     assert np.all(result.samples == 1.0)

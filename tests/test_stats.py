@@ -59,7 +59,8 @@ def test_wilson_interval_matches_scipy(k, n):
 
 def test_pair_distances_both_paths_match_a_loop():
     points = torch.rand(12, 2, 3, dtype=torch.float64)
-    for count in (20, 400):  # fewer pairs than N² gathers, more uses the distance matrix
-        a, b = torch.randint(0, 12, (count,)), torch.randint(0, 12, (count,))
-        expected = [float((points[i] - points[j]).norm()) for i, j in zip(a, b, strict=True)]
-        np.testing.assert_allclose(pair_distances(points, a, b).numpy(), expected, atol=1e-12)
+    a, b = torch.randint(0, 12, (30,)), torch.randint(0, 12, (30,))
+    expected = [float((points[i] - points[j]).norm()) for i, j in zip(a, b, strict=True)]
+    for limit in (4096, 4):  # the distance-matrix path, then the gathering path
+        ours = pair_distances(points, a, b, matrix_limit=limit).numpy()
+        np.testing.assert_allclose(ours, expected, atol=1e-12)

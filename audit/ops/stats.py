@@ -29,17 +29,21 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (ra * rb).sum(-1) / torch.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
 
 
-def pair_distances(points: torch.Tensor, first: torch.Tensor, second: torch.Tensor
-                   ) -> torch.Tensor:
+def pair_distances(points: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                   matrix_limit: int = 4096) -> torch.Tensor:
     """‖points[first] − points[second]‖₂ for index tensors of any (equal) shape.
 
-    When the pairs outnumber the N² entries of the distance matrix, the matrix is computed once
-    with ``torch.cdist`` and indexed (cheaper); otherwise the pairs are gathered directly.
+    Up to ``matrix_limit`` points, the N×N distance matrix is computed once with
+    ``torch.cdist`` (far faster than gathering every pair; at most 64 MB) and indexed; beyond
+    it the pairs are gathered directly, in memory O(pairs · dim). Differences are taken
+    directly, not through the ‖a‖² + ‖b‖² − 2a·b expansion, whose cancellation would reorder
+    nearly equal distances and so change ranks; each pair is taken in a canonical order, so
+    (a, b) and (b, a) get bit-identical distances.
     """
-    n = points.shape[0]
-    if n * n <= first.numel():
+    first, second = torch.minimum(first, second), torch.maximum(first, second)
+    if points.shape[0] <= matrix_limit:
         flat = points.flatten(1)
-        return torch.cdist(flat, flat)[first, second]
+        return torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")[first, second]
     return (points[first] - points[second]).flatten(first.dim()).norm(dim=-1)
 
 

@@ -22,6 +22,17 @@ class SpecError(UsageError):
         super().__init__("\n".join(problems))
 
 
+class ParamError(UsageError):
+    """A check's param that does not fit the loaded data (e.g. more neighbours than samples),
+    raised by :meth:`robaudit.Metric.check_data`. The runner reports it as a located spec error
+    (``FILE:LINE: checks.N.params.KEY: message``, exit code 4) before any check runs."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+
 class MetricError(RobauditError):
     """Raised by a metric for a condition the user can fix (e.g. a module with no rule).
 

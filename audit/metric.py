@@ -71,6 +71,12 @@ class Metric(ABC):
     def compute(self, ctx: AuditContext, params: Any) -> MetricResult:
         """Compute the metric on ``ctx`` with validated ``params`` (an instance of ``Params``)."""
 
+    def check_data(self, ctx: AuditContext, params: Any) -> None:
+        """Check ``params`` against the loaded data before any check of the run starts; raise
+        :class:`robaudit.errors.ParamError` (a located spec error, exit 4) for a param that
+        cannot work on it. The default accepts everything."""
+        return None
+
     def floor(self, ctx: AuditContext, params: Any) -> Floor | None:
         """The least model work this check needs (see :class:`Floor`); None if not stated."""
         return None

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from robaudit.context import AuditContext, DataSplit, RunCache, silent_progress
-from robaudit.errors import MetricError, SpecError, UsageError
+from robaudit.errors import MetricError, ParamError, SpecError, UsageError
 from robaudit.model import ModelUnderAudit
 from robaudit.ops.stats import mean_interval
 from robaudit.pluginmanager import Plugins
@@ -210,6 +210,18 @@ class Session:
             figures=tuple(result.figures), **common,
         )
 
+    def check_params_against_data(self, plan: AuditPlan, base: AuditContext) -> None:
+        """Every selected check's :meth:`Metric.check_data`, before any check runs."""
+        problems = []
+        for check in plan.checks:
+            try:
+                check.metric.check_data(self.check_context(check, base), check.params)
+            except ParamError as exc:
+                problems.append(plan.spec.locate(("checks", check.index, "params", exc.key),
+                                                 exc.message))
+        if problems:
+            raise SpecError(problems)
+
     def run_plan(self, plan: AuditPlan, result: AuditResult) -> bool:
         """Run a plan's checks into ``result``; False when ``--maxfail`` stopped the session."""
         spec = plan.spec
@@ -228,6 +240,7 @@ class Session:
                 run_seed=seed, models=models, cache=RunCache(),
                 progress=self.hook.robaudit_progress(options=self.options) or silent_progress,
             )
+            self.check_params_against_data(plan, base)
             self.hook.robaudit_audit_start(plan=plan)
             for check in plan.checks:
                 check_result = self.run_check(check, self.check_context(check, base))

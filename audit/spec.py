@@ -134,13 +134,15 @@ class SpecModel(_Strict):
 
 @dataclass(frozen=True)
 class Check:
-    """A resolved check: its id, the metric object and validated params."""
+    """A resolved check: its id, the metric object and validated params; ``index`` is its
+    position in the spec's ``checks`` list."""
 
     id: str
     metric: Metric
     params: MetricParams
     expect: dict[str, float]
     tags: tuple[str, ...]
+    index: int
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,11 @@ class AuditSpec:
     model: SpecModel
     source_options: SourceOptions
     checks: tuple[Check, ...]
+    node: yaml.Node | None = None
+
+    def locate(self, loc: Iterable[str | int], message: str) -> str:
+        """A located problem message, ``FILE:LINE: key.path: message``."""
+        return locate(self.path, self.node, tuple(loc), message)
 
     @property
     def base_dir(self) -> Path:
@@ -212,16 +219,20 @@ def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
         raise SpecError([f"{path}: invalid YAML: {exc}"]) from None
 
 
+def locate(path: Path, root: yaml.Node | None, loc: tuple[str | int, ...], message: str) -> str:
+    """``FILE:LINE: key.path: message`` (the line of the deepest key of ``loc`` in ``root``)."""
+    line = line_of(root, loc)
+    where = f"{path}:{line}" if line else str(path)
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    return f"{where}: {key}: {message}"
+
+
 class _Problems:
     def __init__(self, path: Path, root: yaml.Node | None) -> None:
         self.path, self.root, self.items = path, root, []
 
     def add(self, loc: Iterable[str | int], message: str) -> None:
-        loc = tuple(loc)
-        line = line_of(self.root, loc)
-        where = f"{self.path}:{line}" if line else str(self.path)
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        self.items.append(f"{where}: {key}: {message}")
+        self.items.append(locate(self.path, self.root, tuple(loc), message))
 
     def add_validation(self, prefix: tuple[str | int, ...], error: ValidationError) -> None:
         for item in error.errors():
@@ -322,10 +333,11 @@ def load_spec(path: str | Path, plugins: Plugins, overrides: Iterable[str] = ())
         except ValidationError as exc:
             problems.add_validation(("checks", index, "params"), exc)
             continue
-        checks.append(Check(check_id, metric, params, check.expect.as_dict(), tuple(check.tags)))
+        checks.append(Check(check_id, metric, params, check.expect.as_dict(), tuple(check.tags),
+                            index))
     if problems.items:
         raise SpecError(problems.items)
-    return AuditSpec(path, spec, source_options, tuple(checks))
+    return AuditSpec(path, spec, source_options, tuple(checks), root)
 
 
 def _unknown(kind: str, name: str, known: dict[str, Any]) -> str:

@@ -66,5 +66,8 @@ def make_context(
 
 
 def run_metric(metric: Metric, ctx: AuditContext, **params: Any) -> MetricResult:
-    """Validate ``params`` against the metric's ``Params`` and compute it on ``ctx``."""
-    return metric.compute(ctx, metric.Params.model_validate(params))
+    """Validate ``params`` against the metric's ``Params`` and against the data
+    (:meth:`Metric.check_data`, as the runner does), then compute the metric on ``ctx``."""
+    validated = metric.Params.model_validate(params)
+    metric.check_data(ctx, validated)
+    return metric.compute(ctx, validated)

@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from robaudit.errors import MetricError
+from robaudit.errors import ParamError
 from robaudit.ops.neighbors import knn, radius_label_counts
 from robaudit.plugins.loaders.gaussian_mixture import MixtureOptions, mixture_splits
 from robaudit.plugins.metrics.intertwinedness import Intertwinedness
@@ -144,13 +144,15 @@ def test_intertwined_classes_score_lower_in_input_space() -> None:
     assert input_itw(0.05) < input_itw(0.3) < input_itw(1.0)
 
 
-def test_too_many_neighbours_is_a_metric_error_and_params_are_checked() -> None:
+def test_too_many_neighbours_is_a_param_error_and_params_are_checked() -> None:
     x, y, xr, yr = small_case()
     ctx = make_context(random_net(4, 0), x, y, reference=(xr, yr))
-    with pytest.raises(MetricError, match="only 40"):
+    with pytest.raises(ParamError, match="only 40") as info:
         run_metric(Intertwinedness(), ctx, n=41)
-    with pytest.raises(MetricError):
+    assert info.value.key == "n"
+    with pytest.raises(ParamError) as info:
         run_metric(Intertwinedness(), ctx, n=5, ns=[1, 100])
+    assert info.value.key == "ns"
     result = run_metric(Intertwinedness(), ctx, n=5)  # the default curve stops at 40
     assert result.details["itw_n_curve"][-1]["n"] == 40
     for bad in ({"n": 0}, {"ns": [0, 1]}, {"radii": [0.5, 2.0]}, {"radii": [-1.0]},

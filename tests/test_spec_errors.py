@@ -164,3 +164,32 @@ data: {source: toy}
 checks: [{metric: constant}]
 """)
     assert robaudit_main("run", spec)[0] == 0
+
+
+def test_params_that_do_not_fit_the_data_are_located_before_anything_runs(
+        write_spec, tmp_path, robaudit_main):
+    marker = tmp_path / "ran"
+    spec = write_spec(TOY_HEADER + f"""\
+checks:
+  - {{metric: wait, params: {{seconds: 0, marker: "{marker}"}}}}
+  - metric: intertwinedness
+    params:
+      n: 500
+  - metric: sphere_deformation
+    params: {{radius: -1.0}}
+""")
+    code, _, err = robaudit_main("run", spec)
+    assert code == 4
+    assert f"{spec}:12: checks.2.params.radius" in err
+    spec = write_spec(TOY_HEADER + f"""\
+checks:
+  - {{metric: wait, params: {{seconds: 0, marker: "{marker}"}}}}
+  - metric: intertwinedness
+    params:
+      n: 500
+""")
+    code, _, err = robaudit_main("run", spec)
+    assert code == 4
+    assert f"{spec}:10: checks.1.params.n: 500 nearest neighbours asked for" in err
+    assert "has only 64 candidates" in err
+    assert not marker.exists()

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
-from robaudit.errors import MetricError
+from robaudit.errors import ParamError
 from robaudit.ops.neighbors import knn, radius_label_counts
 
 #: Default radii as quantiles of the audit-to-reference distances (see the docstring).
@@ -86,7 +86,8 @@ class Intertwinedness(Metric):
       sample is left out of its own neighbours (leave-one-out). ``duplicates`` in details
       counts audit samples with an exact copy in the reference split (input distance 0): a
       split that overlaps the reference inflates ITW, and this number shows it.
-    - ``n`` (or an entry of ``ns``) larger than the reference set is a MetricError; the default
+    - ``n`` (or an entry of ``ns``) larger than the reference set is a located spec error
+      (:meth:`check_data`, exit 4, before anything runs); the default
       curve runs 1, 2, 5, 10, … up to n = 1000 as the paper's (or to the reference size when
       smaller). Memory: the neighbour indices of the largest n, audit size × n integers.
     """
@@ -96,23 +97,20 @@ class Intertwinedness(Metric):
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = "Ghorbani & Zou 2017, section 2 (ITW_n, ITW_r, Figure 2)"
 
+    def check_data(self, ctx: AuditContext, params: IntertwinednessParams) -> None:
+        available = _candidates(ctx)
+        for key, asked in (("n", params.n), ("ns", max(params.ns or [0]))):
+            if asked > available:
+                raise ParamError(key, f"{asked} nearest neighbours asked for, but the reference "
+                                      f"split {ctx.reference!r} has only {available} candidates")
+
     def compute(self, ctx: AuditContext, params: IntertwinednessParams) -> MetricResult:
         data, ref = ctx.data(), ctx.data(ctx.reference)
         same_split = ref is data or ctx.reference == ctx.split
-        available = len(ref) - (1 if same_split else 0)
-        if available < params.n:
-            raise MetricError(
-                f"intertwinedness: n = {params.n} nearest neighbours asked for, but the reference "
-                f"split {ctx.reference!r} has only {available} candidate samples"
-            )
+        available = _candidates(ctx)
         ns = (sorted(set(params.ns)) if params.ns is not None
               else _default_ns(min(available, DEFAULT_MAX_N)))
         largest = max([*ns, params.n])
-        if largest > available:
-            raise MetricError(
-                f"intertwinedness: ns asks for {largest} nearest neighbours, but the reference "
-                f"split {ctx.reference!r} has only {available} candidate samples"
-            )
         feats, _ = ctx.features()
         ref_feats, _ = ctx.features(ctx.reference)
         device = feats.device
@@ -227,6 +225,13 @@ class Intertwinedness(Metric):
         extra = 0 if ctx.reference == ctx.split else len(ctx.data(ctx.reference))
         return Floor(forward=len(ctx.data()) + extra,
                      note="features of the audit and reference splits, one forward pass each")
+
+
+def _candidates(ctx: AuditContext) -> int:
+    """Reference samples that can be a neighbour (the sample itself is left out when the
+    reference split is the audit split)."""
+    same_split = ctx.data(ctx.reference) is ctx.data() or ctx.reference == ctx.split
+    return len(ctx.data(ctx.reference)) - (1 if same_split else 0)
 
 
 def _default_ns(available: int) -> list[int]:

@@ -146,8 +146,14 @@ def _cmd_zoo(options: argparse.Namespace, console: Console) -> int:
     from robaudit import zoo
 
     if options.zoo_command == "list":
+        table = Table(title="robaudit zoo (train with `robaudit zoo train NAME --out PATH`)")
+        for column in ("name", "factory", "recipe", "description"):
+            table.add_column(column)
         for name, entry in sorted(zoo.ZOO.items()):
-            console.print(f"[bold]{name}[/]: {escape(repr(entry))}")
+            recipe = (f"{entry.epochs} epochs, lr {entry.lr}, batch {entry.batch_size}, "
+                      f"weight decay {entry.weight_decay}")
+            table.add_row(name, entry.factory, recipe, escape(entry.description))
+        console.print(table)
         return EXIT_OK
     if options.name not in zoo.ZOO:
         raise UsageError(f"zoo train: unknown model {options.name!r}; "

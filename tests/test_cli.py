@@ -162,3 +162,12 @@ def test_validate_metrics_plugins_schema_commands(write_spec, robaudit_main):
 def test_missing_spec_file_exits_4(tmp_path: Path, robaudit_main):
     code, _, err = robaudit_main("run", tmp_path / "nope.yaml")
     assert code == 4 and "spec file not found" in err
+
+
+def test_zoo_list_shows_every_model_and_its_factory(robaudit_main):
+    code, out, _ = robaudit_main("zoo", "list")
+    assert code == 0
+    for name in ("digits_resnet", "ghorbani_cnn1", "ghorbani_cnn2", "ghorbani_cnn3"):
+        assert name in out
+    code, _, err = robaudit_main("zoo", "train", "no_such_model", "--out", "x.pt")
+    assert code == 4 and "unknown" in err

@@ -81,8 +81,8 @@ def _build_parser(plugins: Plugins) -> _Parser:
     zoo = sub.add_parser("zoo", parents=[common], help="the models robaudit ships")
     zoo_sub = zoo.add_subparsers(dest="zoo_command", metavar="ACTION", parser_class=_Parser)
     zoo_sub.required = True
-    zoo_sub.add_parser("list", help="list the zoo's models and recipes")
-    train = zoo_sub.add_parser("train", help="train a zoo model with its recipe")
+    zoo_sub.add_parser("list", parents=[common], help="list the zoo's models and recipes")
+    train = zoo_sub.add_parser("train", parents=[common], help="train a zoo model with its recipe")
     train.add_argument("name")
     train.add_argument("--out", required=True, type=Path, help="where to save the state_dict")
     train.add_argument("--seed", type=int, default=0)

@@ -273,8 +273,8 @@ class TorchvisionSource(DataSource):
             except (RuntimeError, OSError) as exc:
                 raise UsageError(
                     f"data.root: {options.dataset} ({split} split) must already be on disk "
-                    f"under {root}; robaudit never downloads (run torchvision.datasets."
-                    f"{options.dataset}(root, download=True) once yourself). "
+                    f"under {root}; robaudit never downloads (fetch it once yourself with "
+                    f"torchvision.datasets.{options.dataset} and its `download` argument). "
                     f"torchvision said: {exc}"
                 ) from None
             splits[split] = _vision_tensors(dataset)

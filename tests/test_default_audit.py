@@ -57,3 +57,21 @@ checks: [{metric: clean_accuracy}]
     assert done.returncode == 4
     assert "Traceback" not in done.stderr
     assert str(spec) in done.stderr and "data.path" in done.stderr and "bad.npz" in done.stderr
+
+
+def test_same_spec_and_seed_give_the_same_values():
+    """Design §7: deterministic. Every check of the default audit, twice, on 150 samples."""
+    import argparse
+
+    from robaudit.pluginmanager import load_plugins
+    from robaudit.session import Session
+
+    def values() -> dict[str, tuple]:
+        options = argparse.Namespace(overrides=["data.limit=150"], quiet=1, verbose=0)
+        [result], code = Session(load_plugins(), options).run([str(SPEC)])
+        assert code in (0, 1)
+        return {c.id: (c.value, c.ci, json.dumps(c.details, default=str)) for c in result.checks}
+
+    first, second = values(), values()
+    assert first == second
+    assert len(first) == len(yaml.safe_load(SPEC.read_text())["checks"])

@@ -171,3 +171,17 @@ def test_zoo_list_shows_every_model_and_its_factory(robaudit_main):
         assert name in out
     code, _, err = robaudit_main("zoo", "train", "no_such_model", "--out", "x.pt")
     assert code == 4 and "unknown" in err
+
+
+def test_several_specs_run_in_one_session_and_fail_together(write_spec, robaudit_main, tmp_path):
+    good = write_spec(TOY_HEADER + "checks:\n  - {id: g, metric: constant}\n", "good.yaml")
+    bad = write_spec(TOY_HEADER + "checks:\n  - {id: b, metric: constant, expect: {min: 1}}\n",
+                     "bad.yaml")
+    code, out, _ = robaudit_main("run", good, bad, "--json", tmp_path / "r.json")
+    assert code == 1
+    assert "1 failed, 1 passed" in out.strip().splitlines()[-1]
+    assert json.loads((tmp_path / "r.good.json").read_text())["outcome"] == "passed"
+    assert json.loads((tmp_path / "r.bad.json").read_text())["outcome"] == "failed"
+    invalid = write_spec("audit: x\n", "invalid.yaml")
+    code, _, err = robaudit_main("run", good, invalid)
+    assert code == 4 and "invalid.yaml" in err

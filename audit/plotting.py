@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import textwrap
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,7 +42,7 @@ def render_png(figure: Figure) -> str:
         _image(fig, ax, figure)
     else:
         raise ValueError(f"unknown figure type {type(figure).__name__}")
-    ax.set_title(figure.title, fontsize=9)
+    ax.set_title(textwrap.fill(figure.title, 48), fontsize=9)
     ax.tick_params(labelsize=7)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)

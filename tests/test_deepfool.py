@@ -197,6 +197,31 @@ def test_a_boundary_outside_the_box_is_not_reached() -> None:
     torch.testing.assert_close(result.normal, torch.full_like(x, 0.5))
 
 
+
+class TiedConstant(nn.Module):
+    """Logits [0, 0, Σx − 100]: classes 0 and 1 are the same constant, so the candidate
+    difference f_1 − f_0 is exactly 0 with an exactly zero gradient."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = x.sum(dim=1, keepdim=True)
+        zero = torch.zeros_like(total)
+        return torch.cat([zero, zero, total - 100.0], dim=1)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_a_zero_gradient_candidate_is_never_the_nearest_boundary(norm: str) -> None:
+    """The class-2 boundary lies outside [0, 1]^4: the sample walks to the corner and is
+    pinned there. The tied class 1 has |f'| = ‖w'‖ = 0 (a 0/0 distance); it must not be taken
+    for the nearest boundary, whose normal (of Σx − 100, ones/2) the pinned sample keeps."""
+    x = torch.full((3, 4), 0.5, dtype=torch.float64)
+    result = deepfool(TiedConstant(), x, norm=norm, candidates=3, input_range=(0.0, 1.0))
+    for field in ("perturbation", "boundary", "normal"):
+        assert not bool(getattr(result, field).isnan().any())
+    torch.testing.assert_close(result.boundary, torch.ones_like(x))
+    torch.testing.assert_close(result.normal, torch.full_like(x, 0.5))
+    assert not bool(result.converged.any())
+    assert result.crossed_into.tolist() == [0, 0, 0]
+
 def test_metric_value_is_the_papers_rho_on_a_linear_model() -> None:
     model, x = linear(6, 3, seed=10), points(30, 6, seed=11)
     y = model(x).argmax(dim=1)

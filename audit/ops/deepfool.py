@@ -200,8 +200,12 @@ def _linearised_step(
     distance = torch.where(dual > 0, distance, torch.full_like(distance, float("inf")))
     rows = torch.arange(point.shape[0], device=point.device)
     movable = torch.isfinite(distance).any(dim=1)
-    # A sample pinned by the box keeps the normal of its nearest unconstrained boundary.
-    unconstrained = diffs.abs() / grads.flatten(2).norm(p=2, dim=2)
+    # A sample pinned by the box keeps the normal of its nearest unconstrained boundary; a
+    # candidate with a zero gradient has none (0/0 would be NaN, which argmin picks) and is
+    # never nearest.
+    raw_dual = grads.flatten(2).norm(p=2, dim=2)
+    unconstrained = torch.where(raw_dual > 0, diffs.abs() / raw_dual.clamp_min(1e-30),
+                                torch.full_like(raw_dual, float("inf")))
     best = torch.where(movable, distance.argmin(dim=1), unconstrained.argmin(dim=1))
     chosen = feasible[rows, best]
     length = distance[rows, best]

@@ -39,16 +39,17 @@ def brute_itw_n(q: np.ndarray, yq: np.ndarray, r: np.ndarray, yr: np.ndarray, n:
     return out
 
 
-def brute_itw_r(q: np.ndarray, yq: np.ndarray, r: np.ndarray, yr: np.ndarray, radius: float
-                ) -> tuple[float, int]:
+def brute_itw_r(q: np.ndarray, yq: np.ndarray, r: np.ndarray, yr: np.ndarray, radius: float,
+                skip_self: bool = False) -> tuple[float, int]:
     ratios, empty = [], 0
     for i in range(len(q)):
-        inside = [j for j in range(len(r)) if np.linalg.norm(q[i] - r[j]) <= radius]
+        inside = [j for j in range(len(r)) if np.linalg.norm(q[i] - r[j]) <= radius
+                  and not (skip_self and j == i)]
         if not inside:
             empty += 1
             continue
         ratios.append(sum(yr[j] == yq[i] for j in inside) / len(inside))
-    return float(np.mean(ratios)), empty
+    return float(np.mean(ratios)) if ratios else float("nan"), empty
 
 
 def test_knn_matches_sorting_with_small_chunks_and_exclusion() -> None:
@@ -79,17 +80,22 @@ def test_radius_label_counts_match_a_loop() -> None:
                 assert counts[a, j, c] == int(((dist[a] <= radius) & (labels == c)).sum())
 
 
-@pytest.mark.parametrize("leave_one_out", [False, True])
-def test_itw_n_and_itw_r_equal_brute_force(leave_one_out: bool) -> None:
+@pytest.mark.parametrize("reference", ["separate", "same tensors", "same split name"])
+def test_itw_n_and_itw_r_equal_brute_force(reference: str) -> None:
     x, y, xr, yr = small_case()
     model = random_net(4, seed=1)
-    ctx = make_context(model, x, y, reference=(xr, yr), batch_size=8)
-    if leave_one_out:
-        ctx.reference = "test"  # the audit split is its own reference: skip each sample itself
+    if reference == "separate":
+        ctx = make_context(model, x, y, reference=(xr, yr), batch_size=8)
+    else:  # the audit split is its own reference: each sample is left out of its neighbours
+        ctx = make_context(model, x, y, batch_size=8)  # "train" holds the audit tensors
+        if reference == "same split name":
+            ctx.reference = "test"
         xr, yr = x, y
-    radii = [0.8, 1.5, 3.0]
+    leave_one_out = reference != "separate"
+    radii, feature_radii = [0.8, 1.5, 3.0], [0.05, 0.2, 0.6]
     result = run_metric(Intertwinedness(), ctx, n=3, ns=[1, 3, 7, 20], radius_units="absolute",
-                        radii=radii, feature_radii=[0.05, 0.2, 0.6])
+                        radii=radii, feature_radii=feature_radii)
+    assert result.details["leave_one_out"] is leave_one_out
     feats = ctx.model.features(x).detach().double().numpy()
     ref_feats = ctx.model.features(xr).detach().double().numpy()
     xq, xrn = x.double().numpy(), xr.double().numpy()
@@ -103,17 +109,47 @@ def test_itw_n_and_itw_r_equal_brute_force(leave_one_out: bool) -> None:
                                                                  leave_one_out)))
         assert row["feature"] == pytest.approx(np.mean(brute_itw_n(feats, yq, ref_feats, yrn,
                                                                    m, leave_one_out)))
-    if not leave_one_out:
-        curve = result.details["itw_r_curve"]
-        for row, radius in zip(curve, radii, strict=True):
-            mean, empty = brute_itw_r(xq, yq, xrn, yrn, radius)
-            assert row["input"] == pytest.approx(mean)
-            assert row["input_no_neighbour"] == empty
-        for row, radius in zip(curve, [0.05, 0.2, 0.6], strict=True):
-            mean, empty = brute_itw_r(feats, yq, ref_feats, yrn, radius)
-            assert row["feature_no_neighbour"] == empty
+    curve = result.details["itw_r_curve"]
+    for space, q, r, space_radii in (("input", xq, xrn, radii),
+                                     ("feature", feats, ref_feats, feature_radii)):
+        for row, radius in zip(curve, space_radii, strict=True):
+            mean, empty = brute_itw_r(q, yq, r, yrn, radius, leave_one_out)
+            assert row[f"{space}_no_neighbour"] == empty
             if empty < len(x):
-                assert row["feature"] == pytest.approx(mean)
+                assert row[space] == pytest.approx(mean)
+            else:
+                assert np.isnan(row[space])
+    if leave_one_out:  # without leave-one-out every sample has itself within any radius
+        assert curve[0]["input_no_neighbour"] > 0
+
+
+@pytest.mark.parametrize("pairs", ["all", "random"])
+def test_default_radii_leave_out_the_self_pairs(pairs: str, monkeypatch) -> None:
+    """Reference = audit split: the quantile radii come from the distances between distinct
+    samples. Each sample's zero distance to itself would make up 1/25 of the pairs here and
+    turn every quantile below 0.04 into a radius of 0."""
+    x, y, _, _ = small_case()
+    model = random_net(4, seed=1)
+    if pairs == "random":  # fewer pairs allowed than the 25 × 25 there are: random pairs
+        monkeypatch.setattr(
+            "robaudit.plugins.metrics.intertwinedness.QUANTILE_PAIRS", 400)
+    ctx = make_context(model, x, y, reference=(x, y))
+    quantiles = [0.001, 0.02, 0.5, 1.0]
+    result = run_metric(Intertwinedness(), ctx, n=3, radii=quantiles)
+    assert result.details["leave_one_out"] is True
+    feats = ctx.model.features(x).detach().double()
+    for space, points in (("input", x.double()), ("feature", feats)):
+        dist = torch.cdist(points, points)
+        distinct = dist[~torch.eye(len(x), dtype=torch.bool)]
+        rows = result.details["itw_r_curve"]
+        found = [row[f"{space}_radius"] for row in rows]
+        if pairs == "all":
+            expected = torch.quantile(distinct, torch.tensor(quantiles, dtype=torch.float64))
+            np.testing.assert_allclose(found, expected.numpy(), rtol=1e-5)
+        else:
+            assert found == sorted(found)
+            assert found[0] >= float(distinct.min()) * (1 - 1e-5) > 0
+            assert found[-1] <= float(distinct.max()) * (1 + 1e-5)
 
 
 def test_far_apart_clusters_are_not_intertwined_in_either_space() -> None:

@@ -82,10 +82,13 @@ class Intertwinedness(Metric):
       ``radius_units: absolute``, ``radii`` are input-space radii and ``feature_radii``
       (default: the same list; else one per entry of ``radii``) feature-space radii.
     - The label of x is its true label; the n nearest use ℓ2 distance, ties broken arbitrarily.
-    - When the reference split is the audit split itself (no separate training data), each
-      sample is left out of its own neighbours (leave-one-out). ``duplicates`` in details
-      counts audit samples with an exact copy in the reference split (input distance 0): a
-      split that overlaps the reference inflates ITW, and this number shows it.
+    - When the reference split is the audit split itself (no separate training data: the
+      same split name, or two splits holding the same input tensor), each sample is left out
+      of its own neighbours (leave-one-out), in ITW_n, ITW_r and the distances that set the
+      default radii (a sample and itself are no pair: their zero distance would pull the low
+      quantiles down). ``duplicates`` in details counts audit samples with an exact copy in the
+      reference split (input distance 0): a split that overlaps the reference inflates ITW,
+      and this number shows it.
     - ``n`` (or an entry of ``ns``) larger than the reference set is a located spec error
       (:meth:`check_data`, exit 4, before anything runs); the default
       curve runs 1, 2, 5, 10, … up to n = 1000 as the paper's (or to the reference size when
@@ -106,7 +109,7 @@ class Intertwinedness(Metric):
 
     def compute(self, ctx: AuditContext, params: IntertwinednessParams) -> MetricResult:
         data, ref = ctx.data(), ctx.data(ctx.reference)
-        same_split = ref is data or ctx.reference == ctx.split
+        same_split = _same_split(ctx)
         available = _candidates(ctx)
         ns = (sorted(set(params.ns)) if params.ns is not None
               else _default_ns(min(available, DEFAULT_MAX_N)))
@@ -189,7 +192,11 @@ class Intertwinedness(Metric):
         else:
             a = torch.randint(0, queries.shape[0], (QUANTILE_PAIRS,), generator=ctx.generator)
             b = torch.randint(0, reference.shape[0], (QUANTILE_PAIRS,), generator=ctx.generator)
-            dist = (queries[a.to(queries.device)] - reference[b.to(queries.device)]).norm(dim=1)
+            a, b = a.to(queries.device), b.to(queries.device)
+            if exclude is not None:  # leave-one-out: a sample is no neighbour of itself
+                keep = b != exclude[a]
+                a, b = a[keep], b[keep]
+            dist = (queries[a] - reference[b]).norm(dim=1)
         q = torch.as_tensor(params.radii, dtype=torch.float64)
         return [float(v) for v in torch.quantile(dist.double().cpu(), q)]
 
@@ -222,16 +229,22 @@ class Intertwinedness(Metric):
         return figures
 
     def floor(self, ctx: AuditContext, params: IntertwinednessParams) -> Floor:
-        extra = 0 if ctx.reference == ctx.split else len(ctx.data(ctx.reference))
+        extra = 0 if _same_split(ctx) else len(ctx.data(ctx.reference))
         return Floor(forward=len(ctx.data()) + extra,
                      note="features of the audit and reference splits, one forward pass each")
+
+
+def _same_split(ctx: AuditContext) -> bool:
+    """Whether the reference split is the audit split: the same name, the same
+    :class:`DataSplit`, or two splits holding the same input tensor."""
+    data, ref = ctx.data(), ctx.data(ctx.reference)
+    return ctx.reference == ctx.split or ref is data or ref.x is data.x
 
 
 def _candidates(ctx: AuditContext) -> int:
     """Reference samples that can be a neighbour (the sample itself is left out when the
     reference split is the audit split)."""
-    same_split = ctx.data(ctx.reference) is ctx.data() or ctx.reference == ctx.split
-    return len(ctx.data(ctx.reference)) - (1 if same_split else 0)
+    return len(ctx.data(ctx.reference)) - (1 if _same_split(ctx) else 0)
 
 
 def _default_ns(available: int) -> list[int]:

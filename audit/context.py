@@ -123,9 +123,11 @@ class AuditContext:
 
     def features(self, split: str | None = None, model: ModelUnderAudit | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features g(x) and logits of a whole split (cached per run, kept on the device)."""
+        """Features g(x) and logits of a whole split, from one forward pass (cached per run,
+        kept on the device). Raises MetricError for a model without g(x)."""
         mua = model or self.model
         name = split or self.split
+        mua.feature_site()
 
         def compute() -> tuple[torch.Tensor, torch.Tensor]:
             feats, logits = [], []
@@ -137,6 +139,21 @@ class AuditContext:
             return torch.cat(feats), torch.cat(logits)
 
         return self.cache.get_or_compute(("features", mua.name, name), compute)
+
+    def logits(self, split: str | None = None, model: ModelUnderAudit | None = None
+               ) -> torch.Tensor:
+        """Logits of a whole split (cached per run, on the device): shared with
+        :meth:`features` when the model has g(x), so the split takes one forward pass."""
+        mua = model or self.model
+        name = split or self.split
+        if mua.has_features:
+            return self.features(name, mua)[1]
+
+        def compute() -> torch.Tensor:
+            with torch.no_grad():
+                return torch.cat([mua.logits(x) for x, _ in self.batches(name)])
+
+        return self.cache.get_or_compute(("logits", mua.name, name), compute)
 
     def model_named(self, name: str) -> ModelUnderAudit:
         """A model of the spec's ``models`` mapping (or the audited one by its name)."""

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from robaudit.errors import UsageError
+from robaudit.errors import MetricError, UsageError
 
 
 class Normalize(nn.Module):
@@ -29,7 +29,8 @@ class ModelUnderAudit:
     ``network`` is the module the metrics differentiate (the user's model, preceded by
     :class:`Normalize` when the spec gives ``normalize``). ``features(x)`` is the representation
     g(x) of Ghorbani & Zou (2017, section 2): the output of the module named by ``features``, or
-    by default the input of the last ``nn.Linear``, flattened to ``(batch, dim)``.
+    by default the input of the last ``nn.Linear``, flattened to ``(batch, dim)``; a metric that
+    needs it on a model without it (see :meth:`feature_site`) raises ``MetricError``.
 
     Use it as a context manager: inside, the network is in eval mode with its parameters frozen;
     on exit both are restored to what they were.
@@ -54,27 +55,49 @@ class ModelUnderAudit:
         self.network: nn.Module = (layers[0] if len(layers) == 1 else nn.Sequential(*layers))
         self.network.to(self.device)
         self.input_range = (float(input_range[0]), float(input_range[1]))
-        self.features_module, self._features_from_input = self._feature_site(module, features)
-        self._saved: tuple[bool, list[bool]] | None = None
-        self._num_classes: int | None = None
-
-    @staticmethod
-    def _feature_site(module: nn.Module, features: str | None) -> tuple[nn.Module, bool]:
         if features is not None:
             named = dict(module.named_modules())
             if features not in named:
                 choices = ", ".join(n for n in named if n) or "(none)"
                 raise UsageError(
-                    f"model.features: no module named {features!r}; the model has: {choices}"
+                    f"features: no module named {features!r}; the model has: {choices}"
                 )
-            return named[features], False
-        linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise UsageError(
-                "model.features: the model has no nn.Linear, so the default feature layer "
-                "(the input of the last nn.Linear) does not exist; name a module with `features`"
-            )
-        return linears[-1], True
+        self._features_name = features
+        self._site: tuple[nn.Module, bool] | None = None
+        self._saved: tuple[bool, list[bool]] | None = None
+        self._num_classes: int | None = None
+
+    def feature_site(self) -> tuple[nn.Module, bool]:
+        """The module whose output (False) or input (True) is g(x). Resolved when a metric
+        first needs g(x), so that a model without one (a TorchScript model, a classifier with
+        no nn.Linear) can still be audited by the metrics that need only its logits."""
+        if self._site is None:
+            if isinstance(self.module, torch.jit.ScriptModule):
+                raise MetricError(
+                    "this metric needs the feature layer g(x), taken with a forward hook, and "
+                    "TorchScript models take no hooks; audit the nn.Module through "
+                    "`model.factory` to use feature metrics"
+                )
+            if self._features_name is not None:
+                self._site = (dict(self.module.named_modules())[self._features_name], False)
+            else:
+                linears = [m for m in self.module.modules() if isinstance(m, nn.Linear)]
+                if not linears:
+                    raise MetricError(
+                        "this metric needs the feature layer g(x): the model has no nn.Linear, "
+                        "whose input is the default g(x); name a module with `model.features`"
+                    )
+                self._site = (linears[-1], True)
+        return self._site
+
+    @property
+    def has_features(self) -> bool:
+        """Whether g(x) is available (see :meth:`feature_site`)."""
+        try:
+            self.feature_site()
+        except MetricError:
+            return False
+        return True
 
     # -- mode handling -------------------------------------------------------------------
     def __enter__(self) -> ModelUnderAudit:
@@ -116,14 +139,11 @@ class ModelUnderAudit:
 
     @contextmanager
     def _capture(self, out: list[torch.Tensor]) -> Iterator[None]:
-        if self._features_from_input:
-            handle = self.features_module.register_forward_pre_hook(
-                lambda _m, args: out.append(args[0])
-            )
+        site, from_input = self.feature_site()
+        if from_input:
+            handle = site.register_forward_pre_hook(lambda _m, args: out.append(args[0]))
         else:
-            handle = self.features_module.register_forward_hook(
-                lambda _m, _args, output: out.append(output)
-            )
+            handle = site.register_forward_hook(lambda _m, _args, output: out.append(output))
         try:
             yield
         finally:

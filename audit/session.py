@@ -222,38 +222,44 @@ class Session:
         if problems:
             raise SpecError(problems)
 
-    def run_plan(self, plan: AuditPlan, result: AuditResult) -> bool:
-        """Run a plan's checks into ``result``; False when ``--maxfail`` stopped the session."""
+    def prepare(self, plan: AuditPlan, stack: ExitStack) -> AuditContext:
+        """Build a plan's models, load its data and check its params against the data: all
+        that can be a usage error. The runner prepares every spec before any check runs, so
+        that an invalid second spec stops the session before the first one has run."""
         spec = plan.spec
-        with ExitStack() as stack:
-            models = {"model": self.build_model(plan, "model", spec.model.model)}
-            for name, entry in spec.model.models.items():
-                models[name] = self.build_model(plan, f"models.{name}", entry)
-            for mua in models.values():
-                stack.enter_context(mua)
-            splits = self.load_data(plan)
-            seed = spec.model.seed
-            base = AuditContext(
-                model=models["model"], splits=splits, split=spec.model.data.split,
-                reference=spec.model.data.reference, batch_size=spec.model.data.batch_size,
-                device=plan.device, seed=seed, generator=torch.Generator().manual_seed(seed),
-                run_seed=seed, models=models, cache=RunCache(),
-                progress=self.hook.robaudit_progress(options=self.options) or silent_progress,
-            )
-            self.check_params_against_data(plan, base)
-            self.hook.robaudit_audit_start(plan=plan)
-            for check in plan.checks:
-                check_result = self.run_check(check, self.check_context(check, base))
-                result.checks.append(check_result)
-                self.hook.robaudit_check_finished(result=check_result)
-                if check_result.outcome in ("failed", "error"):
-                    self.failures += 1
-                    if self.maxfail and self.failures >= self.maxfail:
-                        return False
+        models = {"model": self.build_model(plan, "model", spec.model.model)}
+        for name, entry in spec.model.models.items():
+            models[name] = self.build_model(plan, f"models.{name}", entry)
+        for mua in models.values():
+            stack.enter_context(mua)
+        splits = self.load_data(plan)
+        seed = spec.model.seed
+        base = AuditContext(
+            model=models["model"], splits=splits, split=spec.model.data.split,
+            reference=spec.model.data.reference, batch_size=spec.model.data.batch_size,
+            device=plan.device, seed=seed, generator=torch.Generator().manual_seed(seed),
+            run_seed=seed, models=models, cache=RunCache(),
+            progress=self.hook.robaudit_progress(options=self.options) or silent_progress,
+        )
+        self.check_params_against_data(plan, base)
+        return base
+
+    def run_plan(self, plan: AuditPlan, base: AuditContext, result: AuditResult) -> bool:
+        """Run a plan's checks into ``result``; False when ``--maxfail`` stopped the session."""
+        self.hook.robaudit_audit_start(plan=plan)
+        for check in plan.checks:
+            check_result = self.run_check(check, self.check_context(check, base))
+            result.checks.append(check_result)
+            self.hook.robaudit_check_finished(result=check_result)
+            if check_result.outcome in ("failed", "error"):
+                self.failures += 1
+                if self.maxfail and self.failures >= self.maxfail:
+                    return False
         return True
 
     def run(self, paths: list[str]) -> tuple[list[AuditResult], int]:
-        """Run the specs; returns the results and the exit code (design.md §4)."""
+        """Run the specs; returns the results and the exit code (design.md §4). Reports are
+        written for what finished however the run ends once checks have started."""
         specs = self.load(paths)
         plans = [self.plan(spec) for spec in specs]
         results = [
@@ -265,19 +271,24 @@ class Session:
             self.hook.robaudit_report(results=results, options=self.options)
             return results, EXIT_NO_CHECKS
         code = EXIT_OK
-        try:
-            for plan, result in zip(plans, results, strict=True):
-                started = time.perf_counter()
-                try:
-                    if plan.checks and not self.run_plan(plan, result):
-                        break
-                finally:
-                    result.duration_s = time.perf_counter() - started
-        except KeyboardInterrupt:
-            for result in results:
-                result.interrupted = True
-            code = EXIT_INTERRUPTED
-        self.hook.robaudit_report(results=results, options=self.options)
+        with ExitStack() as stack:
+            bases = [self.prepare(plan, stack) if plan.checks else None for plan in plans]
+            try:
+                for plan, base, result in zip(plans, bases, results, strict=True):
+                    if base is None:
+                        continue
+                    started = time.perf_counter()
+                    try:
+                        if not self.run_plan(plan, base, result):
+                            break
+                    finally:
+                        result.duration_s = time.perf_counter() - started
+            except KeyboardInterrupt:
+                for result in results:
+                    result.interrupted = True
+                code = EXIT_INTERRUPTED
+            finally:
+                self.hook.robaudit_report(results=results, options=self.options)
         if code == EXIT_OK and any(c.outcome in ("failed", "error")
                                    for r in results for c in r.checks):
             code = EXIT_FAILED

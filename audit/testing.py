@@ -44,7 +44,8 @@ def make_context(
 
     mua = wrap(model, "model")
     mua.__enter__()
-    splits = {"test": DataSplit(x, y), "train": DataSplit(*(reference or (x, y)))}
+    audit = DataSplit(x, y)
+    splits = {"test": audit, "train": DataSplit(*reference) if reference else audit}
     all_models = {"model": mua}
     for name, other in (models or {}).items():
         all_models[name] = wrap(other, name)

@@ -185,3 +185,9 @@ def test_several_specs_run_in_one_session_and_fail_together(write_spec, robaudit
     invalid = write_spec("audit: x\n", "invalid.yaml")
     code, _, err = robaudit_main("run", good, invalid)
     assert code == 4 and "invalid.yaml" in err
+    too_many = write_spec(TOY_HEADER + "checks:\n  - {metric: intertwinedness, params: {n: 500}}\n",
+                          "too_many.yaml")
+    report = tmp_path / "second.json"
+    code, out, err = robaudit_main("run", good, too_many, "--json", report)
+    assert code == 4 and "checks.0.params.n" in err
+    assert "PASSED" not in out and not list(tmp_path.glob("second*.json"))

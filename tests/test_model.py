@@ -59,3 +59,40 @@ def test_eval_mode_and_frozen_parameters_are_restored():
         assert torch.equal(mua.logits(x), mua.logits(x))  # dropout off, batch norm frozen
     assert net.training
     assert [p.requires_grad for p in net.parameters()] == [False, True, True, True, True, True]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is deprecated
+def test_a_torchscript_model_is_audited_by_logit_metrics_and_refused_by_feature_metrics(
+        write_spec, toy_dir, robaudit_main):
+    traced = torch.jit.trace(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval(),
+                             torch.rand(1, 1, 4, 4))
+    traced.save(str(toy_dir / "model.ts"))
+    spec = write_spec("""\
+audit: scripted
+model: {torchscript: model.ts}
+data: {source: toy}
+checks:
+  - {metric: clean_accuracy}
+  - {metric: noise_accuracy, params: {sigma: 0.01}}
+  - {metric: rank_order_spearman}
+""")
+    code, out, _ = robaudit_main("run", spec)
+    assert code == 1
+    assert "2 passed, 1 error" in out.strip().splitlines()[-1]
+    assert "TorchScript models take no hooks" in out
+
+
+def test_a_model_without_linear_layers_gets_logit_metrics(write_spec, robaudit_main):
+    spec = write_spec("""\
+audit: all-conv
+model: {factory: "toy_model.py:all_conv"}
+data: {source: toy}
+checks:
+  - {metric: clean_accuracy}
+  - {metric: deepfool_min_distortion}
+  - {metric: rank_order_spearman}
+""")
+    code, out, _ = robaudit_main("run", spec)
+    assert code == 1
+    assert "2 passed, 1 error" in out.strip().splitlines()[-1]
+    assert "name a module with `model.features`" in out

@@ -14,7 +14,7 @@ class CleanAccuracy(Metric):
     """Accuracy on the unperturbed audit split (the baseline of every robustness number).
 
     Per-sample correctness (0/1) are the samples; the 95% interval is Wilson's score interval.
-    Shares the forward pass over the split with the feature metrics (``ctx.features``).
+    Shares the forward pass over the split with the feature metrics (``ctx.logits``).
     """
 
     name: ClassVar[str] = "clean_accuracy"
@@ -23,7 +23,7 @@ class CleanAccuracy(Metric):
     source: ClassVar[str] = "baseline (Szegedy et al. 2014, Tables 2 and 4, clean rows)"
 
     def compute(self, ctx: AuditContext, params: MetricParams) -> MetricResult:
-        _, logits = ctx.features()
+        logits = ctx.logits()
         labels = ctx.data().y.to(logits.device)
         correct = (logits.argmax(dim=1) == labels).double()
         hits, total = int(correct.sum()), int(correct.numel())

@@ -63,7 +63,7 @@ class DeepFoolMinDistortion(Metric):
                 f"DeepFool moved no sample across a boundary within {params.max_iter} steps"
             )
         rho = torch.where(ok, rho, torch.full_like(rho, float("nan"))).double().cpu().numpy()
-        _, logits = ctx.features()
+        logits = ctx.logits()
         correct = (logits.argmax(dim=1) == ctx.data().y.to(logits.device)).cpu().numpy()
         converged = ok.cpu().numpy()
         value = float(np.nanmean(rho))

@@ -79,7 +79,7 @@ class RobustnessCategory(Metric):
         mua = ctx.model
         box = mua.input_range
         x = data.x.to(ctx.device)
-        clean = ctx.features()[1].argmax(dim=1).to(ctx.device)
+        clean = ctx.logits().argmax(dim=1).to(ctx.device)
         batch = ctx.batch_size
 
         noise = random_lp_noise(x.shape, params.eps, params.norm, ctx.generator).to(ctx.device)

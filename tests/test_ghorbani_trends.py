@@ -1,6 +1,8 @@
 """The trends of Ghorbani & Zou (2017) on small, fast versions of its experiments: training and
 depth increase deformation (Figure 4, Appendix D); a more intertwined data set gives a lower
-rank-order Spearman (Figure 5) and a larger FGSM output change (Figure 6).
+rank-order Spearman (Figure 5) and a larger FGSM output change (Figure 6); the trained network's
+feature space is less intertwined than the input space and than the untrained network's
+(section 2, Figure 2), and more so for the deeper network (section 3).
 
 Data: the gaussian_mixture source (Appendix E) as 1×8×8 images; models: the small 1- and 3-layer
 CNNs of robaudit.zoo.ghorbani_cnn trained with the zoo recipe. Everything is seeded.
@@ -40,12 +42,13 @@ def metrics(model: torch.nn.Module, separation: float) -> dict[str, float]:
     test, train = splits["test"], splits["train"]
     ctx = make_context(model, test.x, test.y, reference=(train.x, train.y), batch_size=2048)
     try:
+        itw = run_metric(Intertwinedness(), ctx, n=10, ns=[10], radii=[0.01])
         return {
             "spearman": run_metric(RankOrderSpearman(), ctx, pairs=100, trials=300).value,
             "k": run_metric(SphereDeformation(), ctx, points=40, samples=50).value,
             "fgsm": run_metric(FgsmOutputChange(), ctx, clip=False).value,
-            "itw_input": run_metric(Intertwinedness(), ctx, n=10, ns=[10],
-                                    radii=[0.01]).details["input_itw_n"],
+            "itw": itw.value,  # feature-space ITW_n, n = 10: the metric's value
+            "itw_input": itw.details["input_itw_n"],
         }
     finally:
         ctx.model.__exit__(None, None, None)
@@ -71,15 +74,40 @@ def test_deeper_network_deforms_more() -> None:
     _, shallow = before_after(1, MIXTURE["separation"])
     _, deep = before_after(3, MIXTURE["separation"])
     assert deep["k"] > 1.5 * shallow["k"]
+    # section 3: the deeper network separates the classes better in its feature space
+    assert deep["itw"] > shallow["itw"] + 0.02
 
 
-@pytest.mark.parametrize("key", ["spearman", "fgsm", "itw_input"])
+@pytest.mark.parametrize("separation", [MIXTURE["separation"], 0.3])
+def test_training_makes_the_feature_space_less_intertwined_than_the_input(
+        separation: float) -> None:
+    """Section 2, Figure 2: in the trained network's feature space more of a test sample's
+    nearest training samples share its class than in the input space; section 2 ("g
+    transforms a highly intertwined space ... to a less intertwined space"): training raises
+    the feature-space ITW_n of the untrained network."""
+    before, after = before_after(3, separation)
+    assert after["itw"] > after["itw_input"] + 0.02
+    assert after["itw"] > before["itw"] + 0.1
+
+
+def test_separation_controls_the_data_intertwinedness() -> None:
+    """A test of the data, not of a model: the mixture's separation (Appendix E) is the
+    intertwinedness axis of Figures 5 and 6, so input-space ITW_n must rise with it; it does
+    not depend on the network, trained or not."""
+    separations = (0.05, 0.3, 1.0)
+    runs = [before_after(3, s) for s in separations]
+    assert all(before["itw_input"] == after["itw_input"] for before, after in runs)
+    values = [after["itw_input"] for _, after in runs]
+    assert values[0] < values[1] < values[2]
+
+
+@pytest.mark.parametrize("key", ["spearman", "fgsm"])
 def test_more_intertwined_data_means_lower_spearman_and_larger_fgsm_change(key: str) -> None:
     separations = (0.05, 0.3, 1.0)  # from intertwined to well separated
     trained = [before_after(3, s)[1][key] for s in separations]
     if key == "fgsm":  # the output moves more under FGSM as the data gets more intertwined
         assert trained[0] > trained[1] > trained[2]
-    else:  # the data is less intertwined, and the trained map less deformed, as means separate
+    else:  # the trained map is less deformed as the means separate
         assert trained[0] < trained[1] < trained[2]
 
 

@@ -11,6 +11,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from robaudit.ops.deepfool import STEP_SLACK
 from robaudit.plugins.metrics.transfer import TransferParams, TransferRate
 from robaudit.testing import make_context, run_metric
 
@@ -59,6 +60,41 @@ def test_examples_do_not_transfer_to_an_orthogonal_boundary() -> None:
     expected = float((f / W1.norm() * 1.02 / math.sqrt(DIM)).mean())
     assert result.details["av_stddev"] == pytest.approx(expected, rel=1e-3)
 
+
+
+class CappedLinear(nn.Module):
+    """Logits [0, min(W1·(x − 0.5), cap)]: linear below the cap, flat above it, where DeepFool
+    finds a zero gradient and stops without converging."""
+
+    def __init__(self, cap: float) -> None:
+        super().__init__()
+        self.cap = cap
+        self.layer = nn.Linear(DIM, 1)
+        with torch.no_grad():
+            self.layer.weight.copy_(W1[None])
+            self.layer.bias.fill_(-0.5 * float(W1.sum()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.layer(x.flatten(1)).clamp(max=self.cap)
+        return torch.cat([torch.zeros_like(f), f], dim=1)
+
+
+def test_noise_stddev_averages_only_the_adversarial_examples_made() -> None:
+    """σ is the mean stddev over the samples the source classifies correctly and DeepFool
+    moves across: not over its errors (r = 0) nor over the flat region (no example made)."""
+    x, y = data(40)
+    y[::3] = 0  # the source predicts 1 everywhere: these are its errors
+    source = CappedLinear(cap=0.55)
+    ctx = make_context(linear_model(W2), x, y, models={"src": source})
+    details = run_metric(TransferRate(), ctx, source="src").details
+    # By a loop: f = a (W2 ⊥ W1), the nearest boundary is f/‖W1‖₂ away (reachable if f < cap).
+    f = (x.flatten(1) - 0.5) @ W1
+    made = [i for i in range(40) if y[i] == 1 and float(f[i]) < 0.55]
+    assert 0 < len(made) < int((y == 1).sum())  # both exclusions are exercised
+    expected = sum(1.02 * (float(f[i]) / 4 + STEP_SLACK) / math.sqrt(DIM) for i in made) / len(made)
+    assert details["av_stddev"] == pytest.approx(expected, rel=1e-4)
+    assert details["source_clean_error"] == pytest.approx(float((y == 0).double().mean()))
+    assert details["deepfool_converged"] == pytest.approx(len(made) / int((y == 1).sum()))
 
 def test_magnify_sets_the_stddev() -> None:
     x, y = data()

@@ -68,6 +68,11 @@ class TransferRate(Metric):
     - Noise baseline: Gaussian noise of stddev σ = the average per-pixel stddev
       √(‖x′−x‖₂²/n) of the adversarial examples (Table 4: "Gaussian noise with stddev =" the
       examples' average), one draw per sample from the check's generator, clipped to the box.
+      The average runs over the samples that have an adversarial example made on them: those
+      the source classifies correctly and on which DeepFool converged (the label changed). The
+      zero perturbations of the source's own errors and the unmoved points of a DeepFool that
+      did not converge are no adversarial distortion and would bias σ low. With no such
+      sample σ = 0 (``av_stddev`` 0; the noise errors are then the clean errors).
     """
 
     name: ClassVar[str] = "transfer_rate"
@@ -100,8 +105,9 @@ class TransferRate(Metric):
             scaled = r * (params.magnify * math.sqrt(pixels) / size.clamp_min(1e-30))
             r = torch.where(size > 0, (x + scaled).clamp(*src.input_range) - x, r)
         adversarial = x + r
+        made = src_correct & boundary.converged.to(ctx.device)
         stddev = r.flatten(1).norm(dim=1) / math.sqrt(pixels)
-        sigma = float(stddev.mean())
+        sigma = float(stddev[made].mean()) if bool(made.any()) else 0.0
 
         noise = torch.randn(tuple(x.shape), generator=ctx.generator).to(ctx.device) * sigma
         noisy = perturb(x, noise, target.input_range)

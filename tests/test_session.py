@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 import pytest
+import torch
 from conftest import TOY_HEADER
+from toy_plugin import ToyOptions
 
 from robaudit.errors import UsageError
 from robaudit.pluginmanager import load_plugins
@@ -44,6 +46,18 @@ def test_limit_takes_a_seeded_subset_of_the_audit_split(write_spec):
     [result], code = run(spec)
     assert code == 0
     assert result.checks[0].details["samples"] == 10
+
+    def audit_split(seed: int) -> torch.Tensor:
+        plugins = load_plugins(extra=["toy_plugin"])
+        session = Session(plugins, argparse.Namespace(seed=seed))
+        [loaded] = session.load([str(spec)])
+        return session.load_data(session.plan(loaded))["test"].x
+
+    full = load_plugins(extra=["toy_plugin"]).data_sources["toy"].load(
+        ToyOptions(), spec.parent, 0)["test"].x
+    keep = torch.randperm(64, generator=torch.Generator().manual_seed(0))[:10].sort().values
+    assert torch.equal(audit_split(0), full[keep])
+    assert not torch.equal(audit_split(0), full[:10])
 
 
 def test_missing_reference_split_is_a_usage_error(write_spec):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,22 +30,29 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (ra * rb).sum(-1) / torch.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
 
 
-def pair_distances(points: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
-                   matrix_limit: int = 4096) -> torch.Tensor:
-    """‖points[first] − points[second]‖₂ for index tensors of any (equal) shape.
+def pair_distances(points: torch.Tensor, matrix_limit: int = 4096
+                   ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A function (first, second) ↦ ‖points[first] − points[second]‖₂ for index tensors of any
+    (equal) shape, to be called for many batches of pairs.
 
-    Up to ``matrix_limit`` points, the N×N distance matrix is computed once with
+    Up to ``matrix_limit`` points, the N×N distance matrix is computed once here with
     ``torch.cdist`` (far faster than gathering every pair; at most 64 MB) and indexed; beyond
-    it the pairs are gathered directly, in memory O(pairs · dim). Differences are taken
-    directly, not through the ‖a‖² + ‖b‖² − 2a·b expansion, whose cancellation would reorder
-    nearly equal distances and so change ranks; each pair is taken in a canonical order, so
-    (a, b) and (b, a) get bit-identical distances.
+    it each call gathers its pairs, in memory O(pairs · dim). Differences are taken directly,
+    not through the ‖a‖² + ‖b‖² − 2a·b expansion, whose cancellation would reorder nearly
+    equal distances and so change ranks; each pair is taken in a canonical order, so (a, b)
+    and (b, a) get bit-identical distances.
     """
-    first, second = torch.minimum(first, second), torch.maximum(first, second)
-    if points.shape[0] <= matrix_limit:
-        flat = points.flatten(1)
-        return torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")[first, second]
-    return (points[first] - points[second]).flatten(first.dim()).norm(dim=-1)
+    flat = points.flatten(1)
+    matrix = (torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")
+              if flat.shape[0] <= matrix_limit else None)
+
+    def distances(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        low, high = torch.minimum(first, second), torch.maximum(first, second)
+        if matrix is not None:
+            return matrix[low, high]
+        return (flat[low] - flat[high]).norm(dim=-1)
+
+    return distances
 
 
 def mean_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:

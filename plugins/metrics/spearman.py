@@ -53,12 +53,13 @@ class RankOrderSpearman(Metric):
         offset = torch.randint(1, n, (params.trials, params.pairs), generator=ctx.generator)
         second = (first + offset) % n
         first, second = first.to(feats.device), second.to(feats.device)
+        input_distances, feature_distances = pair_distances(inputs), pair_distances(feats)
         values = []
         task = ctx.progress(params.trials, "rank-order trials")
         chunk = max(1, 200_000 // params.pairs)
         for start in range(0, params.trials, chunk):
             a, b = first[start : start + chunk], second[start : start + chunk]
-            values.append(spearman(pair_distances(inputs, a, b), pair_distances(feats, a, b)))
+            values.append(spearman(input_distances(a, b), feature_distances(a, b)))
             task.advance(a.shape[0])
         r_s = torch.cat(values).cpu().numpy()
         return MetricResult(

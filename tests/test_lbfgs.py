@@ -28,13 +28,26 @@ def points(n: int, seed: int) -> torch.Tensor:
     return torch.randn(n, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def targeted_distance(model: nn.Linear, x: np.ndarray, target: int) -> float:
-    """min ‖r‖₂ s.t. f_target(x + r) ≥ f_j(x + r) for all j (a QP, solved by SLSQP)."""
+def fixed_linear(weight: list[list[float]], bias: list[float]) -> nn.Linear:
+    model = nn.Linear(len(weight[0]), len(weight)).double().eval()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor(weight, dtype=torch.float64))
+        model.bias.copy_(torch.tensor(bias, dtype=torch.float64))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def targeted_distance(model: nn.Linear, x: np.ndarray, target: int,
+                      box: tuple[float, float] | None = None) -> float:
+    """min ‖r‖₂ s.t. f_target(x + r) ≥ f_j(x + r) for all j (and x + r in ``box``): a QP,
+    solved by SLSQP."""
     w, b = model.weight.numpy(), model.bias.numpy()
     others = [j for j in range(w.shape[0]) if j != target]
     constraints = [{"type": "ineq", "fun": lambda r, j=j: (w[target] - w[j]) @ (x + r)
                     + b[target] - b[j], "jac": lambda r, j=j: w[target] - w[j]} for j in others]
-    solution = minimize(lambda r: r @ r, np.zeros_like(x), jac=lambda r: 2 * r,
+    bounds = None if box is None else [(box[0] - v, box[1] - v) for v in x]
+    solution = minimize(lambda r: r @ r, np.zeros_like(x), jac=lambda r: 2 * r, bounds=bounds,
                         constraints=constraints, method="SLSQP", options={"ftol": 1e-12})
     return float(np.sqrt(solution.x @ solution.x))
 
@@ -83,16 +96,43 @@ def test_all_targets_give_every_pair_and_the_untargeted_minimum() -> None:
                                                               rel=0.03)
 
 
-def test_the_box_binds_the_solution() -> None:
-    """In the box [0, 1]^D a far-away boundary cannot be reached: no success is reported and
-    the metric says so; a reachable one is reached inside the box."""
-    model = linear(2, seed=7)
-    gen = torch.Generator().manual_seed(8)
-    x = torch.rand(6, D, generator=gen, dtype=torch.float64)
-    ctx = make_context(model, x, model(x).argmax(dim=1), input_range=(0.0, 1.0))
-    result = run_metric(LBFGSMinDistortion(), ctx, search_steps=8)
-    z, w = model(x), model.weight
-    unconstrained = ((z[:, 0] - z[:, 1]).abs() / (w[0] - w[1]).norm()).numpy()
-    reached = np.isfinite(result.samples)
-    assert reached.any()
-    assert bool(np.all(np.sqrt(D) * result.samples[reached] >= unconstrained[reached] * (1 - 1e-6)))
+def test_a_class_outside_the_box_is_never_reached() -> None:
+    """Logits [0, v·(x − 0.5), Σx − 100] on [0, 1]^D: class 2 leads nowhere in the box (its
+    logit is below f_0 = 0 there), classes 0 and 1 share it. With every other label as a
+    target, exactly the problems that target class 2 are unreached (NaN samples), so the
+    success rate is 1/2; the others are reached no closer than the unconstrained distance."""
+    v = [1.0, -2.0, 0.5, 1.5, -1.0]
+    model = fixed_linear([[0.0] * D, v, [1.0] * D], [0.0, -0.5 * sum(v), -100.0])
+    x = torch.rand(6, D, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    predicted = model(x).argmax(dim=1)
+    assert set(predicted.tolist()) == {0, 1}
+    ctx = make_context(model, x, predicted, input_range=(0.0, 1.0))
+    result = run_metric(LBFGSMinDistortion(), ctx, target="all", search_steps=10)
+    targets = (predicted.repeat_interleave(2) + torch.tensor([1, 2]).repeat(6)) % 3
+    assert np.array_equal(np.isnan(result.samples), (targets == 2).numpy())
+    assert result.details["success_rate"] == 0.5
+    z, w = model(x).numpy(), model.weight.numpy()
+    unconstrained = np.abs(z[:, 0] - z[:, 1]) / np.linalg.norm(w[0] - w[1])
+    reached = np.sqrt(D) * result.samples[(targets != 2).numpy()]
+    assert bool(np.all(reached >= unconstrained * (1 - 1e-6)))
+
+
+def test_a_binding_box_gives_the_box_constrained_distance() -> None:
+    """f_1 − f_0 = w·x − 6 with w = (4, 1, 1, 1, 1) and x_0 near 1: the unconstrained nearest
+    point of class 1 leaves [0, 1]^D through x_0 = 1, so the nearest point inside the box
+    (a QP with bounds) is farther, by about 60%; the metric finds that one."""
+    model = fixed_linear([[0.0] * D, [4.0, 1.0, 1.0, 1.0, 1.0]], [0.0, -6.0])
+    gen = torch.Generator().manual_seed(9)
+    x = torch.cat([0.85 + 0.1 * torch.rand(5, 1, generator=gen, dtype=torch.float64),
+                   0.1 + 0.3 * torch.rand(5, D - 1, generator=gen, dtype=torch.float64)], dim=1)
+    assert bool((model(x).argmax(dim=1) == 0).all())
+    ctx = make_context(model, x, torch.zeros(5, dtype=torch.long), input_range=(0.0, 1.0))
+    result = run_metric(LBFGSMinDistortion(), ctx, search_steps=12)
+    free = np.array([targeted_distance(model, x[i].numpy(), 1) for i in range(5)])
+    boxed = np.array([targeted_distance(model, x[i].numpy(), 1, box=(0.0, 1.0))
+                      for i in range(5)])
+    assert bool(np.all(boxed >= free * 1.3))  # the box binds
+    assert result.details["success_rate"] == 1.0
+    found = np.sqrt(D) * result.samples
+    assert bool(np.all(found >= boxed * (1 - 1e-4)))
+    assert bool(np.all(found <= boxed * 1.03))

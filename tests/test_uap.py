@@ -160,3 +160,44 @@ def test_eps_default_follows_the_norm() -> None:
     assert UAPFitParams.model_validate({"norm": "l2", "eps": 0.3}).eps == 0.3
     with pytest.raises(ValidationError):
         UAPFitParams.model_validate({"delta": 1.0})
+
+
+def test_fit_uses_a_random_subset_of_a_class_sorted_reference(monkeypatch) -> None:
+    """A reference split stored class by class (as an image folder is): the fit set is a
+    random subset drawn with the spec's seed, so it spans the classes; the first fit_limit
+    samples would all be of class 0."""
+    import robaudit.plugins.metrics.uap as uap
+
+    classes, per_class, limit = 4, 30, 24
+    ref = samples(margins(60, 60), seed=9)
+    ref_labels = torch.arange(classes).repeat_interleave(per_class)  # sorted by class
+    test = samples(margins(5, 5), seed=10)
+    fit_sets: list[torch.Tensor] = []
+
+    def spy(model, x, **kwargs):
+        fit_sets.append(x)
+        return fit_uap_deepfool(model, x, **kwargs)
+
+    monkeypatch.setattr(uap, "fit_uap_deepfool", spy)
+
+    def fit_indices(seed: int) -> torch.Tensor:
+        ctx = make_context(linear_model(), test, torch.ones(10, dtype=torch.long),
+                           reference=(ref, ref_labels), seed=seed)
+        result = run_metric(UAPFoolingRate(), ctx, max_passes=1, fit_limit=limit)
+        assert result.details["fit_samples"] == limit
+        matches = (fit_sets[-1].flatten(1)[:, None, :] == ref.flatten(1)[None]).all(dim=2)
+        assert torch.equal(matches.sum(dim=1), torch.ones(limit, dtype=torch.long))
+        return matches.float().argmax(dim=1)
+
+    first, again, other = fit_indices(0), fit_indices(0), fit_indices(1)
+    assert torch.equal(first, again)  # the spec's seed fixes the subset
+    assert not torch.equal(first, other)
+    for index in (first, other):
+        assert torch.equal(index, index.unique())  # distinct samples, in split order
+        counts = torch.bincount(ref_labels[index], minlength=classes)
+        assert int(counts.min()) >= 2 and int(counts.max()) <= 12  # 6 expected per class
+    # a reference no larger than fit_limit is used whole, in order
+    ctx = make_context(linear_model(), test, torch.ones(10, dtype=torch.long),
+                       reference=(ref[:20], ref_labels[:20]))
+    run_metric(UAPFoolingRate(), ctx, max_passes=1, fit_limit=limit)
+    assert torch.equal(fit_sets[-1], ref[:20])

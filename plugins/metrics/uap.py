@@ -18,7 +18,6 @@ from robaudit.ops.uap import UAPFit, fit_uap_deepfool, fit_uap_sgd, fooled, rand
 
 #: The default budget ξ per norm, for inputs in [0, 1] (see :class:`UAPFoolingRate`).
 DEFAULT_EPS = {"linf": 0.1, "l2": 0.4}
-#: The seed of the fit's random sample order (the same for every check, see :func:`fitted_uap`).
 #: How many leading singular values of the DeepFool normals are reported.
 TOP_SINGULAR_VALUES = 10
 
@@ -34,7 +33,10 @@ class UAPFitParams(MetricParams):
     delta: float = Field(0.2, ge=0, lt=1,
                          description="stop once the fit fooling rate reaches 1 − delta")
     max_passes: int = Field(10, ge=1, le=1000, description="at most this many passes")
-    fit_limit: int = Field(500, ge=1, description="fit on the first fit_limit reference samples")
+    fit_limit: int = Field(
+        500, ge=1,
+        description="fit on at most this many reference samples (a random subset, drawn with "
+                    "the spec's seed, when the reference split is larger)")
     method: Literal["deepfool", "sgd"] = Field(
         "deepfool", description="deepfool: the paper's Algorithm 1; sgd: Shafahi et al. 2020")
     overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool's overshoot")
@@ -60,19 +62,30 @@ class UAPFitParams(MetricParams):
         return (*common, self.step, self.clamp)
 
 
+def fit_subset(size: int, limit: int, generator: torch.Generator) -> torch.Tensor | None:
+    """The sorted indices of ``limit`` samples drawn without replacement from ``size`` (a
+    uniformly random subset, so it does not depend on how the split is ordered), or None
+    (every sample) when ``size <= limit``."""
+    if size <= limit:
+        return None
+    return torch.randperm(size, generator=generator)[:limit].sort().values
+
+
 def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
-    """The universal perturbation of the audited model fitted on the first ``fit_limit``
-    samples of the reference split, cached in ``ctx.cache`` under the model, the reference
-    split and :meth:`UAPFitParams.fit_key`, so that every check with the same fit parameters
-    shares one fit. The fit's random order comes from a generator seeded with the spec's seed
-    (``ctx.run_seed``): a check's own seed and generator derive from the check id, so a fit
-    drawn from them could not be shared between checks (nor reproduced by a check run alone)."""
+    """The universal perturbation of the audited model fitted on ``fit_limit`` samples of the
+    reference split (:func:`fit_subset`), cached in ``ctx.cache`` under the model, the
+    reference split and :meth:`UAPFitParams.fit_key`, so that every check with the same fit
+    parameters shares one fit. The subset and then the fit's random order come from one
+    generator seeded with the spec's seed (``ctx.run_seed``): a check's own seed and
+    generator derive from the check id, so a fit drawn from them could not be shared between
+    checks (nor reproduced by a check run alone)."""
     mua = ctx.model
 
     def compute() -> UAPFit:
         data = ctx.data(ctx.reference)
-        x = data.x[: params.fit_limit].to(ctx.device)
         generator = torch.Generator().manual_seed(ctx.run_seed)
+        subset = fit_subset(len(data), params.fit_limit, generator)
+        x = (data.x if subset is None else data.x[subset]).to(ctx.device)
         task = ctx.progress(params.max_passes, f"universal perturbation ({params.method})")
 
         def on_pass(index: int, rate: float) -> None:
@@ -108,7 +121,7 @@ class UAPFoolingRate(Metric):
 
     Moosavi-Dezfooli, Fawzi, Fawzi & Frossard, "Universal adversarial perturbations",
     CVPR 2017 (the four robustness categories of the note in the seeds): a single v with
-    ‖v‖_p ≤ ξ (``eps``) that changes the prediction of most samples. v is fitted on the first
+    ‖v‖_p ≤ ξ (``eps``) that changes the prediction of most samples. v is fitted on at most
     ``fit_limit`` samples of the reference split and evaluated on the audit split. value: the
     fraction of audit samples whose prediction at clip(x + v) differs from the clean
     prediction (labels are not used; lower is better), with Wilson's 95% interval.
@@ -141,10 +154,16 @@ class UAPFoolingRate(Metric):
     - The box: v is fitted and evaluated as clip(x + v) to ``model.input_range`` (the
       perturbed image must be a valid input); DeepFool's inner steps are unconstrained, as
       the paper's Δv_i.
-    - Randomness: the fit's random order comes from a generator seeded with the spec's seed
-      (``ctx.run_seed``), not from the check's generator, which is seeded from the check id:
-      so checks with the same fit parameters (e.g. ``robustness_category``) share one fit
-      through ``ctx.cache`` and a check gives the same value whether it runs alone or not.
+    - The fit set: when the reference split has more than ``fit_limit`` samples, a uniformly
+      random subset of ``fit_limit`` of them (kept in split order), not the first ones: a
+      split stored class by class (e.g. an image folder) would otherwise give a fit set of
+      one or two classes, while the paper's fit set spans every class (10 ImageNet training
+      images per class, section 3).
+    - Randomness: the fit subset and the fit's random order come from a generator seeded with
+      the spec's seed (``ctx.run_seed``), not from the check's generator, which is seeded from
+      the check id: so checks with the same fit parameters (e.g. ``robustness_category``)
+      share one fit through ``ctx.cache`` and a check gives the same value whether it runs
+      alone or not.
       The noise baseline draws from the check's generator.
 
     details: the fit fooling rate and its history, the passes, ‖v‖_p, the fooling rate of

@@ -34,8 +34,8 @@ def _clean_batches(
     ctx: AuditContext, description: str
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """``(x, y, clean_correct)`` batches of the audit split; the clean predictions come from
-    the run's cached forward pass (``ctx.features``). Advances a progress task."""
-    _, logits = ctx.features()
+    the run's cached forward pass (``ctx.logits``). Advances a progress task."""
+    logits = ctx.logits()
     correct = logits.argmax(dim=1) == ctx.data().y.to(logits.device)
     task = ctx.progress(len(ctx.data()), description)
     start = 0

@@ -169,7 +169,7 @@ class LBFGSMinDistortion(Metric):
     source: ClassVar[str] = "Szegedy et al. 2014, section 4.1 (box-constrained L-BFGS)"
 
     def compute(self, ctx: AuditContext, params: LBFGSParams) -> MetricResult:
-        _, logits = ctx.features()
+        logits = ctx.logits()
         predicted = logits.argmax(dim=1).cpu()
         n, classes = logits.shape
         if classes < 2:

@@ -93,7 +93,7 @@ class TransferRate(Metric):
         y = data.y.to(ctx.device)
         batch = ctx.batch_size
 
-        src_correct = ctx.features(model=src)[1].argmax(dim=1).to(ctx.device) == y
+        src_correct = ctx.logits(model=src).argmax(dim=1).to(ctx.device) == y
         boundary = deepfool_split(ctx, model=src, norm="l2", overshoot=params.overshoot,
                                   candidates=params.candidates, max_iter=params.max_iter)
         shape = (-1, *([1] * (x.dim() - 1)))
@@ -112,7 +112,7 @@ class TransferRate(Metric):
         noise = torch.randn(tuple(x.shape), generator=ctx.generator).to(ctx.device) * sigma
         noisy = perturb(x, noise, target.input_range)
 
-        target_clean = ctx.features()[1].argmax(dim=1).to(ctx.device) == y
+        target_clean = ctx.logits().argmax(dim=1).to(ctx.device) == y
         target_wrong = predictions(target.logits, adversarial, batch) != y
         src_wrong = predictions(src.logits, adversarial, batch) != y
         both = target_clean & src_correct & src_wrong

@@ -187,7 +187,7 @@ class UAPFoolingRate(Metric):
         fit = fitted_uap(ctx, params)
         mua = ctx.model
         x = data.x.to(ctx.device)
-        clean = ctx.features()[1].argmax(dim=1).to(ctx.device)
+        clean = ctx.logits().argmax(dim=1).to(ctx.device)
         v = fit.perturbation
         hits = fooled(mua.logits, x, v, clean, input_range=mua.input_range,
                       batch=ctx.batch_size)

@@ -191,3 +191,21 @@ def test_several_specs_run_in_one_session_and_fail_together(write_spec, robaudit
     code, out, err = robaudit_main("run", good, too_many, "--json", report)
     assert code == 4 and "checks.0.params.n" in err
     assert "PASSED" not in out and not list(tmp_path.glob("second*.json"))
+
+
+def test_an_unwritable_report_path_is_a_usage_error_before_any_check_runs(
+        write_spec, robaudit_main, tmp_path):
+    marker = tmp_path / "ran"
+    spec = write_spec(TOY_HEADER + f"""
+checks:
+  - {{metric: wait, params: {{seconds: 0, marker: "{marker}"}}}}
+""")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for option in ("--json", "--junitxml", "--html"):
+        code, _, err = robaudit_main("run", spec, option, blocker / "sub" / "report")
+        assert code == 4, option
+        assert f"{option} {blocker / 'sub' / 'report'}" in err and "is a file" in err
+    code, _, err = robaudit_main("run", spec, "--html", tmp_path)
+    assert code == 4 and "is a folder" in err
+    assert not marker.exists()

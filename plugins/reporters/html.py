@@ -28,6 +28,7 @@ import jinja2
 import robaudit
 from robaudit import hookimpl
 from robaudit.errors import UsageError
+from robaudit.reportpath import ensure_writable
 from robaudit.results import OUTCOMES, AuditResult, CheckResult, Outcome, jsonable
 
 TEMPLATE = "report.html.j2"
@@ -261,6 +262,12 @@ def write_html(path: Path, results: list[AuditResult]) -> None:
 def robaudit_addoption(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", dest="html_path", type=Path, default=None, metavar="PATH",
                         help="write a self-contained HTML report to PATH")
+
+
+@hookimpl
+def robaudit_configure(options: argparse.Namespace, pluginmanager: object) -> None:
+    if getattr(options, "html_path", None):
+        ensure_writable("--html", options.html_path)
 
 
 @hookimpl

@@ -20,6 +20,7 @@ from typing import Any
 import robaudit
 from robaudit import hookimpl
 from robaudit.errors import UsageError
+from robaudit.reportpath import ensure_writable
 from robaudit.results import AuditResult, CheckResult, jsonable
 
 
@@ -87,6 +88,12 @@ def robaudit_addoption(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_path", type=Path, default=None, metavar="PATH",
                         help="write the JSON report to PATH (several specs: PATH with each "
                              "spec's stem before the suffix)")
+
+
+@hookimpl
+def robaudit_configure(options: argparse.Namespace, pluginmanager: object) -> None:
+    if getattr(options, "json_path", None):
+        ensure_writable("--json", options.json_path)
 
 
 @hookimpl

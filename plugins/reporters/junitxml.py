@@ -20,6 +20,7 @@ from pathlib import Path
 
 from robaudit import hookimpl
 from robaudit.errors import UsageError
+from robaudit.reportpath import ensure_writable
 from robaudit.results import AuditResult, CheckResult, jsonable
 
 #: Characters that XML 1.0 forbids (control characters such as the ESC of ANSI colours).
@@ -107,6 +108,12 @@ def write_junitxml(path: Path, results: list[AuditResult]) -> None:
 def robaudit_addoption(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--junitxml", dest="junitxml_path", type=Path, default=None,
                         metavar="PATH", help="write a JUnit XML report to PATH (for CI)")
+
+
+@hookimpl
+def robaudit_configure(options: argparse.Namespace, pluginmanager: object) -> None:
+    if getattr(options, "junitxml_path", None):
+        ensure_writable("--junitxml", options.junitxml_path)
 
 
 @hookimpl

@@ -1,0 +1,24 @@
+"""Report paths are checked when the command line is read, so that a bad ``--json`` / ``--html``
+path is a usage error (exit 4) before any check runs, not a failure after all of them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from robaudit.errors import UsageError
+
+
+def ensure_writable(option: str, path: str | Path) -> None:
+    """Raise :class:`UsageError` unless a report file can be created at ``path`` (its missing
+    parent folders are created when the report is written)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; give the report's file name")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{option} {path}: {ancestor} is a file, so the folder cannot be made")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: no permission to write under {ancestor}")

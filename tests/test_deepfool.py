@@ -248,3 +248,19 @@ def test_metric_linf_uses_the_linf_norms() -> None:
     dist, _ = closed_form(model, x, dual=1)
     expected = (dist + STEP_SLACK) / x.abs().amax(dim=1).numpy()
     assert result.value == pytest.approx(expected.mean(), rel=1e-4)
+
+
+def test_split_in_batches_is_deepfool_of_the_whole_split_kept_on_the_cpu() -> None:
+    """deepfool_split runs chunks of batch_size (here 4 of 7 and one of 2) and keeps each
+    chunk's result on the CPU: row by row it is DeepFool on the whole split at once."""
+    model, x = mlp(seed=14), points(30, 8, seed=15)
+    ctx = make_context(model, x, model(x).argmax(dim=1), input_range=(-1e3, 1e3),
+                       batch_size=7)
+    split = deepfool_split(ctx, candidates=4)
+    whole = deepfool(model, x, candidates=4, input_range=(-1e3, 1e3))
+    for name in ("perturbation", "boundary", "crossed_into", "iterations", "converged",
+                 "normal"):
+        part, full = getattr(split, name), getattr(whole, name)
+        assert part.device.type == "cpu"
+        torch.testing.assert_close(part, full)
+    assert bool(split.converged.all()) and int(split.iterations.max()) > 1

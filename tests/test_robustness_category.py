@@ -115,3 +115,23 @@ def test_shares_the_uap_fit_with_uap_fooling_rate() -> None:
 def test_deterministic_with_the_seed() -> None:
     x = samples([0.1 * (i + 1) for i in range(12)], seed=4)
     assert category(linear_model(), x, eps=0.05) == category(linear_model(), x, eps=0.05)
+
+
+def test_rates_do_not_depend_on_the_batch_size() -> None:
+    """The split is evaluated one batch_size batch at a time (here 3 of 3 and one of 2, and
+    one batch of 11): the universal v = −ε·sign(w), fitted on samples of class 1, fools the
+    class-1 samples with margin m < 16ε = 0.8, and ℓ∞ DeepFool every sample with |m| < 0.8."""
+    m = [0.4, -0.4, 1.6, -0.6, 0.6, -1.6, 0.2, 1.2, -0.2, 0.7, 1.0]
+    x = samples(m, seed=5)
+    ref = samples([0.4] * 6 + [1.6] * 4, seed=6)
+    runs = []
+    for size in (3, 1000):
+        ctx = make_context(linear_model(), x, torch.zeros(len(m), dtype=torch.long),
+                           reference=(ref, torch.ones(10, dtype=torch.long)), batch_size=size)
+        runs.append(run_metric(RobustnessCategory(), ctx, eps=0.05, max_passes=5,
+                               attack="deepfool").details)
+    small, whole = runs
+    universal = sum(0 < v < 0.8 for v in m) / len(m)
+    per_sample = sum(abs(v) < 0.8 for v in m) / len(m)
+    assert small["universal_fooling_rate"] == whole["universal_fooling_rate"] == universal
+    assert small["attack_fooling_rate"] == whole["attack_fooling_rate"] == per_sample

@@ -124,3 +124,31 @@ def test_source_must_name_a_model() -> None:
         TransferParams.model_validate({"source": "other"}, context={"models": {"model"}})
     assert TransferParams.model_validate({"source": "other"},
                                          context={"models": {"model", "other"}})
+
+
+def test_value_does_not_depend_on_the_batch_size() -> None:
+    """The split is processed one ``batch_size`` batch at a time: with batches of 7 (5 of 7
+    and one of 5) every per-sample result is that of one batch of the whole split. The target
+    w = W1 + 0.02·W2 is tilted from the source's W1, so the minimal example
+    x − 1.02·(a/16)·W1 (f_src = a) leaves the target at f = −0.02·a + 0.02·b: it transfers
+    exactly where a > b (closed form), besides the source's errors (r = 0, y = 0), which the
+    target gets wrong too."""
+    x, y = data(40)
+    y[::3] = 0
+    g = torch.Generator().manual_seed(0)
+    a, b = (0.3 + 0.5 * torch.rand(2, 40, generator=g)).squeeze(-1)
+    source, target = linear_model(W1), linear_model(W1 + 0.02 * W2)
+    results = [
+        run_metric(TransferRate(), make_context(target, x, y, models={"src": source},
+                                                batch_size=size), source="src")
+        for size in (7, 1000)
+    ]
+    small, whole = results
+    expected = ((y == 0) | (a > b)).double().numpy()
+    assert 0.2 < expected.mean() < 0.9
+    assert small.samples.tolist() == whole.samples.tolist() == expected.tolist()
+    assert small.value == whole.value
+    for key in ("source_error", "source_clean_error", "clean_error",
+                "conditional_transfer_rate", "deepfool_converged"):
+        assert small.details[key] == whole.details[key]
+    assert small.details["av_stddev"] == pytest.approx(whole.details["av_stddev"], rel=1e-6)

@@ -201,3 +201,29 @@ def test_fit_uses_a_random_subset_of_a_class_sorted_reference(monkeypatch) -> No
                        reference=(ref[:20], ref_labels[:20]))
     run_metric(UAPFoolingRate(), ctx, max_passes=1, fit_limit=limit)
     assert torch.equal(fit_sets[-1], ref[:20])
+
+
+def test_held_out_value_does_not_depend_on_the_batch_size() -> None:
+    """The fit uses its own mini-batches (``batch``) and the spec's seed, and the audit split
+    is evaluated one ``batch_size`` batch at a time: so the held-out flags of a batch size of
+    7 (3 batches of 7 and one of 2) are those of one batch of the whole split, and match the
+    closed form: v = −ε·sign(w) fools the samples of class 1 with a margin below the
+    threshold ε‖w‖₁ = 0.8 and no sample of class 0 (m < 0), whose clean predictions must be
+    matched batch by batch."""
+    ref = samples(margins(12, 8), seed=11)
+    test_margins = [SMALL, -SMALL, LARGE, SMALL, 0.7, -0.7, 0.9] * 3 + [SMALL, -1.0]
+    test_margins[9:14] = [-SMALL, -0.7, SMALL, 0.6, -LARGE]  # batches differ in labels
+    test = samples(test_margins, seed=12)
+    y = torch.ones(len(test_margins), dtype=torch.long)
+    results = [
+        run_metric(UAPFoolingRate(), make_context(linear_model(), test, y, batch_size=size,
+                                                  reference=(ref, y[:20].clone())),
+                   eps=0.05, max_passes=5, batch=4)
+        for size in (7, 1000)
+    ]
+    small, whole = results
+    expected = [float(0 < m < 0.8) for m in test_margins]
+    assert small.samples.tolist() == whole.samples.tolist() == expected
+    assert small.value == whole.value == pytest.approx(sum(expected) / len(expected))
+    assert small.details["fit_history"] == whole.details["fit_history"]
+    assert small.details["normals"] == whole.details["normals"] == len(test_margins)

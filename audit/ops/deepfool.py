@@ -43,7 +43,7 @@ Choices where the paper is silent or that the batched form needs:
 
 The function's memory grows with the batch of ``x`` (about ``candidates`` gradients of the
 batch are held at once): callers pass chunks of ``ctx.batch_size`` samples, as
-:func:`deepfool_split` does.
+:func:`deepfool_split` does, which keeps the per-sample results of a whole split on the CPU.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ STEP_SLACK = 1e-4
 
 @dataclass(frozen=True)
 class DeepFoolResult:
-    """The outcome of :func:`deepfool` for a batch of N samples (tensors on x's device).
+    """The outcome of :func:`deepfool` for a batch of N samples (tensors on x's device; those
+    of :func:`deepfool_split` on the CPU).
 
     perturbation  (N, *input) total perturbation r (overshoot included); x + r is the
                   adversarial point.
@@ -86,6 +87,10 @@ class DeepFoolResult:
     iterations: torch.Tensor
     converged: torch.Tensor
     normal: torch.Tensor
+
+    def to(self, device: torch.device | str) -> DeepFoolResult:
+        """The same result with every tensor on ``device``."""
+        return DeepFoolResult(*(getattr(self, f.name).to(device) for f in fields(self)))
 
     @staticmethod
     def concat(parts: list[DeepFoolResult]) -> DeepFoolResult:
@@ -230,10 +235,14 @@ def deepfool_split(
     candidates: int = 10,
     max_iter: int = 50,
 ) -> DeepFoolResult:
-    """DeepFool on a whole split, in ``ctx.batch_size`` chunks, clipped to the model's input
-    range, from the clean predictions; cached in ``ctx.cache`` under
+    """DeepFool on a whole split, in ``ctx.batch_size`` chunks on ``ctx.device``, clipped to
+    the model's input range, from the clean predictions; cached in ``ctx.cache`` under
     ``("deepfool", model.name, split, norm, overshoot, candidates, max_iter)`` so that every
-    check that needs the boundary points (distortion, curvature, …) shares one run."""
+    check that needs the boundary points (distortion, curvature, …) shares one run.
+
+    The result's tensors are on the CPU: each chunk's result is moved there as soon as it is
+    computed, so the device holds one chunk at a time (memory bounded by the batch size, not
+    by the split); users move the rows of a batch back with ``.to(ctx.device)``."""
     mua = model or ctx.model
     name = split or ctx.split
 
@@ -246,7 +255,7 @@ def deepfool_split(
                 deepfool(
                     mua.logits, x, norm=norm, candidates=candidates, overshoot=overshoot,
                     max_iter=max_iter, input_range=mua.input_range,
-                )
+                ).to("cpu")
             )
             task.advance(x.shape[0])
         return DeepFoolResult.concat(parts)

@@ -14,8 +14,8 @@ from robaudit.errors import MetricError
 from robaudit.ops.attacks import pgd
 from robaudit.ops.deepfool import deepfool_split
 from robaudit.ops.projections import lp_norm
-from robaudit.ops.uap import fooled, random_lp_noise
-from robaudit.plugins.metrics.uap import UAPFitParams, fitted_uap
+from robaudit.ops.uap import random_lp_noise
+from robaudit.plugins.metrics.uap import UAPFitParams, fitted_uap, split_fooled
 
 #: The names of the categories, by number.
 CATEGORY_NAMES = {
@@ -63,6 +63,10 @@ class RobustnessCategory(Metric):
       sample they fool counts as fooled here as well, so the three rates are ordered;
     - else 1.
 
+    The audit split is evaluated one batch (``batch_size``) at a time: the noise is drawn
+    per batch, in split order, from the check's generator (on the CPU), before the PGD
+    random starts, which are drawn per batch too.
+
     details: the three fooling rates, tau, the category's name and the UAP fit's passes.
     """
 
@@ -76,17 +80,11 @@ class RobustnessCategory(Metric):
         data = ctx.data()
         if len(data) == 0 or len(ctx.data(ctx.reference)) == 0:
             raise MetricError("robustness_category needs a non-empty audit and reference split")
-        mua = ctx.model
-        box = mua.input_range
-        x = data.x.to(ctx.device)
-        clean = ctx.logits().argmax(dim=1).to(ctx.device)
-        batch = ctx.batch_size
-
-        noise = random_lp_noise(x.shape, params.eps, params.norm, ctx.generator).to(ctx.device)
-        noise_hits = fooled(mua.logits, x, noise, clean, input_range=box, batch=batch)
+        noise_hits = split_fooled(ctx, lambda x: random_lp_noise(
+            x.shape, params.eps, params.norm, ctx.generator).to(ctx.device))
         fit = fitted_uap(ctx, params)
-        uap_hits = fooled(mua.logits, x, fit.perturbation, clean, input_range=box, batch=batch)
-        attack_hits = self._attack(ctx, params, x, clean)
+        uap_hits = split_fooled(ctx, lambda x: fit.perturbation)
+        attack_hits = self._attack(ctx, params)
         sample_hits = attack_hits | uap_hits | noise_hits
 
         rates = {
@@ -114,22 +112,25 @@ class RobustnessCategory(Metric):
         )
 
     @staticmethod
-    def _attack(ctx: AuditContext, params: CategoryParams, x: torch.Tensor,
-                clean: torch.Tensor) -> torch.Tensor:
-        """Per sample, whether the per-sample attack within eps changes the prediction."""
+    def _attack(ctx: AuditContext, params: CategoryParams) -> torch.Tensor:
+        """Per sample (a CPU bool tensor), whether the per-sample attack within eps changes
+        the prediction; PGD runs one batch of ``ctx.batches()`` at a time."""
         mua = ctx.model
         if params.attack == "deepfool":
             result = deepfool_split(ctx, norm=params.norm, overshoot=params.overshoot,
                                     candidates=params.candidates, max_iter=params.max_iter)
-            size = lp_norm(result.boundary.to(ctx.device) - x, params.norm)
-            return result.converged.to(ctx.device) & (size <= params.eps)
+            size = lp_norm(result.boundary - ctx.data().x, params.norm)  # both on the CPU
+            return result.converged & (size <= params.eps)
         step = params.step_size or 2.5 * params.eps / params.steps
-        hits = []
-        for start in range(0, x.shape[0], ctx.batch_size):
-            xb, kb = x[start : start + ctx.batch_size], clean[start : start + ctx.batch_size]
-            adv = pgd(mua.logits, xb, kb, eps=params.eps, norm=params.norm, steps=params.steps,
+        clean = ctx.logits().argmax(dim=1)
+        hits, start = [], 0
+        for x, _ in ctx.batches():
+            stop = start + x.shape[0]
+            kb = clean[start:stop].to(ctx.device)
+            adv = pgd(mua.logits, x, kb, eps=params.eps, norm=params.norm, steps=params.steps,
                       step_size=step, generator=ctx.generator, input_range=mua.input_range)
-            hits.append(mua.predict(adv) != kb)
+            hits.append((mua.predict(adv) != kb).cpu())
+            start = stop
         return torch.cat(hits)
 
     def floor(self, ctx: AuditContext, params: CategoryParams) -> Floor:

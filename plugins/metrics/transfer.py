@@ -73,6 +73,9 @@ class TransferRate(Metric):
       zero perturbations of the source's own errors and the unmoved points of a DeepFool that
       did not converge are no adversarial distortion and would bias σ low. With no such
       sample σ = 0 (``av_stddev`` 0; the noise errors are then the clean errors).
+    - Memory: the audit split is processed one batch (``batch_size``) at a time, keeping
+      per-sample results only; σ needs every sample's example, so the noise takes a second
+      pass, drawn per batch, in split order, from the check's generator (on the CPU).
     """
 
     name: ClassVar[str] = "transfer_rate"
@@ -89,32 +92,37 @@ class TransferRate(Metric):
         data = ctx.data()
         if len(data) == 0:
             raise MetricError("transfer_rate needs a non-empty audit split")
-        x = data.x.to(ctx.device)
-        y = data.y.to(ctx.device)
-        batch = ctx.batch_size
-
-        src_correct = ctx.logits(model=src).argmax(dim=1).to(ctx.device) == y
+        y = data.y
+        src_correct = ctx.logits(model=src).argmax(dim=1).cpu() == y
+        target_clean = ctx.logits().argmax(dim=1).cpu() == y
         boundary = deepfool_split(ctx, model=src, norm="l2", overshoot=params.overshoot,
                                   candidates=params.candidates, max_iter=params.max_iter)
-        shape = (-1, *([1] * (x.dim() - 1)))
-        r = torch.where(src_correct.view(shape), boundary.boundary.to(ctx.device) - x,
-                        torch.zeros_like(x))
-        pixels = x[0].numel()
-        if params.magnify is not None:
-            size = r.flatten(1).norm(dim=1).view(shape)
-            scaled = r * (params.magnify * math.sqrt(pixels) / size.clamp_min(1e-30))
-            r = torch.where(size > 0, (x + scaled).clamp(*src.input_range) - x, r)
-        adversarial = x + r
-        made = src_correct & boundary.converged.to(ctx.device)
-        stddev = r.flatten(1).norm(dim=1) / math.sqrt(pixels)
+        pixels = data.x[0].numel()
+
+        # Pass 1, per batch: the adversarial examples, their per-pixel stddev and both
+        # models' predictions on them; only per-sample results are kept (on the CPU).
+        target_parts, src_parts, stddev_parts, start = [], [], [], 0
+        for x, yb in ctx.batches():
+            rows = slice(start, start + x.shape[0])
+            start = rows.stop
+            r = self._perturbation(x, boundary.boundary[rows].to(ctx.device),
+                                   src_correct[rows].to(ctx.device), params, src)
+            adversarial = x + r
+            stddev_parts.append((r.flatten(1).norm(dim=1) / math.sqrt(pixels)).cpu())
+            target_parts.append((predictions(target.logits, adversarial, x.shape[0]) != yb).cpu())
+            src_parts.append((predictions(src.logits, adversarial, x.shape[0]) != yb).cpu())
+        target_wrong, src_wrong = torch.cat(target_parts), torch.cat(src_parts)
+        stddev = torch.cat(stddev_parts)
+        made = src_correct & boundary.converged
         sigma = float(stddev[made].mean()) if bool(made.any()) else 0.0
 
-        noise = torch.randn(tuple(x.shape), generator=ctx.generator).to(ctx.device) * sigma
-        noisy = perturb(x, noise, target.input_range)
+        # Pass 2, per batch: Gaussian noise of stddev σ (needs every sample's stddev first).
+        noise_target, noise_src = [], []
+        for x, yb in ctx.batches():
+            noisy = perturb(x, ctx.randn(*x.shape) * sigma, target.input_range)
+            noise_target.append((predictions(target.logits, noisy, x.shape[0]) != yb).cpu())
+            noise_src.append((predictions(src.logits, noisy, x.shape[0]) != yb).cpu())
 
-        target_clean = ctx.logits().argmax(dim=1).to(ctx.device) == y
-        target_wrong = predictions(target.logits, adversarial, batch) != y
-        src_wrong = predictions(src.logits, adversarial, batch) != y
         both = target_clean & src_correct & src_wrong
         count, total = int(target_wrong.sum()), int(target_wrong.numel())
         return MetricResult(
@@ -129,14 +137,25 @@ class TransferRate(Metric):
                 "conditional_transfer_rate": (
                     float(target_wrong[both].double().mean()) if bool(both.any()) else None),
                 "av_stddev": sigma,
-                "noise_error": float(
-                    (predictions(target.logits, noisy, batch) != y).double().mean()),
-                "noise_source_error": float(
-                    (predictions(src.logits, noisy, batch) != y).double().mean()),
+                "noise_error": float(torch.cat(noise_target).double().mean()),
+                "noise_source_error": float(torch.cat(noise_src).double().mean()),
                 "deepfool_converged": float(boundary.converged[src_correct].double().mean())
                 if bool(src_correct.any()) else None,
             },
         )
+
+    @staticmethod
+    def _perturbation(x: torch.Tensor, boundary: torch.Tensor, src_correct: torch.Tensor,
+                      params: TransferParams, src: ModelUnderAudit) -> torch.Tensor:
+        """The perturbation r of a batch: the source's DeepFool example minus x where the
+        source classifies x correctly, else 0; magnified to ``magnify`` per pixel if set."""
+        shape = (-1, *([1] * (x.dim() - 1)))
+        r = torch.where(src_correct.view(shape), boundary - x, torch.zeros_like(x))
+        if params.magnify is None:
+            return r
+        size = r.flatten(1).norm(dim=1).view(shape)
+        scaled = r * (params.magnify * math.sqrt(x[0].numel()) / size.clamp_min(1e-30))
+        return torch.where(size > 0, (x + scaled).clamp(*src.input_range) - x, r)
 
     def floor(self, ctx: AuditContext, params: TransferParams) -> Floor:
         n = len(ctx.data())

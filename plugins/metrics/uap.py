@@ -107,6 +107,24 @@ def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
     return ctx.cache.get_or_compute(key, compute)
 
 
+def split_fooled(ctx: AuditContext, perturbation: Callable[[torch.Tensor], torch.Tensor]
+                 ) -> torch.Tensor:
+    """Per sample of the audit split (a CPU bool tensor), whether the prediction at
+    clip(x + δ) differs from the clean prediction, one batch of ``ctx.batches()`` at a time:
+    δ = ``perturbation(x)`` for the batch x on the device (one universal v, or one per sample
+    of the batch, e.g. noise drawn for that batch). Only the per-sample flags are kept across
+    batches, so the device holds one batch at a time."""
+    mua = ctx.model
+    clean = ctx.logits().argmax(dim=1)
+    hits, start = [], 0
+    for x, _ in ctx.batches():
+        stop = start + x.shape[0]
+        hits.append(fooled(mua.logits, x, perturbation(x), clean[start:stop].to(ctx.device),
+                           input_range=mua.input_range, batch=x.shape[0]).cpu())
+        start = stop
+    return torch.cat(hits)
+
+
 def normalised_singular_values(vectors: torch.Tensor, top: int) -> list[float]:
     """The ``top`` largest singular values of the matrix whose columns are ``vectors``
     (rows of the input), divided by the largest."""
@@ -164,7 +182,10 @@ class UAPFoolingRate(Metric):
       the check id: so checks with the same fit parameters (e.g. ``robustness_category``)
       share one fit through ``ctx.cache`` and a check gives the same value whether it runs
       alone or not.
-      The noise baseline draws from the check's generator.
+      The noise baseline draws from the check's generator, one batch of the audit split
+      (``batch_size``) at a time, in split order, on the CPU.
+    - Memory: the fit set (at most ``fit_limit`` samples) is held on the device during the
+      fit; the audit split is evaluated one batch at a time, keeping per-sample flags only.
 
     details: the fit fooling rate and its history, the passes, ‖v‖_p, the fooling rate of
     random noise of the same norm as v (one draw per sample: a random vertex of the cube for
@@ -185,16 +206,11 @@ class UAPFoolingRate(Metric):
         if len(data) == 0 or len(ctx.data(ctx.reference)) == 0:
             raise MetricError("uap_fooling_rate needs a non-empty audit and reference split")
         fit = fitted_uap(ctx, params)
-        mua = ctx.model
-        x = data.x.to(ctx.device)
-        clean = ctx.logits().argmax(dim=1).to(ctx.device)
         v = fit.perturbation
-        hits = fooled(mua.logits, x, v, clean, input_range=mua.input_range,
-                      batch=ctx.batch_size)
+        hits = split_fooled(ctx, lambda x: v)
         size = float(lp_norm(v, params.norm, batched=False))
-        noise = random_lp_noise(x.shape, size, params.norm, ctx.generator).to(ctx.device)
-        noise_rate = float(fooled(mua.logits, x, noise, clean, input_range=mua.input_range,
-                                  batch=ctx.batch_size).double().mean())
+        noise_rate = float(split_fooled(ctx, lambda x: random_lp_noise(
+            x.shape, size, params.norm, ctx.generator).to(ctx.device)).double().mean())
 
         boundary = deepfool_split(ctx, norm="l2", overshoot=params.overshoot,
                                   candidates=params.candidates, max_iter=params.max_iter)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -64,6 +65,9 @@ def _build_parser(plugins: Plugins) -> _Parser:
     run.add_argument("-q", "--quiet", action="count", default=0, help="less output")
     run.add_argument("--device", help="override the spec's device: auto, cpu, cuda, cuda:N")
     run.add_argument("--seed", type=int, help="override the spec's seed")
+    run.add_argument("--threads", type=int, metavar="N",
+                     help="CPU threads for torch (default: torch's); 1 avoids oversubscription "
+                          "on a busy shared machine")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY.PATH=VALUE", help="override a spec value (YAML value)")
     plugins.hook.robaudit_addoption.call_historic(kwargs={"parser": run})
@@ -184,6 +188,10 @@ def _dispatch(argv: list[str], console: Console) -> int:
         for spec in session.load(options.specs):
             console.print(f"{escape(str(spec.path))}: valid ({len(spec.checks)} checks)")
         return EXIT_OK
+    if options.threads is not None:
+        if options.threads < 1:
+            raise UsageError(f"--threads {options.threads}: expected a positive number")
+        torch.set_num_threads(options.threads)
     plugins.hook.robaudit_configure(options=options, pluginmanager=plugins.pm)
     _, code = session.run(options.specs)
     return code

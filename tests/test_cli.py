@@ -209,3 +209,17 @@ checks:
     code, _, err = robaudit_main("run", spec, "--html", tmp_path)
     assert code == 4 and "is a folder" in err
     assert not marker.exists()
+
+
+def test_threads_option_sets_torch_threads_and_rejects_zero(write_spec, robaudit_main):
+    import torch
+
+    spec = write_spec(TOY_HEADER + "checks:\n  - metric: constant\n")
+    before = torch.get_num_threads()
+    try:
+        assert robaudit_main("run", spec, "--threads", "2")[0] == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    code, _, err = robaudit_main("run", spec, "--threads", "0")
+    assert code == 4 and "--threads 0" in err

@@ -112,6 +112,47 @@ def _check(norm: Norm, eps: float, delta: float, batch: int) -> None:
         raise ValueError("need eps > 0, 0 <= delta < 1 and batch >= 1")
 
 
+def _fit_passes(
+    logits_fn: LogitsFn,
+    x: torch.Tensor,
+    update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    eps: float,
+    norm: Norm,
+    delta: float,
+    max_passes: int,
+    batch: int,
+    input_range: tuple[float, float] | None,
+    generator: torch.Generator | None,
+    on_pass: PassCallback | None,
+) -> UAPFit:
+    """The passes that both fitting methods share: each pass draws a random order of X and
+    applies ``update(v, x_B, k̂_B) -> v`` to its consecutive mini-batches; after each pass the
+    fooling rate of X at clip(x + v) is measured, and the fit stops once it reaches 1 − δ
+    (Algorithm 1's rule) or after ``max_passes``, keeping the best pass's v."""
+    _check(norm, eps, delta, batch)
+    x = x.detach()
+    clean = predictions(logits_fn, x, batch)
+    v = best = torch.zeros_like(x[0])
+    best_rate = -1.0
+    history: list[float] = []
+    for index in range(1, max_passes + 1):
+        order = torch.randperm(x.shape[0], generator=generator).to(x.device)
+        for start in range(0, x.shape[0], batch):
+            idx = order[start : start + batch]
+            v = update(v, x[idx], clean[idx])
+        rate = float(fooled(logits_fn, x, v, clean, input_range=input_range, batch=batch)
+                     .double().mean())
+        history.append(rate)
+        if rate > best_rate:
+            best, best_rate = v, rate
+        if on_pass is not None:
+            on_pass(index, rate)
+        if rate >= 1 - delta:
+            break
+    return UAPFit(best, max(best_rate, 0.0), len(history), tuple(history))
+
+
 def fit_uap_deepfool(
     logits_fn: LogitsFn,
     x: torch.Tensor,
@@ -165,39 +206,24 @@ def fit_uap_deepfool(
     reaches 1 − δ, or after ``max_passes`` passes. Fooling is always judged at clip(x + v).
     The result keeps the best pass's v (see :class:`UAPFit`).
     """
-    _check(norm, eps, delta, batch)
-    x = x.detach()
-    n = x.shape[0]
-    clean = predictions(logits_fn, x, batch)
-    v = best = torch.zeros_like(x[0])
-    best_rate = -1.0
-    history: list[float] = []
-    for index in range(1, max_passes + 1):
-        order = torch.randperm(n, generator=generator).to(x.device)
-        for start in range(0, n, batch):
-            idx = order[start : start + batch]
-            xb, kb = x[idx], clean[idx]
-            point = perturb(xb, v, input_range)
-            with torch.no_grad():
-                standing = logits_fn(point).argmax(dim=1) == kb
-            if not bool(standing.any()):
-                continue
-            result = deepfool(
-                logits_fn, point[standing], norm="l2", candidates=candidates,
-                overshoot=overshoot, max_iter=max_iter, labels=kb[standing],
-            )
-            for step in result.perturbation[result.converged]:
-                v = project_lp(v + step, eps, norm, batched=False)
-        rate = float(fooled(logits_fn, x, v, clean, input_range=input_range, batch=batch)
-                     .double().mean())
-        history.append(rate)
-        if rate > best_rate:
-            best, best_rate = v, rate
-        if on_pass is not None:
-            on_pass(index, rate)
-        if rate >= 1 - delta:
-            break
-    return UAPFit(best, max(best_rate, 0.0), len(history), tuple(history))
+
+    def update(v: torch.Tensor, xb: torch.Tensor, kb: torch.Tensor) -> torch.Tensor:
+        point = perturb(xb, v, input_range)
+        with torch.no_grad():
+            standing = logits_fn(point).argmax(dim=1) == kb
+        if not bool(standing.any()):
+            return v
+        result = deepfool(
+            logits_fn, point[standing], norm="l2", candidates=candidates,
+            overshoot=overshoot, max_iter=max_iter, labels=kb[standing],
+        )
+        for step in result.perturbation[result.converged]:
+            v = project_lp(v + step, eps, norm, batched=False)
+        return v
+
+    return _fit_passes(logits_fn, x, update, eps=eps, norm=norm, delta=delta,
+                       max_passes=max_passes, batch=batch, input_range=input_range,
+                       generator=generator, on_pass=on_pass)
 
 
 def fit_uap_sgd(
@@ -227,31 +253,15 @@ def fit_uap_sgd(
     already fooled with high confidence from dominating the mean gradient. The stopping rule
     is Algorithm 1's (fit fooling rate ≥ 1 − δ after a pass, or ``max_passes``).
     """
-    _check(norm, eps, delta, batch)
-    x = x.detach()
-    n = x.shape[0]
-    clean = predictions(logits_fn, x, batch)
-    v = best = torch.zeros_like(x[0])
-    best_rate = -1.0
-    history: list[float] = []
-    for index in range(1, max_passes + 1):
-        order = torch.randperm(n, generator=generator).to(x.device)
-        for start in range(0, n, batch):
-            idx = order[start : start + batch]
-            with torch.enable_grad():
-                va = v.detach().requires_grad_(True)
-                logits = logits_fn(perturb(x[idx], va, input_range))
-                loss = F.cross_entropy(logits, clean[idx], reduction="none")
-                (grad,) = torch.autograd.grad(loss.clamp(max=clamp).mean(), va)
-            ascent = grad.sign() if norm == "linf" else grad / grad.norm().clamp_min(1e-30)
-            v = project_lp(v + step * eps * ascent, eps, norm, batched=False)
-        rate = float(fooled(logits_fn, x, v, clean, input_range=input_range, batch=batch)
-                     .double().mean())
-        history.append(rate)
-        if rate > best_rate:
-            best, best_rate = v, rate
-        if on_pass is not None:
-            on_pass(index, rate)
-        if rate >= 1 - delta:
-            break
-    return UAPFit(best, max(best_rate, 0.0), len(history), tuple(history))
+
+    def update(v: torch.Tensor, xb: torch.Tensor, kb: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            va = v.detach().requires_grad_(True)
+            loss = F.cross_entropy(logits_fn(perturb(xb, va, input_range)), kb, reduction="none")
+            (grad,) = torch.autograd.grad(loss.clamp(max=clamp).mean(), va)
+        ascent = grad.sign() if norm == "linf" else grad / grad.norm().clamp_min(1e-30)
+        return project_lp(v + step * eps * ascent, eps, norm, batched=False)
+
+    return _fit_passes(logits_fn, x, update, eps=eps, norm=norm, delta=delta,
+                       max_passes=max_passes, batch=batch, input_range=input_range,
+                       generator=generator, on_pass=on_pass)

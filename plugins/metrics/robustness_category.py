@@ -10,7 +10,6 @@ from pydantic import Field
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
-from robaudit.errors import MetricError
 from robaudit.ops.attacks import pgd
 from robaudit.ops.deepfool import deepfool_split
 from robaudit.ops.projections import lp_norm
@@ -77,12 +76,9 @@ class RobustnessCategory(Metric):
                              "perturbations; the four categories of the note (seeds)")
 
     def compute(self, ctx: AuditContext, params: CategoryParams) -> MetricResult:
-        data = ctx.data()
-        if len(data) == 0 or len(ctx.data(ctx.reference)) == 0:
-            raise MetricError("robustness_category needs a non-empty audit and reference split")
+        fit = fitted_uap(ctx, params)
         noise_hits = split_fooled(ctx, lambda x: random_lp_noise(
             x.shape, params.eps, params.norm, ctx.generator).to(ctx.device))
-        fit = fitted_uap(ctx, params)
         uap_hits = split_fooled(ctx, lambda x: fit.perturbation)
         attack_hits = self._attack(ctx, params)
         sample_hits = attack_hits | uap_hits | noise_hits

@@ -78,7 +78,9 @@ def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
     parameters shares one fit. The subset and then the fit's random order come from one
     generator seeded with the spec's seed (``ctx.run_seed``): a check's own seed and
     generator derive from the check id, so a fit drawn from them could not be shared between
-    checks (nor reproduced by a check run alone)."""
+    checks (nor reproduced by a check run alone). Both splits must be non-empty."""
+    if len(ctx.data()) == 0 or len(ctx.data(ctx.reference)) == 0:
+        raise MetricError("a universal perturbation needs a non-empty audit and reference split")
     mua = ctx.model
 
     def compute() -> UAPFit:
@@ -202,9 +204,6 @@ class UAPFoolingRate(Metric):
                              "perturbations, Algorithm 1 and section 4")
 
     def compute(self, ctx: AuditContext, params: UAPFitParams) -> MetricResult:
-        data = ctx.data()
-        if len(data) == 0 or len(ctx.data(ctx.reference)) == 0:
-            raise MetricError("uap_fooling_rate needs a non-empty audit and reference split")
         fit = fitted_uap(ctx, params)
         v = fit.perturbation
         hits = split_fooled(ctx, lambda x: v)

@@ -26,13 +26,19 @@ BUILTIN_PACKAGES = (
 
 
 def builtin_plugins() -> dict[str, str]:
-    """Every built-in plugin: its name and its module."""
+    """Every built-in plugin: its name and its module. Metrics are grouped by family in
+    sub-packages (``metrics/deformation/spearman.py``); a plugin is named by its module's last
+    component (``spearman``), whatever family holds it."""
     found = {}
     for package_name in BUILTIN_PACKAGES:
         package = importlib.import_module(package_name)
-        for info in pkgutil.iter_modules(package.__path__):
-            if not info.name.startswith("_"):
-                found[info.name] = f"{package_name}.{info.name}"
+        for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
+            leaf = info.name.rsplit(".", 1)[1]
+            if not info.ispkg and not leaf.startswith("_"):
+                if leaf in found:
+                    raise RuntimeError(f"two built-in plugins are named {leaf!r}: "
+                                       f"{found[leaf]} and {info.name}")
+                found[leaf] = info.name
     return found
 
 

@@ -37,16 +37,16 @@ from torch import nn
 from robaudit.context import DataSplit
 from robaudit.metric import Metric
 from robaudit.plugins.loaders.gaussian_mixture import MixtureOptions, mixture_splits
-from robaudit.plugins.metrics.fgsm_output_change import FgsmOutputChange
-from robaudit.plugins.metrics.intertwinedness import Intertwinedness
-from robaudit.plugins.metrics.sphere_deformation import SphereDeformation
+from robaudit.plugins.metrics.deformation.fgsm_output_change import FgsmOutputChange
+from robaudit.plugins.metrics.deformation.intertwinedness import Intertwinedness
+from robaudit.plugins.metrics.deformation.sphere_deformation import SphereDeformation
 from robaudit.testing import make_context, run_metric
 from robaudit.zoo import train_model
 from robaudit.zoo.ghorbani_cnn import MIXTURE, RECIPE, SMALL, ghorbani_cnn
 from robaudit.zoo.training import accuracy, fit
 
 try:
-    from robaudit.plugins.metrics.spearman import RankOrderSpearman
+    from robaudit.plugins.metrics.deformation.spearman import RankOrderSpearman
 
     SPEARMAN: Metric = RankOrderSpearman()
 except ImportError:  # the metric registry has it under its spec name

@@ -10,8 +10,12 @@ from torch import nn
 
 from robaudit.ops.attacks import pgd, random_in_ball
 from robaudit.ops.projections import lp_norm
-from robaudit.plugins.metrics.accuracy import CleanAccuracy
-from robaudit.plugins.metrics.attack_accuracy import FGSMAccuracy, NoiseAccuracy, PGDAccuracy
+from robaudit.plugins.metrics.adversarial.attack_accuracy import (
+    FGSMAccuracy,
+    NoiseAccuracy,
+    PGDAccuracy,
+)
+from robaudit.plugins.metrics.general.accuracy import CleanAccuracy
 from robaudit.testing import make_context, run_metric
 
 D = 6

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robaudit.ops.deepfool import STEP_SLACK, deepfool, deepfool_split
-from robaudit.plugins.metrics.deepfool_distortion import DeepFoolMinDistortion
+from robaudit.plugins.metrics.adversarial.deepfool_distortion import DeepFoolMinDistortion
 from robaudit.testing import make_context, run_metric
 
 

@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from robaudit.plugins.metrics.fgsm_output_change import FgsmOutputChange
+from robaudit.plugins.metrics.deformation.fgsm_output_change import FgsmOutputChange
 from robaudit.testing import make_context, run_metric
 
 

@@ -21,10 +21,10 @@ from robaudit.context import DataSplit
 from robaudit.model import ModelUnderAudit
 from robaudit.pluginmanager import load_plugins
 from robaudit.plugins.loaders.gaussian_mixture import MixtureOptions, mixture_splits
-from robaudit.plugins.metrics.fgsm_output_change import FgsmOutputChange
-from robaudit.plugins.metrics.intertwinedness import Intertwinedness
-from robaudit.plugins.metrics.spearman import RankOrderSpearman
-from robaudit.plugins.metrics.sphere_deformation import SphereDeformation
+from robaudit.plugins.metrics.deformation.fgsm_output_change import FgsmOutputChange
+from robaudit.plugins.metrics.deformation.intertwinedness import Intertwinedness
+from robaudit.plugins.metrics.deformation.spearman import RankOrderSpearman
+from robaudit.plugins.metrics.deformation.sphere_deformation import SphereDeformation
 from robaudit.spec import load_spec
 from robaudit.testing import make_context, run_metric
 from robaudit.zoo import ZOO

@@ -12,7 +12,7 @@ from torch import nn
 from robaudit.errors import ParamError
 from robaudit.ops.neighbors import knn, radius_label_counts
 from robaudit.plugins.loaders.gaussian_mixture import MixtureOptions, mixture_splits
-from robaudit.plugins.metrics.intertwinedness import Intertwinedness
+from robaudit.plugins.metrics.deformation.intertwinedness import Intertwinedness
 from robaudit.testing import make_context, run_metric
 
 
@@ -132,7 +132,7 @@ def test_default_radii_leave_out_the_self_pairs(pairs: str, monkeypatch) -> None
     model = random_net(4, seed=1)
     if pairs == "random":  # fewer pairs allowed than the 25 × 25 there are: random pairs
         monkeypatch.setattr(
-            "robaudit.plugins.metrics.intertwinedness.QUANTILE_PAIRS", 400)
+            "robaudit.plugins.metrics.deformation.intertwinedness.QUANTILE_PAIRS", 400)
     ctx = make_context(model, x, y, reference=(x, y))
     quantiles = [0.001, 0.02, 0.5, 1.0]
     result = run_metric(Intertwinedness(), ctx, n=3, radii=quantiles)

@@ -9,7 +9,7 @@ import torch
 from scipy.optimize import minimize
 from torch import nn
 
-from robaudit.plugins.metrics.lbfgs import LBFGSMinDistortion
+from robaudit.plugins.metrics.adversarial.lbfgs import LBFGSMinDistortion
 from robaudit.testing import make_context, run_metric
 
 D = 5

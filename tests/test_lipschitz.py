@@ -18,7 +18,7 @@ from torchvision.models import resnet as tv
 from robaudit import ModelUnderAudit
 from robaudit.errors import MetricError
 from robaudit.model import Normalize
-from robaudit.plugins.metrics.lipschitz import (
+from robaudit.plugins.metrics.bounds.lipschitz import (
     BoundOptions,
     LayerBound,
     LayerSite,

@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from robaudit.plugins.metrics.spearman import RankOrderSpearman
+from robaudit.plugins.metrics.deformation.spearman import RankOrderSpearman
 from robaudit.testing import make_context, run_metric
 
 

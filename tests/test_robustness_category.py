@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from robaudit.plugins.metrics.robustness_category import RobustnessCategory
-from robaudit.plugins.metrics.uap import UAPFoolingRate
+from robaudit.plugins.metrics.universal.robustness_category import RobustnessCategory
+from robaudit.plugins.metrics.universal.uap import UAPFoolingRate
 from robaudit.testing import make_context, run_metric
 
 DIM = 16

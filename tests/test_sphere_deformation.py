@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from robaudit.errors import MetricError
-from robaudit.plugins.metrics.sphere_deformation import SphereDeformation
+from robaudit.plugins.metrics.deformation.sphere_deformation import SphereDeformation
 from robaudit.testing import make_context, run_metric
 
 RADII = [0.01, 0.1, 1.0, 10.0, 100.0]

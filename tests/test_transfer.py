@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from robaudit.ops.deepfool import STEP_SLACK
-from robaudit.plugins.metrics.transfer import TransferParams, TransferRate
+from robaudit.plugins.metrics.adversarial.transfer import TransferParams, TransferRate
 from robaudit.testing import make_context, run_metric
 
 DIM = 16

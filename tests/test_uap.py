@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from robaudit.ops.uap import fit_uap_deepfool, fit_uap_sgd, random_lp_noise
-from robaudit.plugins.metrics.uap import UAPFitParams, UAPFoolingRate
+from robaudit.plugins.metrics.universal.uap import UAPFitParams, UAPFoolingRate
 from robaudit.testing import make_context, run_metric
 
 DIM = 16
@@ -166,7 +166,7 @@ def test_fit_uses_a_random_subset_of_a_class_sorted_reference(monkeypatch) -> No
     """A reference split stored class by class (as an image folder is): the fit set is a
     random subset drawn with the spec's seed, so it spans the classes; the first fit_limit
     samples would all be of class 0."""
-    import robaudit.plugins.metrics.uap as uap
+    import robaudit.plugins.metrics.universal.uap as uap
 
     classes, per_class, limit = 4, 30, 24
     ref = samples(margins(60, 60), seed=9)

@@ -14,7 +14,7 @@ from robaudit.ops.attacks import pgd
 from robaudit.ops.deepfool import deepfool_split
 from robaudit.ops.projections import lp_norm
 from robaudit.ops.uap import random_lp_noise
-from robaudit.plugins.metrics.uap import UAPFitParams, fitted_uap, split_fooled
+from robaudit.plugins.metrics.universal.uap import UAPFitParams, fitted_uap, split_fooled
 
 #: The names of the categories, by number.
 CATEGORY_NAMES = {

@@ -18,7 +18,7 @@ no batch dimension, from a forward pass on zeros), the metric's options, and hel
 parts)`` summarises parts combined otherwise (e.g. a residual sum); ``site.operator_norm(fn,
 shape)`` runs power iteration on a linear function. Register it at import time of your plugin::
 
-    from robaudit.plugins.metrics.lipschitz import LayerBound, LayerSite, register_rule
+    from robaudit.plugins.metrics.bounds.lipschitz import LayerBound, LayerSite, register_rule
 
     def scaled_rule(module: Scaled, site: LayerSite) -> LayerBound:
         inner = site.child("inner")                       # L(inner), recursively
@@ -122,13 +122,14 @@ def rule_for(module: nn.Module, path: str) -> Rule:
             raise MetricError(
                 f"lipschitz_bound: module {_show(path)} of type {_qualified(cls)} subclasses "
                 f"{_qualified(base)} but overrides forward, so that class's rule does not apply;"
-                f" register one with robaudit.plugins.metrics.lipschitz.register_rule"
+                f" register one with robaudit.plugins.metrics.bounds.lipschitz.register_rule"
                 f"({cls.__name__}, rule) (see that module's docstring)"
             )
         return rule
     raise MetricError(
         f"lipschitz_bound: no Lipschitz rule for module {_show(path)} of type {_qualified(cls)}; "
-        f"add one with robaudit.plugins.metrics.lipschitz.register_rule({cls.__name__}, rule), "
+        f"add one with robaudit.plugins.metrics.bounds.lipschitz.register_rule("
+        f"{cls.__name__}, rule), "
         f"where rule(module, site) returns a LayerBound (see that module's docstring)"
     )
 

@@ -1,0 +1,1 @@
+"""Activation-pattern metrics (Khaitan 2024)."""

@@ -1,0 +1,1 @@
+"""Per-sample adversarial metrics: attack accuracies, minimal distortions, transferability."""

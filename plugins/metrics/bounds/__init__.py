@@ -1,0 +1,1 @@
+"""Bounds read from the weights alone (Szegedy et al. 2014 §4.3)."""

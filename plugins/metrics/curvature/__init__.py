@@ -1,0 +1,1 @@
+"""Decision-boundary curvature (Fawzi et al. 2018)."""

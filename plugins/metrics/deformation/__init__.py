@@ -1,0 +1,1 @@
+"""Deformation of the feature map (Ghorbani & Zou 2017): rank order, spheres, intertwinedness."""

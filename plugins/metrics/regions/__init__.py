@@ -1,0 +1,1 @@
+"""Topology of classification regions (Fawzi et al. 2018): connectivity and convexity."""

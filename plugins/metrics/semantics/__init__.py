@@ -1,0 +1,1 @@
+"""Semantics of units of the feature layer (Szegedy et al. 2014 §3)."""

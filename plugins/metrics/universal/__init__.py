@@ -1,0 +1,1 @@
+"""Universal adversarial perturbations and robustness categories (Moosavi-Dezfooli et al.)."""

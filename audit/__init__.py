@@ -3,16 +3,34 @@
 The public API for plugin authors lives here: subclass :class:`Metric` (with a pydantic
 :class:`MetricParams` model), return a :class:`MetricResult`, and register it with the
 ``robaudit_register_metrics`` hook, marked with :data:`hookimpl`.
+
+The names load on first use (PEP 562), so that ``import robaudit`` and the command line start
+without importing torch until something needs it.
 """
 
-from robaudit.context import AuditContext, DataSplit
-from robaudit.errors import RobauditError, SpecError, UsageError
-from robaudit.figures import Histogram, ImagePlot, LinePlot
-from robaudit.hookspecs import hookimpl
-from robaudit.metric import Floor, Metric, MetricParams, MetricResult
-from robaudit.model import ModelUnderAudit
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "AuditContext": "robaudit.context",
+    "DataSplit": "robaudit.context",
+    "RobauditError": "robaudit.errors",
+    "SpecError": "robaudit.errors",
+    "UsageError": "robaudit.errors",
+    "Histogram": "robaudit.figures",
+    "ImagePlot": "robaudit.figures",
+    "LinePlot": "robaudit.figures",
+    "hookimpl": "robaudit.hookspecs",
+    "Floor": "robaudit.metric",
+    "Metric": "robaudit.metric",
+    "MetricParams": "robaudit.metric",
+    "MetricResult": "robaudit.metric",
+    "ModelUnderAudit": "robaudit.model",
+}
 
 __all__ = [
     "AuditContext",
@@ -31,3 +49,20 @@ __all__ = [
     "__version__",
     "hookimpl",
 ]
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext, DataSplit
+    from robaudit.errors import RobauditError, SpecError, UsageError
+    from robaudit.figures import Histogram, ImagePlot, LinePlot
+    from robaudit.hookspecs import hookimpl
+    from robaudit.metric import Floor, Metric, MetricParams, MetricResult
+    from robaudit.model import ModelUnderAudit
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'robaudit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

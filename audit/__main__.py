@@ -1,7 +1,21 @@
-"""``python -m robaudit`` is the ``robaudit`` command."""
+"""``python -m robaudit`` and the ``robaudit`` console script.
+
+Kept free of heavy imports, so that Ctrl-C while torch loads exits 2 without a traceback."""
+
+from __future__ import annotations
 
 import sys
 
-from robaudit.cli import main
 
-sys.exit(main())
+def main() -> int:
+    """Import the command line, then run it; an interrupt during the import is exit 2."""
+    try:
+        from robaudit.cli import main as run
+    except KeyboardInterrupt:
+        sys.stderr.write("Interrupted\n")
+        return 2
+    return run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

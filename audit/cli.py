@@ -20,6 +20,7 @@ from robaudit.errors import SpecError, UsageError
 from robaudit.pluginmanager import Plugins, load_plugins
 from robaudit.session import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Session
 from robaudit.spec import spec_json_schema
+from robaudit.text import printable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +71,9 @@ def _build_parser(plugins: Plugins) -> _Parser:
                           "on a busy shared machine")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY.PATH=VALUE", help="override a spec value (YAML value)")
+    run.add_argument("--timeout", type=float, metavar="S",
+                     help="seconds a check may run before it is `error` (a check's own "
+                          "`timeout` wins)")
     plugins.hook.robaudit_addoption.call_historic(kwargs={"parser": run})
 
     validate = sub.add_parser("validate", parents=[common], help="validate specs, run nothing")
@@ -173,7 +177,7 @@ def _dispatch(argv: list[str], console: Console) -> int:
     parser = _build_parser(plugins)
     options = parser.parse_args(argv)
     for problem in plugins.problems:
-        Console(stderr=True).print(f"[yellow]WARNING[/] {escape(problem)}")
+        Console(stderr=True).print(f"[yellow]WARNING[/] {escape(printable(problem))}")
     if options.command == "metrics":
         return _cmd_metrics(plugins, console, options.markdown)
     if options.command == "plugins":
@@ -186,14 +190,19 @@ def _dispatch(argv: list[str], console: Console) -> int:
     session = Session(plugins, options)
     if options.command == "validate":
         for spec in session.load(options.specs):
-            console.print(f"{escape(str(spec.path))}: valid ({len(spec.checks)} checks)")
+            console.print(f"{escape(printable(spec.path))}: valid ({len(spec.checks)} checks)")
         return EXIT_OK
+    if options.timeout is not None and not (0 < options.timeout < float("inf")):
+        raise UsageError(f"--timeout {options.timeout}: expected a positive number of seconds")
     if options.threads is not None:
         if options.threads < 1:
             raise UsageError(f"--threads {options.threads}: expected a positive number")
         torch.set_num_threads(options.threads)
     plugins.hook.robaudit_configure(options=options, pluginmanager=plugins.pm)
     _, code = session.run(options.specs)
+    for failure in session.hook_failures:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[red]ERROR[/] report incomplete: {escape(printable(failure))}")
     return code
 
 
@@ -207,10 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors.print(f"[red]ERROR[/] invalid spec ({len(exc.problems)} problem"
                      f"{'s' if len(exc.problems) != 1 else ''}):")
         for problem in exc.problems:
-            errors.print(f"  {escape(problem)}")
+            errors.print(f"  {escape(printable(problem))}")
         return EXIT_USAGE
     except UsageError as exc:
-        errors.print(f"[red]ERROR[/] {escape(str(exc))}")
+        errors.print(f"[red]ERROR[/] {escape(printable(exc))}")
         return EXIT_USAGE
     except KeyboardInterrupt:
         errors.print("[red]Interrupted[/]")

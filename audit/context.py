@@ -155,6 +155,12 @@ class AuditContext:
 
         return self.cache.get_or_compute(("logits", mua.name, name), compute)
 
+    @property
+    def reference_is_split(self) -> bool:
+        """Whether the reference is the audit split itself (a source without a separate
+        reference split): a figure fitted on the reference is then not held out."""
+        return self.data(self.reference) is self.data(self.split)
+
     def model_named(self, name: str) -> ModelUnderAudit:
         """A model of the spec's ``models`` mapping (or the audited one by its name)."""
         if name not in self.models:

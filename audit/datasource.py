@@ -6,15 +6,17 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from robaudit.context import DataSplit
+from robaudit.validation import InputModel
 
 
-class SourceOptions(BaseModel):
-    """Base of a data source's own keys under ``data:`` (besides the common ones)."""
+class SourceOptions(InputModel):
+    """Base of a data source's own keys under ``data:`` (besides the common ones); numbers
+    finite and never a boolean."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataSource(ABC):

@@ -7,18 +7,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from robaudit.figures import Figure
+from robaudit.validation import InputModel
 
 if TYPE_CHECKING:
     from robaudit.context import AuditContext
 
 
-class MetricParams(BaseModel):
-    """Base of every metric's parameters: typed, bounded, defaults filled, unknown keys refused."""
+class MetricParams(InputModel):
+    """Base of every metric's parameters: typed, bounded, defaults filled, unknown keys refused,
+    numbers finite and never a boolean (see :class:`robaudit.validation.InputModel`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass
@@ -60,12 +62,16 @@ class Metric(ABC):
                       against it when the spec is loaded, so bad params never reach compute.
     higher_is_better  the direction of ``value`` (shown by ``robaudit metrics``).
     source            the paper and section the metric implements.
+    uses_data         False for a metric that reads only the weights (see below).
     """
 
     name: ClassVar[str]
     Params: ClassVar[type[MetricParams]] = MetricParams
     higher_is_better: ClassVar[bool]
     source: ClassVar[str]
+    #: whether the metric runs the model on the data; False for bounds read from the weights
+    #: alone. A check that uses the data is ``error`` when the model's outputs are not finite.
+    uses_data: ClassVar[bool] = True
 
     @abstractmethod
     def compute(self, ctx: AuditContext, params: Any) -> MetricResult:

@@ -8,6 +8,7 @@ import os
 import pkgutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
@@ -68,11 +69,33 @@ class Plugins:
         return self.pm.hook
 
 
-def _register_named(plugins: Plugins, kind: str, store: dict, item: object, name: str) -> None:
-    if name in store:
-        plugins.problems.append(f"{kind} {name!r} is registered twice; the second is ignored")
-        return
-    store[name] = item
+def _collect(plugins: Plugins, hook: str, kind: str, store: dict[str, Any]) -> None:
+    """Call ``hook`` of each plugin in load order (built-ins first) and keep the first item
+    registered under each name: an installed package can add metrics and data sources but
+    never silently replace a built-in one (nor one loaded before it). A plugin whose hook
+    raises is reported and the others still register."""
+    order = {info.name: index for index, info in enumerate(plugins.loaded)}
+    owner: dict[str, str] = {}
+    impls = getattr(plugins.pm.hook, hook).get_hookimpls()
+    for impl in sorted(impls, key=lambda i: order.get(i.plugin_name, len(order))):
+
+        def register(item: Any, plugin: str = impl.plugin_name) -> None:
+            name = getattr(item, "name", None)
+            if not isinstance(name, str) or not name:
+                plugins.problems.append(f"plugin {plugin!r} registered a {kind} without a name "
+                                        f"({item!r}); it is ignored")
+            elif name in store:
+                plugins.problems.append(
+                    f"plugin {plugin!r} registers {kind} {name!r}, which plugin {owner[name]!r} "
+                    f"already registered; {plugin!r}'s is ignored (give it another name)")
+            else:
+                store[name], owner[name] = item, plugin
+
+        try:
+            impl.function(register=register)
+        except (Exception, SystemExit) as exc:
+            plugins.problems.append(f"plugin {impl.plugin_name!r} failed to register its "
+                                    f"{kind}s: {type(exc).__name__}: {exc}")
 
 
 def load_plugins(blocked: Iterable[str] = (), extra: Iterable[str] = ()) -> Plugins:
@@ -100,7 +123,7 @@ def load_plugins(blocked: Iterable[str] = (), extra: Iterable[str] = ()) -> Plug
                 continue
             try:
                 pm.register(ep.load(), name=ep.name)
-            except Exception as exc:  # a broken third-party plugin must not stop the run
+            except (Exception, SystemExit) as exc:  # a broken plugin must not stop the run
                 dist = ep.dist.name if ep.dist else "?"
                 plugins.problems.append(
                     f"plugin {ep.name!r} (entry point {ep.value} of {dist}) failed to load: "
@@ -114,15 +137,11 @@ def load_plugins(blocked: Iterable[str] = (), extra: Iterable[str] = ()) -> Plug
             continue
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UsageError(f"-p {module_name}: cannot import plugin: {exc}") from None
         pm.register(module, name=module_name)
         plugins.loaded.append(PluginInfo(module_name, "-p", module_name))
 
-    pm.hook.robaudit_register_metrics(
-        register=lambda m: _register_named(plugins, "metric", plugins.metrics, m, m.name)
-    )
-    pm.hook.robaudit_register_data_sources(
-        register=lambda s: _register_named(plugins, "data source", plugins.data_sources, s, s.name)
-    )
+    _collect(plugins, "robaudit_register_metrics", "metric", plugins.metrics)
+    _collect(plugins, "robaudit_register_data_sources", "data source", plugins.data_sources)
     return plugins

@@ -3,7 +3,9 @@ path is a usage error (exit 4) before any check runs, not a failure after all of
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 from robaudit.errors import UsageError
@@ -22,3 +24,23 @@ def ensure_writable(option: str, path: str | Path) -> None:
         raise UsageError(f"{option} {path}: {ancestor} is a file, so the folder cannot be made")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {path}: no permission to write under {ancestor}")
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: into a temporary file in the same folder,
+    flushed to disk, then renamed over ``path`` (design §5). A failed or concurrent write never
+    leaves a truncated report where a valid one stood; the temporary file is removed on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

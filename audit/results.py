@@ -47,6 +47,7 @@ class AuditResult:
     checks: list[CheckResult] = field(default_factory=list)
     duration_s: float = 0.0
     interrupted: bool = False
+    data: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, int]:
         counts = dict.fromkeys(("passed", "failed", "error", "skipped"), 0)

@@ -9,12 +9,15 @@ import time
 import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from robaudit.context import AuditContext, DataSplit, RunCache, silent_progress
+from robaudit.datafit import input_problems, model_problems, non_finite_outputs
 from robaudit.errors import MetricError, ParamError, SpecError, UsageError
+from robaudit.guard import CheckTimeout, deadline, shielded, terminate_as_interrupt
 from robaudit.model import ModelUnderAudit
 from robaudit.ops.stats import mean_interval
 from robaudit.pluginmanager import Plugins
@@ -27,13 +30,22 @@ EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_CHECK
 
 @dataclass
 class AuditPlan:
-    """One spec about to run: the selected checks and where they run."""
+    """One spec about to run: the selected checks and where they run.
+
+    data_summary        the number of samples of each split, after the limits.
+    reference_is_split  the data source has no separate reference split, so the reference is
+                        the audit split itself (a "held-out" figure is then not held out).
+    blocked             check id → why it cannot run (its ``check_data`` raised, or the model's
+                        outputs on the data are not finite): it is reported as ``error``.
+    """
 
     spec: AuditSpec
     checks: list[Check]
     deselected: int
     device: torch.device
     data_summary: dict[str, int] = field(default_factory=dict)
+    reference_is_split: bool = False
+    blocked: dict[str, str] = field(default_factory=dict)
 
 
 def check_seed(seed: int, check_id: str) -> int:
@@ -55,6 +67,15 @@ def resolve_device(name: str) -> torch.device:
                 f"device: {name!r}: only {torch.cuda.device_count()} CUDA device(s) are present"
             )
     return device
+
+
+def seeded_subset(split: DataSplit, limit: int | None, seed: int) -> DataSplit:
+    """At most ``limit`` samples of ``split``: a subset drawn with ``seed``, in index order."""
+    if limit is None or limit >= len(split):
+        return split
+    keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    keep = keep[:limit].sort().values
+    return DataSplit(split.x[keep], split.y[keep])
 
 
 def environment(device: torch.device) -> dict[str, str]:
@@ -89,6 +110,26 @@ class Session:
         self.hook = plugins.hook
         self.maxfail: int = getattr(options, "maxfail", 0) or 0
         self.failures = 0
+        #: what plugins raised in reporting hooks; the run goes on, the exit code says so
+        self.hook_failures: list[str] = []
+
+    def notify(self, name: str, **kwargs: Any) -> None:
+        """Call every implementation of hook ``name`` on its own, in pluggy's order, so that one
+        plugin that raises (a reporter that cannot write, a console that chokes on odd details)
+        never stops the others; each failure is recorded in :attr:`hook_failures`."""
+        for impl in reversed(getattr(self.hook, name).get_hookimpls()):
+            try:
+                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except UsageError as exc:
+                self.hook_failures.append(str(exc))
+            except (Exception, SystemExit) as exc:
+                self.hook_failures.append(f"plugin {impl.plugin_name!r} failed in {name}: "
+                                          f"{type(exc).__name__}: {exc}")
+
+    def write_reports(self, results: list[AuditResult]) -> None:
+        """Every reporter, with SIGINT and SIGTERM held back until they are done."""
+        with shielded():
+            self.notify("robaudit_report", results=results, options=self.options)
 
     # -- validation and selection ---------------------------------------------------------
     def overrides(self) -> list[str]:
@@ -119,8 +160,11 @@ class Session:
             if (not keyword or keyword_matches(keyword, check.id, check.metric.name))
             and (not markexpr or marker_matches(markexpr, check.tags))
         ]
-        return AuditPlan(spec, selected, len(spec.checks) - len(selected),
-                         resolve_device(spec.model.device))
+        try:
+            device = resolve_device(spec.model.device)
+        except UsageError as exc:
+            raise UsageError(spec.locate(("device",), str(exc))) from None
+        return AuditPlan(spec, selected, len(spec.checks) - len(selected), device)
 
     # -- set-up ----------------------------------------------------------------------------
     def build_model(self, plan: AuditPlan, key: str, entry: ModelSpec) -> ModelUnderAudit:
@@ -135,6 +179,9 @@ class Session:
                                    features=entry.features, device=plan.device, name=key)
         except UsageError as exc:
             raise UsageError(f"{plan.spec.path}: {key}.{exc}") from None
+        except SystemExit as exc:
+            raise UsageError(f"{plan.spec.path}: {key}: loading the model called "
+                             f"sys.exit({exc.code!r})") from None
 
     def load_data(self, plan: AuditPlan) -> dict[str, DataSplit]:
         spec = plan.spec
@@ -144,6 +191,10 @@ class Session:
             splits = source.load(spec.source_options, spec.base_dir, spec.model.seed)
         except UsageError as exc:
             raise UsageError(f"{spec.path}: {exc}") from None
+        except (Exception, SystemExit) as exc:  # e.g. a size that cannot be allocated
+            raise UsageError(spec.locate(("data",), f"the {data.source!r} source could not load "
+                                                    f"the data: {type(exc).__name__}: {exc}")
+                             ) from None
         for key in ("split", "reference"):
             name = getattr(data, key)
             explicit = key == "split" or key in data.model_fields_set
@@ -152,15 +203,30 @@ class Session:
                     f"{spec.path}: data.{key}: split {name!r} does not exist in "
                     f"{data.source!r}; available: {', '.join(sorted(splits))}"
                 )
-        if data.limit is not None and data.limit < len(splits[data.split]):
-            chosen = splits[data.split]
-            generator = torch.Generator().manual_seed(spec.model.seed)
-            keep = torch.randperm(len(chosen), generator=generator)[: data.limit].sort().values
-            splits[data.split] = DataSplit(chosen.x[keep], chosen.y[keep])
+        splits[data.split] = seeded_subset(splits[data.split], data.limit, spec.model.seed)
         if data.reference not in splits:  # a single-split source: the reference is the split
             splits[data.reference] = splits[data.split]
+            plan.reference_is_split = True
+        elif data.reference != data.split:
+            splits[data.reference] = seeded_subset(splits[data.reference], data.reference_limit,
+                                                   spec.model.seed)
         plan.data_summary = {name: len(split) for name, split in splits.items()}
         return splits
+
+    def check_data_fits(self, plan: AuditPlan, models: dict[str, ModelUnderAudit],
+                        splits: dict[str, DataSplit]) -> None:
+        """Design §3: the data must fit every model; each misfit a located usage error."""
+        spec = plan.spec
+        used = list(dict.fromkeys((spec.model.data.split, spec.model.data.reference)))
+        problems = input_problems(splits, used, spec.model.data.batch_size, spec.locate)
+        if not problems:
+            entries = {("model",): spec.model.model,
+                       **{("models", name): e for name, e in spec.model.models.items()}}
+            for (key, entry), mua in zip(entries.items(), models.values(), strict=True):
+                channels = len(entry.normalize.mean) if entry.normalize else None
+                problems += model_problems(key, mua, channels, splits, used, spec.locate)
+        if problems:
+            raise SpecError(problems)
 
     # -- running ---------------------------------------------------------------------------
     def check_context(self, check: Check, base: AuditContext) -> AuditContext:
@@ -174,25 +240,37 @@ class Session:
             models=base.models, progress=base.progress, cache=base.cache,
         )
 
-    def run_check(self, check: Check, ctx: AuditContext) -> CheckResult:
-        """Compute one check and judge it; a metric that raises makes it ``error``."""
+    def timeout_of(self, check: Check) -> float | None:
+        """The check's own ``timeout``, else ``--timeout``, else none."""
+        return check.timeout or getattr(self.options, "timeout", None)
+
+    def run_check(self, check: Check, ctx: AuditContext, blocked: str | None = None
+                  ) -> CheckResult:
+        """Compute one check and judge it. A metric that raises (``SystemExit`` included) or
+        runs past its timeout makes it ``error``; so does a ``blocked`` reason found before."""
         params = check.params.model_dump(mode="json")
         start = time.perf_counter()
         common = {"id": check.id, "metric": check.metric.name, "expect": check.expect,
                   "params": params, "tags": check.tags,
                   "higher_is_better": check.metric.higher_is_better}
+
+        def error(message: str, trace: str | None = None) -> CheckResult:
+            return CheckResult(outcome="error", value=None, ci=None, details={},
+                               message=message, duration_s=time.perf_counter() - start,
+                               traceback=trace, **common)
+
+        if blocked is not None:
+            return error(blocked)
         try:
-            result = check.metric.compute(ctx, check.params)
+            with deadline(self.timeout_of(check)):
+                result = check.metric.compute(ctx, check.params)
             value = float(result.value)
-        except (MetricError, UsageError) as exc:
-            return CheckResult(outcome="error", value=None, ci=None, details={},
-                               message=str(exc), duration_s=time.perf_counter() - start,
-                               **common)
+        except (MetricError, UsageError, CheckTimeout) as exc:
+            return error(str(exc))
+        except SystemExit as exc:
+            return error(f"the metric called sys.exit({exc.code!r})", traceback.format_exc())
         except Exception as exc:  # a broken metric must not stop the other checks
-            return CheckResult(outcome="error", value=None, ci=None, details={},
-                               message=f"{type(exc).__name__}: {exc}",
-                               duration_s=time.perf_counter() - start,
-                               traceback=traceback.format_exc(), **common)
+            return error(f"{type(exc).__name__}: {exc}", traceback.format_exc())
         duration = time.perf_counter() - start
         samples = None if result.samples is None else np.asarray(result.samples, dtype=float)
         ci = result.ci if result.ci is not None else (
@@ -211,7 +289,9 @@ class Session:
         )
 
     def check_params_against_data(self, plan: AuditPlan, base: AuditContext) -> None:
-        """Every selected check's :meth:`Metric.check_data`, before any check runs."""
+        """Every selected check's :meth:`Metric.check_data`, before any check runs. A
+        ``ParamError`` is a located spec error; any other exception blocks that check alone,
+        which is then reported as ``error``."""
         problems = []
         for check in plan.checks:
             try:
@@ -219,8 +299,20 @@ class Session:
             except ParamError as exc:
                 problems.append(plan.spec.locate(("checks", check.index, "params", exc.key),
                                                  exc.message))
+            except (Exception, SystemExit) as exc:
+                plan.blocked[check.id] = (f"{check.metric.name}.check_data raised "
+                                          f"{type(exc).__name__}: {exc}")
         if problems:
             raise SpecError(problems)
+
+    def check_model_outputs(self, plan: AuditPlan, base: AuditContext) -> None:
+        """Block every check that uses the model's outputs when they are not finite on the
+        audit split (one forward pass, the one the run caches for the checks)."""
+        users = [c for c in plan.checks if c.metric.uses_data and c.id not in plan.blocked]
+        if users:
+            problem = non_finite_outputs(base.model, base.logits())
+            if problem is not None:
+                plan.blocked.update(dict.fromkeys((c.id for c in users), problem))
 
     def prepare(self, plan: AuditPlan, stack: ExitStack) -> AuditContext:
         """Build a plan's models, load its data and check its params against the data: all
@@ -233,6 +325,7 @@ class Session:
         for mua in models.values():
             stack.enter_context(mua)
         splits = self.load_data(plan)
+        self.check_data_fits(plan, models, splits)
         seed = spec.model.seed
         base = AuditContext(
             model=models["model"], splits=splits, split=spec.model.data.split,
@@ -242,15 +335,20 @@ class Session:
             progress=self.hook.robaudit_progress(options=self.options) or silent_progress,
         )
         self.check_params_against_data(plan, base)
+        self.check_model_outputs(plan, base)
         return base
 
     def run_plan(self, plan: AuditPlan, base: AuditContext, result: AuditResult) -> bool:
         """Run a plan's checks into ``result``; False when ``--maxfail`` stopped the session."""
-        self.hook.robaudit_audit_start(plan=plan)
+        self.notify("robaudit_audit_start", plan=plan)
+        result.data = {"source": plan.spec.model.data.source, "split": base.split,
+                       "reference": base.reference, "sizes": dict(plan.data_summary),
+                       "reference_is_split": plan.reference_is_split}
         for check in plan.checks:
-            check_result = self.run_check(check, self.check_context(check, base))
+            check_result = self.run_check(check, self.check_context(check, base),
+                                          plan.blocked.get(check.id))
             result.checks.append(check_result)
-            self.hook.robaudit_check_finished(result=check_result)
+            self.notify("robaudit_check_finished", result=check_result)
             if check_result.outcome in ("failed", "error"):
                 self.failures += 1
                 if self.maxfail and self.failures >= self.maxfail:
@@ -259,7 +357,9 @@ class Session:
 
     def run(self, paths: list[str]) -> tuple[list[AuditResult], int]:
         """Run the specs; returns the results and the exit code (design.md §4). Reports are
-        written for what finished however the run ends once checks have started."""
+        written for what finished however the run ends once checks have started; SIGTERM ends
+        the run as Ctrl-C does. A reporter that failed makes the exit code 3 (unless the run
+        was interrupted): the gate's record is incomplete."""
         specs = self.load(paths)
         plans = [self.plan(spec) for spec in specs]
         results = [
@@ -268,10 +368,11 @@ class Session:
             for p in plans
         ]
         if not any(p.checks for p in plans):
-            self.hook.robaudit_report(results=results, options=self.options)
-            return results, EXIT_NO_CHECKS
+            self.write_reports(results)
+            return results, EXIT_INTERNAL if self.hook_failures else EXIT_NO_CHECKS
         code = EXIT_OK
         with ExitStack() as stack:
+            stack.enter_context(terminate_as_interrupt())
             bases = [self.prepare(plan, stack) if plan.checks else None for plan in plans]
             try:
                 for plan, base, result in zip(plans, bases, results, strict=True):
@@ -288,8 +389,10 @@ class Session:
                     result.interrupted = True
                 code = EXIT_INTERRUPTED
             finally:
-                self.hook.robaudit_report(results=results, options=self.options)
+                self.write_reports(results)
         if code == EXIT_OK and any(c.outcome in ("failed", "error")
                                    for r in results for c in r.checks):
             code = EXIT_FAILED
+        if self.hook_failures and code != EXIT_INTERRUPTED:
+            code = EXIT_INTERNAL
         return results, code

@@ -15,7 +15,6 @@ from typing import Any
 
 import yaml
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     PositiveInt,
@@ -28,11 +27,21 @@ from robaudit.datasource import SourceOptions
 from robaudit.errors import SpecError, UsageError
 from robaudit.metric import Metric, MetricParams
 from robaudit.pluginmanager import Plugins
-from robaudit.yamlpos import line_of
+from robaudit.validation import InputModel
+from robaudit.yamlpos import line_of, structure_problems
+
+#: Seeds are 63-bit non-negative integers: torch generators take them, and check seeds derive
+#: from them (see ``robaudit.session.check_seed``).
+MAX_SEED = 2**63 - 1
+
+#: The reference split's default size limit: metrics that compare against the reference (the
+#: neighbours of intertwinedness, the universal perturbation's fit) cost time and memory in its
+#: size, and a few thousand samples estimate what they need (design §8).
+DEFAULT_REFERENCE_LIMIT = 2048
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(InputModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class NormalizeSpec(_Strict):
@@ -82,15 +91,19 @@ class ModelSpec(_Strict):
         return self
 
 
-class DataSpec(BaseModel):
+class DataSpec(InputModel):
     """The data: the common keys; a source's own keys are validated by that source."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     source: str = "digits"
     split: str = "test"
     reference: str = "train"
     limit: PositiveInt | None = None
+    reference_limit: PositiveInt | None = Field(
+        DEFAULT_REFERENCE_LIMIT,
+        description="at most this many reference samples (a subset drawn with the spec's seed); "
+                    "null for the whole reference split")
     batch_size: PositiveInt = 256
 
 
@@ -116,6 +129,8 @@ class CheckSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     expect: Expect = Field(default_factory=Expect)
     tags: list[str] = Field(default_factory=list)
+    timeout: float | None = Field(
+        None, gt=0, description="seconds; past it the check is `error` and the run goes on")
 
 
 class SpecModel(_Strict):
@@ -128,7 +143,7 @@ class SpecModel(_Strict):
     )
     data: DataSpec = Field(default_factory=DataSpec)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="the run's seed (0 to 2**63 - 1)")
     checks: list[CheckSpec] = Field(min_length=1)
 
 
@@ -143,6 +158,7 @@ class Check:
     expect: dict[str, float]
     tags: tuple[str, ...]
     index: int
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +193,11 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     keys = path.strip().split(".")
     if not all(keys):
         raise UsageError(f"--set {assignment}: empty key in {path!r}")
-    value = yaml.safe_load(text) if text.strip() else ""
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or exc
+        raise UsageError(f"--set {assignment}: the value is not valid YAML: {problem}") from None
     node: Any = raw
     for depth, key in enumerate(keys):
         last = depth == len(keys) - 1
@@ -203,20 +223,35 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
 
 # -- loading --------------------------------------------------------------------------------
 def _read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """The spec's data and its node tree. The tree is composed once, checked for duplicate
+    keys, depth and alias expansion (:func:`robaudit.yamlpos.structure_problems`), then
+    constructed with PyYAML's safe constructor."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{path}: spec file not found") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the spec: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text), yaml.compose(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SpecError([f"{path}:{line}: the spec is not UTF-8 text (byte "
+                         f"0x{data[exc.start]:02x} at offset {exc.start})"]) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        problems = structure_problems(root)
+        if problems:
+            raise SpecError([f"{path}:{line}: {message}" for line, message in problems])
+        return yaml.SafeLoader("").construct_document(root) if root else None, root
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise SpecError([f"{where}: invalid YAML: {exc.problem or exc}"]) from None
     except yaml.YAMLError as exc:
         raise SpecError([f"{path}: invalid YAML: {exc}"]) from None
+    except RecursionError:
+        raise SpecError([f"{path}: the YAML is nested too deeply to read"]) from None
 
 
 def locate(path: Path, root: yaml.Node | None, loc: tuple[str | int, ...], message: str) -> str:
@@ -334,7 +369,7 @@ def load_spec(path: str | Path, plugins: Plugins, overrides: Iterable[str] = ())
             problems.add_validation(("checks", index, "params"), exc)
             continue
         checks.append(Check(check_id, metric, params, check.expect.as_dict(), tuple(check.tags),
-                            index))
+                            index, check.timeout))
     if problems.items:
         raise SpecError(problems.items)
     return AuditSpec(path, spec, source_options, tuple(checks), root)

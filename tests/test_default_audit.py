@@ -26,8 +26,11 @@ def test_default_audit_passes_and_writes_every_report(tmp_path: Path):
     spec_checks = yaml.safe_load(SPEC.read_text())["checks"]
 
     report = json.loads(paths["json"].read_text())
+    # design §5's keys in its order, then the extensions it allows
     assert list(report) == ["robaudit", "audit", "spec", "outcome", "summary", "duration_s",
-                            "seed", "device", "environment", "checks"]
+                            "seed", "device", "environment", "interrupted", "data", "checks"]
+    assert report["interrupted"] is False
+    assert report["data"]["sizes"] == {"train": 1347, "test": 450}
     assert report["outcome"] == "passed"
     assert report["summary"]["passed"] == len(spec_checks)
     for check in report["checks"]:

@@ -20,11 +20,18 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 import robaudit
 from robaudit import hookimpl
 from robaudit.context import ProgressFactory, ProgressTask
-from robaudit.results import AuditResult, CheckResult
+from robaudit.results import AuditResult, CheckResult, jsonable
 from robaudit.session import AuditPlan
+from robaudit.text import printable
 
 STYLES = {"passed": "green", "failed": "red", "error": "red", "skipped": "yellow"}
 WORDS = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR", "skipped": "SKIPPED"}
+
+
+def safe(text: object) -> str:
+    """Text from a spec or a plugin for the console: control characters escaped (design §9),
+    rich markup escaped."""
+    return escape(printable(text))
 
 
 class _BarTask:
@@ -80,10 +87,15 @@ class ConsoleReporter:
         weights = f" ({model.weights})" if model.weights else ""
         data = plan.spec.model.data
         sizes = ", ".join(f"{k} {v}" for k, v in plan.data_summary.items())
-        self.console.print(f"spec: {escape(str(plan.spec.path))} — {escape(plan.spec.name)}")
-        self.console.print(f"model: {escape(str(where))}{escape(weights)}")
-        self.console.print(f"data: {data.source}, split {data.split!r}, reference "
-                           f"{data.reference!r} ({sizes})")
+        self.console.print(f"spec: {safe(str(plan.spec.path))} — {safe(plan.spec.name)}")
+        self.console.print(f"model: {safe(str(where))}{safe(weights)}")
+        self.console.print(f"data: {safe(data.source)}, split {safe(repr(data.split))}, "
+                           f"reference {safe(repr(data.reference))} ({safe(sizes)})")
+        if plan.reference_is_split:
+            self.console.print(
+                f"[yellow]WARNING[/] the {safe(data.source)} source has no split "
+                f"{safe(repr(data.reference))}: the reference is the audit split itself, so "
+                "figures fitted on the reference (a universal perturbation) are not held out")
         deselected = f" / {plan.deselected} deselected" if plan.deselected else ""
         self.console.print(f"[bold]collected {len(plan.checks)} checks{deselected}[/]\n")
 
@@ -97,19 +109,19 @@ class ConsoleReporter:
         name = f"{result.id} "
         dots = "." * max(2, 34 - len(name))
         self.console.print(
-            f"{escape(name)}[dim]{dots}[/] [{style}]{WORDS[result.outcome]:<7}[/] "
-            f"{escape(result.message)}{ci} [dim]\\[{result.duration_s:.2f}s][/]"
+            f"{safe(name)}[dim]{dots}[/] [{style}]{WORDS[result.outcome]:<7}[/] "
+            f"{safe(result.message)}{ci} [dim]\\[{result.duration_s:.2f}s][/]"
         )
         if self.verbosity > 0:
             self.print_details(result)
 
     def print_details(self, result: CheckResult) -> None:
         params = json.dumps(result.params)
-        self.console.print(f"    [dim]params: {escape(params)}[/]")
-        for key, value in result.details.items():
-            self.console.print(f"    [dim]{escape(key)}: {escape(_short(value))}[/]")
+        self.console.print(f"    [dim]params: {safe(params)}[/]")
+        for key, value in jsonable(result.details).items():
+            self.console.print(f"    [dim]{safe(key)}: {safe(_short(value))}[/]")
         if result.traceback:
-            self.console.print(escape(result.traceback), style="red")
+            self.console.print(safe(result.traceback), style="red")
 
     @hookimpl(trylast=True)
     def robaudit_report(self, results: list[AuditResult], options: argparse.Namespace) -> None:
@@ -122,7 +134,7 @@ class ConsoleReporter:
             self.rule("short summary info", "bold")
             for check in bad:
                 self.console.print(f"[{STYLES[check.outcome]}]{WORDS[check.outcome]}[/] "
-                                   f"{escape(check.id)} - {escape(check.message)}")
+                                   f"{safe(check.id)} - {safe(check.message)}")
         counts: dict[str, int] = {}
         for check in checks:
             counts[check.outcome] = counts.get(check.outcome, 0) + 1
@@ -137,7 +149,7 @@ class ConsoleReporter:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
+    text = json.dumps(jsonable(value), default=str)
     return text if len(text) <= 160 else text[:157] + "..."
 
 

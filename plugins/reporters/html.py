@@ -28,7 +28,7 @@ import jinja2
 import robaudit
 from robaudit import hookimpl
 from robaudit.errors import UsageError
-from robaudit.reportpath import ensure_writable
+from robaudit.reportpath import ensure_writable, write_atomic
 from robaudit.results import OUTCOMES, AuditResult, CheckResult, Outcome, jsonable
 
 TEMPLATE = "report.html.j2"
@@ -254,8 +254,7 @@ def render_html(results: list[AuditResult]) -> str:
 
 
 def write_html(path: Path, results: list[AuditResult]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(results), encoding="utf-8")
+    write_atomic(path, render_html(results))
 
 
 @hookimpl

@@ -1,4 +1,6 @@
-"""The JSON report (``--json PATH``): design.md §5, key for key and in that order.
+"""The JSON report (``--json PATH``): design.md §5, key for key and in that order, then its
+extensions: ``interrupted`` (whether the run was cut short) and ``data`` (the source, the split
+names and the number of samples of each split used, the reference subset included).
 
 One spec writes its object to ``PATH``. Several specs in one run write one object per spec,
 to ``PATH`` with the spec file's stem inserted before the suffix: ``--json r.json`` with
@@ -20,7 +22,7 @@ from typing import Any
 import robaudit
 from robaudit import hookimpl
 from robaudit.errors import UsageError
-from robaudit.reportpath import ensure_writable
+from robaudit.reportpath import ensure_writable, write_atomic
 from robaudit.results import AuditResult, CheckResult, jsonable
 
 
@@ -52,6 +54,8 @@ def audit_json(result: AuditResult) -> dict[str, Any]:
         "seed": result.seed,
         "device": result.device,
         "environment": jsonable(result.environment),
+        "interrupted": result.interrupted,
+        "data": jsonable(result.data),
         "checks": [check_json(c) for c in result.checks],
     }
 
@@ -77,9 +81,8 @@ def write_json(path: Path, results: list[AuditResult]) -> list[Path]:
     """Write the report(s); returns the paths written."""
     written = report_paths(path, results)
     for target, result in zip(written, results, strict=True):
-        target.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(audit_json(result), indent=2, ensure_ascii=False, allow_nan=False)
-        target.write_text(text + "\n", encoding="utf-8")
+        write_atomic(target, text + "\n")
     return written
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from robaudit import hookimpl
 from robaudit.errors import UsageError
-from robaudit.reportpath import ensure_writable
+from robaudit.reportpath import ensure_writable, write_atomic
 from robaudit.results import AuditResult, CheckResult, jsonable
 
 #: Characters that XML 1.0 forbids (control characters such as the ESC of ANSI colours).
@@ -100,8 +100,10 @@ def junit_tree(results: list[AuditResult]) -> ET.ElementTree:
 
 
 def write_junitxml(path: Path, results: list[AuditResult]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    junit_tree(results).write(path, encoding="utf-8", xml_declaration=True)
+    tree = junit_tree(results)
+    ET.indent(tree)
+    text = ET.tostring(tree.getroot(), encoding="unicode")
+    write_atomic(path, f"<?xml version='1.0' encoding='utf-8'?>\n{text}\n")
 
 
 @hookimpl

@@ -189,7 +189,9 @@ class UAPFoolingRate(Metric):
     - Memory: the fit set (at most ``fit_limit`` samples) is held on the device during the
       fit; the audit split is evaluated one batch at a time, keeping per-sample flags only.
 
-    details: the fit fooling rate and its history, the passes, ‖v‖_p, the fooling rate of
+    details: ``held_out`` (False when the data source has no separate reference split, so v
+    was fitted on the audited samples themselves and the rate is not a held-out figure), the
+    fit fooling rate and its history, the passes, ‖v‖_p, the fooling rate of
     random noise of the same norm as v (one draw per sample: a random vertex of the cube for
     ℓ∞, a uniformly random direction for ℓ2), and the paper's section 4 evidence of a shared
     low-dimensional subspace: the top singular values (divided by the largest) of the matrix
@@ -226,6 +228,7 @@ class UAPFoolingRate(Metric):
                 "fit_history": list(fit.history),
                 "passes": fit.passes,
                 "fit_samples": min(params.fit_limit, len(ctx.data(ctx.reference))),
+                "held_out": not ctx.reference_is_split,
                 "perturbation_norm": size,
                 "noise_fooling_rate": noise_rate,
                 "normals": int(normals.shape[0]),

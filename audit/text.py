@@ -1,0 +1,15 @@
+"""Text from specs and plugins made safe for a terminal (design §9)."""
+
+from __future__ import annotations
+
+import re
+
+#: C0 controls but tab and newline, DEL, and C1 controls: what a terminal would act on (colours,
+#: cursor moves, titles, bells) rather than show.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: object) -> str:
+    """``text`` as a string whose control characters are shown escaped (``\\x1b``), never sent
+    raw to the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))

@@ -30,8 +30,14 @@ def write_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically: into a temporary file in the same folder,
     flushed to disk, then renamed over ``path`` (design §5). A failed or concurrent write never
     leaves a truncated report where a valid one stood; the temporary file is removed on failure.
+    A target that exists but is not a regular file (``/dev/stdout``, a pipe) is written in place:
+    renaming over it would replace the device or pipe itself.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -270,6 +270,12 @@ class TorchvisionSource(DataSource):
             try:
                 dataset = cls(str(root), download=False, transform=transforms.ToTensor(),
                               **selector)
+            except TypeError as exc:
+                raise UsageError(
+                    f"data.dataset: torchvision.datasets.{options.dataset} needs constructor "
+                    f"arguments that robaudit does not give ({exc}); save the data as .npz "
+                    "and use `source: npz`"
+                ) from None
             except (RuntimeError, OSError) as exc:
                 raise UsageError(
                     f"data.root: {options.dataset} ({split} split) must already be on disk "

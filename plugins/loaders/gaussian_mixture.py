@@ -3,6 +3,8 @@ intertwinedness (Ghorbani & Zou 2017, Appendix E, Algorithm 3)."""
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,6 +14,18 @@ from pydantic import Field, model_validator
 
 from robaudit import DataSplit, hookimpl
 from robaudit.datasource import DataSource, SourceOptions
+
+#: Bytes a sample value takes while the mixture is drawn: the float32 noise, the shifted and
+#: clipped copy, and the split tensor returned.
+BYTES_PER_VALUE = 12
+
+
+def physical_memory() -> float:
+    """The machine's memory in bytes (infinite where the platform does not say)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return math.inf
 
 
 class MixtureOptions(SourceOptions):
@@ -31,7 +45,8 @@ class MixtureOptions(SourceOptions):
                     "1 = Algorithm 3's uniform means; smaller = more intertwined",
     )
     box: tuple[float, float] = Field((0.0, 1.0), description="the box [low, high]^d")
-    seed: int = Field(0, description="the data's own seed (independent of the audit seed)")
+    seed: int = Field(0, ge=0, le=2**63 - 1,
+                      description="the data's own seed (independent of the audit seed)")
 
     @model_validator(mode="after")
     def _consistent(self) -> MixtureOptions:
@@ -41,6 +56,12 @@ class MixtureOptions(SourceOptions):
             raise ValueError("every entry of shape must be >= 1")
         if not self.box[0] < self.box[1]:
             raise ValueError(f"box must be [low, high] with low < high, got {list(self.box)}")
+        needed = self.clusters * (self.points + self.test_points) * math.prod(self.sample_shape)
+        needed *= BYTES_PER_VALUE
+        if needed > physical_memory() / 2:
+            raise ValueError(f"the mixture needs about {needed / 2**30:,.1f} GiB "
+                             f"(clusters × (points + test_points) × sample size); this machine "
+                             f"has {physical_memory() / 2**30:,.1f} GiB")
         return self
 
     @property

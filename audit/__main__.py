@@ -8,7 +8,11 @@ import sys
 
 
 def main() -> int:
-    """Import the command line, then run it; an interrupt during the import is exit 2."""
+    """Import the command line, then run it; an interrupt during the import is exit 2. OpenMP's
+    wait policy is chosen first: it is read when torch starts (see ``robaudit.threads``)."""
+    from robaudit.threads import prefer_passive_waiting
+
+    prefer_passive_waiting()
     try:
         from robaudit.cli import main as run
     except KeyboardInterrupt:

@@ -1,4 +1,7 @@
-"""The ``robaudit`` command line (design.md §4)."""
+"""The ``robaudit`` command line (design.md §4).
+
+Heavy modules (torch, the plugins, the runner) are imported only by the commands that use them,
+so that ``robaudit --help`` and ``robaudit --version`` answer at once."""
 
 from __future__ import annotations
 
@@ -8,19 +11,29 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 import robaudit
-from robaudit.errors import SpecError, UsageError
-from robaudit.pluginmanager import Plugins, load_plugins
-from robaudit.session import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Session
-from robaudit.spec import spec_json_schema
+from robaudit.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    SpecError,
+    UsageError,
+)
 from robaudit.text import printable
+from robaudit.threads import default_threads
+
+if TYPE_CHECKING:
+    from robaudit.pluginmanager import Plugins
+
+#: The commands that read the plugins (their metrics, data sources and command-line options).
+PLUGIN_COMMANDS = ("run", "validate", "metrics", "plugins", "schema")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +56,7 @@ def _prescan_plugins(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return blocked, extra
 
 
-def _build_parser(plugins: Plugins) -> _Parser:
+def _build_parser(plugins: Plugins | None) -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                         help="load plugin module NAME early; `-p no:NAME` blocks plugin NAME")
@@ -67,14 +80,15 @@ def _build_parser(plugins: Plugins) -> _Parser:
     run.add_argument("--device", help="override the spec's device: auto, cpu, cuda, cuda:N")
     run.add_argument("--seed", type=int, help="override the spec's seed")
     run.add_argument("--threads", type=int, metavar="N",
-                     help="CPU threads for torch (default: torch's); 1 avoids oversubscription "
-                          "on a busy shared machine")
+                     help="CPU threads for torch (default: one per core available to the "
+                          "process, waiting passively; see README)")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY.PATH=VALUE", help="override a spec value (YAML value)")
     run.add_argument("--timeout", type=float, metavar="S",
                      help="seconds a check may run before it is `error` (a check's own "
                           "`timeout` wins)")
-    plugins.hook.robaudit_addoption.call_historic(kwargs={"parser": run})
+    if plugins is not None:
+        plugins.hook.robaudit_addoption.call_historic(kwargs={"parser": run})
 
     validate = sub.add_parser("validate", parents=[common], help="validate specs, run nothing")
     validate.add_argument("specs", nargs="+", metavar="SPEC")
@@ -172,6 +186,13 @@ def _cmd_zoo(options: argparse.Namespace, console: Console) -> int:
 
 
 def _dispatch(argv: list[str], console: Console) -> int:
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command not in PLUGIN_COMMANDS:  # --help, --version, zoo: no plugins needed
+        options = _build_parser(None).parse_args(argv)
+        return _cmd_zoo(options, console)
+
+    from robaudit.pluginmanager import load_plugins
+
     blocked, extra = _prescan_plugins(argv)
     plugins = load_plugins(blocked, extra)
     parser = _build_parser(plugins)
@@ -183,10 +204,14 @@ def _dispatch(argv: list[str], console: Console) -> int:
     if options.command == "plugins":
         return _cmd_plugins(plugins, console)
     if options.command == "schema":
+        from robaudit.spec import spec_json_schema
+
         print(json.dumps(spec_json_schema(plugins), indent=2))
         return EXIT_OK
-    if options.command == "zoo":
-        return _cmd_zoo(options, console)
+    import torch
+
+    from robaudit.session import Session
+
     session = Session(plugins, options)
     if options.command == "validate":
         for spec in session.load(options.specs):
@@ -194,10 +219,9 @@ def _dispatch(argv: list[str], console: Console) -> int:
         return EXIT_OK
     if options.timeout is not None and not (0 < options.timeout < float("inf")):
         raise UsageError(f"--timeout {options.timeout}: expected a positive number of seconds")
-    if options.threads is not None:
-        if options.threads < 1:
-            raise UsageError(f"--threads {options.threads}: expected a positive number")
-        torch.set_num_threads(options.threads)
+    if options.threads is not None and options.threads < 1:
+        raise UsageError(f"--threads {options.threads}: expected a positive number")
+    torch.set_num_threads(options.threads or default_threads())
     plugins.hook.robaudit_configure(options=options, pluginmanager=plugins.pm)
     _, code = session.run(options.specs)
     for failure in session.hook_failures:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+#: Exit codes (design §4, pytest's meanings).
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_CHECKS = range(6)
+
 
 class RobauditError(Exception):
     """Base class of robaudit's own errors."""

@@ -16,7 +16,17 @@ import torch
 
 from robaudit.context import AuditContext, DataSplit, RunCache, silent_progress
 from robaudit.datafit import input_problems, model_problems, non_finite_outputs
-from robaudit.errors import MetricError, ParamError, SpecError, UsageError
+from robaudit.errors import (
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_NO_CHECKS,
+    EXIT_OK,
+    MetricError,
+    ParamError,
+    SpecError,
+    UsageError,
+)
 from robaudit.guard import CheckTimeout, deadline, shielded, terminate_as_interrupt
 from robaudit.model import ModelUnderAudit
 from robaudit.ops.stats import mean_interval
@@ -24,8 +34,7 @@ from robaudit.pluginmanager import Plugins
 from robaudit.results import AuditResult, CheckResult, Outcome
 from robaudit.selection import keyword_matches, marker_matches
 from robaudit.spec import AuditSpec, Check, ModelSpec, load_spec
-
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_CHECKS = range(6)
+from robaudit.threads import thread_setting
 
 
 @dataclass
@@ -83,7 +92,8 @@ def environment(device: torch.device) -> dict[str, str]:
         name = torch.cuda.get_device_name(device)
     else:
         name = platform.processor() or platform.machine() or "cpu"
-    return {"python": platform.python_version(), "torch": torch.__version__, "device_name": name}
+    return {"python": platform.python_version(), "torch": torch.__version__, "device_name": name,
+            "threads": thread_setting(torch.get_num_threads())}
 
 
 def outcome_of(value: float, expect: dict[str, float]) -> tuple[Outcome, str]:

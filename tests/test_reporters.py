@@ -23,8 +23,9 @@ from robaudit.results import AuditResult, CheckResult, jsonable
 
 CHECK_KEYS = ["id", "metric", "outcome", "value", "ci", "expect", "params", "details",
               "message", "duration_s"]
+#: design §5's keys in its order, with the extensions it allows before `checks`
 AUDIT_KEYS = ["robaudit", "audit", "spec", "outcome", "summary", "duration_s", "seed", "device",
-              "environment", "checks"]
+              "environment", "interrupted", "data", "checks"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ENV = {"python": "3.11.7", "torch": "2.14.1", "device_name": "cpu"}
 
@@ -176,8 +177,9 @@ def test_interrupted_run_still_writes_every_report(tmp_path):
     opts = options(tmp_path, json_path="r.json", junitxml_path="r.xml", html_path="r.html")
     for module in (json_report, junitxml, html):
         module.robaudit_report(results=[result], options=opts)
-    assert [c["id"] for c in json.loads((tmp_path / "r.json").read_text())["checks"]] == [
-        "spearman"]
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["interrupted"] is True
+    assert [c["id"] for c in data["checks"]] == ["spearman"]
     suite = ET.parse(tmp_path / "r.xml").getroot().find("testsuite")
     assert suite.find("properties/property[@name='interrupted']").get("value") == "true"
     assert "interrupted" in (tmp_path / "r.html").read_text()

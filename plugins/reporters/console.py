@@ -23,6 +23,7 @@ from robaudit.context import ProgressFactory, ProgressTask
 from robaudit.results import AuditResult, CheckResult, jsonable
 from robaudit.session import AuditPlan
 from robaudit.text import printable
+from robaudit.threads import thread_setting
 
 STYLES = {"passed": "green", "failed": "red", "error": "red", "skipped": "yellow"}
 WORDS = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR", "skipped": "SKIPPED"}
@@ -80,7 +81,8 @@ class ConsoleReporter:
         self.rule("robaudit session starts")
         self.console.print(
             f"robaudit {robaudit.__version__}, python {platform.python_version()}, "
-            f"torch {torch.__version__}, device {plan.device}, seed {plan.spec.model.seed}"
+            f"torch {torch.__version__}, device {plan.device}, seed {plan.spec.model.seed}, "
+            f"threads {thread_setting(torch.get_num_threads())}"
         )
         model = plan.spec.model.model
         where = model.factory or model.torchscript

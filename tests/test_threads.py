@@ -1,0 +1,69 @@
+"""The thread policy's logic (issue #8): its timing is measured in bench/threads.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, ROOT, TOY_HEADER
+
+from robaudit.threads import available_cpus, cgroup_cpus, prefer_passive_waiting, thread_setting
+
+
+@pytest.mark.parametrize("text, cores", [("max 100000\n", None), ("200000 100000\n", 2.0),
+                                         ("150000 100000", 1.5), ("garbage", None)])
+def test_cgroup_v2_quota(tmp_path, text, cores):
+    (tmp_path / "cpu.max").write_text(text)
+    missing = (tmp_path / "no1", tmp_path / "no2")
+    assert cgroup_cpus(tmp_path / "cpu.max", missing) == cores
+
+
+def test_cgroup_v1_quota(tmp_path):
+    quota, period = tmp_path / "q", tmp_path / "p"
+    quota.write_text("50000\n")
+    period.write_text("100000\n")
+    assert cgroup_cpus(tmp_path / "absent", (quota, period)) == 0.5
+    quota.write_text("-1\n")
+    assert cgroup_cpus(tmp_path / "absent", (quota, period)) is None
+
+
+@pytest.mark.parametrize("affinity, quota, expected", [
+    (2, None, 2), (16, 2.0, 2), (16, 1.5, 2), (4, 8.0, 4), (8, 0.5, 1), (1, None, 1)])
+def test_available_cpus(affinity, quota, expected):
+    assert available_cpus(affinity, quota) == expected
+
+
+def test_passive_waiting_keeps_a_users_choice():
+    environ = {"OMP_WAIT_POLICY": "ACTIVE"}
+    prefer_passive_waiting(environ)
+    assert environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    empty: dict[str, str] = {}
+    prefer_passive_waiting(empty)
+    assert empty == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert thread_setting(3, empty) == "3 (passive wait)"
+
+
+def _environment(spec: Path, tmp_path: Path, *args: str, **env: str) -> dict[str, str]:
+    report = tmp_path / "r.json"
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",
+                                                             "OMP_NUM_THREADS")}
+    done = subprocess.run(
+        [sys.executable, "-m", "robaudit", "run", str(spec), "-p", "toy_plugin", "--json",
+         str(report), *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**base, "PYTHONPATH": str(FIXTURES), **env})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "threads " in done.stdout.splitlines()[1]
+    return json.loads(report.read_text())["environment"]
+
+
+def test_the_run_shows_and_records_its_setting(write_spec, tmp_path):
+    spec = write_spec(TOY_HEADER + "checks:\n  - metric: constant\n")
+    expected = available_cpus(len(os.sched_getaffinity(0)), cgroup_cpus())
+    assert _environment(spec, tmp_path)["threads"] == f"{expected} (passive wait)"
+    assert _environment(spec, tmp_path, "--threads", "1",
+                        OMP_WAIT_POLICY="ACTIVE")["threads"] == "1 (active wait)"

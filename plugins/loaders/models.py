@@ -1,4 +1,8 @@
-"""The built-in model loader: ``factory`` (+ ``kwargs``, ``weights``) or ``torchscript``."""
+"""The built-in model loader: ``factory`` (+ ``kwargs``, ``weights``) or ``torchscript``.
+
+Trust (design §9): a factory runs the code it names, and ``torch.jit.load`` runs the program a
+TorchScript file holds, so both are code to trust like a conftest.py; weights are data and load
+with ``weights_only=True``."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from rich.table import Table
 
 import robaudit
 from robaudit.errors import (
+    EXIT_FAILED,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from robaudit.pluginmanager import Plugins
 
 #: The commands that read the plugins (their metrics, data sources and command-line options).
-PLUGIN_COMMANDS = ("run", "validate", "metrics", "plugins", "schema")
+PLUGIN_COMMANDS = ("run", "validate", "metrics", "plugins", "schema", "compare")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,6 +85,11 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
                           "process, waiting passively; see README)")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY.PATH=VALUE", help="override a spec value (YAML value)")
+    run.add_argument("--strict", action="store_true",
+                     help="a `warned` check (severity: warn) counts as failed")
+    run.add_argument("--baseline", metavar="REPORT.json",
+                     help="compare each check with the same check of an earlier JSON report "
+                          "(`expect.regression` gates on it)")
     run.add_argument("--timeout", type=float, metavar="S",
                      help="seconds a check may run before it is `error` (a check's own "
                           "`timeout` wins)")
@@ -98,6 +104,15 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
     metrics.add_argument("--markdown", action="store_true",
                          help="print a Markdown table (the one in README.md)")
     sub.add_parser("plugins", parents=[common], help="list the loaded plugins")
+    compare = sub.add_parser("compare", parents=[common],
+                             help="compare two JSON reports check by check")
+    compare.add_argument("old", metavar="OLD.json")
+    compare.add_argument("new", metavar="NEW.json")
+    compare.add_argument("--tolerance", type=float, metavar="TOL",
+                         help="a check worse than OLD by more than TOL regressed (a check's own "
+                              "`expect.regression` wins)")
+    compare.add_argument("--markdown", action="store_true",
+                         help="print a Markdown table (for a pull-request comment)")
     sub.add_parser("schema", parents=[common], help="print the JSON Schema of a spec")
 
     zoo = sub.add_parser("zoo", parents=[common], help="the models robaudit ships")
@@ -164,6 +179,31 @@ def _cmd_plugins(plugins: Plugins, console: Console) -> int:
     return EXIT_OK
 
 
+def _cmd_compare(plugins: Plugins, console: Console, options: argparse.Namespace) -> int:
+    from robaudit.compare import HEADER, compare_reports, markdown, read_report, table_rows
+
+    if options.tolerance is not None and not options.tolerance >= 0:
+        raise UsageError(f"--tolerance {options.tolerance}: expected a number >= 0")
+    directions = {name: m.higher_is_better for name, m in plugins.metrics.items()}
+    rows = compare_reports(read_report(options.old), read_report(options.new),
+                           options.tolerance, directions)
+    if options.markdown:
+        print(markdown(rows, options.old, options.new))
+    else:
+        table = Table(title=f"robaudit compare {escape(options.old)} → {escape(options.new)}")
+        for column in HEADER:
+            table.add_column(column)
+        styles = {"regressed": "red", "worse": "yellow", "better": "green", "ok": "green"}
+        for row, cells in zip(rows, table_rows(rows), strict=True):
+            table.add_row(*map(safe_cell, cells), style=styles.get(row.verdict))
+        console.print(table)
+    return EXIT_FAILED if any(r.verdict == "regressed" for r in rows) else EXIT_OK
+
+
+def safe_cell(text: str) -> str:
+    return escape(printable(text))
+
+
 def _cmd_zoo(options: argparse.Namespace, console: Console) -> int:
     from robaudit import zoo
 
@@ -203,6 +243,8 @@ def _dispatch(argv: list[str], console: Console) -> int:
         return _cmd_metrics(plugins, console, options.markdown)
     if options.command == "plugins":
         return _cmd_plugins(plugins, console)
+    if options.command == "compare":
+        return _cmd_compare(plugins, console, options)
     if options.command == "schema":
         from robaudit.spec import spec_json_schema
 

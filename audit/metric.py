@@ -63,6 +63,7 @@ class Metric(ABC):
     higher_is_better  the direction of ``value`` (shown by ``robaudit metrics``).
     source            the paper and section the metric implements.
     uses_data         False for a metric that reads only the weights (see below).
+    has_interval      False for a metric whose value has no confidence interval.
     """
 
     name: ClassVar[str]
@@ -72,6 +73,9 @@ class Metric(ABC):
     #: whether the metric runs the model on the data; False for bounds read from the weights
     #: alone. A check that uses the data is ``error`` when the model's outputs are not finite.
     uses_data: ClassVar[bool] = True
+    #: whether the value comes with a 95% interval (per-sample ``samples`` or an explicit
+    #: ``ci``); ``expect.by: ci`` on a metric without one is a spec error.
+    has_interval: ClassVar[bool] = True
 
     @abstractmethod
     def compute(self, ctx: AuditContext, params: Any) -> MetricResult:

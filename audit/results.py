@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from robaudit.figures import Figure
 
-Outcome = Literal["passed", "failed", "error", "skipped"]
-OUTCOMES: tuple[Outcome, ...] = ("passed", "failed", "error", "skipped")
+Outcome = Literal["passed", "failed", "error", "skipped", "warned"]
+OUTCOMES: tuple[Outcome, ...] = ("passed", "failed", "error", "skipped", "warned")
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class CheckResult:
     outcome: Outcome
     value: float | None
     ci: tuple[float, float] | None
-    expect: dict[str, float]
+    expect: dict[str, Any]
     params: dict[str, Any]
     details: dict[str, Any]
     message: str
@@ -33,6 +33,11 @@ class CheckResult:
     figures: tuple[Figure, ...] = ()
     traceback: str | None = None
     higher_is_better: bool | None = None
+    baseline: dict[str, Any] | None = None
+
+    @property
+    def severity(self) -> str:
+        return str(self.expect.get("severity", "fail"))
 
 
 @dataclass
@@ -47,10 +52,11 @@ class AuditResult:
     checks: list[CheckResult] = field(default_factory=list)
     duration_s: float = 0.0
     interrupted: bool = False
+    model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, int]:
-        counts = dict.fromkeys(("passed", "failed", "error", "skipped"), 0)
+        counts = dict.fromkeys(("passed", "failed", "error", "skipped", "warned"), 0)
         for check in self.checks:
             counts[check.outcome] += 1
         return counts
@@ -58,12 +64,9 @@ class AuditResult:
     @property
     def outcome(self) -> Outcome:
         counts = self.summary()
-        if counts["error"]:
-            return "error"
-        if counts["failed"]:
-            return "failed"
-        if counts["passed"]:
-            return "passed"
+        for outcome in ("error", "failed", "warned", "passed"):
+            if counts[outcome]:
+                return outcome  # type: ignore[return-value]
         return "skipped"
 
 

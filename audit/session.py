@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+import robaudit
+from robaudit.baseline import Baseline, Delta, compare_values, load_baseline
 from robaudit.context import AuditContext, DataSplit, RunCache, silent_progress
 from robaudit.datafit import input_problems, model_problems, non_finite_outputs
 from robaudit.errors import (
@@ -27,7 +29,9 @@ from robaudit.errors import (
     SpecError,
     UsageError,
 )
+from robaudit.gate import VerdictError, verdict
 from robaudit.guard import CheckTimeout, deadline, shielded, terminate_as_interrupt
+from robaudit.identity import data_fingerprint, model_identity
 from robaudit.model import ModelUnderAudit
 from robaudit.ops.stats import mean_interval
 from robaudit.pluginmanager import Plugins
@@ -46,6 +50,8 @@ class AuditPlan:
                         the audit split itself (a "held-out" figure is then not held out).
     blocked             check id → why it cannot run (its ``check_data`` raised, or the model's
                         outputs on the data are not finite): it is reported as ``error``.
+    model_identity      what was audited (JSON ``model``) and ``data_identity`` on what (JSON
+                        ``data``, with the audited tensors' fingerprint); set by ``prepare``.
     """
 
     spec: AuditSpec
@@ -55,6 +61,8 @@ class AuditPlan:
     data_summary: dict[str, int] = field(default_factory=dict)
     reference_is_split: bool = False
     blocked: dict[str, str] = field(default_factory=dict)
+    model_identity: dict[str, Any] = field(default_factory=dict)
+    data_identity: dict[str, Any] = field(default_factory=dict)
 
 
 def check_seed(seed: int, check_id: str) -> int:
@@ -96,21 +104,6 @@ def environment(device: torch.device) -> dict[str, str]:
             "threads": thread_setting(torch.get_num_threads())}
 
 
-def outcome_of(value: float, expect: dict[str, float]) -> tuple[Outcome, str]:
-    """Compare a value with ``min`` / ``max`` thresholds; the message says why."""
-    low, high = expect.get("min"), expect.get("max")
-    if low is not None and value < low:
-        return "failed", f"{value:.4g} < min {low:.4g}"
-    if high is not None and value > high:
-        return "failed", f"{value:.4g} > max {high:.4g}"
-    parts = []
-    if low is not None:
-        parts.append(f"{value:.4g} >= {low:.4g}")
-    if high is not None:
-        parts.append(f"{value:.4g} <= {high:.4g}")
-    return "passed", " and ".join(parts) or f"{value:.4g} (no threshold)"
-
-
 class Session:
     """Runs specs with the loaded plugins and the parsed command-line options."""
 
@@ -120,8 +113,16 @@ class Session:
         self.hook = plugins.hook
         self.maxfail: int = getattr(options, "maxfail", 0) or 0
         self.failures = 0
+        #: ``--strict``: a ``warned`` check counts as failed
+        self.strict: bool = bool(getattr(options, "strict", False))
+        baseline = getattr(options, "baseline", None)
+        self.baseline: Baseline | None = load_baseline(baseline) if baseline else None
         #: what plugins raised in reporting hooks; the run goes on, the exit code says so
         self.hook_failures: list[str] = []
+
+    def counts_as_failure(self, outcome: Outcome) -> bool:
+        """``failed`` and ``error``, and ``warned`` under ``--strict``."""
+        return outcome in ("failed", "error") or (self.strict and outcome == "warned")
 
     def notify(self, name: str, **kwargs: Any) -> None:
         """Call every implementation of hook ``name`` on its own, in pluggy's order, so that one
@@ -254,10 +255,12 @@ class Session:
         """The check's own ``timeout``, else ``--timeout``, else none."""
         return check.timeout or getattr(self.options, "timeout", None)
 
-    def run_check(self, check: Check, ctx: AuditContext, blocked: str | None = None
-                  ) -> CheckResult:
-        """Compute one check and judge it. A metric that raises (``SystemExit`` included) or
-        runs past its timeout makes it ``error``; so does a ``blocked`` reason found before."""
+    def run_check(self, check: Check, ctx: AuditContext, blocked: str | None = None,
+                  fingerprint: str | None = None) -> CheckResult:
+        """Compute one check and judge it (:func:`robaudit.gate.verdict`). A metric that raises
+        (``SystemExit`` included) or runs past its timeout makes it ``error``; so does a
+        ``blocked`` reason found before. ``fingerprint`` (of the audited data) pairs the check
+        with its ``--baseline`` sample by sample."""
         params = check.params.model_dump(mode="json")
         start = time.perf_counter()
         common = {"id": check.id, "metric": check.metric.name, "expect": check.expect,
@@ -285,18 +288,45 @@ class Session:
         samples = None if result.samples is None else np.asarray(result.samples, dtype=float)
         ci = result.ci if result.ci is not None else (
             mean_interval(samples) if samples is not None else None)
+        ci = None if ci is None else (float(ci[0]), float(ci[1]))
+        sample_list = None if samples is None else samples.tolist()
+        baseline = self.baseline_delta(check, ctx.run_seed, value, sample_list, params,
+                                       fingerprint)
+        outcome: Outcome
         if not np.isfinite(value):
-            outcome: Outcome = "error"
-            message = f"the metric returned a non-finite value ({value})"
+            outcome, message = "error", f"the metric returned a non-finite value ({value})"
+        elif "regression" in check.expect and baseline[0] and "missing" in baseline[0]:
+            outcome, message = "error", baseline[0]["missing"]
         else:
-            outcome, message = outcome_of(value, check.expect)
+            try:
+                outcome, message = verdict(value, ci, check.expect, baseline[1])
+            except VerdictError as exc:
+                outcome, message = "error", str(exc)
         return CheckResult(
-            outcome=outcome, value=value if np.isfinite(value) else None,
-            ci=None if ci is None else (float(ci[0]), float(ci[1])),
+            outcome=outcome, value=value if np.isfinite(value) else None, ci=ci,
             details=result.details, message=message, duration_s=duration,
-            samples=None if samples is None else tuple(samples.tolist()),
-            figures=tuple(result.figures), **common,
+            samples=None if sample_list is None else tuple(sample_list),
+            figures=tuple(result.figures), baseline=baseline[0], **common,
         )
+
+    def baseline_delta(self, check: Check, seed: int, value: float,
+                       samples: list[float] | None, params: dict[str, Any],
+                       fingerprint: str | None) -> tuple[dict[str, Any] | None, Delta | None]:
+        """With ``--baseline``: the report's ``baseline`` object of this check and its
+        :class:`Delta`; (None, None) without a baseline or a usable baseline check."""
+        if self.baseline is None or not np.isfinite(value):
+            return None, None
+        old = self.baseline.checks.get(check.id)
+        if old is None or not isinstance(old.get("value"), (int, float)):
+            why = "has no check" if old is None else "has no value for the check"
+            return {"missing": f"{self.baseline.path} {why} {check.id!r}"}, None
+        delta = compare_values(
+            float(old["value"]), old.get("samples"), value, samples,
+            check.metric.higher_is_better, seed=seed, check_id=check.id,
+            same_data=fingerprint is not None and fingerprint == self.baseline.fingerprint)
+        notes = self.baseline.notes_for(old, params, robaudit.__version__, fingerprint)
+        return {"value": old["value"], "delta": delta.delta, "ci": delta.ci,
+                "paired": delta.paired, "notes": list(notes)}, delta
 
     def check_params_against_data(self, plan: AuditPlan, base: AuditContext) -> None:
         """Every selected check's :meth:`Metric.check_data`, before any check runs. A
@@ -346,20 +376,26 @@ class Session:
         )
         self.check_params_against_data(plan, base)
         self.check_model_outputs(plan, base)
+        plan.model_identity = model_identity(spec.model.model, spec.base_dir,
+                                             models["model"].module)
+        data = spec.model.data
+        plan.data_identity = {"source": data.source, "split": data.split,
+                              "reference": data.reference, "sizes": dict(plan.data_summary),
+                              "reference_is_split": plan.reference_is_split,
+                              "fingerprint": data_fingerprint(splits[data.split])}
         return base
 
     def run_plan(self, plan: AuditPlan, base: AuditContext, result: AuditResult) -> bool:
         """Run a plan's checks into ``result``; False when ``--maxfail`` stopped the session."""
         self.notify("robaudit_audit_start", plan=plan)
-        result.data = {"source": plan.spec.model.data.source, "split": base.split,
-                       "reference": base.reference, "sizes": dict(plan.data_summary),
-                       "reference_is_split": plan.reference_is_split}
+        result.model, result.data = plan.model_identity, plan.data_identity
+        fingerprint = plan.data_identity.get("fingerprint")
         for check in plan.checks:
             check_result = self.run_check(check, self.check_context(check, base),
-                                          plan.blocked.get(check.id))
+                                          plan.blocked.get(check.id), fingerprint)
             result.checks.append(check_result)
             self.notify("robaudit_check_finished", result=check_result)
-            if check_result.outcome in ("failed", "error"):
+            if self.counts_as_failure(check_result.outcome):
                 self.failures += 1
                 if self.maxfail and self.failures >= self.maxfail:
                     return False
@@ -400,7 +436,7 @@ class Session:
                 code = EXIT_INTERRUPTED
             finally:
                 self.write_reports(results)
-        if code == EXIT_OK and any(c.outcome in ("failed", "error")
+        if code == EXIT_OK and any(self.counts_as_failure(c.outcome)
                                    for r in results for c in r.checks):
             code = EXIT_FAILED
         if self.hook_failures and code != EXIT_INTERRUPTED:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -108,10 +108,18 @@ class DataSpec(InputModel):
 
 
 class Expect(_Strict):
-    """Thresholds: pass when ``min <= value <= max`` (either may be left out)."""
+    """Thresholds: pass when ``min <= value <= max`` (either may be left out); see
+    :mod:`robaudit.gate` for ``severity``, ``by`` and ``regression``."""
 
     min: float | None = None
     max: float | None = None
+    severity: Literal["fail", "warn"] = Field(
+        "fail", description="`warn`: a violation is `warned` and leaves the exit code alone")
+    by: Literal["value", "ci"] = Field(
+        "value", description="`ci`: the whole 95% interval must be on the passing side")
+    regression: float | None = Field(
+        None, ge=0, description="with --baseline: fail when worse than the baseline's value "
+                                "by more than this, in the metric's bad direction")
 
     @model_validator(mode="after")
     def _ordered(self) -> Expect:
@@ -119,8 +127,9 @@ class Expect(_Strict):
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         return self
 
-    def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in (("min", self.min), ("max", self.max)) if v is not None}
+    def as_dict(self) -> dict[str, Any]:
+        """The thresholds given, with ``severity`` and ``by`` only where not the default."""
+        return self.model_dump(exclude_defaults=True)
 
 
 class CheckSpec(_Strict):
@@ -155,10 +164,14 @@ class Check:
     id: str
     metric: Metric
     params: MetricParams
-    expect: dict[str, float]
+    expect: dict[str, Any]
     tags: tuple[str, ...]
     index: int
     timeout: float | None = None
+
+    @property
+    def severity(self) -> str:
+        return str(self.expect.get("severity", "fail"))
 
 
 @dataclass(frozen=True)
@@ -368,6 +381,10 @@ def load_spec(path: str | Path, plugins: Plugins, overrides: Iterable[str] = ())
         except ValidationError as exc:
             problems.add_validation(("checks", index, "params"), exc)
             continue
+        if check.expect.by == "ci" and not metric.has_interval:
+            problems.add(("checks", index, "expect", "by"),
+                         f"`by: ci` needs an interval, and {metric.name} gives none; "
+                         "use `by: value`")
         checks.append(Check(check_id, metric, params, check.expect.as_dict(), tuple(check.tags),
                             index, check.timeout))
     if problems.items:

@@ -25,8 +25,10 @@ from robaudit.session import AuditPlan
 from robaudit.text import printable
 from robaudit.threads import thread_setting
 
-STYLES = {"passed": "green", "failed": "red", "error": "red", "skipped": "yellow"}
-WORDS = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR", "skipped": "SKIPPED"}
+STYLES = {"passed": "green", "failed": "red", "error": "red", "skipped": "yellow",
+          "warned": "yellow"}
+WORDS = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR", "skipped": "SKIPPED",
+         "warned": "WARNED"}
 
 
 def safe(text: object) -> str:
@@ -129,7 +131,7 @@ class ConsoleReporter:
     def robaudit_report(self, results: list[AuditResult], options: argparse.Namespace) -> None:
         self.stop_bar()
         checks = [c for r in results for c in r.checks]
-        bad = [c for c in checks if c.outcome in ("failed", "error")]
+        bad = [c for c in checks if c.outcome in ("failed", "error", "warned")]
         if any(r.interrupted for r in results):
             self.console.print("\n[red]!!! KeyboardInterrupt: the run was interrupted !!![/]")
         if bad and self.verbosity >= 0:
@@ -140,13 +142,14 @@ class ConsoleReporter:
         counts: dict[str, int] = {}
         for check in checks:
             counts[check.outcome] = counts.get(check.outcome, 0) + 1
-        order = ("failed", "passed", "error", "skipped")
+        order = ("failed", "passed", "warned", "error", "skipped")
         parts = [f"{counts[o]} {'errors' if o == 'error' and counts[o] > 1 else o}"
                  for o in order if counts.get(o)]
         if not checks:
             parts = ["no checks ran"]
         elapsed = sum(r.duration_s for r in results)
-        style = "red" if bad else ("green" if checks else "yellow")
+        failed = any(c.outcome in ("failed", "error") for c in checks)
+        style = "red" if failed else ("yellow" if bad or not checks else "green")
         self.rule(f"{', '.join(parts)} in {elapsed:.2f}s", style)
 
 

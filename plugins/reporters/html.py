@@ -198,7 +198,7 @@ def _slug(text: str) -> str:
 
 def overall_outcome(results: list[AuditResult]) -> Outcome:
     found = {r.outcome for r in results if r.checks}
-    return next((o for o in ("error", "failed", "passed") if o in found), "skipped")
+    return next((o for o in ("error", "failed", "warned", "passed") if o in found), "skipped")
 
 
 def check_view(check: CheckResult, anchor: str) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """The JSON report (``--json PATH``): design.md §5, key for key and in that order, then its
-extensions: ``interrupted`` (whether the run was cut short) and ``data`` (the source, the split
-names and the number of samples of each split used, the reference subset included).
+extensions: ``interrupted`` (whether the run was cut short), ``model`` (the factory or
+TorchScript path, the weights and their sha256, the parameter count) and ``data`` (the source,
+the split names and sizes used, the reference subset included, and a sha256 ``fingerprint`` of
+the audited tensors); ``summary`` counts ``warned`` too.
 
 One spec writes its object to ``PATH``. Several specs in one run write one object per spec,
 to ``PATH`` with the spec file's stem inserted before the suffix: ``--json r.json`` with
@@ -25,10 +27,16 @@ from robaudit.errors import UsageError
 from robaudit.reportpath import ensure_writable, write_atomic
 from robaudit.results import AuditResult, CheckResult, jsonable
 
+#: Per-sample values are written up to this many per check (design §5).
+MAX_SAMPLES = 100_000
+
 
 def check_json(check: CheckResult) -> dict[str, Any]:
-    """One entry of the report's ``checks`` list."""
-    return {
+    """One entry of the report's ``checks`` list: design §5's keys, then ``severity``, the
+    per-sample ``samples`` (for a later ``--baseline`` run; left out above
+    :data:`MAX_SAMPLES`) and, with ``--baseline``, ``baseline`` (its value, the delta and the
+    delta's paired interval, and notes on what differs)."""
+    entry = {
         "id": check.id,
         "metric": check.metric,
         "outcome": check.outcome,
@@ -39,7 +47,13 @@ def check_json(check: CheckResult) -> dict[str, Any]:
         "details": jsonable(check.details),
         "message": check.message,
         "duration_s": jsonable(check.duration_s),
+        "severity": check.severity,
     }
+    if check.samples is not None and len(check.samples) <= MAX_SAMPLES:
+        entry["samples"] = jsonable(list(check.samples))
+    if check.baseline is not None:
+        entry["baseline"] = jsonable(check.baseline)
+    return entry
 
 
 def audit_json(result: AuditResult) -> dict[str, Any]:
@@ -55,6 +69,7 @@ def audit_json(result: AuditResult) -> dict[str, Any]:
         "device": result.device,
         "environment": jsonable(result.environment),
         "interrupted": result.interrupted,
+        "model": jsonable(result.model),
         "data": jsonable(result.data),
         "checks": [check_json(c) for c in result.checks],
     }

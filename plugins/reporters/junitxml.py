@@ -2,12 +2,15 @@
 
 One ``<testsuites>`` holds one ``<testsuite name=AUDIT>`` per spec and one ``<testcase
 classname="robaudit.SPEC_STEM" name=CHECK_ID>`` per check. A failed check carries
-``<failure message=…>``, an errored one ``<error message=…>`` (its body is the traceback when
-there is one), a skipped one ``<skipped message=…>``. Each testcase's ``<properties>`` hold the
-metric, the value, the thresholds (``expect_min`` / ``expect_max``), the confidence interval
-(``ci_low`` / ``ci_high``) and the resolved params (JSON); its details (JSON) go to
-``<system-out>``. Each testsuite's ``<properties>`` hold the spec, seed, device and whether the
-run was interrupted (an interrupted run writes the checks that finished).
+``<failure message=…>``, a warned one (``severity: warn``) is a passing testcase with the
+warning in its ``warning`` property and ``<system-out>``, an errored one
+``<error message=…>`` (its body is the traceback when there is one), a skipped one
+``<skipped message=…>``. Each testcase's ``<properties>`` hold the metric, the value, the
+thresholds (``expect_min`` / ``expect_max``), the confidence interval (``ci_low`` /
+``ci_high``), the resolved params (JSON) and, with ``--baseline``, the baseline comparison; its
+details (JSON) go to ``<system-out>``. Each testsuite's ``<properties>`` hold the spec, seed,
+device and whether the run was interrupted (an interrupted run writes the checks that
+finished).
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ def testcase(check: CheckResult, classname: str) -> ET.Element:
     if check.ci is not None:
         items += [("ci_low", _number(check.ci[0])), ("ci_high", _number(check.ci[1]))]
     items.append(("params", json.dumps(jsonable(check.params), sort_keys=True)))
+    if check.outcome == "warned":
+        items.append(("warning", check.message))
+    if check.baseline is not None:
+        items.append(("baseline", json.dumps(jsonable(check.baseline), sort_keys=True)))
     _properties(case, items)
     message = _text(check.message)
     if check.outcome == "failed":
@@ -64,8 +71,11 @@ def testcase(check: CheckResult, classname: str) -> ET.Element:
         ET.SubElement(case, "error", message=message).text = _text(check.traceback or message)
     elif check.outcome == "skipped":
         ET.SubElement(case, "skipped", message=message)
+    out = [f"WARNING: {check.message}"] if check.outcome == "warned" else []
     if check.details:
-        ET.SubElement(case, "system-out").text = _text(json.dumps(jsonable(check.details)))
+        out.append(json.dumps(jsonable(check.details)))
+    if out:
+        ET.SubElement(case, "system-out").text = _text("\n".join(out))
     return case
 
 

@@ -577,6 +577,7 @@ class LipschitzBound(Metric):
     higher_is_better: ClassVar[bool] = False
     source: ClassVar[str] = "Szegedy et al. 2014, section 4.3, formula (1) and Table 5"
     uses_data: ClassVar[bool] = False
+    has_interval: ClassVar[bool] = False
 
     def compute(self, ctx: AuditContext, params: LipschitzParams) -> MetricResult:
         data = ctx.data()

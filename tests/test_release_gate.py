@@ -1,0 +1,125 @@
+"""Issue #12, from the command line (each in a subprocess): warn severity and --strict, gating on
+the interval, baselines and regressions, compare, and the identity of what was audited."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, TOY_HEADER, cli
+
+SPEC = ROOT / "specs" / "resnet.yaml"
+INDEX = {c["id"]: i for i, c in enumerate(yaml.safe_load(SPEC.read_text())["checks"])}
+
+
+def run_default(tmp_path: Path, name: str, *args: str) -> tuple[int, dict, str]:
+    report = tmp_path / f"{name}.json"
+    done = cli("run", SPEC, "--json", report, *args)
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.returncode, json.loads(report.read_text()), done.stdout + done.stderr
+
+
+def test_warn_severity_is_reported_and_leaves_the_exit_code(write_spec, tmp_path):
+    spec = write_spec(TOY_HEADER + "checks:\n  - metric: constant\n"
+                      "    expect: {min: 0.9, severity: warn}\n  - metric: constant\n"
+                      "    id: fine\n")
+    report, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    done = cli("run", spec, "--json", report, "--junitxml", junit)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "WARNED" in done.stdout and "1 passed, 1 warned" in done.stdout
+    data = json.loads(report.read_text())
+    assert data["summary"]["warned"] == 1 and data["outcome"] == "warned"
+    assert data["checks"][0]["outcome"] == "warned"
+    assert data["checks"][0]["severity"] == "warn"
+    xml = junit.read_text()
+    assert "<failure" not in xml and 'name="warning" value="0.5 &lt; min 0.9"' in xml
+    assert cli("run", spec, "--strict").returncode == 1
+
+
+def test_a_threshold_inside_the_interval_passes_by_value_and_fails_by_ci(tmp_path):
+    _, first, _ = run_default(tmp_path, "first", "-k", "accuracy")
+    check = first["checks"][0]
+    threshold = (check["ci"][0] + check["value"]) / 2
+    key = f"checks.{INDEX['accuracy']}.expect"
+    code, _, _ = run_default(tmp_path, "by_value", "-k", "accuracy",
+                             "--set", f"{key}.min={threshold}")
+    assert code == 0
+    code, data, output = run_default(tmp_path, "by_ci", "-k", "accuracy",
+                                     "--set", f"{key}.min={threshold}", "--set", f"{key}.by=ci")
+    assert code == 1, output
+    assert "low end" in data["checks"][0]["message"]
+
+
+def test_by_ci_on_a_metric_without_an_interval_is_a_spec_error():
+    key = f"checks.{INDEX['lipschitz']}.expect.by"
+    done = cli("validate", SPEC, "--set", f"{key}=ci")
+    assert done.returncode == 4
+    assert f"{SPEC}:" in done.stderr and "expect.by: `by: ci` needs an interval" in done.stderr
+
+
+def test_baseline_self_delta_zero_a_worse_run_regresses_and_compare_agrees(tmp_path):
+    keyword = ["-k", "noise or accuracy"]
+    regression = [f"--set=checks.{INDEX['noise']}.expect.regression=0.02"]
+    code, old, _ = run_default(tmp_path, "old", *keyword)
+    assert code == 0 and len(old["checks"][0]["samples"]) == 450
+    code, same, output = run_default(tmp_path, "same", *keyword, *regression,
+                                     "--baseline", str(tmp_path / "old.json"))
+    assert code == 0, output
+    noise = next(c for c in same["checks"] if c["id"] == "noise")
+    assert noise["baseline"]["delta"] == 0 and noise["baseline"]["paired"] is True
+    assert noise["baseline"]["ci"] == [0, 0] and noise["baseline"]["notes"] == []
+
+    harsher = f"--set=checks.{INDEX['noise']}.params.sigma=0.5"
+    code, worse, output = run_default(tmp_path, "worse", *keyword, *regression, harsher,
+                                      "--baseline", str(tmp_path / "old.json"))
+    assert code == 1, output
+    noise = next(c for c in worse["checks"] if c["id"] == "noise")
+    assert noise["outcome"] == "failed" and "regressed" in noise["message"]
+    assert noise["baseline"]["delta"] < -0.02 and noise["baseline"]["ci"][1] < 0
+    assert noise["baseline"]["notes"] == ["the baseline ran with other params"]
+
+    assert cli("compare", tmp_path / "old.json", tmp_path / "same.json",
+               "--tolerance", "0").returncode == 0
+    done = cli("compare", tmp_path / "old.json", tmp_path / "worse.json", "--markdown")
+    assert done.returncode == 1, done.stdout  # the check's own `regression: 0.02`
+    assert "| noise | noise_accuracy |" in done.stdout and "regressed" in done.stdout
+
+
+def test_regression_without_a_baseline_or_check_is_an_error(write_spec, tmp_path):
+    spec = write_spec(TOY_HEADER + "checks:\n  - {id: c, metric: constant, "
+                                   "expect: {regression: 0.1}}\n")
+    done = cli("run", spec)
+    assert done.returncode == 1 and "`regression` needs a baseline" in done.stdout
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"robaudit": "0.1.0", "checks": []}))
+    done = cli("run", spec, "--baseline", empty)
+    assert done.returncode == 1 and f"{empty} has no check 'c'" in done.stdout
+    done = cli("run", spec, "--baseline", tmp_path / "absent.json")
+    assert done.returncode == 4 and "--baseline" in done.stderr
+
+
+def test_the_report_names_what_was_audited(tmp_path):
+    _, data, _ = run_default(tmp_path, "identity", "-k", "lipschitz")
+    weights = ROOT / "specs" / "models" / "digits_resnet.pt"
+    if sys.platform.startswith("linux"):
+        expected = subprocess.run(["sha256sum", str(weights)], capture_output=True,
+                                  text=True, check=True).stdout.split()[0]
+    else:
+        expected = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert data["model"]["weights_sha256"] == expected
+    assert data["model"]["factory"] == "robaudit.zoo:digits_resnet"
+    assert data["model"]["parameters"] == 19706
+    assert data["data"]["sizes"] == {"train": 1347, "test": 450}
+    assert len(data["data"]["fingerprint"]) == 64
+
+
+@pytest.mark.parametrize("limit", ["100", "101"])
+def test_the_fingerprint_follows_the_audited_data(tmp_path, limit):
+    _, a, _ = run_default(tmp_path, "a", "-k", "lipschitz", "--set", "data.limit=100")
+    _, b, _ = run_default(tmp_path, "b", "-k", "lipschitz", "--set", f"data.limit={limit}")
+    assert (a["data"]["fingerprint"] == b["data"]["fingerprint"]) == (limit == "100")

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
+    BaseModel,
     ConfigDict,
     Field,
     PositiveInt,
@@ -276,18 +277,35 @@ def locate(path: Path, root: yaml.Node | None, loc: tuple[str | int, ...], messa
 
 
 class _Problems:
+    """The located problems of one spec, in the order of their lines."""
+
     def __init__(self, path: Path, root: yaml.Node | None) -> None:
-        self.path, self.root, self.items = path, root, []
+        self.path, self.root = path, root
+        self._found: list[tuple[int, str]] = []
+
+    @property
+    def items(self) -> list[str]:
+        return [text for _, text in sorted(self._found, key=lambda found: found[0])]
 
     def add(self, loc: Iterable[str | int], message: str) -> None:
-        self.items.append(locate(self.path, self.root, tuple(loc), message))
+        loc = tuple(loc)
+        self._found.append((line_of(self.root, loc) or 0,
+                            locate(self.path, self.root, loc, message)))
 
-    def add_validation(self, prefix: tuple[str | int, ...], error: ValidationError) -> None:
+    def add_validation(self, prefix: tuple[str | int, ...], error: ValidationError,
+                       model: type[BaseModel] | None = None) -> None:
+        """One problem per pydantic error; an unknown key of ``model`` gets the closest
+        known key as a suggestion."""
         for item in error.errors():
             loc = prefix + tuple(p for p in item["loc"] if not _is_union_tag(p))
             message = item["msg"]
             if item["type"] == "extra_forbidden":
                 message = "unknown key"
+                direct = model is not None and len(item["loc"]) == 1
+                close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields),
+                                                  n=1) if direct else []
+                if close:
+                    message += f"; did you mean {close[0]!r}?"
             elif item["type"] not in ("missing",) and _short(item.get("input")):
                 message += f" (got {item['input']!r})"
             self.add(loc, message)
@@ -318,20 +336,27 @@ def _check_ids(checks: list[CheckSpec]) -> list[str]:
     return ids
 
 
-def _check_paths(model: ModelSpec, loc: tuple[str, ...], base: Path, problems: _Problems) -> None:
+def _check_paths(model: dict[str, Any], loc: tuple[str, ...], base: Path,
+                 problems: _Problems) -> None:
+    """The files a model entry (as written) names must exist."""
     for key in ("weights", "torchscript"):
-        value = getattr(model, key)
-        if value is not None and not (base / value).is_file():
+        value = model.get(key)
+        if isinstance(value, str) and not (base / value).is_file():
             problems.add((*loc, key), f"file not found: {base / value}")
-    if model.factory and model.factory.rsplit(":", 1)[0].endswith(".py"):
-        file = base / model.factory.rsplit(":", 1)[0]
+    factory = model.get("factory")
+    if isinstance(factory, str) and factory.rsplit(":", 1)[0].endswith(".py"):
+        file = base / factory.rsplit(":", 1)[0]
         if not file.is_file():
             problems.add((*loc, "factory"), f"file not found: {file}")
 
 
 def load_spec(path: str | Path, plugins: Plugins, overrides: Iterable[str] = ()) -> AuditSpec:
     """Read, override, validate and resolve a spec. Raises :class:`SpecError` listing every
-    problem, or :class:`UsageError` for an unreadable file or a bad ``--set``."""
+    problem, or :class:`UsageError` for an unreadable file or a bad ``--set``.
+
+    Every part is checked even when another part is invalid (the model's paths, the data
+    source's options, each check's metric and params, read from the YAML as written), so that
+    one round of fixes is enough."""
     path = Path(path)
     raw, root = _read_yaml(path)
     problems = _Problems(path, root)
@@ -340,56 +365,84 @@ def load_spec(path: str | Path, plugins: Plugins, overrides: Iterable[str] = ())
         raise SpecError(problems.items)
     for assignment in overrides:
         apply_override(raw, assignment)
+    spec: SpecModel | None = None
     try:
         spec = SpecModel.model_validate(raw)
     except ValidationError as exc:
-        problems.add_validation((), exc)
-        raise SpecError(problems.items) from None
+        problems.add_validation((), exc, SpecModel)
 
     base = path.parent
-    context = {"base_dir": base, "models": {"model", *spec.models}}
-    _check_paths(spec.model, ("model",), base, problems)
-    for name, entry in spec.models.items():
-        _check_paths(entry, ("models", name), base, problems)
-    if "model" in spec.models:
+    models = _mapping(raw.get("models"))
+    context = {"base_dir": base, "models": {"model", *models}}
+    _check_paths(_mapping(raw.get("model")), ("model",), base, problems)
+    for name, entry in models.items():
+        _check_paths(_mapping(entry), ("models", name), base, problems)
+    if "model" in models:
         problems.add(("models", "model"), "the name `model` is the audited model's; pick another")
+    source_options = _source_options(_mapping(raw.get("data")), plugins, context, problems)
 
-    source_options: SourceOptions = SourceOptions()
-    source = plugins.data_sources.get(spec.data.source)
-    if source is None:
-        problems.add(("data", "source"), _unknown("data source", spec.data.source,
-                                                  plugins.data_sources))
-    else:
-        try:
-            source_options = source.Options.model_validate(spec.data.model_extra or {},
-                                                           context=context)
-        except ValidationError as exc:
-            problems.add_validation(("data",), exc)
-
+    checks_raw = raw.get("checks") if isinstance(raw.get("checks"), list) else []
+    resolved = [_metric_params(index, _mapping(check), plugins, context, problems)
+                for index, check in enumerate(checks_raw)]
+    if spec is None or problems.items:
+        raise SpecError(problems.items)
     checks = []
     ids = _check_ids(spec.checks)
-    for index, (check, check_id) in enumerate(zip(spec.checks, ids, strict=True)):
+    for index, (check, check_id, found) in enumerate(zip(spec.checks, ids, resolved,
+                                                         strict=True)):
         if ids.count(check_id) > 1:
             problems.add(("checks", index, "id"), f"duplicate check id {check_id!r}")
-        metric = plugins.metrics.get(check.metric)
-        if metric is None:
-            problems.add(("checks", index, "metric"),
-                         _unknown("metric", check.metric, plugins.metrics))
-            continue
-        try:
-            params = metric.Params.model_validate(check.params, context=context)
-        except ValidationError as exc:
-            problems.add_validation(("checks", index, "params"), exc)
-            continue
-        if check.expect.by == "ci" and not metric.has_interval:
-            problems.add(("checks", index, "expect", "by"),
-                         f"`by: ci` needs an interval, and {metric.name} gives none; "
-                         "use `by: value`")
+        assert found is not None  # every check resolved, or problems were raised above
+        metric, params = found
         checks.append(Check(check_id, metric, params, check.expect.as_dict(), tuple(check.tags),
                             index, check.timeout))
     if problems.items:
         raise SpecError(problems.items)
     return AuditSpec(path, spec, source_options, tuple(checks), root)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _source_options(data: dict[str, Any], plugins: Plugins, context: dict[str, Any],
+                    problems: _Problems) -> SourceOptions:
+    """The data source's own options, validated by the source (from ``data`` as written)."""
+    name = data.get("source", DataSpec.model_fields["source"].default)
+    if not isinstance(name, str):
+        return SourceOptions()
+    source = plugins.data_sources.get(name)
+    if source is None:
+        problems.add(("data", "source"), _unknown("data source", name, plugins.data_sources))
+        return SourceOptions()
+    extra = {k: v for k, v in data.items() if k not in DataSpec.model_fields}
+    try:
+        return source.Options.model_validate(extra, context=context)
+    except ValidationError as exc:
+        problems.add_validation(("data",), exc, source.Options)
+        return SourceOptions()
+
+
+def _metric_params(index: int, check: dict[str, Any], plugins: Plugins,
+                   context: dict[str, Any], problems: _Problems
+                   ) -> tuple[Metric, MetricParams] | None:
+    """A check's metric and validated params (from the check as written), or None."""
+    name = check.get("metric")
+    if not isinstance(name, str):
+        return None
+    metric = plugins.metrics.get(name)
+    if metric is None:
+        problems.add(("checks", index, "metric"), _unknown("metric", name, plugins.metrics))
+        return None
+    try:
+        params = metric.Params.model_validate(_mapping(check.get("params")), context=context)
+    except ValidationError as exc:
+        problems.add_validation(("checks", index, "params"), exc, metric.Params)
+        return None
+    if _mapping(check.get("expect")).get("by") == "ci" and not metric.has_interval:
+        problems.add(("checks", index, "expect", "by"),
+                     f"`by: ci` needs an interval, and {metric.name} gives none; use `by: value`")
+    return metric, params
 
 
 def _unknown(kind: str, name: str, known: dict[str, Any]) -> str:

@@ -193,3 +193,37 @@ checks:
     assert f"{spec}:10: checks.1.params.n: 500 nearest neighbours asked for" in err
     assert "has only 64 candidates" in err
     assert not marker.exists()
+
+
+def test_every_problem_is_reported_in_one_round_in_line_order(write_spec, plugins):
+    spec = write_spec("""\
+        audit: many problems
+        seeed: 3
+        model:
+          factory: toy_model.py:linear
+          weights: nope.pt
+          input_range: [1, 0]
+        data:
+          source: toy
+          limit: 0
+          n: 2
+        checks:
+          - metric: constant_value
+          - metric: constant
+            params: {valeu: 3}
+          - metric: constant
+            expect: {min: .nan}
+        """)
+    problems = problems_of(spec, plugins)
+    expected = [(2, "seeed: unknown key; did you mean 'seed'?"),
+                (3, "model: Value error, input_range must be [low, high]"),
+                (5, "model.weights: file not found"),
+                (9, "data.limit: Input should be greater than 0"),
+                (10, "data.n: Input should be greater than or equal to 4"),
+                (12, "checks.0.metric: unknown metric 'constant_value'; did you mean "
+                     "'constant'?"),
+                (14, "checks.1.params.valeu: unknown key; did you mean 'value'?"),
+                (16, "checks.2.expect.min: Input should be a finite number")]
+    assert len(problems) == len(expected), problems
+    for problem, (line, text) in zip(problems, expected, strict=True):
+        assert problem.startswith(f"{spec}:{line}: {text}"), problem

@@ -9,9 +9,11 @@ import argparse
 import json
 import sys
 import traceback
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -22,6 +24,7 @@ from robaudit.errors import (
     EXIT_FAILED,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    EXIT_NO_CHECKS,
     EXIT_OK,
     EXIT_USAGE,
     SpecError,
@@ -32,6 +35,7 @@ from robaudit.threads import default_threads
 
 if TYPE_CHECKING:
     from robaudit.pluginmanager import Plugins
+    from robaudit.session import Session
 
 #: The commands that read the plugins (their metrics, data sources and command-line options).
 PLUGIN_COMMANDS = ("run", "validate", "metrics", "plugins", "schema", "compare")
@@ -85,6 +89,9 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
                           "process, waiting passively; see README)")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY.PATH=VALUE", help="override a spec value (YAML value)")
+    run.add_argument("--collect-only", action="store_true",
+                     help="list the selected checks with resolved params and their cost in "
+                          "model passes; run nothing")
     run.add_argument("--strict", action="store_true",
                      help="a `warned` check (severity: warn) counts as failed")
     run.add_argument("--baseline", metavar="REPORT.json",
@@ -100,7 +107,10 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
     validate.add_argument("specs", nargs="+", metavar="SPEC")
     validate.add_argument("--set", dest="overrides", action="append", default=[],
                           metavar="KEY.PATH=VALUE")
-    metrics = sub.add_parser("metrics", parents=[common], help="list every metric with its params")
+    metrics = sub.add_parser("metrics", parents=[common],
+                             help="list every metric with its params, or show one in full")
+    metrics.add_argument("name", nargs="?", metavar="NAME",
+                         help="show this metric's docstring and every param in full")
     metrics.add_argument("--markdown", action="store_true",
                          help="print a Markdown table (the one in README.md)")
     sub.add_parser("plugins", parents=[common], help="list the loaded plugins")
@@ -126,20 +136,65 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
     return parser
 
 
+def _bounds(info: Any) -> list[str]:
+    bounds = []
+    for item in info.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"),
+                           ("min_length", "length >="), ("max_length", "length <=")):
+            if getattr(item, attr, None) is not None:
+                bounds.append(f"{sign} {getattr(item, attr)}")
+    return bounds
+
+
+def _type_name(annotation: Any) -> str:
+    """A param's type as a user reads it: ``l2 | linf`` for a Literal, ``float | None``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        inner = ", ".join(_type_name(a) for a in args if a is not Ellipsis)
+        return f"{getattr(origin, '__name__', origin)}[{inner}]"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__",
+                                                           str(annotation))
+
+
 def _param_rows(metric: robaudit.Metric) -> list[str]:
     rows = []
     for name, info in metric.Params.model_fields.items():
-        bounds = []
-        for item in info.metadata:
-            for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
-                if getattr(item, attr, None) is not None:
-                    bounds.append(f"{sign} {getattr(item, attr)}")
-        kind = getattr(info.annotation, "__name__", str(info.annotation))
-        text = f"{name}: {kind} " + ("(required)" if info.is_required() else f"= {info.default!r}")
+        text = (f"{name}: {_type_name(info.annotation)} "
+                + ("(required)" if info.is_required() else f"= {info.default!r}"))
+        bounds = _bounds(info)
         if bounds:
             text += f" ({', '.join(bounds)})"
         rows.append(text)
     return rows
+
+
+def _cmd_metric(plugins: Plugins, console: Console, name: str) -> int:
+    """One metric in full: its docstring, direction, source and every param."""
+    import difflib
+    import inspect
+
+    metric = plugins.metrics.get(name)
+    if metric is None:
+        close = difflib.get_close_matches(name, list(plugins.metrics), n=3)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise UsageError(f"metrics: unknown metric {name!r}{hint} (`robaudit metrics` lists "
+                         "them)")
+    better = "higher" if metric.higher_is_better else "lower"
+    console.print(f"[bold]{name}[/] — {escape(metric.source)}; {better} is better")
+    console.print(escape(inspect.cleandoc(type(metric).__doc__ or "")) + "\n")
+    table = Table(title="params", show_lines=True)
+    for column in ("param", "type", "default", "bounds", "description"):
+        table.add_column(column)
+    for param, info in metric.Params.model_fields.items():
+        default = "(required)" if info.is_required() else repr(info.default)
+        table.add_row(param, escape(_type_name(info.annotation)), escape(default),
+                      escape(", ".join(_bounds(info)) or "—"), escape(info.description or ""))
+    console.print(table)
+    return EXIT_OK
 
 
 def metrics_markdown(plugins: Plugins) -> str:
@@ -200,6 +255,29 @@ def _cmd_compare(plugins: Plugins, console: Console, options: argparse.Namespace
     return EXIT_FAILED if any(r.verdict == "regressed" for r in rows) else EXIT_OK
 
 
+def _cmd_collect(session: Session, console: Console, specs: list[str]) -> int:
+    """``run --collect-only``: the selected checks of each spec with resolved params and the
+    model work of each where its metric states a floor (samples through forward passes, and
+    through forward and backward passes)."""
+    total = 0
+    for plan, floors in session.collect(specs):
+        total += len(plan.checks)
+        deselected = f", {plan.deselected} deselected" if plan.deselected else ""
+        console.print(f"[bold]{escape(printable(plan.spec.path))}[/] — "
+                      f"{escape(printable(plan.spec.name))} ({len(plan.checks)} selected"
+                      f"{deselected}, device {plan.device})")
+        for check, floor in zip(plan.checks, floors, strict=True):
+            params = json.dumps(check.params.model_dump(mode="json"))
+            cost = "cost not stated"
+            if floor is not None:
+                cost = f"floor: {floor.forward:,} forward + {floor.gradient:,} gradient samples"
+                cost += f" ({floor.note})" if floor.note else ""
+            console.print(f"  {escape(check.id)} [dim]({check.metric.name})[/] "
+                          f"{escape(printable(params))}\n      [dim]{escape(cost)}[/]")
+    console.print(f"[bold]{total} checks collected[/]")
+    return EXIT_OK if total else EXIT_NO_CHECKS
+
+
 def safe_cell(text: str) -> str:
     return escape(printable(text))
 
@@ -240,6 +318,8 @@ def _dispatch(argv: list[str], console: Console) -> int:
     for problem in plugins.problems:
         Console(stderr=True).print(f"[yellow]WARNING[/] {escape(printable(problem))}")
     if options.command == "metrics":
+        if options.name:
+            return _cmd_metric(plugins, console, options.name)
         return _cmd_metrics(plugins, console, options.markdown)
     if options.command == "plugins":
         return _cmd_plugins(plugins, console)
@@ -264,6 +344,8 @@ def _dispatch(argv: list[str], console: Console) -> int:
     if options.threads is not None and options.threads < 1:
         raise UsageError(f"--threads {options.threads}: expected a positive number")
     torch.set_num_threads(options.threads or default_threads())
+    if options.collect_only:
+        return _cmd_collect(session, console, options.specs)
     plugins.hook.robaudit_configure(options=options, pluginmanager=plugins.pm)
     _, code = session.run(options.specs)
     for failure in session.hook_failures:

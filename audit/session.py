@@ -32,6 +32,7 @@ from robaudit.errors import (
 from robaudit.gate import VerdictError, verdict
 from robaudit.guard import CheckTimeout, deadline, shielded, terminate_as_interrupt
 from robaudit.identity import data_fingerprint, model_identity
+from robaudit.metric import Floor
 from robaudit.model import ModelUnderAudit
 from robaudit.ops.stats import mean_interval
 from robaudit.pluginmanager import Plugins
@@ -400,6 +401,22 @@ class Session:
                 if self.maxfail and self.failures >= self.maxfail:
                     return False
         return True
+
+    def collect(self, paths: list[str]) -> list[tuple[AuditPlan, list[Floor | None]]]:
+        """``--collect-only``: validate and prepare every spec (models built, data loaded and
+        checked against them) and return each plan with the floor of each selected check;
+        no check runs."""
+        plans = [self.plan(spec) for spec in self.load(paths)]
+        collected = []
+        with ExitStack() as stack:
+            for plan in plans:
+                floors: list[Floor | None] = []
+                if plan.checks:
+                    base = self.prepare(plan, stack)
+                    floors = [c.metric.floor(self.check_context(c, base), c.params)
+                              for c in plan.checks]
+                collected.append((plan, floors))
+        return collected
 
     def run(self, paths: list[str]) -> tuple[list[AuditResult], int]:
         """Run the specs; returns the results and the exit code (design.md §4). Reports are

@@ -223,3 +223,31 @@ def test_threads_option_sets_torch_threads_and_rejects_zero(write_spec, robaudit
         torch.set_num_threads(before)
     code, _, err = robaudit_main("run", spec, "--threads", "0")
     assert code == 4 and "--threads 0" in err
+
+
+def test_metrics_name_shows_one_metric_in_full(robaudit_main):
+    code, out, _ = robaudit_main("metrics", "pgd_accuracy")
+    assert code == 0
+    assert "Madry et al. (ICLR 2018), section 2" in out  # the docstring, not just its summary
+    assert "linf | l2" in out and "'linf'" in out  # a Literal's choices and its default
+    assert ">= 1, <= 10000" in out and "gradient steps per" in out
+    code, _, err = robaudit_main("metrics", "pgd_acuracy")
+    assert code == 4 and "did you mean 'pgd_accuracy'" in err
+
+
+def test_collect_only_lists_checks_with_params_and_cost_and_runs_nothing(write_spec,
+                                                                          robaudit_main,
+                                                                          tmp_path):
+    marker = tmp_path / "ran"
+    spec = write_spec(TOY_HEADER + f"""
+checks:
+  - {{id: acc, metric: clean_accuracy}}
+  - {{id: slow, metric: wait, params: {{seconds: 60, marker: "{marker}"}}}}
+""")
+    code, out, _ = robaudit_main("run", spec, "--collect-only")
+    assert code == 0 and not marker.exists()
+    assert "acc (clean_accuracy) {}" in out and "floor: 64 forward + 0 gradient" in out
+    assert '"seconds": 60.0' in out and "cost not stated" in out
+    assert "2 checks collected" in out
+    code, out, _ = robaudit_main("run", spec, "--collect-only", "-k", "nothing")
+    assert code == 5 and "0 checks collected" in out

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from robaudit.session import Session
 
 #: The commands that read the plugins (their metrics, data sources and command-line options).
-PLUGIN_COMMANDS = ("run", "validate", "metrics", "plugins", "schema", "compare")
+PLUGIN_COMMANDS = ("run", "validate", "metrics", "plugins", "schema", "compare", "init")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,6 +114,23 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
     metrics.add_argument("--markdown", action="store_true",
                          help="print a Markdown table (the one in README.md)")
     sub.add_parser("plugins", parents=[common], help="list the loaded plugins")
+    init = sub.add_parser("init", parents=[common],
+                          help="write a starter spec for your model (it is loaded and inspected)")
+    init.add_argument("--model", required=True,
+                      help="`module:callable`, `path/to/file.py:callable` or a TorchScript file")
+    init.add_argument("--weights", help="a state_dict or checkpoint for a factory model")
+    init.add_argument("--data", default="digits", metavar="SOURCE",
+                      help="the data source (default: digits): digits, npz, imagefolder, "
+                           "torchvision, gaussian_mixture or a plugin's")
+    init.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                      help="an option of the data source, e.g. path=data.npz (repeatable)")
+    init.add_argument("--input-range", nargs=2, type=float, default=(0.0, 1.0),
+                      metavar=("LOW", "HIGH"), help="the valid input box (default 0 1)")
+    init.add_argument("--name", help="the audit's name (default: from the file name)")
+    init.add_argument("--out", default="robaudit.yaml", help="where to write the spec")
+    init.add_argument("--measure", action="store_true",
+                      help="run the checks once and set thresholds from the measured values")
+    init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     compare = sub.add_parser("compare", parents=[common],
                              help="compare two JSON reports check by check")
     compare.add_argument("old", metavar="OLD.json")
@@ -323,6 +340,13 @@ def _dispatch(argv: list[str], console: Console) -> int:
         return _cmd_metrics(plugins, console, options.markdown)
     if options.command == "plugins":
         return _cmd_plugins(plugins, console)
+    if options.command == "init":
+        from robaudit.init import write_starter
+
+        out = write_starter(options, plugins)
+        console.print(f"wrote {escape(str(out))}; check it with `robaudit validate {out}` and "
+                      f"run it with `robaudit run {out}`")
+        return EXIT_OK
     if options.command == "compare":
         return _cmd_compare(plugins, console, options)
     if options.command == "schema":

@@ -22,9 +22,13 @@ Choices:
 
 - Candidates: the ``candidates`` − 1 classes other than t with the largest logits at the current
   iterate (recomputed at every step; with ``candidates`` ≥ the number of classes, all of them).
-- Input box: with ``input_range`` every iterate is clipped to the box (no face is removed from
-  the linearisation): a target that is reachable only through a face of the box may take more
-  steps, or not be reached within ``max_iter`` (``reached`` False).
+- Input box: with ``input_range`` every iterate is clipped to the box, and, as in
+  :mod:`robaudit.ops.deepfool`, a coordinate that sits on a face of the box is removed from
+  every w_j that would push it outwards; since r = Σ λ_j w_j with λ ≥ 0, the step then never
+  pushes such a coordinate out of the box (the projection is the minimal one among the moves
+  that stay feasible at the faces). Without this, clipping undoes much of each step on images
+  with saturated pixels and the iteration crawls. A target that cannot be reached inside the
+  box is not reached within ``max_iter`` steps (``reached`` False).
 - A sample already predicted as its target takes no step (zero perturbation, 0 iterations).
 - Batching: only the samples not yet in their target class are computed on each iteration; the
   gradients come from one forward pass and one backward pass per candidate, like DeepFool's.
@@ -42,9 +46,10 @@ import torch
 from robaudit.ops.deepfool import STEP_SLACK
 
 #: Coordinate-ascent sweeps of the dual QP per linearised step.
-DUAL_SWEEPS = 100
-#: The sweeps stop early once no λ_j moves by more than this (relative to max(1, |λ_j|)).
-DUAL_TOLERANCE = 1e-12
+DUAL_SWEEPS = 50
+#: The sweeps stop early once no λ_j moves by more than this many units in the last place of
+#: the dtype (relative to max(1, |λ_j|)); the exact solve on the active set follows.
+DUAL_TOLERANCE = 64
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,8 @@ def targeted_deepfool(
     for _ in range(max_iter):
         if active.numel() == 0:
             break
-        step = _projection_step(logits_fn, point[active], target[active], candidates)
+        step = _projection_step(logits_fn, point[active], target[active], candidates,
+                                input_range)
         iterations[active] += 1
         r_tot[active] += step
         point[active] = _clip(x[active] + (1 + overshoot) * r_tot[active], input_range)
@@ -117,8 +123,10 @@ def _projection_step(
     point: torch.Tensor,
     target: torch.Tensor,
     candidates: int,
+    input_range: tuple[float, float] | None,
 ) -> torch.Tensor:
-    """The projection of ``point`` (A samples) onto its linearised target region."""
+    """The projection of ``point`` (A samples) onto its linearised target region, moving no
+    coordinate that sits on a face of ``input_range`` outwards."""
     with torch.enable_grad():
         xa = point.detach().requires_grad_(True)
         logits = logits_fn(xa)
@@ -133,6 +141,11 @@ def _projection_step(
             ],
             dim=1,
         )  # w_j, shape (A, m, *input)
+    if input_range is not None:
+        lo, hi = input_range
+        at_lo = (point <= lo).unsqueeze(1)
+        at_hi = (point >= hi).unsqueeze(1)
+        grads = grads.masked_fill((at_lo & (grads < 0)) | (at_hi & (grads > 0)), 0.0)
     flat = grads.flatten(2)
     wanted = STEP_SLACK * flat.norm(dim=2) - margins.detach()  # b_j: need w_jᵀ r ≥ b_j
     lam = project_dual(flat @ flat.transpose(1, 2), wanted)
@@ -155,7 +168,8 @@ def project_dual(gram: torch.Tensor, wanted: torch.Tensor, sweeps: int = DUAL_SW
             residual = wanted[:, j] - (gram[:, j] * lam).sum(dim=1)
             updated = (lam[:, j] + residual / safe[:, j]).clamp_min(0.0)
             lam[:, j] = torch.where(usable[:, j], updated, lam[:, j])
-        if bool(((lam - before).abs() <= DUAL_TOLERANCE * lam.abs().clamp_min(1.0)).all()):
+        tolerance = DUAL_TOLERANCE * torch.finfo(lam.dtype).eps
+        if bool(((lam - before).abs() <= tolerance * lam.abs().clamp_min(1.0)).all()):
             break
     return _polish(gram, wanted, lam)
 

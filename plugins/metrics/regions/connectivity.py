@@ -34,9 +34,13 @@ class ConnectivityParams(MetricParams):
         description="validity sampling spacing, as a fraction of ‖x₁ − x₂‖ (the paper: 1e-4; "
                     "1e-2 keeps a CI run short)",
     )
-    max_depth: int = Field(10, ge=1, le=40, description="deepest recursion of FINDPATH")
-    max_anchors: int = Field(64, ge=1, le=10_000, description="most anchor points per path")
-    candidates: int = Field(10, ge=2, description="classes linearised by the targeted step")
+    max_depth: int = Field(12, ge=1, le=40, description="deepest recursion of FINDPATH")
+    max_anchors: int = Field(128, ge=1, le=10_000, description="most anchor points per path")
+    candidates: int = Field(
+        4, ge=2,
+        description="classes linearised by the targeted step: the target and the others with "
+                    "the largest logits at the iterate (recomputed at every step)",
+    )
     overshoot: float = Field(0.02, ge=0, le=1, description="the targeted step's overshoot")
     max_iter: int = Field(50, ge=1, le=10_000,
                           description="linearised steps of one targeted projection")
@@ -70,7 +74,11 @@ class RegionConnectivity(Metric):
     sampled at spacing ``step`` × ‖x₁ − x₂‖: the paper's 10⁻⁴ costs about 10⁴ forward passes
     per straight pair; the default 10⁻² misses only excursions out of the region shorter than
     1% of the pair's distance. The search is bounded by ``max_depth`` and ``max_anchors``;
-    exhausting them is "not found". Projected midpoints and x₂ are clipped to the input box.
+    exhausting them is "not found" (on the digits ResNet, 64 anchors left about 5% of the
+    adversarial and noise pairs not found, all of which 400 anchors connected with at most 124:
+    hence the default 128). Projected midpoints and x₂ stay in the input box. The targeted
+    step linearises ``candidates`` = 4 classes by default rather than DeepFool's 10: on the
+    digits ResNet it gave the same connectivity and anchors, 1.8 times faster.
     Pairs and noise are drawn per pair from the check's generator; pairs are searched
     ``batch_size`` at a time.
     """

@@ -79,8 +79,8 @@ class RegionConnectivity(Metric):
     hence the default 128). Projected midpoints and x₂ stay in the input box. The targeted
     step linearises ``candidates`` = 4 classes by default rather than DeepFool's 10: on the
     digits ResNet it gave the same connectivity and anchors, 1.8 times faster.
-    Pairs and noise are drawn per pair from the check's generator; pairs are searched
-    ``batch_size`` at a time.
+    Pairs and noise are drawn per pair from the check's generator, up front (the noise of all
+    ``pairs`` noise pairs is held on the CPU); pairs are searched ``batch_size`` at a time.
     """
 
     name: ClassVar[str] = "region_connectivity"

@@ -162,3 +162,16 @@ def test_non_positive_step_is_a_param_error() -> None:
     for step in (0.0, -1e-3):
         with pytest.raises(ValidationError, match="step"):
             RegionConnectivity.Params.model_validate({"step": step})
+
+
+def test_non_positive_step_is_a_located_spec_error(write_spec, robaudit_main) -> None:
+    from conftest import TOY_HEADER
+
+    spec = write_spec(TOY_HEADER + """\
+checks:
+  - metric: region_connectivity
+    params: {step: 0.0}
+""")
+    code, _, err = robaudit_main("run", spec)
+    assert code == 4
+    assert f"{spec}:8: checks.0.params.step: Input should be greater than 0" in err

@@ -106,3 +106,17 @@ def test_class_with_one_sample_is_reported_and_skipped() -> None:
     result = run_metric(RegionConvexity(), ctx, k=[2], combinations=20)
     assert result.details["skipped_classes"] == [1]
     assert [row["class"] for row in result.details["by_class"]] == [0]
+
+
+def test_k_beyond_a_class_is_a_located_spec_error_before_any_check_runs(write_spec,
+                                                                        robaudit_main) -> None:
+    from conftest import TOY_HEADER
+
+    spec = write_spec(TOY_HEADER + """\
+checks:
+  - metric: region_convexity
+    params: {k: [2, 1000]}
+""")
+    code, _, err = robaudit_main("run", spec)
+    assert code == 4
+    assert f"{spec}:8: checks.0.params.k: k = 1000 points asked for" in err

@@ -97,7 +97,8 @@ def segments_valid(
     intervals = torch.where(
         spacing > 0, torch.ceil(lengths / spacing.double().clamp_min(1e-300)), 1.0
     ).clamp_min(1.0).long()
-    interior = (intervals - 1).cpu()
+    intervals = intervals.cpu()
+    interior = intervals - 1
     strides = torch.tensor([_coprime_stride(int(m)) for m in interior], dtype=torch.long)
     valid = torch.ones(count, dtype=torch.bool, device=device)
     forwards = torch.zeros(count, dtype=torch.long, device=device)
@@ -112,7 +113,7 @@ def segments_valid(
         if seg.numel() == 0:
             continue
         index = 1 + (rank * strides[seg]) % interior[seg]
-        t = (index.double() / intervals.cpu()[seg].double()).to(device, start.dtype)
+        t = (index.double() / intervals[seg].double()).to(device, start.dtype)
         seg = seg.to(device)
         shape = (-1, *([1] * (start.dim() - 1)))
         points = start[seg] + t.view(shape) * (end[seg] - start[seg])

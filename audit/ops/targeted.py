@@ -25,10 +25,10 @@ Choices:
 - Input box: with ``input_range`` every iterate is clipped to the box, and, as in
   :mod:`robaudit.ops.deepfool`, a coordinate that sits on a face of the box is removed from
   every w_j that would push it outwards; since r = Σ λ_j w_j with λ ≥ 0, the step then never
-  pushes such a coordinate out of the box (the projection is the minimal one among the moves
-  that stay feasible at the faces). Without this, clipping undoes much of each step on images
-  with saturated pixels and the iteration crawls. A target that cannot be reached inside the
-  box is not reached within ``max_iter`` steps (``reached`` False).
+  pushes such a coordinate out of the box (DeepFool's rule: an approximation of the projection
+  constrained to the box, not its exact solution). Without this, clipping undoes much of each
+  step on images with saturated pixels and the iteration crawls. A target that cannot be
+  reached inside the box is not reached within ``max_iter`` steps (``reached`` False).
 - A sample already predicted as its target takes no step (zero perturbation, 0 iterations).
 - Batching: only the samples not yet in their target class are computed on each iteration; the
   gradients come from one forward pass and one backward pass per candidate, like DeepFool's.

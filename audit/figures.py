@@ -43,4 +43,16 @@ class ImagePlot:
     caption: str = ""
 
 
-Figure = Histogram | LinePlot | ImagePlot
+@dataclass(frozen=True)
+class ImageGrid:
+    """Rows of images, e.g. the inputs that most excite a unit (Szegedy et al. 2014, Figures
+    1–4). ``images`` is rows × columns × (H×W, 1×H×W or 3×H×W), any range (the whole grid is
+    scaled together for display); ``row_labels`` names each row, ``captions`` each image."""
+
+    title: str
+    images: np.ndarray
+    row_labels: tuple[str, ...] = ()
+    captions: tuple[tuple[str, ...], ...] = ()
+
+
+Figure = Histogram | LinePlot | ImagePlot | ImageGrid

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 
-from robaudit.figures import Figure, Histogram, ImagePlot, LinePlot
+from robaudit.figures import Figure, Histogram, ImageGrid, ImagePlot, LinePlot
 
 SIZE = (4.0, 2.6)  # inches
 DPI = 100
@@ -31,6 +31,8 @@ def render_png(figure: Figure) -> str:
     Raises ``ValueError`` for a figure that cannot be drawn (e.g. an image of the wrong
     shape); the reporter shows a note in its place.
     """
+    if isinstance(figure, ImageGrid):
+        return _png(_image_grid(figure))
     fig = MplFigure(figsize=SIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -142,3 +144,46 @@ def _image(fig: MplFigure, ax: Axes, figure: ImagePlot) -> None:
     ax.set_yticks([])
     if figure.caption:
         ax.set_xlabel(figure.caption, fontsize=7)
+
+
+def _png(fig: MplFigure) -> str:
+    """A drawn figure as a base64-encoded PNG."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.clear()
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _image_grid(figure: ImageGrid) -> MplFigure:
+    """One small panel per image, rows labelled on the left, all on one grey scale (or RGB)."""
+    images = np.asarray(figure.images, dtype=float)
+    if images.ndim == 5 and images.shape[2] == 1:
+        images = images[:, :, 0]
+    if images.ndim == 5 and images.shape[2] == 3:
+        images = images.transpose(0, 1, 3, 4, 2)
+    elif images.ndim != 4:
+        raise ValueError("an image grid is rows × columns × (H×W, 1×H×W or 3×H×W), "
+                         f"not {images.shape}")
+    if not np.isfinite(images).all():
+        raise ValueError("the image grid has non-finite pixels")
+    rows, cols = images.shape[:2]
+    low, high = float(images.min()), float(images.max())
+    scaled = (images - low) / (high - low) if high > low else np.zeros_like(images)
+    fig = MplFigure(figsize=(min(0.62 * cols + 1.6, 9.0), 0.66 * rows + 0.45), dpi=DPI,
+                    layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.imshow(np.clip(scaled[r, c], 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r < len(figure.captions) and c < len(figure.captions[r]):
+                ax.set_xlabel(figure.captions[r][c], fontsize=6, labelpad=1)
+        if r < len(figure.row_labels):
+            axes[r][0].set_ylabel(textwrap.fill(figure.row_labels[r], 18), fontsize=6,
+                                  rotation=0, ha="right", va="center")
+    fig.suptitle(textwrap.fill(figure.title, 70), fontsize=9)
+    return fig

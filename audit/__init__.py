@@ -22,6 +22,7 @@ _EXPORTS = {
     "SpecError": "robaudit.errors",
     "UsageError": "robaudit.errors",
     "Histogram": "robaudit.figures",
+    "ImageGrid": "robaudit.figures",
     "ImagePlot": "robaudit.figures",
     "LinePlot": "robaudit.figures",
     "hookimpl": "robaudit.hookspecs",
@@ -37,6 +38,7 @@ __all__ = [
     "DataSplit",
     "Floor",
     "Histogram",
+    "ImageGrid",
     "ImagePlot",
     "LinePlot",
     "Metric",
@@ -53,7 +55,7 @@ __all__ = [
 if TYPE_CHECKING:
     from robaudit.context import AuditContext, DataSplit
     from robaudit.errors import RobauditError, SpecError, UsageError
-    from robaudit.figures import Histogram, ImagePlot, LinePlot
+    from robaudit.figures import Histogram, ImageGrid, ImagePlot, LinePlot
     from robaudit.hookspecs import hookimpl
     from robaudit.metric import Floor, Metric, MetricParams, MetricResult
     from robaudit.model import ModelUnderAudit

@@ -62,6 +62,8 @@ def trained(name: str) -> tuple[nn.Module, dict[str, float]]:
     path = CACHE / f"{name}.pt"
     info: dict[str, float] = {}
     if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        (CACHE / ".gitignore").write_text("*\n")  # checkpoints stay out of git
         start = time.perf_counter()
         info = train_model(name, path, seed=0)
         info["seconds"] = round(time.perf_counter() - start, 1)

@@ -155,8 +155,8 @@ def read_layers(model: ModelUnderAudit, sites: Sequence[Site], x: torch.Tensor
 
 # -- significant interactions (§2.1) -----------------------------------------------------------
 def significance(h: torch.Tensor, layer: nn.Linear, count_bias: bool = True) -> torch.Tensor:
-    """Khaitan (2024), §2.1: the B × n_out × (n_in + 1) boolean matrix of significant
-    interactions of ``layer`` at its inputs ``h`` (B × n_in).
+    """Khaitan (2024), §2.1: the B × n_out × (n_in + 1) matrix of significant interactions of
+    ``layer`` at its inputs ``h`` (B × n_in): 1 where significant, else 0 (in h's dtype).
 
     Row i of a sample's matrix holds the products w_ij·h_j and, as one more column, the bias
     b_i (zero for a layer without bias); entry (i, j) is significant when its share of the
@@ -170,12 +170,15 @@ def significance(h: torch.Tensor, layer: nn.Linear, count_bias: bool = True) -> 
     bias = layer.bias if layer.bias is not None else torch.zeros_like(weight[:, 0])
     n_out, n_in = weight.shape
     threshold = 1.0 / (n_in + 1 if count_bias else n_in)
-    products = h[:, None, :] * weight[None]
-    matrix = torch.cat([products, bias.view(1, n_out, 1).expand(h.shape[0], n_out, 1)], dim=2)
-    total = matrix.sum(dim=2, keepdim=True)
-    nonzero = total != 0
-    share = matrix / torch.where(nonzero, total, torch.ones_like(total))
-    return (share > threshold) & nonzero
+    # x_ij / s_i > t  ⇔  sign(s_i)·x_ij > t·|s_i|  (s_i ≠ 0), without dividing; s_i = 0 never
+    # passes since then both sides are 0. s_i is the row sum, i.e. the layer's own output.
+    total = (h @ weight.T + bias).detach()
+    sign, bound = total.sign(), threshold * total.abs()
+    with torch.no_grad():
+        out = torch.empty(h.shape[0], n_out, n_in + 1, dtype=h.dtype, device=h.device)
+        torch.mul(h[:, None, :], weight[None], out=out[:, :, :n_in])
+        out[:, :, n_in] = bias
+        return out.mul_(sign[:, :, None]).gt_(bound[:, :, None])
 
 
 # -- streamed statistics ------------------------------------------------------------------------
@@ -243,16 +246,17 @@ class _Accumulator:
             step = max(1, CHUNK_ELEMENTS // per_sample)
             for start in range(0, h.shape[0], step):
                 part = h[start : start + step]
-                sig = significance(part, layer, self.count_bias).to(torch.float32)
-                labels = y[start : start + part.shape[0]]
-                self._add(sig, labels)
-                self.fractions.append(sig.flatten(1).mean(dim=1).double().cpu())
+                sig = significance(part, layer, self.count_bias)
+                self._add(sig, y[start : start + part.shape[0]])
+                self.fractions.append(sig.flatten(1).mean(dim=1).cpu().double())
 
     def _add(self, values: torch.Tensor, y: torch.Tensor) -> None:
-        """Per-class sums of ``values`` (exact: a float32 sum of at most a batch of 0/1s)."""
-        sums = torch.zeros(self.classes, *values.shape[1:], dtype=torch.float32,
-                           device=values.device).index_add_(0, y, values)
-        sums = sums.round().to(torch.int64)
+        """Per-class sums of 0/1 ``values`` by a one-hot product (exact in float32 for a batch
+        of fewer than 2²⁴ samples), accumulated in int64."""
+        onehot = torch.zeros(y.shape[0], self.classes, dtype=torch.float32, device=y.device)
+        onehot[torch.arange(y.shape[0], device=y.device), y] = 1.0
+        sums = (onehot.T @ values.flatten(1).to(torch.float32)).round().to(torch.int64)
+        sums = sums.view(self.classes, *values.shape[1:])
         self.total = sums if self.total is None else self.total + sums
 
     def finish(self, dims: int) -> Stats:

@@ -18,10 +18,12 @@ from robaudit.ops.activations import (
     bernoulli_log_likelihood,
     bernoulli_probabilities,
     check_layer_names,
+    gram_factor,
     gram_rank,
     layer_statistics,
     output_sites,
     significance,
+    stacked_rank,
 )
 from robaudit.plotting import render_png
 from robaudit.testing import make_context
@@ -187,3 +189,17 @@ def test_heatmap_renders_and_refuses_mismatched_labels():
     assert len(render_png(figure)) > 100
     with pytest.raises(ValueError, match="3 x labels for 2"):
         render_png(Heatmap(title="t", values=((1.0, 2.0),), xlabels=("a", "b", "c")))
+
+
+def test_stacked_rank_from_factors_equals_the_rank_of_the_summed_grams():
+    g = torch.Generator().manual_seed(3)
+    shared = torch.randn(40, 2, generator=g, dtype=torch.float64)
+    a = torch.randn(30, 5, generator=g, dtype=torch.float64) @ torch.cat(
+        [shared, torch.randn(40, 3, generator=g, dtype=torch.float64)], 1).T
+    b = torch.randn(25, 6, generator=g, dtype=torch.float64) @ torch.cat(
+        [shared, torch.randn(40, 4, generator=g, dtype=torch.float64)], 1).T
+    fa, fb = gram_factor(a.T @ a), gram_factor(b.T @ b)
+    assert fa.shape == (40, 5) and fb.shape == (40, 6)
+    for tol in (1e-6, 1e-3):
+        assert stacked_rank([fa], tol) == gram_rank(a.T @ a, tol) == 5
+        assert stacked_rank([fa, fb], tol) == gram_rank(a.T @ a + b.T @ b, tol) == 9

@@ -335,6 +335,27 @@ def gram_rank(gram: torch.Tensor, tol: float) -> int:
     return int((eigen > tol * top).sum())
 
 
+def gram_factor(gram: torch.Tensor) -> torch.Tensor:
+    """A factor F (D × k) with F Fᵀ = the Gram matrix AᵀA, from its eigendecomposition, keeping
+    the k eigenvalues above 1e-14 × the largest (the others are rounding noise, far below any
+    ``tol``² that :func:`stacked_rank` accepts). k ≤ the rows of A, often far below D."""
+    eigen, vectors = torch.linalg.eigh(gram.double())
+    top = float(eigen.max()) if eigen.numel() else 0.0
+    keep = eigen > 1e-14 * top if top > 0 else torch.zeros_like(eigen, dtype=torch.bool)
+    return vectors[:, keep] * eigen[keep].sqrt()
+
+
+def stacked_rank(factors: Sequence[torch.Tensor], tol: float) -> int:
+    """rank([A; B; …]) from the factors of :func:`gram_factor`: the Gram matrix of the stack is
+    Σ F Fᵀ = [F_a F_b …][F_a F_b …]ᵀ, whose nonzero eigenvalues are those of the small
+    (Σ k) × (Σ k) matrix [F_a F_b …]ᵀ[F_a F_b …]; counted as :func:`gram_rank` counts."""
+    joined = torch.cat(list(factors), dim=1)
+    if joined.shape[1] == 0:
+        return 0
+    small = joined.T @ joined if joined.shape[1] <= joined.shape[0] else joined @ joined.T
+    return gram_rank(small, tol)
+
+
 def bernoulli_probabilities(counts: torch.Tensor, samples: torch.Tensor,
                             smoothing: float) -> torch.Tensor:
     """Per class, the probability of each interaction being significant, smoothed additively:

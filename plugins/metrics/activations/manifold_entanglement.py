@@ -17,10 +17,11 @@ from robaudit.figures import Heatmap
 from robaudit.ops.activations import (
     GramStats,
     check_layer_names,
-    gram_rank,
+    gram_factor,
     layer_statistics,
     linear_sites,
     output_sites,
+    stacked_rank,
 )
 
 
@@ -50,7 +51,8 @@ class ManifoldEntanglement(Metric):
     exclusion, is r_a + r_b − rank([A; B]), divided by min(r_a, r_b) (design §6): 0 for disjoint
     subspaces, 1 when one lies in the other. value: the mean overlap over unordered class pairs
     and over the named layers (lower is better). Ranks come from per-class Gram matrices AᵀA
-    accumulated per batch (rank [A; B] from AᵀA + BᵀB), so memory does not grow with the split.
+    accumulated per batch (rank [A; B] from AᵀA + BᵀB, through the small factors of
+:func:`robaudit.ops.activations.gram_factor`), so memory does not grow with the split.
     Default layer: the input of the last nn.Linear (the paper's n−1-th hidden layer).
     details per layer: the rank table, the overlap matrix (heat map, Figure 17), and the
     classes with too few samples for their rank to measure the manifold: a class with fewer
@@ -78,12 +80,13 @@ class ManifoldEntanglement(Metric):
             if len(usable) < 2:
                 raise MetricError("manifold_entanglement needs 2 classes with at least 2 "
                                   f"samples each; {site.label} has {len(usable)}")
-            ranks = {c: gram_rank(gram.gram[c], params.tol) for c in usable}
+            factors = {c: gram_factor(gram.gram[c]) for c in usable}
+            ranks = {c: stacked_rank([factors[c]], params.tol) for c in usable}
             overlap = torch.full((len(usable), len(usable)), float("nan"), dtype=torch.float64)
             pairs = []
             for (i, a), (j, b) in itertools.combinations(enumerate(usable), 2):
                 smaller = min(ranks[a], ranks[b])
-                union = gram_rank(gram.gram[a] + gram.gram[b], params.tol)
+                union = stacked_rank([factors[a], factors[b]], params.tol)
                 share = (ranks[a] + ranks[b] - union) / smaller if smaller else 0.0
                 overlap[i, j] = overlap[j, i] = share
                 pairs.append(share)

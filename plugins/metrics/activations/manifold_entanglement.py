@@ -49,10 +49,12 @@ class ManifoldEntanglement(Metric):
     (true labels) form a matrix A; the class manifold's dimension is its numerical rank r_a
     (singular values above ``tol`` × the largest). The overlap of classes a and b, by inclusion–
     exclusion, is r_a + r_b − rank([A; B]), divided by min(r_a, r_b) (design §6): 0 for disjoint
-    subspaces, 1 when one lies in the other. value: the mean overlap over unordered class pairs
-    and over the named layers (lower is better). Ranks come from per-class Gram matrices AᵀA
-    accumulated per batch (rank [A; B] from AᵀA + BᵀB, through the small factors of
-:func:`robaudit.ops.activations.gram_factor`), so memory does not grow with the split.
+    subspaces, 1 when one lies in the other (it can pass 1 slightly when the singular values
+    trail off: each rank's tolerance is relative to its own matrix's largest singular value).
+    value: the mean overlap over unordered class pairs and over the named layers (lower is
+    better). Ranks come from per-class Gram matrices AᵀA accumulated per batch (rank [A; B]
+    from AᵀA + BᵀB, through the small factors of :func:`robaudit.ops.activations.gram_factor`),
+    so memory does not grow with the split.
     Default layer: the input of the last nn.Linear (the paper's n−1-th hidden layer).
     details per layer: the rank table, the overlap matrix (heat map, Figure 17), and the
     classes with too few samples for their rank to measure the manifold: a class with fewer

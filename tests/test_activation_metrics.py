@@ -235,3 +235,20 @@ def test_values_do_not_depend_on_the_batch_size(metric, params):
     assert values[0].value == pytest.approx(values[1].value, rel=1e-9, abs=1e-12)
     if values[0].samples is not None:
         np.testing.assert_allclose(values[0].samples, values[1].samples, atol=1e-12)
+
+
+def test_a_misspelt_layer_in_a_spec_is_a_located_error_listing_close_names(write_spec,
+                                                                          robaudit_main):
+    spec = write_spec("""\
+        audit: toy audit
+        model:
+          factory: toy_model.py:linear
+        data:
+          source: toy
+        checks:
+          - metric: activation_sparsity
+            params: {layers: ["Flaten"]}
+        """)
+    code, out, err = robaudit_main("run", spec)
+    assert code == 4
+    assert "checks.0.params.layers: no module named 'Flaten'; closest: 0 (Flatten)" in out + err

@@ -59,16 +59,22 @@ def module_names(model: ModelUnderAudit) -> list[str]:
 def check_layer_names(model: ModelUnderAudit, names: Sequence[str] | None, key: str = "layers",
                       linear: bool = False) -> None:
     """Raise :class:`ParamError` for a name that is not a submodule of the model (listing the
-    closest names, by :mod:`difflib`), or, with ``linear``, for one that is not an nn.Linear."""
+    closest names by :mod:`difflib`, with their types, and the modules whose type is close to
+    the name: ``fc`` or ``Flaten`` find ``3 (Flatten)``), or, with ``linear``, for one that is
+    not an nn.Linear."""
     if names is None:
         return
     modules = dict(model.module.named_modules())
     known = [name for name in modules if name]
     for name in names:
         if name not in modules or not name:
-            close = difflib.get_close_matches(name, known, n=5, cutoff=0.3) or known[:5]
+            types = {type(m).__name__.lower(): n for n, m in modules.items() if n}
+            by_type = [types[t] for t in difflib.get_close_matches(name.lower(), types, n=3)]
+            close = list(dict.fromkeys(
+                difflib.get_close_matches(name, known, n=5, cutoff=0.3) + by_type)) or known[:5]
+            shown = ", ".join(f"{n} ({type(modules[n]).__name__})" for n in close)
             raise ParamError(key, f"no module named {name!r}; closest: "
-                                  f"{', '.join(close) or '(the model has no submodules)'}")
+                                  f"{shown or '(the model has no submodules)'}")
         if linear and not isinstance(modules[name], nn.Linear):
             linears = [n for n in known if isinstance(modules[n], nn.Linear)]
             raise ParamError(key, f"{name!r} is a {type(modules[name]).__name__}, not an "

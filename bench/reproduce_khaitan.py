@@ -113,14 +113,13 @@ def summary(results: dict[str, dict[str, MetricResult]], accuracies: dict[str, t
         last = divergence[f"input of {LINEARS[-1]}"]
         second = divergence[f"input of {LINEARS[0]}"]
         entangle = r["entanglement"].details["layers"][0]
-        ranks = [row["rank"] for row in entangle["ranks"]]
         likelihood = r["likelihood"].details
         numbers[label] = {
             "freq384": sparsity[384]["mean_frequency"], "freq192": sparsity[192]["mean_frequency"],
             "on384": sparsity[384]["always_on"], "on192": sparsity[192]["always_on"],
             "kl_last": last["mean_kl"], "h_last": last["mean_entropy"],
             "kl_second": second["mean_kl"], "h_second": second["mean_entropy"],
-            "rank": float(np.mean(ranks)), "overlap": entangle["mean_overlap"],
+            "rank": entangle["mean_rank"], "overlap": entangle["mean_overlap"],
             "drop": r["likelihood"].value, "dropping": likelihood["classes_dropping"],
             "in_out": last["ood_mean_kl_in_to_out"], "out_in": last["ood_mean_kl_out_to_in"],
             "in_out2": second["ood_mean_kl_in_to_out"], "out_in2": second["ood_mean_kl_out_to_in"],
@@ -146,8 +145,7 @@ def tol_sweep(results: dict[str, dict[str, MetricResult]]) -> list[list[str]]:
             row = [split, f"{tol:g}"]
             for label in ("untrained", "random labels", "clean labels"):
                 layer = results[label][f"entanglement {split} {tol}"].details["layers"][0]
-                rank = np.mean([r["rank"] for r in layer["ranks"]])
-                row.append(f"{rank:.1f} / {layer['mean_overlap']:.3f}")
+                row.append(f"{layer['mean_rank']:.1f} / {layer['mean_overlap']:.3f}")
             rows.append(row)
     return rows
 
@@ -258,10 +256,12 @@ def figures(results: dict[str, dict[str, MetricResult]], out: Path) -> None:
         grid[1, col].set_title(f"KL between classes, entropy on diagonal,\nlast layer: {label} "
                                "(Figs 11, 15)", fontsize=9)
     for col, label in enumerate(results):
-        layer = results[label]["entanglement"].details["layers"][0]
-        image = grid[2, col].imshow(np.array(layer["overlap"]), cmap="magma", vmin=0, vmax=1)
+        details = results[label]["entanglement"].details
+        name = details["layers"][0]["layer"]
+        image = grid[2, col].imshow(np.array(details["overlap"][name]), cmap="magma", vmin=0,
+                                    vmax=1)
         fig.colorbar(image, ax=grid[2, col], shrink=0.8)
-        ranks = ", ".join(str(r["rank"]) for r in layer["ranks"])
+        ranks = ", ".join(str(r["rank"]) for r in details["ranks"][name])
         grid[2, col].set_title(f"entanglement, penultimate layer: {label} (Fig. 17)\n"
                                f"ranks {ranks}", fontsize=8)
     fig.savefig(out, format="png")

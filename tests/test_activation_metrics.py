@@ -87,9 +87,10 @@ def test_planted_subspaces_give_their_ranks_and_the_inclusion_exclusion_overlap(
     ctx = make_context(model, x, y, batch_size=17)
     result = run_metric(ManifoldEntanglement(), ctx)  # default: the input of the last Linear
     layer = result.details["layers"][0]
-    assert [r["rank"] for r in layer["ranks"]] == ranks
+    assert layer["layer"] == "input of 0"
+    assert [r["rank"] for r in result.details["ranks"]["input of 0"]] == ranks
     expected = np.array([[1, 1 / 3, 0], [1 / 3, 1, 0], [0, 0, 1]])
-    np.testing.assert_allclose(layer["overlap"], expected, atol=1e-12)
+    np.testing.assert_allclose(result.details["overlap"]["input of 0"], expected, atol=1e-12)
     assert result.value == pytest.approx(1 / 9)
     # numpy's rank of the stacked rows, by inclusion–exclusion
     flat = x.numpy()
@@ -120,8 +121,7 @@ def test_classes_whose_activations_do_not_depend_on_the_class_have_kl_zero():
     same = run_metric(ClassDivergence(),
                       make_context(model, base.repeat(4, 1), torch.arange(4).repeat_interleave(50)))
     assert same.value == pytest.approx(0.0, abs=1e-12)
-    layer = same.details["layers"][0]
-    assert len(set(np.round(layer["entropy"], 12))) == 1
+    assert len(set(np.round(same.details["entropy"]["input of 2"], 12))) == 1
 
     n = 8000
     x = torch.randn(n, 6, generator=torch.Generator().manual_seed(1))
@@ -146,7 +146,7 @@ def test_class_divergence_equals_a_brute_force_computation():
     p = [(sig[y.numpy() == c].sum(0).ravel() + 1.0) / (20 + 2.0) for c in range(3)]
     kl = [[np.mean(p[a] * np.log(p[a] / p[b]) + (1 - p[a]) * np.log((1 - p[a]) / (1 - p[b])))
            for b in range(3)] for a in range(3)]
-    np.testing.assert_allclose(result.details["layers"][0]["kl"], kl, atol=1e-12)
+    np.testing.assert_allclose(result.details["kl"]["input of 2"], kl, atol=1e-12)
     assert result.value == pytest.approx(np.mean([kl[a][b] for a in range(3) for b in range(3)
                                                   if a != b]))
 
@@ -187,10 +187,16 @@ def test_ood_split_gives_kl_both_ways():
     same = run_metric(ClassDivergence(), make_context(model, x, y), ood="train")
     moved = run_metric(ClassDivergence(), make_context(model, x, y, reference=shifted),
                        ood="train")
-    np.testing.assert_allclose(same.details["layers"][0]["ood_kl_in_to_out"], 0, atol=1e-12)
+    rows = same.details["ood"]["input of 2"]
+    assert [r["class"] for r in rows] == [0, 1, 2]
+    np.testing.assert_allclose([r["kl_in_to_out"] for r in rows], 0, atol=1e-12)
+    assert same.details["layers"][0]["ood_mean_kl_out_to_in"] == pytest.approx(0, abs=1e-12)
+    rows = moved.details["ood"]["input of 2"]
+    forward, backward = ([r[k] for r in rows] for k in ("kl_in_to_out", "kl_out_to_in"))
+    assert min(forward) > 0.01 and min(backward) > 0.01 and forward != backward
+    # the means in the layer row are those of the class rows
     layer = moved.details["layers"][0]
-    assert min(layer["ood_kl_in_to_out"]) > 0.01 and min(layer["ood_kl_out_to_in"]) > 0.01
-    assert layer["ood_kl_in_to_out"] != layer["ood_kl_out_to_in"]
+    assert layer["ood_mean_kl_in_to_out"] == pytest.approx(np.mean(forward))
 
 
 def _likelihood_setting():

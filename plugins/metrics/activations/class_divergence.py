@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -57,9 +58,11 @@ class ClassDivergence(Metric):
     smoothed, p = (k + α)/(n + 2α), so a pattern never or always seen in a class still has a
     finite KL (α = ``smoothing``); classes without samples are left out. value: the mean of
     KL(P_a ‖ P_b) over ordered pairs a ≠ b and over the named layers (higher = classes better
-    separated). details per layer: the KL matrix, the entropies (the heat map's diagonal, as in
-    Figures 11–15) and the mean entropy. With ``ood`` (a split name), KL from each in-
-    distribution class to the same class in that split and back (Figures 13–14).
+    separated). details: per layer the mean KL and mean entropy; ``kl`` the KL matrices and
+    ``entropy`` the class entropies by layer (the heat map shows them on its diagonal, as in
+    Figures 11–15). With ``ood`` (a split name), ``ood`` holds per layer and class the KL from
+    the in-distribution class to the same class in that split and back (Figures 13–14), and
+    the layer rows their means.
     """
 
     name: ClassVar[str] = "class_divergence"
@@ -79,6 +82,9 @@ class ClassDivergence(Metric):
         ood_stats = (layer_statistics(ctx, sites, "interactions", params.ood,
                                       count_bias=params.count_bias) if params.ood else None)
         values, layers, figures = [], [], []
+        matrices: dict[str, object] = {}
+        entropies: dict[str, object] = {}
+        ood: dict[str, object] = {}
         for i, (site, interactions) in enumerate(zip(sites, stats, strict=True)):
             assert isinstance(interactions, InteractionStats)
             present = (interactions.samples > 0).nonzero().squeeze(1)
@@ -92,10 +98,11 @@ class ClassDivergence(Metric):
             off = ~torch.eye(len(present), dtype=torch.bool)
             values.append(float(kl[off].mean()))
             labels = tuple(str(c) for c in present.tolist())
-            layer = {"layer": site.label, "classes": [int(c) for c in present],
-                     "mean_kl": values[-1], "mean_entropy": float(entropy.mean()),
-                     "entropy": [float(v) for v in entropy],
-                     "kl": [[float(v) for v in row] for row in kl]}
+            layer: dict[str, object] = {
+                "layer": site.label, "classes": [int(c) for c in present],
+                "mean_kl": values[-1], "mean_entropy": float(entropy.mean())}
+            matrices[site.label] = [[float(v) for v in row] for row in kl]
+            entropies[site.label] = [float(v) for v in entropy]
             shown = kl.clone()
             shown[~off] = entropy
             figures.append(Heatmap(
@@ -105,34 +112,37 @@ class ClassDivergence(Metric):
                 xlabels=labels, ylabels=labels, xlabel="to class", ylabel="from class",
                 colorbar="nats per interaction"))
             if ood_stats is not None:
-                layer.update(_ood(interactions, ood_stats[i], params.smoothing))
+                table, in_to_out, out_to_in = _ood(interactions, ood_stats[i], params.smoothing)
+                ood[site.label] = table
+                layer.update(ood_mean_kl_in_to_out=in_to_out, ood_mean_kl_out_to_in=out_to_in)
             layers.append(layer)
-        return MetricResult(value=sum(values) / len(values), details={"layers": layers},
-                            figures=figures)
+        details: dict[str, object] = {"layers": layers, "kl": matrices, "entropy": entropies}
+        if ood_stats is not None:
+            details["ood"] = ood
+        return MetricResult(value=sum(values) / len(values), details=details, figures=figures)
 
     def floor(self, ctx: AuditContext, params: DivergenceParams) -> Floor:
         n = len(ctx.data()) + (len(ctx.data(params.ood)) if params.ood else 0)
         return Floor(forward=n, note="one forward pass of the split (and of the ood split)")
 
 
-def _ood(inside: InteractionStats, outside: object, smoothing: float) -> dict[str, object]:
-    """KL between each class of the audit split and the same class of the ood split."""
+def _ood(inside: InteractionStats, outside: object, smoothing: float
+         ) -> tuple[list[dict[str, float]], float, float]:
+    """Per class with samples in both splits: KL(in ‖ out), KL(out ‖ in) and the ood class's
+    entropy; and the means of the two KLs (NaN when no class is in both)."""
     assert isinstance(outside, InteractionStats)
     both = ((inside.samples > 0) & (outside.samples > 0)).nonzero().squeeze(1)
     if both.numel() == 0:
-        return {"ood_classes": []}
+        return [], math.nan, math.nan
     p_in = bernoulli_probabilities(inside.significant[both], inside.samples[both], smoothing)
     p_out = bernoulli_probabilities(outside.significant[both], outside.samples[both], smoothing)
     in_to_out = bernoulli_kl(p_in, p_out).diagonal()
     out_to_in = bernoulli_kl(p_out, p_in).diagonal()
-    return {
-        "ood_classes": [int(c) for c in both],
-        "ood_kl_in_to_out": [float(v) for v in in_to_out],
-        "ood_kl_out_to_in": [float(v) for v in out_to_in],
-        "ood_entropy": [float(v) for v in bernoulli_entropy(p_out)],
-        "ood_mean_kl_in_to_out": float(in_to_out.mean()),
-        "ood_mean_kl_out_to_in": float(out_to_in.mean()),
-    }
+    table = [{"class": int(c), "kl_in_to_out": float(a), "kl_out_to_in": float(b),
+              "ood_entropy": float(h)}
+             for c, a, b, h in zip(both, in_to_out, out_to_in, bernoulli_entropy(p_out),
+                                   strict=True)]
+    return table, float(in_to_out.mean()), float(out_to_in.mean())
 
 
 @hookimpl

@@ -56,8 +56,9 @@ class ManifoldEntanglement(Metric):
     from AᵀA + BᵀB, through the small factors of :func:`robaudit.ops.activations.gram_factor`),
     so memory does not grow with the split.
     Default layer: the input of the last nn.Linear (the paper's n−1-th hidden layer).
-    details per layer: the rank table, the overlap matrix (heat map, Figure 17), and the
-    classes with too few samples for their rank to measure the manifold: a class with fewer
+    details: per layer the mean overlap and rank and the classes with too few samples for
+    their rank to measure the manifold; ``ranks`` the rank tables and ``overlap`` the overlap
+    matrices by layer (heat map, Figure 17). Too few samples: a class with fewer
     samples than the layer has units has rank at most its sample count (``undersampled``);
     one with fewer than 2 samples has no rank and is left out of the overlaps.
     """
@@ -75,6 +76,8 @@ class ManifoldEntanglement(Metric):
                  else linear_sites(ctx.model, None))
         stats = layer_statistics(ctx, sites, "gram", max_dim=params.max_dim)
         values, layers, figures = [], [], []
+        rank_tables: dict[str, object] = {}
+        overlaps: dict[str, object] = {}
         for site, gram in zip(sites, stats, strict=True):
             assert isinstance(gram, GramStats)
             units = gram.gram.shape[1]
@@ -94,13 +97,12 @@ class ManifoldEntanglement(Metric):
                 pairs.append(share)
             overlap.fill_diagonal_(1.0)
             values.append(sum(pairs) / len(pairs))
-            table = [{"class": c, "samples": int(gram.samples[c]), "rank": ranks[c]}
-                     for c in usable]
-            labels = tuple(f"{c} (r={ranks[c]})" for c in usable)
+            rank_tables[site.label] = [{"class": c, "samples": int(gram.samples[c]),
+                                        "rank": ranks[c]} for c in usable]
+            overlaps[site.label] = [[float(v) for v in row] for row in overlap]
             layers.append({
                 "layer": site.label, "units": units, "mean_overlap": values[-1],
-                "ranks": table,
-                "overlap": [[float(v) for v in row] for row in overlap],
+                "mean_rank": sum(ranks.values()) / len(ranks),
                 "undersampled": [c for c in usable if int(gram.samples[c]) < units],
                 "too_few_samples": [c for c in range(gram.samples.numel())
                                     if 0 < int(gram.samples[c]) < 2],
@@ -108,9 +110,12 @@ class ManifoldEntanglement(Metric):
             figures.append(Heatmap(
                 title=f"pairwise entanglement of class manifolds, {site.label}",
                 values=tuple(tuple(float(v) for v in row) for row in overlap),
-                xlabels=tuple(str(c) for c in usable), ylabels=labels,
+                xlabels=tuple(str(c) for c in usable),
+                ylabels=tuple(f"{c} (r={ranks[c]})" for c in usable),
                 colorbar="(r_a + r_b − r_ab) / min(r_a, r_b)"))
-        return MetricResult(value=sum(values) / len(values), details={"layers": layers},
+        return MetricResult(value=sum(values) / len(values),
+                            details={"layers": layers, "ranks": rank_tables,
+                                     "overlap": overlaps},
                             figures=figures)
 
     def floor(self, ctx: AuditContext, params: EntanglementParams) -> Floor:

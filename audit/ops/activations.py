@@ -384,10 +384,11 @@ def bernoulli_entropy(p: torch.Tensor) -> torch.Tensor:
 
 def bernoulli_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """KL(P_a ‖ Q_b) (nats per unit) between every row a of ``p`` and every row b of ``q`` for
-    independent Bernoulli units: mean_k [p log(p/q) + (1−p) log((1−p)/(1−q))]. A × B."""
+    independent Bernoulli units: mean_k [p log(p/q) + (1−p) log((1−p)/(1−q))]. A × B, from
+    one matrix product (−H(P_a) minus the cross-entropy), clamped at 0 against rounding."""
     negative_entropy = -_h(p).sum(dim=1)
     cross = p @ q.log().T + (1 - p) @ (1 - q).log().T
-    return (negative_entropy[:, None] - cross) / p.shape[1]
+    return ((negative_entropy[:, None] - cross) / p.shape[1]).clamp_min(0.0)  # rounding
 
 
 def bernoulli_log_likelihood(sig: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from robaudit.ops.activations import (
     gram_factor,
     gram_rank,
     layer_statistics,
+    linear_sites,
     output_sites,
     significance,
     stacked_rank,
@@ -204,3 +205,20 @@ def test_stacked_rank_from_factors_equals_the_rank_of_the_summed_grams():
     for tol in (1e-6, 1e-3):
         assert stacked_rank([fa], tol) == gram_rank(a.T @ a, tol) == 5
         assert stacked_rank([fa, fb], tol) == gram_rank(a.T @ a + b.T @ b, tol) == 9
+
+
+class TokenNet(nn.Module):
+    """An nn.Linear applied to every one of 3 tokens (inputs batch × 3 × 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(x.view(-1, 3, 4)).mean(dim=1)
+
+
+def test_a_linear_applied_to_tokens_is_a_clear_error_for_interactions():
+    ctx = make_context(TokenNet(), torch.randn(6, 12), torch.zeros(6, dtype=torch.long))
+    with pytest.raises(MetricError, match="inputs of 12 values a sample, not 4"):
+        layer_statistics(ctx, linear_sites(ctx.model, None), "interactions")

@@ -248,6 +248,11 @@ class _Accumulator:
         else:
             layer = self.site.module
             assert isinstance(layer, nn.Linear)
+            if h.shape[1] != layer.in_features:
+                raise MetricError(
+                    f"nn.Linear {self.site.name!r} is applied to inputs of {h.shape[1]} values "
+                    f"a sample, not {layer.in_features}: significant interactions need one "
+                    "input vector a sample")
             per_sample = layer.weight.shape[0] * (layer.weight.shape[1] + 1)
             step = max(1, CHUNK_ELEMENTS // per_sample)
             for start in range(0, h.shape[0], step):

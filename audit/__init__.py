@@ -21,6 +21,7 @@ _EXPORTS = {
     "RobauditError": "robaudit.errors",
     "SpecError": "robaudit.errors",
     "UsageError": "robaudit.errors",
+    "Heatmap": "robaudit.figures",
     "Histogram": "robaudit.figures",
     "ImageGrid": "robaudit.figures",
     "ImagePlot": "robaudit.figures",
@@ -37,6 +38,7 @@ __all__ = [
     "AuditContext",
     "DataSplit",
     "Floor",
+    "Heatmap",
     "Histogram",
     "ImageGrid",
     "ImagePlot",
@@ -55,7 +57,7 @@ __all__ = [
 if TYPE_CHECKING:
     from robaudit.context import AuditContext, DataSplit
     from robaudit.errors import RobauditError, SpecError, UsageError
-    from robaudit.figures import Histogram, ImageGrid, ImagePlot, LinePlot
+    from robaudit.figures import Heatmap, Histogram, ImageGrid, ImagePlot, LinePlot
     from robaudit.hookspecs import hookimpl
     from robaudit.metric import Floor, Metric, MetricParams, MetricResult
     from robaudit.model import ModelUnderAudit

@@ -55,4 +55,20 @@ class ImageGrid:
     captions: tuple[tuple[str, ...], ...] = ()
 
 
-Figure = Histogram | LinePlot | ImagePlot | ImageGrid
+
+@dataclass(frozen=True)
+class Heatmap:
+    """A matrix of numbers shown as colours, ``values[i][j]`` at row i, column j (e.g. a
+    class × class table); ``annotate`` writes each number in its cell."""
+
+    title: str
+    values: tuple[tuple[float, ...], ...]
+    xlabels: tuple[str, ...] = ()
+    ylabels: tuple[str, ...] = ()
+    xlabel: str = ""
+    ylabel: str = ""
+    colorbar: str = ""
+    annotate: bool = True
+
+
+Figure = Histogram | LinePlot | ImagePlot | ImageGrid | Heatmap

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure as MplFigure
 
-from robaudit.figures import Figure, Histogram, ImageGrid, ImagePlot, LinePlot
+from robaudit.figures import Figure, Heatmap, Histogram, ImageGrid, ImagePlot, LinePlot
 
 SIZE = (4.0, 2.6)  # inches
 DPI = 100
@@ -42,14 +42,13 @@ def render_png(figure: Figure) -> str:
         _lineplot(ax, figure)
     elif isinstance(figure, ImagePlot):
         _image(fig, ax, figure)
+    elif isinstance(figure, Heatmap):
+        _heatmap(fig, ax, figure)
     else:
         raise ValueError(f"unknown figure type {type(figure).__name__}")
     ax.set_title(textwrap.fill(figure.title, 48), fontsize=9)
     ax.tick_params(labelsize=7)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    fig.clear()
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _png(fig)
 
 
 def samples_histogram(
@@ -187,3 +186,33 @@ def _image_grid(figure: ImageGrid) -> MplFigure:
                                   rotation=0, ha="right", va="center")
     fig.suptitle(textwrap.fill(figure.title, 70), fontsize=9)
     return fig
+
+
+def _heatmap(fig: MplFigure, ax: Axes, figure: Heatmap) -> None:
+    matrix = np.asarray(figure.values, dtype=float)
+    if matrix.ndim != 2 or matrix.size == 0:
+        raise ValueError(f"a heat map needs a non-empty 2-d matrix, not shape {matrix.shape}")
+    for labels, size, axis in ((figure.xlabels, matrix.shape[1], "x"),
+                               (figure.ylabels, matrix.shape[0], "y")):
+        if labels and len(labels) != size:
+            raise ValueError(f"{len(labels)} {axis} labels for {size} {axis} cells")
+    shown = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", interpolation="nearest",
+                      aspect="auto")
+    bar = fig.colorbar(shown, ax=ax, shrink=0.85)
+    bar.ax.tick_params(labelsize=6)
+    if figure.colorbar:
+        bar.set_label(figure.colorbar, fontsize=7)
+    rows, cols = matrix.shape
+    ax.set_xticks(range(cols), figure.xlabels or [str(j) for j in range(cols)], fontsize=6)
+    ax.set_yticks(range(rows), figure.ylabels or [str(i) for i in range(rows)], fontsize=6)
+    if figure.annotate and rows * cols <= 144:
+        finite = matrix[np.isfinite(matrix)]
+        middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for i in range(rows):
+            for j in range(cols):
+                if np.isfinite(matrix[i, j]):
+                    colour = "black" if matrix[i, j] > middle else "white"
+                    ax.text(j, i, f"{matrix[i, j]:.2g}", ha="center", va="center",
+                            fontsize=5, color=colour)
+    ax.set_xlabel(figure.xlabel, fontsize=8)
+    ax.set_ylabel(figure.ylabel, fontsize=8)

@@ -28,14 +28,15 @@ def test_default_audit_passes_and_writes_every_report(tmp_path: Path):
     report = json.loads(paths["json"].read_text())
     # design §5's keys in its order, then the extensions it allows
     assert list(report) == ["robaudit", "audit", "spec", "outcome", "summary", "duration_s",
-                            "seed", "device", "environment", "interrupted", "data", "checks"]
+                            "seed", "device", "environment", "interrupted", "model", "data",
+                            "checks"]
     assert report["interrupted"] is False
     assert report["data"]["sizes"] == {"train": 1347, "test": 450}
     assert report["outcome"] == "passed"
     assert report["summary"]["passed"] == len(spec_checks)
     for check in report["checks"]:
-        assert list(check) == ["id", "metric", "outcome", "value", "ci", "expect", "params",
-                               "details", "message", "duration_s"]
+        assert list(check)[:11] == ["id", "metric", "outcome", "value", "ci", "expect", "params",
+                                    "details", "message", "duration_s", "severity"]
         assert check["outcome"] == "passed"
         assert np.isfinite(check["value"])
 

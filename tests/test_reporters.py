@@ -25,7 +25,7 @@ CHECK_KEYS = ["id", "metric", "outcome", "value", "ci", "expect", "params", "det
               "message", "duration_s"]
 #: design §5's keys in its order, with the extensions it allows before `checks`
 AUDIT_KEYS = ["robaudit", "audit", "spec", "outcome", "summary", "duration_s", "seed", "device",
-              "environment", "interrupted", "data", "checks"]
+              "environment", "interrupted", "model", "data", "checks"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ENV = {"python": "3.11.7", "torch": "2.14.1", "device_name": "cpu"}
 
@@ -127,10 +127,13 @@ def test_json_has_exactly_the_contract_keys_in_order_and_strict_values(tmp_path)
     assert list(data) == AUDIT_KEYS
     assert data["robaudit"] == robaudit.__version__
     assert data["outcome"] == "error"
-    assert data["summary"] == {"passed": 1, "failed": 1, "error": 1, "skipped": 1}
+    assert data["summary"] == {"passed": 1, "failed": 1, "error": 1, "skipped": 1, "warned": 0}
     assert list(data["environment"].items()) == list(ENV.items())
     assert [c["id"] for c in data["checks"]] == ["spearman", "lipschitz", "boom", "gone"]
-    assert all(list(c) == CHECK_KEYS for c in data["checks"])
+    for check in data["checks"]:  # design §5's keys in its order, then the extensions
+        extensions = ["severity"] + (["samples"] if check["id"] == "spearman" else [])
+        assert list(check) == CHECK_KEYS + extensions, check["id"]
+        assert check["severity"] == "fail"
     assert text.startswith('{\n  "robaudit"')  # indent 2
 
 
@@ -332,7 +335,7 @@ checks:
                                "--junitxml", out / "r.xml", "--html", out / "r.html")
     assert code == 1
     data = json.loads((out / "r.json").read_text())
-    assert data["summary"] == {"passed": 1, "failed": 1, "error": 1, "skipped": 0}
+    assert data["summary"] == {"passed": 1, "failed": 1, "error": 1, "skipped": 0, "warned": 0}
     assert data["checks"][0]["params"] == {"value": 0.7}
     suite = ET.parse(out / "r.xml").getroot().find("testsuite")
     assert suite.get("name") == "toy audit" and suite.get("errors") == "1"

@@ -1,0 +1,84 @@
+"""``activation_sparsity``: how often each unit fires (Khaitan 2024, §3.1, Figures 1–9)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+
+from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
+from robaudit.context import AuditContext
+from robaudit.ops.activations import check_layer_names, layer_statistics, output_sites
+
+
+class SparsityParams(MetricParams):
+    layers: tuple[str, ...] | None = Field(
+        None, min_length=1,
+        description="modules whose outputs are read (dotted names as named_modules gives "
+                    "them); default: the inputs of the last two nn.Linear",
+    )
+    bins: int = Field(20, ge=2, le=1000, description="bins of the frequency histograms")
+
+
+class ActivationSparsity(Metric):
+    """Mean fraction of audit samples on which a unit of the named layers is active (> 0).
+
+    Khaitan (2024), §3.1: per unit, the number of times it activates over the split divided by
+    the split's size; the paper plots the histogram of these frequencies per layer (Figures
+    1–9) and reads training as making them sparser (fewer units always on). value: the mean
+    frequency over every unit of every named layer, pooled (lower = sparser). details per
+    layer: its mean frequency, the share of units always on (frequency 1) and never on (0),
+    and the histogram of frequencies (``bins`` equal bins of [0, 1]); one histogram figure per
+    layer. "Active" is > 0 after the module, so for a layer that is not followed by a ReLU a
+    negative value counts as off. Counts are accumulated per batch in the run's shared pass
+    (:mod:`robaudit.ops.activations`).
+    """
+
+    name: ClassVar[str] = "activation_sparsity"
+    Params: ClassVar[type[MetricParams]] = SparsityParams
+    higher_is_better: ClassVar[bool] = False
+    source: ClassVar[str] = "Khaitan 2024, §3.1 (activation frequencies, Figures 1–9)"
+
+    def check_data(self, ctx: AuditContext, params: SparsityParams) -> None:
+        check_layer_names(ctx.model, params.layers)
+
+    def compute(self, ctx: AuditContext, params: SparsityParams) -> MetricResult:
+        sites = output_sites(ctx.model, params.layers)
+        stats = layer_statistics(ctx, sites, "units")
+        table, figures, pooled = [], [], []
+        edges = torch.linspace(0, 1, params.bins + 1, dtype=torch.float64)
+        for site, unit in zip(sites, stats, strict=True):
+            frequency = unit.frequency
+            pooled.append(frequency)
+            counts = torch.histogram(frequency, bins=edges).hist
+            table.append({
+                "layer": site.label,
+                "units": int(frequency.numel()),
+                "mean_frequency": float(frequency.mean()),
+                "always_on": float((frequency == 1).double().mean()),
+                "never_on": float((frequency == 0).double().mean()),
+                "histogram": [int(c) for c in counts.tolist()],
+            })
+            figures.append(Histogram(
+                title=f"activation frequencies, {site.label}",
+                values=tuple(frequency.tolist()), xlabel="fraction of samples active",
+                bins=params.bins, markers={"mean": float(frequency.mean())},
+            ))
+        everything = torch.cat(pooled)
+        return MetricResult(
+            value=float(everything.mean()),
+            details={"layers": table, "samples": int(stats[0].samples.sum()),
+                     "always_on": float((everything == 1).double().mean()),
+                     "never_on": float((everything == 0).double().mean())},
+            figures=figures,
+        )
+
+    def floor(self, ctx: AuditContext, params: SparsityParams) -> Floor:
+        return Floor(forward=len(ctx.data()), note="one forward pass of the split")
+
+
+@hookimpl
+def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
+    register(ActivationSparsity())

@@ -1,0 +1,101 @@
+"""``interaction_significance``: significant weight·activation interactions (Khaitan 2024,
+§2.1, Figure 10)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+
+from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
+from robaudit.context import AuditContext
+from robaudit.ops.activations import (
+    InteractionStats,
+    check_layer_names,
+    layer_statistics,
+    linear_sites,
+)
+
+
+class InteractionParams(MetricParams):
+    layers: tuple[str, ...] | None = Field(
+        None, min_length=1,
+        description="nn.Linear modules whose interactions are counted (dotted names as "
+                    "named_modules gives them); default: the last nn.Linear",
+    )
+    count_bias: bool = Field(
+        True,
+        description="n in the 1/n threshold counts the bias column (n = n_in + 1, the "
+                    "matrix's columns); false: n = n_in",
+    )
+    bins: int = Field(10, ge=2, le=1000, description="bins of the per-class histograms")
+
+
+class InteractionSignificance(Metric):
+    """Mean fraction of significant weight·activation interactions of a linear layer.
+
+    Khaitan (2024), §2.1: for an nn.Linear with weights W (n_out × n_in), bias b and input h,
+    the n_out × (n_in + 1) matrix [W diag(h) | b] holds each product w_ij·h_j and the bias as
+    one more column; an entry is significant when its share of its row's sum exceeds 1/n
+    (see :func:`robaudit.ops.activations.significance` for the choices: n = n_in + 1 with
+    ``count_bias``, the signed share, a zero-sum row has none). value: the mean over audit
+    samples (and over the named layers) of the fraction of significant entries (lower = sparser
+    interactions). samples: per-sample fractions (one layer) or their mean over the layers.
+    details per layer and class: the mean fraction and the histogram of per-interaction
+    significance frequencies within the class (the paper's binned proportions, Figure 10),
+    drawn as one curve per class.
+    """
+
+    name: ClassVar[str] = "interaction_significance"
+    Params: ClassVar[type[MetricParams]] = InteractionParams
+    higher_is_better: ClassVar[bool] = False
+    source: ClassVar[str] = "Khaitan 2024, §2.1 (significant interactions, Figure 10)"
+
+    def check_data(self, ctx: AuditContext, params: InteractionParams) -> None:
+        check_layer_names(ctx.model, params.layers, linear=True)
+
+    def compute(self, ctx: AuditContext, params: InteractionParams) -> MetricResult:
+        sites = linear_sites(ctx.model, params.layers)
+        stats = layer_statistics(ctx, sites, "interactions", count_bias=params.count_bias)
+        edges = torch.linspace(0, 1, params.bins + 1, dtype=torch.float64)
+        centres = tuple(float(c) for c in (edges[:-1] + edges[1:]) / 2)
+        table, figures = [], []
+        for site, interactions in zip(sites, stats, strict=True):
+            assert isinstance(interactions, InteractionStats)
+            series = {}
+            for c in range(interactions.samples.numel()):
+                n = int(interactions.samples[c])
+                if n == 0:
+                    continue
+                frequency = interactions.significant[c].flatten().double() / n
+                counts = torch.histogram(frequency, bins=edges).hist
+                share = counts / frequency.numel()
+                series[f"class {c}"] = tuple(float(v) for v in share)
+                table.append({"layer": site.label, "class": c, "samples": n,
+                              "mean_fraction": float(frequency.mean()),
+                              "histogram": [int(v) for v in counts.tolist()]})
+            figures.append(LinePlot(
+                title=f"significance frequency of interactions per class, {site.label}",
+                x=centres, series=series, xlabel="fraction of the class's samples significant",
+                ylabel="share of interactions",
+            ))
+        per_sample = torch.stack([s.fraction for s in stats]).mean(dim=0)
+        return MetricResult(
+            value=float(per_sample.mean()),
+            samples=per_sample.numpy(),
+            details={"layers": [s.label for s in sites],
+                     "per_layer": {s.label: float(st.fraction.mean())
+                                   for s, st in zip(sites, stats, strict=True)},
+                     "classes": table},
+            figures=figures,
+        )
+
+    def floor(self, ctx: AuditContext, params: InteractionParams) -> Floor:
+        return Floor(forward=len(ctx.data()), note="one forward pass of the split")
+
+
+@hookimpl
+def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
+    register(InteractionSignificance())

@@ -222,14 +222,40 @@ class Session:
         elif data.reference != data.split:
             splits[data.reference] = seeded_subset(splits[data.reference], data.reference_limit,
                                                    spec.model.seed)
+        if data.ood is not None:
+            splits["ood"] = self.load_ood(plan, splits)
         plan.data_summary = {name: len(split) for name, split in splits.items()}
         return splits
+
+    def load_ood(self, plan: AuditPlan, splits: dict[str, DataSplit]) -> DataSplit:
+        """``data.ood``: a split of the same source, or a split of a second source (its own
+        options, ``split`` defaulting to ``data.split``, an optional ``limit``)."""
+        spec, data = plan.spec, plan.spec.model.data
+        if isinstance(data.ood, str):
+            if data.ood not in splits:
+                raise UsageError(spec.locate(("data", "ood"), (
+                    f"split {data.ood!r} does not exist in {data.source!r}; available: "
+                    f"{', '.join(sorted(splits))}")))
+            return seeded_subset(splits[data.ood], data.limit, spec.model.seed)
+        ood = data.ood or {}
+        try:
+            loaded = self.plugins.data_sources[ood["source"]].load(
+                spec.ood_options, spec.base_dir, spec.model.seed)
+        except UsageError as exc:
+            raise UsageError(spec.locate(("data", "ood"), str(exc))) from None
+        name = ood.get("split", data.split)
+        if name not in loaded:
+            raise UsageError(spec.locate(("data", "ood", "split"), (
+                f"split {name!r} does not exist in {ood['source']!r}; available: "
+                f"{', '.join(sorted(loaded))}")))
+        return seeded_subset(loaded[name], ood.get("limit"), spec.model.seed)
 
     def check_data_fits(self, plan: AuditPlan, models: dict[str, ModelUnderAudit],
                         splits: dict[str, DataSplit]) -> None:
         """Design §3: the data must fit every model; each misfit a located usage error."""
         spec = plan.spec
         used = list(dict.fromkeys((spec.model.data.split, spec.model.data.reference)))
+        used += ["ood"] if "ood" in splits else []
         problems = input_problems(splits, used, spec.model.data.batch_size, spec.locate)
         if not problems:
             entries = {("model",): spec.model.model,

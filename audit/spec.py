@@ -106,6 +106,9 @@ class DataSpec(InputModel):
         description="at most this many reference samples (a subset drawn with the spec's seed); "
                     "null for the whole reference split")
     batch_size: PositiveInt = 256
+    ood: str | dict[str, Any] | None = Field(
+        None, description="out-of-distribution data, loaded as the split `ood`: a split name "
+                          "of this source, or {source, split, limit, ...that source's options}")
 
 
 class Expect(_Strict):
@@ -184,6 +187,7 @@ class AuditSpec:
     source_options: SourceOptions
     checks: tuple[Check, ...]
     node: yaml.Node | None = None
+    ood_options: SourceOptions | None = None
 
     def locate(self, loc: Iterable[str | int], message: str) -> str:
         """A located problem message, ``FILE:LINE: key.path: message``."""
@@ -380,6 +384,7 @@ def load_spec(path: str | Path, plugins: Plugins, overrides: Iterable[str] = ())
     if "model" in models:
         problems.add(("models", "model"), "the name `model` is the audited model's; pick another")
     source_options = _source_options(_mapping(raw.get("data")), plugins, context, problems)
+    ood_options = _ood_options(_mapping(raw.get("data")).get("ood"), plugins, context, problems)
 
     checks_raw = raw.get("checks") if isinstance(raw.get("checks"), list) else []
     resolved = [_metric_params(index, _mapping(check), plugins, context, problems)
@@ -398,7 +403,41 @@ def load_spec(path: str | Path, plugins: Plugins, overrides: Iterable[str] = ())
                             index, check.timeout))
     if problems.items:
         raise SpecError(problems.items)
-    return AuditSpec(path, spec, source_options, tuple(checks), root)
+    return AuditSpec(path, spec, source_options, tuple(checks), root, ood_options)
+
+
+#: The keys of a ``data.ood`` mapping that are not its source's own options, and their types.
+OOD_KEYS = {"source": str, "split": str, "limit": int}
+_KINDS = {str: "a string", int: "an integer"}
+
+
+def _ood_options(ood: Any, plugins: Plugins, context: dict[str, Any], problems: _Problems
+                 ) -> SourceOptions | None:
+    """The options of a ``data.ood`` mapping's source, validated by that source."""
+    if not isinstance(ood, dict):
+        return None
+    loc = ("data", "ood")
+    for key, kind in OOD_KEYS.items():
+        value = ood.get(key)
+        if (key == "source" and value is None) or (value is not None and (
+                not isinstance(value, kind) or isinstance(value, bool))):
+            problems.add((*loc, key), f"expected {_KINDS[kind]}")
+    if isinstance(ood.get("limit"), int) and not isinstance(ood["limit"], bool) \
+            and ood["limit"] < 1:
+        problems.add((*loc, "limit"), "expected a positive number of samples")
+    name = ood.get("source")
+    if not isinstance(name, str):
+        return None
+    source = plugins.data_sources.get(name)
+    if source is None:
+        problems.add((*loc, "source"), _unknown("data source", name, plugins.data_sources))
+        return None
+    try:
+        return source.Options.model_validate(
+            {k: v for k, v in ood.items() if k not in OOD_KEYS}, context=context)
+    except ValidationError as exc:
+        problems.add_validation(loc, exc, source.Options)
+        return None
 
 
 def _mapping(value: Any) -> dict[str, Any]:

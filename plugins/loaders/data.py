@@ -52,13 +52,34 @@ def digits_splits() -> dict[str, DataSplit]:
     }
 
 
+class DigitsOptions(SourceOptions):
+    transform: Literal["none", "rot90", "flip", "invert"] = Field(
+        "none", description="an offline out-of-distribution variant of every image: rotated "
+                            "by 90°, flipped left to right, or inverted (1 − x)")
+
+
+def transformed(x: torch.Tensor, transform: str) -> torch.Tensor:
+    """N×C×H×W images rotated by 90°, flipped left to right, inverted, or as they are."""
+    if transform == "rot90":
+        return torch.rot90(x, 1, dims=(2, 3)).contiguous()
+    if transform == "flip":
+        return torch.flip(x, dims=(3,)).contiguous()
+    if transform == "invert":
+        return 1.0 - x
+    return x
+
+
 class DigitsSource(DataSource):
-    """``source: digits`` — the default data set of robaudit's audits (no options)."""
+    """``source: digits`` — the default data set of robaudit's audits. ``transform`` turns it
+    into out-of-distribution data of the same classes, e.g. for ``data.ood``:
+    ``ood: {source: digits, split: test, transform: rot90}``."""
 
     name: ClassVar[str] = "digits"
+    Options: ClassVar[type[SourceOptions]] = DigitsOptions
 
     def load(self, options: Any, base_dir: Path, seed: int) -> dict[str, DataSplit]:
-        return digits_splits()
+        return {name: DataSplit(transformed(split.x, options.transform), split.y)
+                for name, split in digits_splits().items()}
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -92,6 +92,10 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
     run.add_argument("--collect-only", action="store_true",
                      help="list the selected checks with resolved params and their cost in "
                           "model passes; run nothing")
+    run.add_argument("--cache-dir", metavar="DIR",
+                     help="keep shared work (DeepFool boundary points, universal perturbation "
+                          "fits, features) in DIR between runs, keyed by the models' weights, "
+                          "the data, the seed and the robaudit version")
     run.add_argument("--strict", action="store_true",
                      help="a `warned` check (severity: warn) counts as failed")
     run.add_argument("--baseline", metavar="REPORT.json",

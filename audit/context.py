@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 
 from robaudit.errors import UsageError
 from robaudit.model import ModelUnderAudit
+
+if TYPE_CHECKING:
+    from robaudit.diskcache import DiskStore
 
 T = TypeVar("T")
 
@@ -54,12 +57,19 @@ class RunCache:
     ``("features", model.name, split)`` or ``("deepfool", model.name, split, overshoot)``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, disk: DiskStore | None = None) -> None:
         self._store: dict[Any, Any] = {}
+        #: the cache between runs (``--cache-dir``), consulted on a miss here
+        self.disk = disk
 
     def get_or_compute(self, key: Any, compute: Callable[[], T]) -> T:
         if key not in self._store:
-            self._store[key] = compute()
+            found, value = self.disk.load(key) if self.disk else (False, None)
+            if not found:
+                value = compute()
+                if self.disk:
+                    self.disk.save(key, value)
+            self._store[key] = value
         return self._store[key]
 
     def __contains__(self, key: Any) -> bool:

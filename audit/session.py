@@ -9,6 +9,7 @@ import time
 import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import robaudit
 from robaudit.baseline import Baseline, Delta, compare_values, load_baseline
 from robaudit.context import AuditContext, DataSplit, RunCache, silent_progress
 from robaudit.datafit import input_problems, model_problems, non_finite_outputs
+from robaudit.diskcache import DiskStore, run_salt
 from robaudit.errors import (
     EXIT_FAILED,
     EXIT_INTERNAL,
@@ -398,7 +400,7 @@ class Session:
             model=models["model"], splits=splits, split=spec.model.data.split,
             reference=spec.model.data.reference, batch_size=spec.model.data.batch_size,
             device=plan.device, seed=seed, generator=torch.Generator().manual_seed(seed),
-            run_seed=seed, models=models, cache=RunCache(),
+            run_seed=seed, models=models, cache=RunCache(self.disk_store(plan, models, splits)),
             progress=self.hook.robaudit_progress(options=self.options) or silent_progress,
         )
         self.check_params_against_data(plan, base)
@@ -411,6 +413,17 @@ class Session:
                               "reference_is_split": plan.reference_is_split,
                               "fingerprint": data_fingerprint(splits[data.split])}
         return base
+
+    def disk_store(self, plan: AuditPlan, models: dict[str, ModelUnderAudit],
+                   splits: dict[str, DataSplit]) -> DiskStore | None:
+        """The cache between runs of ``--cache-dir``, salted with this plan's models, data,
+        device, seed and robaudit version (see :mod:`robaudit.diskcache`)."""
+        folder = getattr(self.options, "cache_dir", None)
+        if not folder:
+            return None
+        salt = run_salt({name: mua.network for name, mua in models.items()}, splits,
+                        plan.device, plan.spec.model.seed)
+        return DiskStore(Path(folder), salt, plan.device)
 
     def run_plan(self, plan: AuditPlan, base: AuditContext, result: AuditResult) -> bool:
         """Run a plan's checks into ``result``; False when ``--maxfail`` stopped the session."""

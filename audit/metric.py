@@ -64,6 +64,7 @@ class Metric(ABC):
     source            the paper and section the metric implements.
     uses_data         False for a metric that reads only the weights (see below).
     has_interval      False for a metric whose value has no confidence interval.
+    value_range       (low, high) the value can take, or None (see below).
     """
 
     name: ClassVar[str]
@@ -76,6 +77,9 @@ class Metric(ABC):
     #: whether the value comes with a 95% interval (per-sample ``samples`` or an explicit
     #: ``ci``); ``expect.by: ci`` on a metric without one is a spec error.
     has_interval: ClassVar[bool] = True
+    #: the range the value can take, e.g. (0, 1) for a fraction: the runner intersects the 95%
+    #: interval with it (the true value lies inside, so coverage is kept).
+    value_range: ClassVar[tuple[float, float] | None] = None
 
     @abstractmethod
     def compute(self, ctx: AuditContext, params: Any) -> MetricResult:

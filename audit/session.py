@@ -98,6 +98,13 @@ def seeded_subset(split: DataSplit, limit: int | None, seed: int) -> DataSplit:
     return DataSplit(split.x[keep], split.y[keep])
 
 
+def within(bounds: tuple[float, float] | None, low: float, high: float) -> tuple[float, float]:
+    """An interval intersected with the range the metric's value can take."""
+    if bounds is None:
+        return (low, high)
+    return (min(max(low, bounds[0]), bounds[1]), max(min(high, bounds[1]), bounds[0]))
+
+
 def environment(device: torch.device) -> dict[str, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -317,7 +324,7 @@ class Session:
         samples = None if result.samples is None else np.asarray(result.samples, dtype=float)
         ci = result.ci if result.ci is not None else (
             mean_interval(samples) if samples is not None else None)
-        ci = None if ci is None else (float(ci[0]), float(ci[1]))
+        ci = None if ci is None else within(check.metric.value_range, float(ci[0]), float(ci[1]))
         sample_list = None if samples is None else samples.tolist()
         baseline = self.baseline_delta(check, ctx.run_seed, value, sample_list, params,
                                        fingerprint)

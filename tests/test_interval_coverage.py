@@ -51,3 +51,12 @@ def test_unpaired_runs_give_no_interval():
                            seed=0, check_id="c")
     assert not delta.paired and delta.ci is None
     assert abs(delta.delta + 0.1) < 1e-12 and abs(delta.worse - 0.1) < 1e-12
+
+
+def test_an_interval_stays_within_the_metrics_range():
+    from robaudit.session import within
+
+    assert within((0.0, 1.0), 0.97, 1.005) == (0.97, 1.0)
+    assert within((0.0, 1.0), -0.01, 0.02) == (0.0, 0.02)
+    assert within((-1.0, 1.0), -1.2, 1.3) == (-1.0, 1.0)
+    assert within(None, -5.0, 5.0) == (-5.0, 5.0)

@@ -40,6 +40,7 @@ class ActivationSparsity(Metric):
     Params: ClassVar[type[MetricParams]] = SparsityParams
     higher_is_better: ClassVar[bool] = False
     source: ClassVar[str] = "Khaitan 2024, §3.1 (activation frequencies, Figures 1–9)"
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def check_data(self, ctx: AuditContext, params: SparsityParams) -> None:
         check_layer_names(ctx.model, params.layers)

@@ -52,6 +52,7 @@ class InteractionSignificance(Metric):
     Params: ClassVar[type[MetricParams]] = InteractionParams
     higher_is_better: ClassVar[bool] = False
     source: ClassVar[str] = "Khaitan 2024, §2.1 (significant interactions, Figure 10)"
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def check_data(self, ctx: AuditContext, params: InteractionParams) -> None:
         check_layer_names(ctx.model, params.layers, linear=True)

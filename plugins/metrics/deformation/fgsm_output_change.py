@@ -46,6 +46,7 @@ class FgsmOutputChange(Metric):
     Params: ClassVar[type[MetricParams]] = FgsmChangeParams
     higher_is_better: ClassVar[bool] = False
     source: ClassVar[str] = "Ghorbani & Zou 2017, section 4 (Figure 6), Appendix G"
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 2.0)
 
     def compute(self, ctx: AuditContext, params: FgsmChangeParams) -> MetricResult:
         model = ctx.model

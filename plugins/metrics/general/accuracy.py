@@ -21,6 +21,7 @@ class CleanAccuracy(Metric):
     Params: ClassVar[type[MetricParams]] = MetricParams
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = "baseline (Szegedy et al. 2014, Tables 2 and 4, clean rows)"
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: MetricParams) -> MetricResult:
         logits = ctx.logits()

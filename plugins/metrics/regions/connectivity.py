@@ -88,6 +88,7 @@ class RegionConnectivity(Metric):
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = ("Fawzi et al. 2018, Empirical study of the topology and geometry "
                              "of deep networks, Algorithm 1 (FINDPATH)")
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: ConnectivityParams) -> MetricResult:
         data = ctx.data()

@@ -52,6 +52,7 @@ class RegionConvexity(Metric):
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = ("Fawzi et al. 2018, Empirical study of the topology and geometry "
                              "of deep networks, convexity of classification regions")
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def check_data(self, ctx: AuditContext, params: ConvexityParams) -> None:
         groups = _groups(ctx)

@@ -57,6 +57,7 @@ class UnitSemantics(Metric):
     Params: ClassVar[type[MetricParams]] = UnitSemanticsParams
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = "Szegedy et al. 2014, section 3 (units of φ(x); Figures 1–4)"
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def check_data(self, ctx: AuditContext, params: UnitSemanticsParams) -> None:
         n = len(ctx.data())

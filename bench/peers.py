@@ -38,6 +38,7 @@ from torch import nn
 
 from robaudit.ops.attacks import pgd
 from robaudit.ops.deepfool import deepfool
+from robaudit.ops.sampling import sample_seeds
 from robaudit.ops.uap import fit_uap_deepfool, fit_uap_sgd, fooled, predictions
 from robaudit.plugins.loaders.data import digits_splits
 from robaudit.zoo import digits_resnet
@@ -145,9 +146,9 @@ def bench_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 
     steps, alpha = 20, 2.5 * eps / 20
     rows = []
-    generator = torch.Generator().manual_seed(seed)
+    seeds = sample_seeds(torch.Generator().manual_seed(seed), len(x))
     adv, seconds = timed(lambda: pgd(model, x, y, eps=eps, norm="linf", steps=steps,
-                                     step_size=alpha, generator=generator, input_range=BOX))
+                                     step_size=alpha, seeds=seeds, input_range=BOX))
     accuracy = float((predictions(model, adv, len(x)) == y).double().mean())
     rows.append(Row(f"PGD ℓ∞ {eps:g}", "robaudit", seconds, 1 - accuracy,
                     robust_accuracy=accuracy))

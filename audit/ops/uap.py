@@ -17,7 +17,7 @@ given) differs from the clean prediction at x: labels are never used.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from robaudit.ops.deepfool import deepfool
 from robaudit.ops.projections import Norm, project_lp
+from robaudit.ops.sampling import per_sample
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 #: Called after each pass with (pass number from 1, fooling rate of the fit set).
@@ -90,19 +91,22 @@ def fooled(
 
 
 def random_lp_noise(
-    shape: torch.Size | tuple[int, ...], radius: float, norm: Norm,
-    generator: torch.Generator | None,
+    seeds: torch.Tensor, sample_shape: Sequence[int], radius: float, norm: Norm
 ) -> torch.Tensor:
-    """One random perturbation of ℓp norm exactly ``radius`` per sample of ``shape``, on the
-    CPU from ``generator``: ℓ∞ a random vertex of the cube (independent signs times the
-    radius, the largest random ℓ∞ perturbation); ℓ2 a uniformly random direction (a Gaussian
-    normalised) times the radius."""
-    if norm == "linf":
-        signs = torch.randint(0, 2, tuple(shape), generator=generator).float() * 2 - 1
-        return signs * radius
-    direction = torch.randn(tuple(shape), generator=generator)
-    size = direction.flatten(1).norm(dim=1).clamp_min(1e-30)
-    return direction / size.view(-1, *([1] * (len(shape) - 1))) * radius
+    """One random perturbation of ℓp norm exactly ``radius`` per seed of ``seeds`` (shape
+    ``(len(seeds), *sample_shape)``, on the CPU; each from its own seed, see
+    :mod:`robaudit.ops.sampling`): ℓ∞ a random vertex of the cube (independent signs times
+    the radius, the largest random ℓ∞ perturbation); ℓ2 a uniformly random direction (a
+    Gaussian normalised) times the radius."""
+    shape = tuple(sample_shape)
+
+    def draw(generator: torch.Generator) -> torch.Tensor:
+        if norm == "linf":
+            return (torch.randint(0, 2, shape, generator=generator).float() * 2 - 1) * radius
+        direction = torch.randn(shape, generator=generator)
+        return direction * (radius / float(direction.norm().clamp_min(1e-30)))
+
+    return per_sample(seeds, draw)
 
 
 def _check(norm: Norm, eps: float, delta: float, batch: int) -> None:

@@ -13,6 +13,7 @@ from robaudit.context import AuditContext
 from robaudit.ops.attacks import pgd
 from robaudit.ops.deepfool import deepfool_split
 from robaudit.ops.projections import lp_norm
+from robaudit.ops.sampling import sample_seeds
 from robaudit.ops.uap import random_lp_noise
 from robaudit.plugins.metrics.universal.uap import UAPFitParams, fitted_uap, split_fooled
 
@@ -62,9 +63,10 @@ class RobustnessCategory(Metric):
       sample they fool counts as fooled here as well, so the three rates are ordered;
     - else 1.
 
-    The audit split is evaluated one batch (``batch_size``) at a time: the noise is drawn
-    per batch, in split order, from the check's generator (on the CPU), before the PGD
-    random starts, which are drawn per batch too.
+    The audit split is evaluated one batch (``batch_size``) at a time. Random numbers are
+    drawn per sample: two seeds per audit sample (the noise, the PGD start) from the check's
+    generator, and each sample's draw from its own seed (:mod:`robaudit.ops.sampling`), so
+    the result does not depend on ``batch_size``.
 
     details: the three fooling rates, tau, the category's name and the UAP fit's passes.
     """
@@ -77,10 +79,11 @@ class RobustnessCategory(Metric):
 
     def compute(self, ctx: AuditContext, params: CategoryParams) -> MetricResult:
         fit = fitted_uap(ctx, params)
-        noise_hits = split_fooled(ctx, lambda x: random_lp_noise(
-            x.shape, params.eps, params.norm, ctx.generator).to(ctx.device))
-        uap_hits = split_fooled(ctx, lambda x: fit.perturbation)
-        attack_hits = self._attack(ctx, params)
+        seeds = sample_seeds(ctx.generator, len(ctx.data()), 2)  # noise, PGD start
+        noise_hits = split_fooled(ctx, lambda x, rows: random_lp_noise(
+            seeds[rows, 0], x.shape[1:], params.eps, params.norm).to(ctx.device))
+        uap_hits = split_fooled(ctx, lambda x, rows: fit.perturbation)
+        attack_hits = self._attack(ctx, params, seeds[:, 1])
         sample_hits = attack_hits | uap_hits | noise_hits
 
         rates = {
@@ -108,7 +111,7 @@ class RobustnessCategory(Metric):
         )
 
     @staticmethod
-    def _attack(ctx: AuditContext, params: CategoryParams) -> torch.Tensor:
+    def _attack(ctx: AuditContext, params: CategoryParams, seeds: torch.Tensor) -> torch.Tensor:
         """Per sample (a CPU bool tensor), whether the per-sample attack within eps changes
         the prediction; PGD runs one batch of ``ctx.batches()`` at a time."""
         mua = ctx.model
@@ -124,7 +127,7 @@ class RobustnessCategory(Metric):
             stop = start + x.shape[0]
             kb = clean[start:stop].to(ctx.device)
             adv = pgd(mua.logits, x, kb, eps=params.eps, norm=params.norm, steps=params.steps,
-                      step_size=step, generator=ctx.generator, input_range=mua.input_range)
+                      step_size=step, seeds=seeds[start:stop], input_range=mua.input_range)
             hits.append((mua.predict(adv) != kb).cpu())
             start = stop
         return torch.cat(hits)

@@ -12,10 +12,22 @@ w'_j = ∇f_j(x_i) − ∇f_k(x_i). The closest linearised boundary is l = argmi
 with the small slack s = :data:`STEP_SLACK` of the original implementation (so that an
 iterate does not land exactly on a tie). The steps are summed into r_tot, the next iterate is
 x + (1 + overshoot) · r_tot, and the loop stops as soon as the predicted label differs from k
-or after ``max_iter`` steps; the returned perturbation is (1 + overshoot) · r_tot, as in the
-paper's Algorithm 2 and the authors' code. These are the boundary points z = x + r(x) whose
-curvature Fawzi et al. (CVPR 2018, section 3) study, and the inner step of universal
-perturbations (Moosavi-Dezfooli et al. 2017, Algorithm 1).
+or after ``max_iter`` steps, as in the paper's Algorithm 2 and the authors' code. These are
+the boundary points z = x + r(x) whose curvature Fawzi et al. (CVPR 2018, section 3) study,
+and the inner step of universal perturbations (Moosavi-Dezfooli et al. 2017, Algorithm 1).
+
+The final step (not in the paper): the last linearised step lands past the boundary by its
+linearisation error as well as by the overshoot, so the label change is located on the
+segment from x to the last iterate p by ``refine`` bisections (default
+:data:`REFINE_STEPS`), t_hi the smallest known fraction of the segment that changes the
+label, and the returned point is x + min(1, (1 + overshoot) · t_hi) · (p − x) (or
+x + t_hi · (p − x) in the rare case where that point keeps the label k). So the overshoot is
+applied to the distance of the crossing along the found direction, and a search along the
+returned perturbation cannot shrink it by more than the overshoot (and 2⁻¹⁰ of it). It
+costs one forward pass per bisection of the converged samples. On a linear classifier the
+result is (1 + overshoot) × the closed-form distance, to the bisection's precision (the
+paper's (1 + overshoot)(d + s) without the slack s). ``refine=0`` returns the paper's
+x + (1 + overshoot) · r_tot.
 
 Choices where the paper is silent or that the batched form needs:
 
@@ -23,11 +35,16 @@ Choices where the paper is silent or that the batched form needs:
   largest clean logits (the authors' ``num_classes`` = 10 "top" classes). k is the clean
   prediction, or ``labels`` when given (then a sample that is already misclassified has
   changed label before any step: 0 iterations, a zero perturbation, a zero normal).
-- Input box: with ``input_range`` every iterate is clipped to the box, and a coordinate that
-  sits on a face of the box while the step would push it outwards is removed from the
-  linearisation (w' set to 0 there), so the step is the minimal one among the moves that stay
-  feasible. ``perturbation`` is then ``boundary − x`` (x + r is the adversarial point in both
-  cases); without a box, ``perturbation`` is exactly (1 + overshoot) · r_tot.
+- Input box: with ``input_range`` every iterate is clipped to the box; the step is along the
+  unconstrained linearisation, as in ART's and foolbox's DeepFool, so a coordinate on a face
+  of the box that the step pushes outwards loses that part of the step to the clipping, and
+  the next iterate re-linearises. (An earlier version removed such coordinates from the
+  linearisation, the minimal step of a linear model in the box: it converged in fewer
+  iterations, 1.8 against 6.3 on the shipped digits ResNet, but its long first steps landed
+  farther from the boundary, ρ_adv 3.5–7% above ART's and foolbox's on digits ResNets.)
+  A sample for which every candidate's step is blocked by the box (every coordinate with a
+  nonzero gradient on a face, pushed outwards) cannot move: it stops, with ``converged``
+  False. ``perturbation`` is ``boundary − x`` (x + r is the adversarial point).
 - A sample whose candidate gradients all vanish (a flat region) cannot move: it stops, with
   ``converged`` False.
 - Batching: only the still-unfooled samples are computed on each iteration (the active
@@ -63,14 +80,17 @@ if TYPE_CHECKING:
 #: The slack added to each linearised step (the original implementation's 1e-4).
 STEP_SLACK = 1e-4
 
+#: Bisections of the final step along the found perturbation (a precision of 2⁻¹⁰ of it).
+REFINE_STEPS = 10
+
 
 @dataclass(frozen=True)
 class DeepFoolResult:
     """The outcome of :func:`deepfool` for a batch of N samples (tensors on x's device; those
     of :func:`deepfool_split` on the CPU).
 
-    perturbation  (N, *input) total perturbation r (overshoot included); x + r is the
-                  adversarial point.
+    perturbation  (N, *input) the perturbation r (overshoot included, after the final
+                  bisection); x + r is the adversarial point.
     boundary      (N, *input) the point x + r (clipped to ``input_range`` when given).
     crossed_into  (N,) long: the class predicted at ``boundary``.
     iterations    (N,) long: the number of linearised steps taken.
@@ -110,11 +130,13 @@ def deepfool(
     max_iter: int = 50,
     input_range: tuple[float, float] | None = None,
     labels: torch.Tensor | None = None,
+    refine: int = REFINE_STEPS,
 ) -> DeepFoolResult:
     """DeepFool on the batch ``x`` against ``logits_fn`` (e.g. ``ctx.model.logits``).
 
     See the module docstring for the algorithm and its choices. ``candidates`` counts the
-    original class too (at least 2; capped at the number of classes).
+    original class too (at least 2; capped at the number of classes). ``refine``: the
+    bisections of the final step (0 returns the paper's (1 + overshoot) · r_tot).
     """
     if norm not in ("l2", "linf"):
         raise ValueError(f"unknown norm {norm!r}; expected 'l2' or 'linf'")
@@ -153,6 +175,13 @@ def deepfool(
             predicted[active] = logits_fn(point[active]).argmax(dim=1)
         active = active[predicted[active] == original[active]]
 
+    converged = (predicted != original) & ~stuck & (iterations > 0)
+    moved = converged.nonzero().squeeze(1)
+    if refine > 0 and moved.numel() > 0:
+        point[moved] = _refine(logits_fn, x[moved], point[moved], original[moved], overshoot,
+                               refine)
+        with torch.no_grad():
+            predicted[moved] = logits_fn(point[moved]).argmax(dim=1)
     return DeepFoolResult(
         perturbation=point - x,
         boundary=point,
@@ -192,37 +221,61 @@ def _linearised_step(
             dim=1,
         )  # w'_j, shape (A, C-1, *input)
     diffs = diffs.detach()
-    feasible = grads
+    flat = grads.flatten(2)
+    dual = flat.norm(p=2, dim=2) if norm == "l2" else flat.abs().sum(dim=2)
+    # A candidate with a zero gradient has no boundary (0/0 would be NaN, which argmin picks).
+    distance = torch.where(dual > 0, diffs.abs() / dual.clamp_min(1e-30),
+                           torch.full_like(dual, float("inf")))
+    movable_to = dual > 0
     if input_range is not None:
         lo, hi = input_range
         at_lo = (point <= lo).unsqueeze(1)
         at_hi = (point >= hi).unsqueeze(1)
         blocked = (at_lo & (grads < 0)) | (at_hi & (grads > 0))
-        feasible = grads.masked_fill(blocked, 0.0)
-    flat = feasible.flatten(2)
-    dual = flat.norm(p=2, dim=2) if norm == "l2" else flat.abs().sum(dim=2)
-    distance = diffs.abs() / dual
-    distance = torch.where(dual > 0, distance, torch.full_like(distance, float("inf")))
+        movable_to = grads.masked_fill(blocked, 0.0).flatten(2).abs().sum(dim=2) > 0
+    reachable = torch.where(movable_to, distance, torch.full_like(distance, float("inf")))
+    movable = torch.isfinite(reachable).any(dim=1)
+    # A sample pinned by the box keeps the normal of its nearest boundary ignoring the box.
+    best = torch.where(movable, reachable.argmin(dim=1), distance.argmin(dim=1))
     rows = torch.arange(point.shape[0], device=point.device)
-    movable = torch.isfinite(distance).any(dim=1)
-    # A sample pinned by the box keeps the normal of its nearest unconstrained boundary; a
-    # candidate with a zero gradient has none (0/0 would be NaN, which argmin picks) and is
-    # never nearest.
-    raw_dual = grads.flatten(2).norm(p=2, dim=2)
-    unconstrained = torch.where(raw_dual > 0, diffs.abs() / raw_dual.clamp_min(1e-30),
-                                torch.full_like(raw_dual, float("inf")))
-    best = torch.where(movable, distance.argmin(dim=1), unconstrained.argmin(dim=1))
-    chosen = feasible[rows, best]
-    length = distance[rows, best]
-    length = torch.where(movable, length + STEP_SLACK, torch.zeros_like(length))
+    chosen = grads[rows, best]
+    length = torch.where(movable, distance[rows, best] + STEP_SLACK,
+                         torch.zeros_like(distance[:, 0]))
     shape = (-1, *([1] * (point.dim() - 1)))
     if norm == "l2":
         direction = chosen / dual[rows, best].clamp_min(1e-30).view(shape)
     else:
         direction = chosen.sign()
-    raw = grads[rows, best]
-    raw_norm = raw.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)
-    return length.view(shape) * direction, raw / raw_norm, movable
+    raw_norm = chosen.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)
+    return length.view(shape) * direction, chosen / raw_norm, movable
+
+
+def _refine(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    point: torch.Tensor,
+    original: torch.Tensor,
+    overshoot: float,
+    steps: int,
+) -> torch.Tensor:
+    """The final step: per sample, the first label change on the segment from x to
+    ``point`` (which is misclassified) located by ``steps`` bisections, t_hi the smallest
+    fraction of the segment known to change the label; the result is
+    x + min(1, (1 + overshoot) · t_hi) · (point − x), or x + t_hi · (point − x) where that
+    point keeps the label k. One forward pass of the samples per bisection."""
+    direction = point - x
+    shape = (-1, *([1] * (x.dim() - 1)))
+    low = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    high = torch.ones_like(low)
+    with torch.no_grad():
+        for _ in range(steps):
+            middle = (low + high) / 2
+            changed = logits_fn(x + middle.view(shape) * direction).argmax(dim=1) != original
+            high = torch.where(changed, middle, high)
+            low = torch.where(changed, low, middle)
+        scaled = torch.clamp((1 + overshoot) * high, max=1.0)
+        changed = logits_fn(x + scaled.view(shape) * direction).argmax(dim=1) != original
+    return x + torch.where(changed, scaled, high).view(shape) * direction
 
 
 def deepfool_split(

@@ -52,25 +52,27 @@ def closed_form(model: nn.Linear, x: torch.Tensor, dual: float) -> tuple[np.ndar
 
 
 def refined_bounds(dist: np.ndarray, overshoot: float) -> tuple[np.ndarray, np.ndarray]:
-    """Where the refined perturbation of a linear classifier lies: the last linearised step
-    lands at (1 + η)(d + s) along the normal (d the exact distance, s the step slack); the
-    bisection brackets the crossing at d within 2^-REFINE_STEPS of that segment, and the
-    result is (1 + η) times the bracket's upper end."""
+    """Where the refined perturbation of a linear classifier lies: across the boundary, so
+    at least the exact distance d, and at most (1 + η) times the bisection's bracket of the
+    crossing, which is within 2^-REFINE_STEPS of the last iterate's segment, itself at most
+    (1 + η)(d + s) long (s the step slack)."""
     segment = (1 + overshoot) * (dist + STEP_SLACK)
-    return (1 + overshoot) * dist, (1 + overshoot) * (dist + segment * 2.0**-REFINE_STEPS)
+    return dist, (1 + overshoot) * (dist + segment * 2.0**-REFINE_STEPS)
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 @pytest.mark.parametrize("classes", [2, 5])
 def test_refined_perturbation_is_the_overshoot_times_the_exact_distance(classes: int,
                                                                         norm: str) -> None:
-    """The final bisection removes the linearised step's slack: on a linear classifier the
-    perturbation is (1 + η) × the closed-form distance, to the bisection's precision, along
-    the same normal as the unrefined one."""
+    """Damped steps and the final bisection: on a linear classifier the perturbation is
+    across the boundary by at most the overshoot (between the closed-form distance d and
+    (1 + η) d, to the bisection's precision, where the paper's is (1 + η)(d + s)), along the
+    same normal as the paper's."""
     model, x = linear(6, classes, seed=16), points(12, 6, seed=17)
     overshoot = 0.02
     result = deepfool(model, x, norm=norm, candidates=classes, overshoot=overshoot)
-    plain = deepfool(model, x, norm=norm, candidates=classes, overshoot=overshoot, refine=0)
+    plain = deepfool(model, x, norm=norm, candidates=classes, overshoot=overshoot, damping=1.0,
+                      refine=0)
     dist, _ = closed_form(model, x, dual=2 if norm == "l2" else 1)
     size = (result.perturbation.norm(dim=1) if norm == "l2"
             else result.perturbation.abs().amax(dim=1)).numpy()
@@ -87,7 +89,8 @@ def test_refined_perturbation_is_the_overshoot_times_the_exact_distance(classes:
 def test_l2_distance_of_a_linear_classifier_is_the_closed_form(classes: int) -> None:
     model, x = linear(6, classes), points(12, 6)
     overshoot = 0.02
-    result = deepfool(model, x, candidates=classes, overshoot=overshoot, refine=0)
+    result = deepfool(model, x, candidates=classes, overshoot=overshoot, damping=1.0,
+                      refine=0)
     dist, nearest = closed_form(model, x, dual=2)
     np.testing.assert_allclose(result.perturbation.norm(dim=1).numpy(),
                                (1 + overshoot) * (dist + STEP_SLACK), rtol=1e-4)
@@ -108,7 +111,8 @@ def test_l2_distance_of_a_linear_classifier_is_the_closed_form(classes: int) -> 
 @pytest.mark.parametrize("classes", [2, 5])
 def test_linf_distance_of_a_linear_classifier_is_the_closed_form(classes: int) -> None:
     model, x = linear(6, classes, seed=3), points(12, 6)
-    result = deepfool(model, x, norm="linf", candidates=classes, overshoot=0.0, refine=0)
+    result = deepfool(model, x, norm="linf", candidates=classes, overshoot=0.0, damping=1.0,
+                      refine=0)
     dist, nearest = closed_form(model, x, dual=1)
     np.testing.assert_allclose(result.perturbation.abs().amax(dim=1).numpy(),
                                dist + STEP_SLACK, rtol=1e-4)
@@ -128,7 +132,8 @@ def test_candidates_restrict_the_classes_considered() -> None:
     w = model.weight
     expected = (z.gather(1, top2[:, :1]) - z.gather(1, top2[:, 1:])).squeeze(1).abs() / (
         w[top2[:, 0]] - w[top2[:, 1]]).norm(dim=1)
-    result = deepfool(model, x, candidates=2, overshoot=0.0, refine=0)
+    result = deepfool(model, x, candidates=2, overshoot=0.0, damping=1.0,
+                      refine=0)
     first_step = result.iterations == 1
     torch.testing.assert_close(result.perturbation.norm(dim=1)[first_step],
                                expected[first_step] + STEP_SLACK)
@@ -291,11 +296,13 @@ def test_metric_value_is_the_papers_rho_on_a_linear_model() -> None:
     dist, _ = closed_form(model, x, dual=2)
     low, high = refined_bounds(dist, 0.02)
     size = x.norm(dim=1).numpy()
-    assert bool(np.all(result.samples >= low / size))
+    assert bool(np.all(result.samples >= low / size * (1 - 1e-9)))
     assert bool(np.all(result.samples <= high / size))
     assert (low / size).mean() <= result.value <= (high / size).mean()
     assert result.details["success_rate"] == 1.0
-    assert result.details["mean_iterations"] == 1.0
+    # damped steps approach a linear boundary geometrically (× 0.18 per step) and cross by
+    # the slack: a handful of steps, where the paper's undamped step takes one
+    assert 1.0 < result.details["mean_iterations"] <= 8.0
     assert (low / size)[5:].mean() <= result.details["rho_correct"] <= (high / size)[5:].mean()
     # The DeepFool run is cached for the other checks (curvature) under the documented key.
     key = ("deepfool", "model", "test", "l2", 0.02, 3, 50)

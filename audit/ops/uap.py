@@ -185,7 +185,8 @@ def fit_uap_deepfool(
     1. with one forward pass, find the samples of B that the current v (call it v_B) does not
        fool;
     2. run ℓ2 DeepFool on all of them at once, from clip(x_i + v_B), away from the clean
-       prediction k̂(x_i) (unconstrained by the box, as in the paper's Δv_i);
+       prediction k̂(x_i) (unconstrained by the box, as in the paper's Δv_i; the paper's
+       DeepFool exactly: no damping, no final bisection, see :mod:`robaudit.ops.deepfool`);
     3. for each of them whose DeepFool converged, in the pass's random order, apply the
        original update v ← P_{p,ξ}(v + Δv_i) (ℓ∞: clip every entry to [−ξ, ξ]; ℓ2: rescale
        to radius ξ only when outside); a non-converged Δv_i is skipped.
@@ -219,7 +220,8 @@ def fit_uap_deepfool(
             return v
         result = deepfool(
             logits_fn, point[standing], norm="l2", candidates=candidates,
-            overshoot=overshoot, max_iter=max_iter, labels=kb[standing],
+            overshoot=overshoot, max_iter=max_iter, labels=kb[standing], damping=1.0,
+            refine=0,
         )
         for step in result.perturbation[result.converged]:
             v = project_lp(v + step, eps, norm, batched=False)

@@ -190,7 +190,10 @@ class LBFGSMinDistortion(Metric):
       per problem: the curvature memory (the last ``m`` = 10 step and gradient pairs), the
       line search and the stopping tests (``max_iter``, the tolerances on the summed objective
       and its projected gradient) are shared by a chunk. Results therefore depend on
-      ``chunk`` at the solver's tolerance (not on ``batch_size``).
+      ``chunk`` (not on ``batch_size``): within the solver's tolerance when every problem
+      converges within ``max_iter``, else by more, as a larger chunk shares the iterations
+      among more problems (a random-weight CNN at 3×32×32, 16 samples: 0.2056 in one run of
+      16 in 39 s, 0.2007 in runs of 4 in 73 s, one thread).
     """
 
     name: ClassVar[str] = "lbfgs_min_distortion"

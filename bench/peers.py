@@ -1,10 +1,11 @@
 """robaudit's attacks against the peers, on the shipped digits ResNet and the same digits test
-samples, in one run: DeepFool (ART 1.20, torchattacks 3.5), the universal perturbation of
-Moosavi-Dezfooli et al. 2017 (ART's ``UniversalPerturbation`` with its DeepFool attacker) and
-PGD (torchattacks 3.5).
+samples, in one run: DeepFool (ART 1.20, foolbox 3.3, torchattacks 3.5), the universal
+perturbation of Moosavi-Dezfooli et al. 2017 (ART's ``UniversalPerturbation`` with its
+DeepFool attacker) and PGD (torchattacks 3.5).
 
     pip install -e '.[bench]'          # the peers: never runtime dependencies of robaudit
-    python bench/peers.py [--samples 200] [--eps 0.1] [--threads 1]
+    python bench/peers.py [--samples 200] [--eps 0.1] [--threads 1] [--weights W.pt]
+                          [--out docs/bench/peers.md]
 
 Every implementation gets the same model (eval mode, frozen), the same samples, the same
 hyper-parameters (DeepFool: 50 iterations, overshoot 0.02, 10 candidate classes, the box
@@ -15,9 +16,13 @@ the success rate (DeepFool: the prediction changed; UAP: the fooling rate on the
 PGD: 1 − robust accuracy), ρ_adv = mean ‖r‖₂/‖x‖₂ over the successful samples (DeepFool's
 robustness measure, Moosavi-Dezfooli et al. 2016, eq. 15), and the robust accuracy for PGD.
 
-Goals: DeepFool ≥ 30× faster than ART's at success 1.0 with ρ_adv within 5%; the universal
-perturbation ≥ 50× faster than ART's with a fooling rate at least ART's; PGD at least as fast
-as torchattacks' with the same robust accuracy.
+DeepFool rows: robaudit as the metric runs it (damped steps and the final bisection along r,
+see :mod:`robaudit.ops.deepfool`) and with the paper's steps (``damping=1, refine=0``: robaudit's
+DeepFool before issue 8).
+
+Goals: DeepFool ≥ 30× faster than ART's at success 1.0 with ρ_adv at most ART's and
+foolbox's; the universal perturbation ≥ 50× faster than ART's with a fooling rate at least
+ART's; PGD at least as fast as torchattacks' with the same robust accuracy.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from rich.table import Table
 from torch import nn
 
 from robaudit.ops.attacks import pgd
-from robaudit.ops.deepfool import deepfool
+from robaudit.ops.deepfool import DAMPING, REFINE_STEPS, deepfool
+from robaudit.ops.sampling import sample_seeds
 from robaudit.ops.uap import fit_uap_deepfool, fit_uap_sgd, fooled, predictions
 from robaudit.plugins.loaders.data import digits_splits
 from robaudit.zoo import digits_resnet
@@ -68,9 +74,9 @@ def rho_adv(x: torch.Tensor, adv: torch.Tensor, success: torch.Tensor) -> float:
     return float(r[success].mean()) if bool(success.any()) else float("nan")
 
 
-def load_model() -> nn.Module:
+def load_model(weights: Path) -> nn.Module:
     model = digits_resnet()
-    model.load_state_dict(torch.load(WEIGHTS, weights_only=True))
+    model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -86,21 +92,33 @@ def art_classifier(model: nn.Module) -> Any:
 
 def bench_deepfool(model: nn.Module, x: torch.Tensor, clean: torch.Tensor,
                    art_batch: int) -> list[Row]:
+    import foolbox
     import torchattacks
     from art.attacks.evasion import DeepFool
 
     rows = []
-    result, seconds = timed(lambda: deepfool(model, x, norm="l2", candidates=10, overshoot=0.02,
-                                             max_iter=50, input_range=BOX))
-    changed = predictions(model, result.boundary, len(x)) != clean
-    rows.append(Row("DeepFool ℓ2", "robaudit", seconds, float(changed.double().mean()),
-                    rho_adv(x, result.boundary, changed)))
+    variants = (("robaudit", DAMPING, REFINE_STEPS),
+                ("robaudit, the paper's steps (before issue 8)", 1.0, 0))
+    for name, damping, refine in variants:
+        result, seconds = timed(lambda damping=damping, refine=refine: deepfool(
+            model, x, norm="l2", candidates=10, overshoot=0.02, max_iter=50, input_range=BOX,
+            damping=damping, refine=refine))
+        changed = predictions(model, result.boundary, len(x)) != clean
+        rows.append(Row("DeepFool ℓ2", name, seconds, float(changed.double().mean()),
+                        rho_adv(x, result.boundary, changed)))
 
     art = DeepFool(art_classifier(model), max_iter=50, epsilon=0.02, nb_grads=10,
                    batch_size=art_batch, verbose=False)
     adv, seconds = timed(lambda: torch.from_numpy(art.generate(x.numpy())))
     changed = predictions(model, adv, len(x)) != clean
     rows.append(Row("DeepFool ℓ2", f"ART 1.20 (batch {art_batch})", seconds,
+                    float(changed.double().mean()), rho_adv(x, adv, changed)))
+
+    fmodel = foolbox.PyTorchModel(model, bounds=BOX)
+    attack_fb = foolbox.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02)
+    (_, adv, _), seconds = timed(lambda: attack_fb(fmodel, x, clean, epsilons=None))
+    changed = predictions(model, adv, len(x)) != clean
+    rows.append(Row("DeepFool ℓ2", f"foolbox {foolbox.__version__}", seconds,
                     float(changed.double().mean()), rho_adv(x, adv, changed)))
 
     attack = torchattacks.DeepFool(model, steps=50, overshoot=0.02)
@@ -145,9 +163,9 @@ def bench_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 
     steps, alpha = 20, 2.5 * eps / 20
     rows = []
-    generator = torch.Generator().manual_seed(seed)
+    seeds = sample_seeds(torch.Generator().manual_seed(seed), len(x))
     adv, seconds = timed(lambda: pgd(model, x, y, eps=eps, norm="linf", steps=steps,
-                                     step_size=alpha, generator=generator, input_range=BOX))
+                                     step_size=alpha, seeds=seeds, input_range=BOX))
     accuracy = float((predictions(model, adv, len(x)) == y).double().mean())
     rows.append(Row(f"PGD ℓ∞ {eps:g}", "robaudit", seconds, 1 - accuracy,
                     robust_accuracy=accuracy))
@@ -170,10 +188,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["deepfool", "uap", "pgd"], action="append")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS,
+                        help="digits_resnet weights (default: the shipped ones; e.g. one "
+                             "trained by robaudit.zoo.train_model with another seed)")
+    parser.add_argument("--out", type=Path, help="also append the table to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load_model()
+    model = load_model(args.weights)
     test = digits_splits()["test"]
     x, y = test.x[: args.samples].contiguous(), test.y[: args.samples]
     clean = predictions(model, x, len(x))
@@ -186,7 +208,8 @@ def main() -> None:
     if "pgd" in selected:
         rows += bench_pgd(model, x, y, args.eps, args.seed)
 
-    table = Table(title=f"peers on the digits ResNet, {len(x)} test samples, "
+    name = "shipped" if args.weights == WEIGHTS else args.weights.name
+    table = Table(title=f"peers on the digits ResNet ({name} weights), {len(x)} test samples, "
                         f"{args.threads} thread(s); clean accuracy "
                         f"{float((clean == y).double().mean()):.3f}")
     for column in ("attack", "implementation", "time (s)", "time / robaudit", "success",
@@ -202,7 +225,11 @@ def main() -> None:
             "—" if row.rho is None else f"{row.rho:.4f}",
             "—" if row.robust_accuracy is None else f"{row.robust_accuracy:.3f}",
         )
-    Console(width=150).print(table)
+    console = Console(width=150, record=True)
+    console.print(table)
+    if args.out:
+        with args.out.open("a") as out:
+            out.write("```\n" + console.export_text() + "```\n\n")
 
 
 if __name__ == "__main__":

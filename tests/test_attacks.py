@@ -10,6 +10,7 @@ from torch import nn
 
 from robaudit.ops.attacks import pgd, random_in_ball
 from robaudit.ops.projections import lp_norm
+from robaudit.ops.sampling import sample_seeds
 from robaudit.plugins.metrics.adversarial.attack_accuracy import (
     FGSMAccuracy,
     NoiseAccuracy,
@@ -103,7 +104,7 @@ def test_pgd_iterates_stay_in_the_ball_and_the_box() -> None:
     y = torch.randint(0, 3, (30,), generator=gen)
     for norm, eps in (("linf", 0.2), ("l2", 0.5)):
         adv = pgd(model, x, y, eps=eps, norm=norm, steps=15, step_size=eps / 4,
-                  generator=gen, input_range=(0.0, 1.0))
+                  seeds=sample_seeds(gen, 30), input_range=(0.0, 1.0))
         assert float(lp_norm(adv - x, norm).max()) <= eps * (1 + 1e-9)
         assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
 
@@ -128,11 +129,11 @@ def test_a_sample_counts_robust_only_if_it_survives_every_restart(binary) -> Non
 
 def test_random_in_ball_is_uniform_in_the_l2_ball() -> None:
     gen = torch.Generator().manual_seed(5)
-    points = random_in_ball(torch.Size((4000, 3)), 2.0, "l2", gen)
+    points = random_in_ball(sample_seeds(gen, 4000), (3,), 2.0, "l2")
     radius = points.norm(dim=1).numpy() / 2.0
     # Uniform in a 3-ball: P(‖p‖/eps ≤ t) = t³.
     assert stats.kstest(radius, lambda t: np.clip(t, 0, 1) ** 3).pvalue > 1e-3
-    cube = random_in_ball(torch.Size((4000, 3)), 2.0, "linf", gen)
+    cube = random_in_ball(sample_seeds(gen, 4000), (3,), 2.0, "linf")
     assert float(cube.abs().max()) <= 2.0
     assert stats.kstest(cube.flatten().numpy(), "uniform", args=(-2.0, 4.0)).pvalue > 1e-3
 

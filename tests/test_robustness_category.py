@@ -91,6 +91,24 @@ def test_categories_of_constructed_models(attack: str) -> None:
     assert details["noise_fooling_rate"] == 1.0
 
 
+def test_category_one_means_almost_no_sample_is_fooled() -> None:
+    """Margins 0.4 (fooled within ε = 0.05: 16ε = 0.8) on 3 of 20 samples, 2.0 on the rest:
+    a per-sample attack fools 15%, less than tau = 0.5 but more than the 5% tolerance, so the
+    model has (per-sample) adversarial perturbations: category 2, not 1. With one such
+    sample of 40 (2.5%) it is within the tolerance: category 1."""
+    x = samples([0.4] * 3 + [2.0] * 17)
+    for attack in ("pgd", "deepfool"):
+        value, details = category(linear_model(), x, eps=0.05, attack=attack)
+        assert details["attack_fooling_rate"] == pytest.approx(0.15)
+        assert value == 2 and details["category_name"].startswith("per-sample")
+        assert details["tolerance"] == 0.05 and details["tau"] == 0.5
+    value, details = category(linear_model(), samples([0.4] + [2.0] * 39), eps=0.05)
+    assert details["per_sample_fooling_rate"] == pytest.approx(0.025)
+    assert value == 1 and details["category_name"].startswith("no adversarial")
+    value, _ = category(linear_model(), samples([0.4] + [2.0] * 39), eps=0.05, tolerance=0.0)
+    assert value == 2
+
+
 def test_category_does_not_improve_as_the_budget_grows() -> None:
     x = samples([0.2 * (i + 1) for i in range(10)])  # margins 0.2 … 2.0
     values = [category(linear_model(), x, eps=eps, tau=0.3)[0]

@@ -121,3 +121,24 @@ def test_collapsed_map_is_an_error_and_floor_counts_passes() -> None:
 def test_bad_params_are_refused(bad: dict) -> None:
     with pytest.raises(ValidationError):
         SphereDeformation.Params.model_validate(bad)
+
+
+def test_k_grows_with_the_points_and_defaults_to_the_papers_n() -> None:
+    """A linear g with singular values (4, 1, …, 1) in 8 dimensions: k on n sphere points is
+    max/min of ‖W u_i‖ over n random unit u_i, below the limit 4 and growing with n (a max
+    over a superset of the points can only grow, a min only shrink, so the prefixes' k are
+    non-decreasing per sample). The default n is the paper's 1000, and details report k at
+    its prefixes of 50 … 1000 points, the last being the value."""
+    x, y = data(10, 8, seed=5)
+    model = linear_features(with_singular_values([4.0] + [1.0] * 7, seed=6))
+    result = run_metric(SphereDeformation(), make_context(model, x, y), samples=10)
+    curve = result.details["k_by_points"]
+    assert result.details["points"] == 1000
+    assert [row["points"] for row in curve] == [50, 100, 200, 500, 1000]
+    means = [row["mean"] for row in curve]
+    assert means == sorted(means) and means[0] < means[-1] - 0.2
+    assert means[-1] == pytest.approx(result.value)
+    assert means[-1] < 4.0
+    small = run_metric(SphereDeformation(), make_context(model, x, y), samples=10, points=120)
+    assert [row["points"] for row in small.details["k_by_points"]] == [50, 100, 120]
+    assert small.details["k_by_points"][-1]["mean"] == pytest.approx(small.value)

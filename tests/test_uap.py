@@ -14,6 +14,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from robaudit.ops.sampling import sample_seeds
 from robaudit.ops.uap import fit_uap_deepfool, fit_uap_sgd, random_lp_noise
 from robaudit.plugins.metrics.universal.uap import UAPFitParams, UAPFoolingRate
 from robaudit.testing import make_context, run_metric
@@ -123,9 +124,9 @@ def test_batch_of_one_is_the_sequential_algorithm() -> None:
 
 def test_random_noise_has_the_norm_and_the_details() -> None:
     g = torch.Generator().manual_seed(0)
-    linf = random_lp_noise((50, 1, 4, 4), 0.3, "linf", g)
+    linf = random_lp_noise(sample_seeds(g, 50), (1, 4, 4), 0.3, "linf")
     assert torch.all(linf.abs() == 0.3)
-    l2 = random_lp_noise((50, 1, 4, 4), 0.3, "l2", g)
+    l2 = random_lp_noise(sample_seeds(g, 50), (1, 4, 4), 0.3, "l2")
     assert torch.allclose(l2.flatten(1).norm(dim=1), torch.full((50,), 0.3))
 
 

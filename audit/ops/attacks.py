@@ -6,12 +6,13 @@ Both ascend the cross-entropy of the true label, take input gradients with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from robaudit.ops.projections import Norm, project_lp
+from robaudit.ops.sampling import per_sample, sample_seeds
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -48,20 +49,23 @@ def fgsm(
 
 
 def random_in_ball(
-    shape: torch.Size, eps: float, norm: Norm, generator: torch.Generator | None
+    seeds: torch.Tensor, sample_shape: Sequence[int], eps: float, norm: Norm
 ) -> torch.Tensor:
-    """Points drawn uniformly from the ℓp ball of radius ``eps`` (one per sample of ``shape``),
-    on the CPU from ``generator``: ℓ∞ uniform per coordinate; ℓ2 a Gaussian direction scaled
-    by eps · u^(1/d), u uniform on [0, 1] and d the dimension of a sample."""
-    if norm == "linf":
-        return (2 * torch.rand(shape, generator=generator) - 1) * eps
-    direction = torch.randn(shape, generator=generator)
-    direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-30).view(
-        -1, *([1] * (len(shape) - 1))
-    )
-    dim = int(torch.Size(shape[1:]).numel())
-    radius = eps * torch.rand(shape[0], generator=generator) ** (1.0 / dim)
-    return direction * radius.view(-1, *([1] * (len(shape) - 1)))
+    """Points drawn uniformly from the ℓp ball of radius ``eps``, one per seed of ``seeds``
+    (shape ``(len(seeds), *sample_shape)``, on the CPU; each from its own seed, see
+    :mod:`robaudit.ops.sampling`): ℓ∞ uniform per coordinate; ℓ2 a Gaussian direction
+    scaled by eps · u^(1/d), u uniform on [0, 1] and d the dimension of a sample."""
+    shape = tuple(sample_shape)
+    dim = int(torch.Size(shape).numel())
+
+    def draw(generator: torch.Generator) -> torch.Tensor:
+        if norm == "linf":
+            return (2 * torch.rand(shape, generator=generator) - 1) * eps
+        direction = torch.randn(shape, generator=generator)
+        radius = eps * float(torch.rand((), generator=generator)) ** (1.0 / dim)
+        return direction * (radius / float(direction.norm().clamp_min(1e-30)))
+
+    return per_sample(seeds, draw)
 
 
 def pgd(
@@ -74,14 +78,17 @@ def pgd(
     steps: int,
     step_size: float,
     random_start: bool = True,
-    generator: torch.Generator | None = None,
+    seeds: torch.Tensor | None = None,
     input_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Projected gradient ascent of the cross-entropy in the ℓp ball of radius ``eps``.
 
     Each step is x_t + step_size · sign(g) (ℓ∞) or x_t + step_size · g/‖g‖₂ (ℓ2), projected
     back onto the ball around x and clipped to the box. The start is x, or with
-    ``random_start`` a uniform point of the ball (drawn on the CPU from ``generator``).
+    ``random_start`` a uniform point of the ball drawn from the sample's own seed of
+    ``seeds`` (one int64 seed per sample of x, from :func:`robaudit.ops.sampling.sample_seeds`;
+    default: seeds from torch's global generator), so that a sample's start does not depend
+    on the batch it is in.
 
     Returns, per sample, the first iterate that the model misclassifies, or the last iterate
     when none is: a sample leaves the batch as soon as one of its iterates is misclassified,
@@ -91,7 +98,9 @@ def pgd(
     x = x.detach()
     start = x
     if random_start:
-        start = x + random_in_ball(x.shape, eps, norm, generator).to(x.device, x.dtype)
+        if seeds is None:
+            seeds = sample_seeds(None, x.shape[0])
+        start = x + random_in_ball(seeds, x.shape[1:], eps, norm).to(x.device, x.dtype)
     current = _clip(start, input_range).clone()
     active = torch.arange(x.shape[0], device=x.device)
     shape = (-1, *([1] * (x.dim() - 1)))

@@ -12,10 +12,37 @@ w'_j = ∇f_j(x_i) − ∇f_k(x_i). The closest linearised boundary is l = argmi
 with the small slack s = :data:`STEP_SLACK` of the original implementation (so that an
 iterate does not land exactly on a tie). The steps are summed into r_tot, the next iterate is
 x + (1 + overshoot) · r_tot, and the loop stops as soon as the predicted label differs from k
-or after ``max_iter`` steps; the returned perturbation is (1 + overshoot) · r_tot, as in the
-paper's Algorithm 2 and the authors' code. These are the boundary points z = x + r(x) whose
-curvature Fawzi et al. (CVPR 2018, section 3) study, and the inner step of universal
-perturbations (Moosavi-Dezfooli et al. 2017, Algorithm 1).
+or after ``max_iter`` steps, as in the paper's Algorithm 2 and the authors' code. These are
+the boundary points z = x + r(x) whose curvature Fawzi et al. (CVPR 2018, section 3) study,
+and the inner step of universal perturbations (Moosavi-Dezfooli et al. 2017, Algorithm 1).
+
+Two changes to the paper's algorithm make the perturbation smaller, i.e. nearer the minimal
+one that ρ_adv estimates (``damping=1, refine=0`` is the paper's algorithm exactly):
+
+- Damped steps: each step is ``damping`` (default :data:`DAMPING` = 0.8) times the
+  linearised one, r_i = (0.8 · |f'_l| / ‖w'_l‖ + s) · direction. A full step from x lands
+  past the curved boundary of a ReLU network by its linearisation error, along the
+  direction of the first linearisation; shorter steps re-linearise on the way and approach
+  the boundary from inside. On a linear model the remaining distance shrinks by
+  1 − 0.8 (1 + η) ≈ 0.18 per step and the slack s carries the iterate across: about
+  log(d/s)/log(5.4) steps, 5 for d = 0.5.
+- The final step: the label change is located on the segment from x to the last iterate p
+  by ``refine`` bisections (default :data:`REFINE_STEPS`), t_hi the smallest known fraction
+  of the segment that changes the label, and the returned point is
+  x + min(1, (1 + overshoot) · t_hi) · (p − x) (or x + t_hi · (p − x) in the rare case where
+  that point keeps the label k): the nearer of p and the crossing times the overshoot, both
+  across. So a search along the returned perturbation cannot shrink it by more than the
+  overshoot (and 2⁻¹⁰ of it). It costs one forward pass of the converged samples per
+  bisection. On a linear classifier the result lies between the closed-form distance d and
+  (1 + overshoot) · d, to the bisection's precision (the paper's is (1 + overshoot)(d + s)).
+
+Measured (bench/peers.py, docs/bench/peers.md; 200 digits test samples, all fooled by every
+implementation, mean ρ_adv): on the shipped digits ResNet the paper's algorithm gave 0.1242
+(3.5% above ART's 0.1200 and 4.7% above foolbox's 0.1186), with the final bisection alone
+0.1194, with damping 0.8 and the bisection 0.1142; on a digits ResNet trained from seed 2,
+0.1332 / 0.1292 / 0.1229 against ART's 0.1264 and foolbox's 0.1248. The price is
+iterations: 5.1 on average instead of 1.8 (damping 0.9: 3.3 iterations, ρ 0.1167 / 0.1259,
+not below foolbox on the second model; 0.5: 11 iterations, 0.1093 / 0.1173).
 
 Choices where the paper is silent or that the batched form needs:
 
@@ -26,8 +53,10 @@ Choices where the paper is silent or that the batched form needs:
 - Input box: with ``input_range`` every iterate is clipped to the box, and a coordinate that
   sits on a face of the box while the step would push it outwards is removed from the
   linearisation (w' set to 0 there), so the step is the minimal one among the moves that stay
-  feasible. ``perturbation`` is then ``boundary − x`` (x + r is the adversarial point in both
-  cases); without a box, ``perturbation`` is exactly (1 + overshoot) · r_tot.
+  feasible. (ART and foolbox step along the unconstrained gradient and lose the blocked part
+  to the clipping: on the digits ResNets that acts as a damping too, ρ_adv 0.1186 / 0.1248
+  with 6.3 iterations, and the damping above does better at fewer iterations.)
+  ``perturbation`` is ``boundary − x`` (x + r is the adversarial point in both cases).
 - A sample whose candidate gradients all vanish (a flat region) cannot move: it stops, with
   ``converged`` False.
 - Batching: only the still-unfooled samples are computed on each iteration (the active
@@ -63,14 +92,20 @@ if TYPE_CHECKING:
 #: The slack added to each linearised step (the original implementation's 1e-4).
 STEP_SLACK = 1e-4
 
+#: The fraction of each linearised step taken (see the module docstring; 1 is the paper's).
+DAMPING = 0.8
+
+#: Bisections of the final step along the found perturbation (a precision of 2⁻¹⁰ of it).
+REFINE_STEPS = 10
+
 
 @dataclass(frozen=True)
 class DeepFoolResult:
     """The outcome of :func:`deepfool` for a batch of N samples (tensors on x's device; those
     of :func:`deepfool_split` on the CPU).
 
-    perturbation  (N, *input) total perturbation r (overshoot included); x + r is the
-                  adversarial point.
+    perturbation  (N, *input) the perturbation r (overshoot included, after the final
+                  bisection); x + r is the adversarial point.
     boundary      (N, *input) the point x + r (clipped to ``input_range`` when given).
     crossed_into  (N,) long: the class predicted at ``boundary``.
     iterations    (N,) long: the number of linearised steps taken.
@@ -110,16 +145,23 @@ def deepfool(
     max_iter: int = 50,
     input_range: tuple[float, float] | None = None,
     labels: torch.Tensor | None = None,
+    damping: float = DAMPING,
+    refine: int = REFINE_STEPS,
 ) -> DeepFoolResult:
     """DeepFool on the batch ``x`` against ``logits_fn`` (e.g. ``ctx.model.logits``).
 
     See the module docstring for the algorithm and its choices. ``candidates`` counts the
-    original class too (at least 2; capped at the number of classes).
+    original class too (at least 2; capped at the number of classes). ``damping``: the
+    fraction of each linearised step taken (1 is the paper's); ``refine``: the bisections of
+    the final step (0 returns (1 + overshoot) · r_tot; ``damping=1, refine=0`` is the paper's
+    algorithm exactly).
     """
     if norm not in ("l2", "linf"):
         raise ValueError(f"unknown norm {norm!r}; expected 'l2' or 'linf'")
     if candidates < 2:
         raise ValueError("deepfool needs at least 2 candidate classes")
+    if not 0 < damping <= 1:
+        raise ValueError("deepfool needs 0 < damping <= 1")
     x = x.detach()
     n = x.shape[0]
     with torch.no_grad():
@@ -141,7 +183,8 @@ def deepfool(
         if active.numel() == 0:
             break
         step, unit_normal, movable = _linearised_step(
-            logits_fn, point[active], original[active], others[active], norm, input_range
+            logits_fn, point[active], original[active], others[active], norm, input_range,
+            damping,
         )
         normal[active] = unit_normal
         stuck[active[~movable]] = True
@@ -153,6 +196,13 @@ def deepfool(
             predicted[active] = logits_fn(point[active]).argmax(dim=1)
         active = active[predicted[active] == original[active]]
 
+    converged = (predicted != original) & ~stuck & (iterations > 0)
+    moved = converged.nonzero().squeeze(1)
+    if refine > 0 and moved.numel() > 0:
+        point[moved] = _refine(logits_fn, x[moved], point[moved], original[moved], overshoot,
+                               refine, input_range)
+        with torch.no_grad():
+            predicted[moved] = logits_fn(point[moved]).argmax(dim=1)
     return DeepFoolResult(
         perturbation=point - x,
         boundary=point,
@@ -174,8 +224,10 @@ def _linearised_step(
     others: torch.Tensor,
     norm: Norm,
     input_range: tuple[float, float] | None,
+    damping: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One DeepFool step at ``point`` (A samples): the step r_i, the unit normal of the chosen
+    """One DeepFool step at ``point`` (A samples): the step r_i (``damping`` times the
+    distance to the linearised boundary, plus the slack), the unit normal of the chosen
     linearised boundary, and which samples could move (a nonzero chosen gradient)."""
     with torch.enable_grad():
         xa = point.detach().requires_grad_(True)
@@ -214,7 +266,7 @@ def _linearised_step(
     best = torch.where(movable, distance.argmin(dim=1), unconstrained.argmin(dim=1))
     chosen = feasible[rows, best]
     length = distance[rows, best]
-    length = torch.where(movable, length + STEP_SLACK, torch.zeros_like(length))
+    length = torch.where(movable, damping * length + STEP_SLACK, torch.zeros_like(length))
     shape = (-1, *([1] * (point.dim() - 1)))
     if norm == "l2":
         direction = chosen / dual[rows, best].clamp_min(1e-30).view(shape)
@@ -223,6 +275,36 @@ def _linearised_step(
     raw = grads[rows, best]
     raw_norm = raw.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)
     return length.view(shape) * direction, raw / raw_norm, movable
+
+
+def _refine(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    point: torch.Tensor,
+    original: torch.Tensor,
+    overshoot: float,
+    steps: int,
+    input_range: tuple[float, float] | None,
+) -> torch.Tensor:
+    """The final step: per sample, the label change on the segment from x to ``point``
+    (which is misclassified) located by ``steps`` bisections, t_hi the smallest fraction of
+    the segment known to change the label; the result is
+    x + min(1, (1 + overshoot) · t_hi) · (point − x), or x + t_hi · (point − x) where that
+    point keeps the label k. One forward pass of the samples per bisection."""
+    direction = point - x
+    shape = (-1, *([1] * (x.dim() - 1)))
+    low = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    high = torch.ones_like(low)
+    with torch.no_grad():
+        for _ in range(steps):
+            middle = (low + high) / 2
+            changed = logits_fn(x + middle.view(shape) * direction).argmax(dim=1) != original
+            high = torch.where(changed, middle, high)
+            low = torch.where(changed, low, middle)
+        crossing = x + high.view(shape) * direction
+        beyond = x + ((1 + overshoot) * high).clamp(max=1.0).view(shape) * direction
+        changed = logits_fn(beyond).argmax(dim=1) != original
+    return _clip(torch.where(changed.view(shape), beyond, crossing), input_range)
 
 
 def deepfool_split(

@@ -17,7 +17,7 @@ given) differs from the clean prediction at x: labels are never used.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from robaudit.ops.deepfool import deepfool
 from robaudit.ops.projections import Norm, project_lp
+from robaudit.ops.sampling import per_sample
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 #: Called after each pass with (pass number from 1, fooling rate of the fit set).
@@ -90,19 +91,22 @@ def fooled(
 
 
 def random_lp_noise(
-    shape: torch.Size | tuple[int, ...], radius: float, norm: Norm,
-    generator: torch.Generator | None,
+    seeds: torch.Tensor, sample_shape: Sequence[int], radius: float, norm: Norm
 ) -> torch.Tensor:
-    """One random perturbation of ℓp norm exactly ``radius`` per sample of ``shape``, on the
-    CPU from ``generator``: ℓ∞ a random vertex of the cube (independent signs times the
-    radius, the largest random ℓ∞ perturbation); ℓ2 a uniformly random direction (a Gaussian
-    normalised) times the radius."""
-    if norm == "linf":
-        signs = torch.randint(0, 2, tuple(shape), generator=generator).float() * 2 - 1
-        return signs * radius
-    direction = torch.randn(tuple(shape), generator=generator)
-    size = direction.flatten(1).norm(dim=1).clamp_min(1e-30)
-    return direction / size.view(-1, *([1] * (len(shape) - 1))) * radius
+    """One random perturbation of ℓp norm exactly ``radius`` per seed of ``seeds`` (shape
+    ``(len(seeds), *sample_shape)``, on the CPU; each from its own seed, see
+    :mod:`robaudit.ops.sampling`): ℓ∞ a random vertex of the cube (independent signs times
+    the radius, the largest random ℓ∞ perturbation); ℓ2 a uniformly random direction (a
+    Gaussian normalised) times the radius."""
+    shape = tuple(sample_shape)
+
+    def draw(generator: torch.Generator) -> torch.Tensor:
+        if norm == "linf":
+            return (torch.randint(0, 2, shape, generator=generator).float() * 2 - 1) * radius
+        direction = torch.randn(shape, generator=generator)
+        return direction * (radius / float(direction.norm().clamp_min(1e-30)))
+
+    return per_sample(seeds, draw)
 
 
 def _check(norm: Norm, eps: float, delta: float, batch: int) -> None:
@@ -181,7 +185,8 @@ def fit_uap_deepfool(
     1. with one forward pass, find the samples of B that the current v (call it v_B) does not
        fool;
     2. run ℓ2 DeepFool on all of them at once, from clip(x_i + v_B), away from the clean
-       prediction k̂(x_i) (unconstrained by the box, as in the paper's Δv_i);
+       prediction k̂(x_i) (unconstrained by the box, as in the paper's Δv_i; the paper's
+       DeepFool exactly: no damping, no final bisection, see :mod:`robaudit.ops.deepfool`);
     3. for each of them whose DeepFool converged, in the pass's random order, apply the
        original update v ← P_{p,ξ}(v + Δv_i) (ℓ∞: clip every entry to [−ξ, ξ]; ℓ2: rescale
        to radius ξ only when outside); a non-converged Δv_i is skipped.
@@ -215,7 +220,8 @@ def fit_uap_deepfool(
             return v
         result = deepfool(
             logits_fn, point[standing], norm="l2", candidates=candidates,
-            overshoot=overshoot, max_iter=max_iter, labels=kb[standing],
+            overshoot=overshoot, max_iter=max_iter, labels=kb[standing], damping=1.0,
+            refine=0,
         )
         for step in result.perturbation[result.converged]:
             v = project_lp(v + step, eps, norm, batched=False)

@@ -11,6 +11,7 @@ from pydantic import Field
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.ops.attacks import fgsm, pgd
+from robaudit.ops.sampling import per_sample_randn, sample_seeds
 from robaudit.ops.stats import wilson_interval
 
 
@@ -32,16 +33,18 @@ def _accuracy_result(correct: torch.Tensor, clean: torch.Tensor, **details: floa
 
 def _clean_batches(
     ctx: AuditContext, description: str
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``(x, y, clean_correct)`` batches of the audit split; the clean predictions come from
-    the run's cached forward pass (``ctx.logits``). Advances a progress task."""
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, slice]]:
+    """``(x, y, clean_correct, rows)`` batches of the audit split, ``rows`` the batch's slice
+    of the split; the clean predictions come from the run's cached forward pass
+    (``ctx.logits``). Advances a progress task."""
     logits = ctx.logits()
     correct = logits.argmax(dim=1) == ctx.data().y.to(logits.device)
     task = ctx.progress(len(ctx.data()), description)
     start = 0
     for x, y in ctx.batches():
-        yield x, y, correct[start : start + x.shape[0]].to(x.device)
-        start += x.shape[0]
+        rows = slice(start, start + x.shape[0])
+        yield x, y, correct[rows].to(x.device), rows
+        start = rows.stop
         task.advance(x.shape[0])
 
 
@@ -70,7 +73,7 @@ class FGSMAccuracy(Metric):
 
     def compute(self, ctx: AuditContext, params: FGSMParams) -> MetricResult:
         results, cleans = [], []
-        for x, y, clean in _clean_batches(ctx, f"FGSM eps={params.eps}"):
+        for x, y, clean, _ in _clean_batches(ctx, f"FGSM eps={params.eps}"):
             robust = clean.clone()
             if clean.any():
                 adv = fgsm(ctx.model.logits, x[clean], y[clean], params.eps,
@@ -124,16 +127,20 @@ class PGDAccuracy(Metric):
         step = params.step_size or 2.5 * params.eps / params.steps
         results, cleans = [], []
         description = f"PGD {params.norm} eps={params.eps}"
-        for x, y, clean in _clean_batches(ctx, description):
+        # restart-major, so that the first restarts' seeds do not depend on ``restarts``
+        seeds = sample_seeds(ctx.generator, params.restarts, len(ctx.data()))
+        for x, y, clean, rows in _clean_batches(ctx, description):
             robust = clean.clone()
-            for _ in range(params.restarts):
+            batch_seeds = seeds[:, rows]
+            for restart in range(params.restarts):
                 alive = robust.nonzero().squeeze(1)
                 if alive.numel() == 0:
                     break
                 adv = pgd(
                     ctx.model.logits, x[alive], y[alive], eps=params.eps, norm=params.norm,
                     steps=params.steps, step_size=step, random_start=params.random_start,
-                    generator=ctx.generator, input_range=ctx.model.input_range,
+                    seeds=batch_seeds[restart, alive.cpu()],
+                    input_range=ctx.model.input_range,
                 )
                 robust[alive] = ctx.model.predict(adv) == y[alive]
             results.append(robust)
@@ -159,9 +166,10 @@ class NoiseAccuracy(Metric):
 
     Szegedy et al. (2014), section 4.2, the last rows of Tables 2 and 4: the error caused by
     Gaussian noise of stddev σ, the reference against which adversarial distortions of a
-    similar size are judged. x' = x + σ·n, n ~ N(0, I) drawn per sample from the check's
-    generator, clipped to the model's input range when ``clip`` (the paper does not say; its
-    inputs live in [0, 1]). value: accuracy on x' over the audit split. samples: per-sample
+    similar size are judged. x' = x + σ·n, n ~ N(0, I) drawn per sample (each from its own
+    seed drawn from the check's generator, so independent of ``batch_size``), clipped to the
+    model's input range when ``clip`` (the paper does not say; its inputs live in [0, 1]).
+    value: accuracy on x' over the audit split. samples: per-sample
     0/1 correctness (one noise draw each); ci: Wilson's 95% score interval.
     """
 
@@ -172,8 +180,10 @@ class NoiseAccuracy(Metric):
 
     def compute(self, ctx: AuditContext, params: NoiseParams) -> MetricResult:
         results, cleans = [], []
-        for x, y, clean in _clean_batches(ctx, f"Gaussian noise sigma={params.sigma}"):
-            noisy = x + params.sigma * ctx.randn(*x.shape).to(x.dtype)
+        seeds = sample_seeds(ctx.generator, len(ctx.data()))
+        for x, y, clean, rows in _clean_batches(ctx, f"Gaussian noise sigma={params.sigma}"):
+            noise = per_sample_randn(seeds[rows], x.shape[1:]).to(x.device, x.dtype)
+            noisy = x + params.sigma * noise
             if params.clip:
                 noisy = noisy.clamp(*ctx.model.input_range)
             results.append(ctx.model.predict(noisy) == y)

@@ -14,6 +14,7 @@ from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.model import ModelUnderAudit
 from robaudit.ops.deepfool import deepfool_split
+from robaudit.ops.sampling import per_sample_randn, sample_seeds
 from robaudit.ops.stats import wilson_interval
 from robaudit.ops.uap import perturb, predictions
 
@@ -75,7 +76,8 @@ class TransferRate(Metric):
       sample σ = 0 (``av_stddev`` 0; the noise errors are then the clean errors).
     - Memory: the audit split is processed one batch (``batch_size``) at a time, keeping
       per-sample results only; σ needs every sample's example, so the noise takes a second
-      pass, drawn per batch, in split order, from the check's generator (on the CPU).
+      pass. Each sample's noise comes from its own seed, drawn from the check's generator
+      (:mod:`robaudit.ops.sampling`), so the value does not depend on ``batch_size``.
     """
 
     name: ClassVar[str] = "transfer_rate"
@@ -117,9 +119,13 @@ class TransferRate(Metric):
         sigma = float(stddev[made].mean()) if bool(made.any()) else 0.0
 
         # Pass 2, per batch: Gaussian noise of stddev σ (needs every sample's stddev first).
-        noise_target, noise_src = [], []
+        seeds = sample_seeds(ctx.generator, len(data))
+        noise_target, noise_src, start = [], [], 0
         for x, yb in ctx.batches():
-            noisy = perturb(x, ctx.randn(*x.shape) * sigma, target.input_range)
+            rows = slice(start, start + x.shape[0])
+            start = rows.stop
+            noise = per_sample_randn(seeds[rows], x.shape[1:]).to(ctx.device, x.dtype)
+            noisy = perturb(x, noise * sigma, target.input_range)
             noise_target.append((predictions(target.logits, noisy, x.shape[0]) != yb).cpu())
             noise_src.append((predictions(src.logits, noisy, x.shape[0]) != yb).cpu())
 

@@ -13,6 +13,7 @@ from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.ops.deepfool import deepfool_split
 from robaudit.ops.projections import lp_norm
+from robaudit.ops.sampling import sample_seeds
 from robaudit.ops.stats import wilson_interval
 from robaudit.ops.uap import UAPFit, fit_uap_deepfool, fit_uap_sgd, fooled, random_lp_noise
 
@@ -109,19 +110,20 @@ def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
     return ctx.cache.get_or_compute(key, compute)
 
 
-def split_fooled(ctx: AuditContext, perturbation: Callable[[torch.Tensor], torch.Tensor]
-                 ) -> torch.Tensor:
+def split_fooled(ctx: AuditContext,
+                 perturbation: Callable[[torch.Tensor, slice], torch.Tensor]) -> torch.Tensor:
     """Per sample of the audit split (a CPU bool tensor), whether the prediction at
     clip(x + δ) differs from the clean prediction, one batch of ``ctx.batches()`` at a time:
-    δ = ``perturbation(x)`` for the batch x on the device (one universal v, or one per sample
-    of the batch, e.g. noise drawn for that batch). Only the per-sample flags are kept across
-    batches, so the device holds one batch at a time."""
+    δ = ``perturbation(x, rows)`` for the batch x on the device and its rows of the split
+    (one universal v, or one per sample of the batch, e.g. noise drawn from the rows' seeds).
+    Only the per-sample flags are kept across batches, so the device holds one batch at a time."""
     mua = ctx.model
     clean = ctx.logits().argmax(dim=1)
     hits, start = [], 0
     for x, _ in ctx.batches():
         stop = start + x.shape[0]
-        hits.append(fooled(mua.logits, x, perturbation(x), clean[start:stop].to(ctx.device),
+        delta = perturbation(x, slice(start, stop))
+        hits.append(fooled(mua.logits, x, delta, clean[start:stop].to(ctx.device),
                            input_range=mua.input_range, batch=x.shape[0]).cpu())
         start = stop
     return torch.cat(hits)
@@ -184,8 +186,9 @@ class UAPFoolingRate(Metric):
       the check id: so checks with the same fit parameters (e.g. ``robustness_category``)
       share one fit through ``ctx.cache`` and a check gives the same value whether it runs
       alone or not.
-      The noise baseline draws from the check's generator, one batch of the audit split
-      (``batch_size``) at a time, in split order, on the CPU.
+      The noise baseline draws one seed per audit sample from the check's generator and
+      each sample's noise from its seed (:mod:`robaudit.ops.sampling`), so it does not
+      depend on ``batch_size``.
     - Memory: the fit set (at most ``fit_limit`` samples) is held on the device during the
       fit; the audit split is evaluated one batch at a time, keeping per-sample flags only.
 
@@ -208,10 +211,11 @@ class UAPFoolingRate(Metric):
     def compute(self, ctx: AuditContext, params: UAPFitParams) -> MetricResult:
         fit = fitted_uap(ctx, params)
         v = fit.perturbation
-        hits = split_fooled(ctx, lambda x: v)
+        hits = split_fooled(ctx, lambda x, rows: v)
         size = float(lp_norm(v, params.norm, batched=False))
-        noise_rate = float(split_fooled(ctx, lambda x: random_lp_noise(
-            x.shape, size, params.norm, ctx.generator).to(ctx.device)).double().mean())
+        seeds = sample_seeds(ctx.generator, len(ctx.data()))
+        noise_rate = float(split_fooled(ctx, lambda x, rows: random_lp_noise(
+            seeds[rows], x.shape[1:], size, params.norm).to(ctx.device)).double().mean())
 
         boundary = deepfool_split(ctx, norm="l2", overshoot=params.overshoot,
                                   candidates=params.candidates, max_iter=params.max_iter)

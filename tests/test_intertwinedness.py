@@ -247,3 +247,20 @@ def test_default_curve_stops_at_the_papers_n_of_1000() -> None:
     model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 2))
     result = run_metric(Intertwinedness(), make_context(model, x, y, reference=(xr, yr)), n=3)
     assert [row["n"] for row in result.details["itw_n_curve"]][-3:] == [200, 500, 1000]
+
+
+def test_result_does_not_depend_on_the_batch_size(monkeypatch) -> None:
+    """Random pairs for the radii are drawn once per check; the batch size only sets the
+    chunks of the distance computations (with one row per batch entry: 7 and 64 split the
+    splits and the pairs, 450 holds them)."""
+    monkeypatch.setattr(
+        "robaudit.plugins.metrics.deformation.intertwinedness.QUANTILE_PAIRS", 300)
+    monkeypatch.setattr("robaudit.ops.neighbors.CHUNK_VALUES", 1)
+    x, y, xr, yr = small_case()
+    model = random_net(4, seed=2)
+    results = [run_metric(Intertwinedness(),
+                          make_context(model, x, y, reference=(xr, yr), batch_size=size), n=3)
+               for size in (7, 64, 450)]
+    for other in results[1:]:
+        assert np.array_equal(other.samples, results[0].samples)
+        assert other.details == results[0].details

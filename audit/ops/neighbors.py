@@ -38,7 +38,7 @@ class NeighbourBlock:
     counts: torch.Tensor | None
 
 
-#: Values of one side (rows × dimension) that a chunk holds at least, when a batch is small.
+#: A chunk of rows holds about batch_size × max(D, CHUNK_VALUES) values (:func:`chunk_rows`).
 CHUNK_VALUES = 4096
 
 

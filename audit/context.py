@@ -134,7 +134,8 @@ class AuditContext:
     def features(self, split: str | None = None, model: ModelUnderAudit | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features g(x) and logits of a whole split, from one forward pass (cached per run,
-        kept on the device). Raises MetricError for a model without g(x)."""
+        kept on the CPU: move what you take to ``device``). Raises MetricError for a model
+        without g(x)."""
         mua = model or self.model
         name = split or self.split
         mua.feature_site()
@@ -144,15 +145,15 @@ class AuditContext:
             with torch.no_grad():
                 for x, _ in self.batches(name):
                     f, z = mua.features_and_logits(x)
-                    feats.append(f)
-                    logits.append(z)
+                    feats.append(f.cpu())
+                    logits.append(z.cpu())
             return torch.cat(feats), torch.cat(logits)
 
         return self.cache.get_or_compute(("features", mua.name, name), compute)
 
     def logits(self, split: str | None = None, model: ModelUnderAudit | None = None
                ) -> torch.Tensor:
-        """Logits of a whole split (cached per run, on the device): shared with
+        """Logits of a whole split (cached per run, on the CPU): shared with
         :meth:`features` when the model has g(x), so the split takes one forward pass."""
         mua = model or self.model
         name = split or self.split
@@ -161,7 +162,7 @@ class AuditContext:
 
         def compute() -> torch.Tensor:
             with torch.no_grad():
-                return torch.cat([mua.logits(x) for x, _ in self.batches(name)])
+                return torch.cat([mua.logits(x).cpu() for x, _ in self.batches(name)])
 
         return self.cache.get_or_compute(("logits", mua.name, name), compute)
 

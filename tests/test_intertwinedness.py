@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from robaudit.errors import ParamError
-from robaudit.ops.neighbors import knn, radius_label_counts
+from robaudit.ops.neighbors import knn, pair_distances, radius_label_counts
 from robaudit.plugins.loaders.gaussian_mixture import MixtureOptions, mixture_splits
 from robaudit.plugins.metrics.deformation.intertwinedness import Intertwinedness
 from robaudit.testing import make_context, run_metric
@@ -78,6 +78,28 @@ def test_radius_label_counts_match_a_loop() -> None:
         for j, radius in enumerate([0.5, 1.0, 2.0]):
             for c in range(3):
                 assert counts[a, j, c] == int(((dist[a] <= radius) & (labels == c)).sum())
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_pair_distances_match_a_loop_whatever_the_chunk(chunk):
+    points = torch.rand(12, 2, 3, dtype=torch.float64)
+    others = torch.rand(5, 2, 3, dtype=torch.float64)
+    a, b = torch.randint(0, 12, (6, 5)), torch.randint(0, 5, (6, 5))
+    ours = pair_distances(points, others, a, b, chunk=chunk)
+    assert ours.shape == (6, 5)
+    expected = [[float((points[i] - others[j]).norm()) for i, j in zip(ra, rb, strict=True)]
+                for ra, rb in zip(a, b, strict=True)]
+    np.testing.assert_allclose(ours.numpy(), expected, atol=1e-12)
+
+
+def test_pair_distances_are_bit_identical_to_the_distance_matrix():
+    """One pair's distance does not depend on the other pairs asked for nor on the chunking:
+    the same bits as cdist's direct (no ‖a‖² + ‖b‖² − 2a·b) distance matrix."""
+    points = torch.rand(40, 37)
+    matrix = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
+    a, b = torch.randint(0, 40, (500,)), torch.randint(0, 40, (500,))
+    for chunk in (3, 64, 500):
+        assert torch.equal(pair_distances(points, points, a, b, chunk=chunk), matrix[a, b])
 
 
 @pytest.mark.parametrize("reference", ["separate", "same tensors", "same split name"])
@@ -225,3 +247,20 @@ def test_default_curve_stops_at_the_papers_n_of_1000() -> None:
     model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 2))
     result = run_metric(Intertwinedness(), make_context(model, x, y, reference=(xr, yr)), n=3)
     assert [row["n"] for row in result.details["itw_n_curve"]][-3:] == [200, 500, 1000]
+
+
+def test_result_does_not_depend_on_the_batch_size(monkeypatch) -> None:
+    """Random pairs for the radii are drawn once per check; the batch size only sets the
+    chunks of the distance computations (with one row per batch entry: 7 and 64 split the
+    splits and the pairs, 450 holds them)."""
+    monkeypatch.setattr(
+        "robaudit.plugins.metrics.deformation.intertwinedness.QUANTILE_PAIRS", 300)
+    monkeypatch.setattr("robaudit.ops.neighbors.CHUNK_VALUES", 1)
+    x, y, xr, yr = small_case()
+    model = random_net(4, seed=2)
+    results = [run_metric(Intertwinedness(),
+                          make_context(model, x, y, reference=(xr, yr), batch_size=size), n=3)
+               for size in (7, 64, 450)]
+    for other in results[1:]:
+        assert np.array_equal(other.samples, results[0].samples)
+        assert other.details == results[0].details

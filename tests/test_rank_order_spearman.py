@@ -80,3 +80,17 @@ def test_same_seed_same_value_other_seed_other_value():
     values = [run_metric(RankOrderSpearman(), make_context(Featurise(body, 8), x, y, seed=s),
                          pairs=20, trials=50).value for s in (0, 0, 1)]
     assert values[0] == values[1] != values[2]
+
+
+def test_value_does_not_depend_on_the_batch_size(monkeypatch):
+    """Pairs are drawn per trial and their distances computed in chunks of the batch size:
+    the same bits whatever the chunks (7, 64 or 450 pairs a chunk)."""
+    monkeypatch.setattr("robaudit.ops.neighbors.CHUNK_VALUES", 1)  # a pair per batch entry
+    torch.manual_seed(1)
+    body = nn.Sequential(nn.Linear(48, 8), nn.Tanh())
+    x, y = torch.rand(120, 3, 4, 4), torch.zeros(120, dtype=torch.long)
+    results = [run_metric(RankOrderSpearman(),
+                          make_context(Featurise(body, 8), x, y, batch_size=size),
+                          pairs=30, trials=40) for size in (7, 64, 450)]
+    for other in results[1:]:
+        assert np.array_equal(other.samples, results[0].samples)

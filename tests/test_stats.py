@@ -10,7 +10,6 @@ from scipy import stats
 from robaudit.ops.stats import (
     average_ranks,
     mean_interval,
-    pair_distances,
     spearman,
     wilson_interval,
 )
@@ -55,12 +54,3 @@ def test_mean_interval_matches_scipy_t_interval():
 def test_wilson_interval_matches_scipy(k, n):
     expected = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
     np.testing.assert_allclose(wilson_interval(k, n), (expected.low, expected.high), atol=1e-9)
-
-
-def test_pair_distances_both_paths_match_a_loop():
-    points = torch.rand(12, 2, 3, dtype=torch.float64)
-    a, b = torch.randint(0, 12, (30,)), torch.randint(0, 12, (30,))
-    expected = [float((points[i] - points[j]).norm()) for i, j in zip(a, b, strict=True)]
-    for limit in (4096, 4):  # the distance-matrix path, then the gathering path
-        ours = pair_distances(points, matrix_limit=limit)(a, b).numpy()
-        np.testing.assert_allclose(ours, expected, atol=1e-12)

@@ -1,13 +1,14 @@
-"""Statistics shared by metrics and the runner: tie-aware batched Spearman, intervals."""
+"""Statistics shared by metrics and the runner: tie-aware batched Spearman, intervals.
+
+scipy is imported inside the functions that need it: ``scipy.stats`` takes about 0.6 s to
+import, which every run would otherwise pay at start-up."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy import stats
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -30,31 +31,6 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (ra * rb).sum(-1) / torch.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
 
 
-def pair_distances(points: torch.Tensor, matrix_limit: int = 4096
-                   ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A function (first, second) ↦ ‖points[first] − points[second]‖₂ for index tensors of any
-    (equal) shape, to be called for many batches of pairs.
-
-    Up to ``matrix_limit`` points, the N×N distance matrix is computed once here with
-    ``torch.cdist`` (far faster than gathering every pair; at most 64 MB) and indexed; beyond
-    it each call gathers its pairs, in memory O(pairs · dim). Differences are taken directly,
-    not through the ‖a‖² + ‖b‖² − 2a·b expansion, whose cancellation would reorder nearly
-    equal distances and so change ranks; each pair is taken in a canonical order, so (a, b)
-    and (b, a) get bit-identical distances.
-    """
-    flat = points.flatten(1)
-    matrix = (torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")
-              if flat.shape[0] <= matrix_limit else None)
-
-    def distances(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        low, high = torch.minimum(first, second), torch.maximum(first, second)
-        if matrix is not None:
-            return matrix[low, high]
-        return (flat[low] - flat[high]).norm(dim=-1)
-
-    return distances
-
-
 def mean_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
     """Student-t interval of the mean of ``samples`` (NaNs dropped); None under 2 values."""
     values = np.asarray(samples, dtype=np.float64)
@@ -65,6 +41,8 @@ def mean_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, floa
     sem = float(values.std(ddof=1) / math.sqrt(values.size))
     if sem == 0.0:
         return (mean, mean)
+    from scipy import stats  # lazily: importing scipy.stats costs 0.6 s at start-up
+
     half = float(stats.t.ppf(0.5 + level / 2, values.size - 1)) * sem
     return (mean - half, mean + half)
 
@@ -73,6 +51,8 @@ def wilson_interval(successes: int, total: int, level: float = 0.95) -> tuple[fl
     """Wilson score interval of a binomial proportion (for accuracies and rates)."""
     if total <= 0:
         return (0.0, 1.0)
+    from scipy import stats  # lazily: importing scipy.stats costs 0.6 s at start-up
+
     z = float(stats.norm.ppf(0.5 + level / 2))
     p = successes / total
     denom = 1 + z * z / total

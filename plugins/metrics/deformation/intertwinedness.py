@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.errors import ParamError
-from robaudit.ops.neighbors import knn, radius_label_counts
+from robaudit.ops.neighbors import chunk_rows, pair_distances, scan_neighbours
 
 #: Default radii as quantiles of the audit-to-reference distances (see the docstring).
 DEFAULT_QUANTILES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -92,7 +92,13 @@ class Intertwinedness(Metric):
     - ``n`` (or an entry of ``ns``) larger than the reference set is a located spec error
       (:meth:`check_data`, exit 4, before anything runs); the default
       curve runs 1, 2, 5, 10, … up to n = 1000 as the paper's (or to the reference size when
-      smaller). Memory: the neighbour indices of the largest n, audit size × n integers.
+      smaller).
+    - Memory is tied to the batch, not to the splits: distances are computed block by block
+      (queries × reference rows, each at most about batch_size × max(D, 4096) values, moved
+      to the device one block at a time), the k nearest of a block of queries are reduced to
+      their ITW_n before the next block, and the default radii keep only the sampled pairs'
+      scalar distances. What grows with the audit size is the per-sample ITW_n (one value per
+      entry of ``ns``) and ITW_r (one per radius).
     """
 
     name: ClassVar[str] = "intertwinedness"
@@ -116,42 +122,52 @@ class Intertwinedness(Metric):
         largest = max([*ns, params.n])
         feats, _ = ctx.features()
         ref_feats, _ = ctx.features(ctx.reference)
-        device = feats.device
+        device = ctx.device
         labels, ref_labels = data.y.to(device), ref.y.to(device)
         num_classes = int(max(labels.max(), ref_labels.max())) + 1
-        exclude = torch.arange(len(data), device=device) if same_split else None
-        spaces = {
-            "input": (data.x.flatten(1).to(device), ref.x.flatten(1).to(device)),
-            "feature": (feats, ref_feats),
-        }
+        exclude = torch.arange(len(data)) if same_split else None
+        spaces = {"input": (data.x, ref.x), "feature": (feats, ref_feats)}
+        columns = sorted({*ns, params.n})  # the ITW_n kept: ns and n
+        divisor = torch.tensor(columns, device=device, dtype=torch.float64)
         task = ctx.progress(2, "intertwinedness (input and feature space)")
-        per_n: dict[str, torch.Tensor] = {}
+        per_n: dict[str, dict[int, torch.Tensor]] = {}
         itw_r: dict[str, list[float]] = {}
         empty: dict[str, list[int]] = {}
         radii_used: dict[str, list[float]] = {}
+        duplicates = 0
         for space, (queries, reference) in spaces.items():
-            chunk = _query_chunk(ctx.batch_size, reference.shape[0], largest)
-            _, index = knn(queries, reference, largest, exclude=exclude, query_chunk=chunk)
-            if space == "input":
-                gap = (queries - reference[index[:, 0]]).abs().amax(dim=1)
-                duplicates = int((gap == 0).sum())
-            same = (ref_labels[index] == labels[:, None]).double()
-            per_n[space] = same.cumsum(dim=1) / torch.arange(1, largest + 1, device=device)
             radii = self._radii(ctx, params, space, queries, reference, exclude)
-            counts = radius_label_counts(queries, reference, ref_labels, radii, num_classes,
-                                         exclude=exclude, query_chunk=chunk)
-            counts = counts.double()
-            total = counts.sum(dim=2)
-            own = counts.gather(2, labels.view(-1, 1, 1).expand(-1, len(radii), 1)).squeeze(2)
-            has = total > 0
-            ratio = torch.where(has, own / total.clamp(min=1), torch.nan)
-            itw_r[space] = [float(v) for v in ratio.nanmean(dim=0).cpu()]
-            empty[space] = [int(v) for v in (~has).sum(dim=0).cpu()]
+            fractions, ratios, empties = [], [], []
+            query_chunk, reference_chunk = _chunks(ctx.batch_size, queries[0].numel(),
+                                                   reference.shape[0], largest)
+            for block in scan_neighbours(
+                queries, reference, largest, labels=ref_labels, radii=radii,
+                num_classes=num_classes, exclude=exclude, device=device,
+                query_chunk=query_chunk, reference_chunk=reference_chunk,
+            ):
+                own_labels = labels[block.start : block.stop]
+                same = (ref_labels[block.indices] == own_labels[:, None]).double()
+                fractions.append(same.cumsum(dim=1)[:, [m - 1 for m in columns]] / divisor)
+                if space == "input":
+                    nearest = reference[block.indices[:, 0].cpu()].flatten(1).to(device)
+                    gap = (queries[block.start : block.stop].flatten(1).to(device) - nearest)
+                    duplicates += int((gap.abs().amax(dim=1) == 0).sum())
+                assert block.counts is not None
+                counts = block.counts.double()
+                total = counts.sum(dim=2)
+                index = own_labels.view(-1, 1, 1).expand(-1, len(radii), 1)
+                own = counts.gather(2, index).squeeze(2)
+                ratios.append(torch.where(total > 0, own / total.clamp(min=1), torch.nan))
+                empties.append((total == 0).sum(dim=0))
+            table = torch.cat(fractions)
+            per_n[space] = {m: table[:, i] for i, m in enumerate(columns)}
+            itw_r[space] = [float(v) for v in torch.cat(ratios).nanmean(dim=0).cpu()]
+            empty[space] = [int(v) for v in torch.stack(empties).sum(dim=0).cpu()]
             radii_used[space] = radii
             task.advance(1)
 
-        samples = per_n["feature"][:, params.n - 1].cpu().numpy()
-        curve_n = {s: [float(per_n[s][:, m - 1].mean()) for m in ns] for s in spaces}
+        samples = per_n["feature"][params.n].cpu().numpy()
+        curve_n = {s: [float(per_n[s][m].mean()) for m in ns] for s in spaces}
         n_table = [{"n": m, "input": curve_n["input"][i], "feature": curve_n["feature"][i]}
                    for i, m in enumerate(ns)]
         r_table = [
@@ -165,7 +181,7 @@ class Intertwinedness(Metric):
             value=float(np.mean(samples)),
             samples=samples,
             details={
-                "input_itw_n": float(per_n["input"][:, params.n - 1].mean()),
+                "input_itw_n": float(per_n["input"][params.n].mean()),
                 "n": params.n,
                 "reference_samples": len(ref),
                 "leave_one_out": same_split,
@@ -183,20 +199,18 @@ class Intertwinedness(Metric):
         if params.radius_units == "absolute":
             chosen = params.feature_radii if space == "feature" else None
             return list(chosen or params.radii)
-        if queries.shape[0] * reference.shape[0] <= QUANTILE_PAIRS:
-            dist = torch.cdist(queries, reference)
-            if exclude is not None:
-                dist = dist[exclude[:, None] != torch.arange(reference.shape[0],
-                                                             device=dist.device)]
-            dist = dist.flatten()
+        rows, cols = queries.shape[0], reference.shape[0]
+        if rows * cols <= QUANTILE_PAIRS:  # every pair
+            a = torch.arange(rows).repeat_interleave(cols)
+            b = torch.arange(cols).repeat(rows)
         else:
-            a = torch.randint(0, queries.shape[0], (QUANTILE_PAIRS,), generator=ctx.generator)
-            b = torch.randint(0, reference.shape[0], (QUANTILE_PAIRS,), generator=ctx.generator)
-            a, b = a.to(queries.device), b.to(queries.device)
-            if exclude is not None:  # leave-one-out: a sample is no neighbour of itself
-                keep = b != exclude[a]
-                a, b = a[keep], b[keep]
-            dist = (queries[a] - reference[b]).norm(dim=1)
+            a = torch.randint(0, rows, (QUANTILE_PAIRS,), generator=ctx.generator)
+            b = torch.randint(0, cols, (QUANTILE_PAIRS,), generator=ctx.generator)
+        if exclude is not None:  # leave-one-out: a sample is no neighbour of itself
+            keep = b != exclude[a]
+            a, b = a[keep], b[keep]
+        dist = pair_distances(queries, reference, a, b, device=ctx.device,
+                              chunk=chunk_rows(ctx.batch_size, queries[0].numel()))
         q = torch.as_tensor(params.radii, dtype=torch.float64)
         return [float(v) for v in torch.quantile(dist.double().cpu(), q)]
 
@@ -258,9 +272,13 @@ def _default_ns(available: int) -> list[int]:
     return values
 
 
-def _query_chunk(batch_size: int, reference_size: int, k: int) -> int:
-    """Queries per distance block: about batch_size × 8192 distances in memory at once."""
-    return max(1, batch_size * 8192 // max(1, min(reference_size, 8192) + k))
+def _chunks(batch_size: int, dim: int, reference_size: int, k: int) -> tuple[int, int]:
+    """Queries and reference rows per distance block: at most 4 × :func:`chunk_rows` of each
+    (blocks large enough to keep the k-nearest merges few), and about batch_size × 4096
+    candidate distances (the block and the k best so far)."""
+    rows = 4 * chunk_rows(batch_size, dim)
+    reference_chunk = min(reference_size, rows)
+    return max(1, min(rows, batch_size * 4096 // (reference_chunk + k))), reference_chunk
 
 
 @hookimpl

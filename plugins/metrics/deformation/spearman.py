@@ -11,7 +11,8 @@ from pydantic import Field
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError
-from robaudit.ops.stats import pair_distances, spearman
+from robaudit.ops.neighbors import chunk_rows, pair_distances
+from robaudit.ops.stats import spearman
 
 
 class SpearmanParams(MetricParams):
@@ -34,7 +35,10 @@ class RankOrderSpearman(Metric):
     Choices where the paper is silent: the two members of a pair are distinct samples (pairs are
     drawn with replacement across the pair list); ties get average ranks (as scipy). The
     features of the split come from one cached forward pass (``ctx.features``), so the cost is
-    that pass plus the distance and rank arithmetic, whatever the number of trials.
+    that pass plus the distance and rank arithmetic of the trials × pairs pairs, whatever the
+    split size. Memory: the pairs' distances are computed a chunk of pairs at a time
+    (:func:`robaudit.ops.neighbors.pair_distances`, about batch_size × max(D, 4096) values),
+    never an N×N matrix nor the gathered inputs of every pair.
     """
 
     name: ClassVar[str] = "rank_order_spearman"
@@ -48,18 +52,21 @@ class RankOrderSpearman(Metric):
         if n < 2:
             raise MetricError(f"rank_order_spearman needs at least 2 samples, the split has {n}")
         feats, _ = ctx.features()
-        inputs = data.x.flatten(1).to(feats.device)
         first = torch.randint(0, n, (params.trials, params.pairs), generator=ctx.generator)
         offset = torch.randint(1, n, (params.trials, params.pairs), generator=ctx.generator)
         second = (first + offset) % n
-        first, second = first.to(feats.device), second.to(feats.device)
-        input_distances, feature_distances = pair_distances(inputs), pair_distances(feats)
+        # each pair in a canonical order: (a, b) and (b, a) get bit-identical distances
+        first, second = torch.minimum(first, second), torch.maximum(first, second)
         values = []
         task = ctx.progress(params.trials, "rank-order trials")
         chunk = max(1, 200_000 // params.pairs)
         for start in range(0, params.trials, chunk):
             a, b = first[start : start + chunk], second[start : start + chunk]
-            values.append(spearman(input_distances(a, b), feature_distances(a, b)))
+            d_input = pair_distances(data.x, data.x, a, b, device=ctx.device,
+                                     chunk=chunk_rows(ctx.batch_size, data.x[0].numel()))
+            d_feature = pair_distances(feats, feats, a, b, device=ctx.device,
+                                       chunk=chunk_rows(ctx.batch_size, feats.shape[1]))
+            values.append(spearman(d_input, d_feature))
             task.advance(a.shape[0])
         r_s = torch.cat(values).cpu().numpy()
         return MetricResult(

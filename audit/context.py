@@ -127,10 +127,6 @@ class AuditContext:
                 data.y[start : start + size].to(self.device),
             )
 
-    def randn(self, *shape: int) -> torch.Tensor:
-        """Standard normal noise drawn from the check's generator, on the audit device."""
-        return torch.randn(*shape, generator=self.generator).to(self.device)
-
     def features(self, split: str | None = None, model: ModelUnderAudit | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features g(x) and logits of a whole split, from one forward pass (cached per run,

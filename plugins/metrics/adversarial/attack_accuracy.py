@@ -70,6 +70,7 @@ class FGSMAccuracy(Metric):
     Params: ClassVar[type[MetricParams]] = FGSMParams
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = "Goodfellow et al. 2015, section 4 (FGSM)"
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: FGSMParams) -> MetricResult:
         results, cleans = [], []
@@ -122,6 +123,7 @@ class PGDAccuracy(Metric):
     Params: ClassVar[type[MetricParams]] = PGDParams
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = "Madry et al. 2018, section 2 (PGD)"
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: PGDParams) -> MetricResult:
         step = params.step_size or 2.5 * params.eps / params.steps
@@ -177,6 +179,7 @@ class NoiseAccuracy(Metric):
     Params: ClassVar[type[MetricParams]] = NoiseParams
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = "Szegedy et al. 2014, section 4.2, Tables 2 and 4 (noise rows)"
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: NoiseParams) -> MetricResult:
         results, cleans = [], []

@@ -9,8 +9,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from scipy.optimize import Bounds, minimize
-from threadpoolctl import threadpool_limits
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
@@ -80,7 +78,11 @@ def minimise_penalty(
     line search and stopping tests are shared, so the result matches it to the solver's
     tolerance only). The gradient comes from torch; BLAS is held to one thread inside
     L-BFGS-B, whose vector operations are too small to gain from more (and slow down by an
-    order of magnitude on a busy machine)."""
+    order of magnitude on a busy machine). scipy is imported here, not when the plugins load
+    (it costs the command line's start-up)."""
+    from scipy.optimize import Bounds, minimize
+    from threadpoolctl import threadpool_limits
+
     shape = x.shape
     lo, hi = input_range
     base = x.detach().double().cpu().numpy().ravel()

@@ -84,6 +84,7 @@ class TransferRate(Metric):
     Params: ClassVar[type[MetricParams]] = TransferParams
     higher_is_better: ClassVar[bool] = False
     source: ClassVar[str] = "Szegedy et al. 2014, section 4.2, Tables 2 and 4"
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: TransferParams) -> MetricResult:
         if params.source not in ctx.models:

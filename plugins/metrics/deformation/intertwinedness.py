@@ -105,6 +105,7 @@ class Intertwinedness(Metric):
     Params: ClassVar[type[MetricParams]] = IntertwinednessParams
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = "Ghorbani & Zou 2017, section 2 (ITW_n, ITW_r, Figure 2)"
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def check_data(self, ctx: AuditContext, params: IntertwinednessParams) -> None:
         available = _candidates(ctx)

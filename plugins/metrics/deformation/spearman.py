@@ -45,6 +45,7 @@ class RankOrderSpearman(Metric):
     Params: ClassVar[type[MetricParams]] = SpearmanParams
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = "Ghorbani & Zou 2017, section 2, Algorithm 2"
+    value_range: ClassVar[tuple[float, float] | None] = (-1.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: SpearmanParams) -> MetricResult:
         data = ctx.data()

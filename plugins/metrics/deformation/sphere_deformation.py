@@ -27,7 +27,7 @@ class SphereParams(MetricParams):
                          "the value is reported at the first"
     )
     points: int = Field(
-        PAPER_POINTS, ge=2,
+        PAPER_POINTS, ge=2, le=100_000,
         description="points per sphere (the paper's n = 1000); k grows with it (a max/min "
                     "over more points), so compare values at the same n only")
     samples: int = Field(

@@ -95,6 +95,7 @@ class RobustnessCategory(Metric):
     higher_is_better: ClassVar[bool] = False
     source: ClassVar[str] = ("Moosavi-Dezfooli et al. 2017, Universal adversarial "
                              "perturbations; the four categories of the note (seeds)")
+    has_interval: ClassVar[bool] = False
 
     def compute(self, ctx: AuditContext, params: CategoryParams) -> MetricResult:
         fit = fitted_uap(ctx, params)

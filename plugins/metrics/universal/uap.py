@@ -207,6 +207,7 @@ class UAPFoolingRate(Metric):
     higher_is_better: ClassVar[bool] = False
     source: ClassVar[str] = ("Moosavi-Dezfooli et al. 2017, Universal adversarial "
                              "perturbations, Algorithm 1 and section 4")
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: UAPFitParams) -> MetricResult:
         fit = fitted_uap(ctx, params)

@@ -23,21 +23,11 @@ from robaudit.ops.activations import (
     significance,
 )
 from robaudit.ops.attacks import pgd
+from robaudit.ops.sampling import sample_seeds
+from robaudit.plugins.metrics.activations._patterns import PatternParams
 
 
-class LikelihoodParams(MetricParams):
-    layers: tuple[str, ...] | None = Field(
-        None, min_length=1,
-        description="nn.Linear modules whose interactions are counted (dotted names as "
-                    "named_modules gives them); default: the last nn.Linear",
-    )
-    count_bias: bool = Field(
-        True, description="n in the 1/n significance threshold counts the bias column"
-    )
-    smoothing: float = Field(
-        0.5, gt=0, le=100,
-        description="additive smoothing α of the class probabilities, p = (k + α)/(n + 2α)",
-    )
+class LikelihoodParams(PatternParams):
     eps: float = Field(0.1, gt=0, description="PGD radius, in input units")
     norm: Literal["linf", "l2"] = Field("linf", description="the PGD ball's norm")
     steps: int = Field(20, ge=1, le=10_000, description="PGD steps")
@@ -83,9 +73,12 @@ class AdversarialLikelihood(Metric):
         step = params.step_size or 2.5 * params.eps / params.steps
         clean_ll, adv_ll, fooled = [], [], []
         task = ctx.progress(len(ctx.data()), f"PGD {params.norm} eps={params.eps}")
-        for x, y in ctx.batches():
+        seeds = sample_seeds(ctx.generator, len(ctx.data()))  # one per sample: batch-free
+        for start, (x, y) in zip(range(0, len(ctx.data()), ctx.batch_size), ctx.batches(),
+                                 strict=True):
             adv = pgd(ctx.model.logits, x, y, eps=params.eps, norm=params.norm,
-                      steps=params.steps, step_size=step, generator=ctx.generator,
+                      steps=params.steps, step_size=step,
+                      seeds=seeds[start : start + len(x)],
                       input_range=ctx.model.input_range)
             with torch.no_grad():
                 clean_read, _ = read_layers(ctx.model, sites, x)

@@ -23,22 +23,10 @@ from robaudit.ops.activations import (
     layer_statistics,
     linear_sites,
 )
+from robaudit.plugins.metrics.activations._patterns import PatternParams
 
 
-class DivergenceParams(MetricParams):
-    layers: tuple[str, ...] | None = Field(
-        None, min_length=1,
-        description="nn.Linear modules whose interactions are counted (dotted names as "
-                    "named_modules gives them); default: the last nn.Linear",
-    )
-    count_bias: bool = Field(
-        True, description="n in the 1/n significance threshold counts the bias column"
-    )
-    smoothing: float = Field(
-        0.5, gt=0, le=100,
-        description="additive smoothing α of the Bernoulli probabilities, p = (k + α)/(n + 2α), "
-                    "so that no KL meets a zero probability",
-    )
+class DivergenceParams(PatternParams):
     ood: str | None = Field(
         None, min_length=1,
         description="a split of the loaded data taken as out-of-distribution: the KL between "

@@ -98,17 +98,25 @@ class Baseline:
         return tuple(notes)
 
 
-def load_baseline(path: str | Path) -> Baseline:
-    """Read a JSON report as a baseline; a usage error names the file and what is wrong."""
+def read_report(path: str | Path, what: str) -> dict[str, Any]:
+    """A robaudit JSON report; a usage error names ``what`` read it (``--baseline``,
+    ``compare``), the file and what is wrong."""
     path = Path(path)
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError(f"--baseline {path}: file not found") from None
+        raise UsageError(f"{what} {path}: file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"--baseline {path}: not a readable JSON report: {exc}") from None
+        raise UsageError(f"{what} {path}: not a readable JSON report: {exc}") from None
     if not isinstance(report, dict) or not isinstance(report.get("checks"), list):
-        raise UsageError(f"--baseline {path}: not a robaudit JSON report (no `checks` list)")
+        raise UsageError(f"{what} {path}: not a robaudit JSON report (no `checks` list)")
+    return report
+
+
+def load_baseline(path: str | Path) -> Baseline:
+    """Read a JSON report as a baseline (``--baseline``)."""
+    path = Path(path)
+    report = read_report(path, "--baseline")
     checks = {c["id"]: c for c in report["checks"] if isinstance(c, dict) and "id" in c}
     data = report.get("data") if isinstance(report.get("data"), dict) else {}
     return Baseline(path, checks, report.get("robaudit"), data.get("fingerprint"))

@@ -256,13 +256,14 @@ def _cmd_plugins(plugins: Plugins, console: Console) -> int:
 
 
 def _cmd_compare(plugins: Plugins, console: Console, options: argparse.Namespace) -> int:
-    from robaudit.compare import HEADER, compare_reports, markdown, read_report, table_rows
+    from robaudit.baseline import read_report
+    from robaudit.compare import HEADER, compare_reports, markdown, table_rows
 
     if options.tolerance is not None and not options.tolerance >= 0:
         raise UsageError(f"--tolerance {options.tolerance}: expected a number >= 0")
     directions = {name: m.higher_is_better for name, m in plugins.metrics.items()}
-    rows = compare_reports(read_report(options.old), read_report(options.new),
-                           options.tolerance, directions)
+    rows = compare_reports(read_report(options.old, "compare"),
+                           read_report(options.new, "compare"), options.tolerance, directions)
     if options.markdown:
         print(markdown(rows, options.old, options.new))
     else:

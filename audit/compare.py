@@ -4,13 +4,10 @@ the delta with its paired interval, and a verdict; exit 1 when a check regressed
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from robaudit.baseline import compare_values
-from robaudit.errors import UsageError
 from robaudit.gate import verdict
 
 
@@ -27,19 +24,6 @@ class Row:
     ci: tuple[float, float] | None
     verdict: str
     note: str = ""
-
-
-def read_report(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"compare: {path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"compare: {path}: not a readable JSON report: {exc}") from None
-    if not isinstance(report, dict) or not isinstance(report.get("checks"), list):
-        raise UsageError(f"compare: {path}: not a robaudit JSON report (no `checks` list)")
-    return report
 
 
 def _direction(check: dict[str, Any], directions: dict[str, bool]) -> bool | None:

@@ -11,7 +11,8 @@ from toy_plugin import ToyOptions
 
 from robaudit.errors import UsageError
 from robaudit.pluginmanager import load_plugins
-from robaudit.session import Session, check_seed, outcome_of
+from robaudit.gate import verdict
+from robaudit.session import Session, check_seed
 
 
 def run(path, **options):
@@ -71,7 +72,9 @@ def test_missing_reference_split_is_a_usage_error(write_spec):
     ("value", "expect", "outcome"),
     [(0.5, {"min": 0.5}, "passed"), (0.49, {"min": 0.5}, "failed"),
      (2.0, {"max": 1.0}, "failed"), (0.7, {"min": 0.5, "max": 0.8}, "passed"),
-     (3.0, {}, "passed")],
+     (3.0, {}, "passed"), (0.49, {"min": 0.5, "severity": "warn"}, "warned"),
+     (0.6, {"min": 0.5, "by": "ci"}, "failed")],
 )
 def test_outcome_against_thresholds(value, expect, outcome):
-    assert outcome_of(value, expect)[0] == outcome
+    ci = (0.45, 0.75)  # the interval decides under `by: ci`
+    assert verdict(value, ci, expect, None)[0] == outcome

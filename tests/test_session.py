@@ -10,8 +10,8 @@ from conftest import TOY_HEADER
 from toy_plugin import ToyOptions
 
 from robaudit.errors import UsageError
-from robaudit.pluginmanager import load_plugins
 from robaudit.gate import verdict
+from robaudit.pluginmanager import load_plugins
 from robaudit.session import Session, check_seed
 
 

@@ -99,7 +99,7 @@ def quadratic_case(d: int, seed: int = 5) -> tuple[Quadratic, torch.Tensor, np.n
 
 
 def numpy_shape_operator(a: np.ndarray, b: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Per point (a plain loop): the nonzero... i.e. tangent eigenvalues of PAP/‖∇F‖."""
+    """Per point (a plain loop): the d − 1 tangent eigenvalues of PAP/‖∇F‖."""
     out = []
     for point in z:
         grad = a @ point + b
@@ -123,7 +123,7 @@ def test_principal_curvatures_of_a_quadratic_are_the_eigenvalues_of_pap(method: 
 
 @pytest.mark.parametrize("d", [40, 256])
 def test_lanczos_extremes_equal_dense_eigh(d: int) -> None:
-    model, z, a = quadratic_case(d, seed=d)
+    model, z, _ = quadratic_case(d, seed=d)
     k = 5
     op = op_for(model, z[:3], "exact")
     dense = principal_curvatures_dense(op)

@@ -193,8 +193,9 @@ class SubspaceParams(CurvatureParams):
     subspace: int = Field(20, ge=1, description="shared directions u_i kept (the dimension of S)")
 
     def fit_key(self) -> tuple[Any, ...]:
+        """Every parameter M Mᵀ depends on (not ``subspace``: it only slices the fit)."""
         return (self.hvp, self.beta, self.dense_max, self.iterations, self.fit,
-                self.directions, self.subspace, *self.deepfool_key().values())
+                self.directions, *self.deepfool_key().values())
 
 
 def check_subspace(ctx: AuditContext, params: SubspaceParams) -> None:
@@ -211,9 +212,11 @@ def shared_subspace(ctx: AuditContext, params: SubspaceParams, h: float) -> Shar
     """The top ``subspace`` left singular vectors of M, the matrix whose columns are the
     ``directions`` principal directions of largest |κ| at each of the first ``fit`` converged
     reference boundary points. Accumulated as M Mᵀ (d × d), so memory does not grow with the
-    number of points. Lanczos start vectors come from a generator seeded with the spec's seed,
-    so that every check with the same fit params shares one fit (cached)."""
-    def compute() -> SharedSubspace:
+    number of points; M Mᵀ is cached without ``subspace``, so checks that keep different
+    numbers of directions share one fit. Lanczos start vectors come from a generator seeded
+    with the spec's seed, so that every check with the same fit params shares it."""
+
+    def compute() -> tuple[torch.Tensor, int, int]:
         pts = boundary_points(ctx, params, ctx.reference, params.fit)
         d = pts.dim
         generator = torch.Generator().manual_seed(ctx.run_seed)
@@ -227,11 +230,10 @@ def shared_subspace(ctx: AuditContext, params: SubspaceParams, h: float) -> Shar
             chosen = vectors.gather(2, top[:, None, :].expand(-1, d, -1)).double()
             gram += (chosen @ chosen.transpose(1, 2)).sum(0)
         require_nonzero(params, torch.stack(found))
-        eigenvalues, eigenvectors = torch.linalg.eigh(gram)
-        order = eigenvalues.flip(0)[: params.subspace]
-        basis = eigenvectors.flip(1)[:, : params.subspace]
-        return SharedSubspace(basis.cpu(), order.clamp_min(0).sqrt().cpu(), len(pts),
-                              pts.excluded)
+        return gram.cpu(), len(pts), pts.excluded
 
-    key = ("curvature_subspace", ctx.model.name, ctx.reference, h, *params.fit_key())
-    return ctx.cache.get_or_compute(key, compute)
+    key = ("curvature_gram", ctx.model.name, ctx.reference, h, *params.fit_key())
+    gram, fit, excluded = ctx.cache.get_or_compute(key, compute)
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+    singular = eigenvalues.flip(0)[: params.subspace].clamp_min(0).sqrt()
+    return SharedSubspace(eigenvectors.flip(1)[:, : params.subspace], singular, fit, excluded)

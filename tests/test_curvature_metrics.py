@@ -13,7 +13,7 @@ from torch import nn
 
 from robaudit.errors import MetricError, ParamError
 from robaudit.ops.deepfool import deepfool_split
-from robaudit.plugins.metrics.curvature._common import shared_subspace
+from robaudit.plugins.metrics.curvature._common import leading_deepfool, shared_subspace
 from robaudit.plugins.metrics.curvature.boundary_curvature import BoundaryCurvature
 from robaudit.plugins.metrics.curvature.curvature_ratio import (
     CurvatureRatio,
@@ -221,3 +221,18 @@ def test_values_do_not_depend_on_the_batch_size() -> None:
     for small, large in zip(results[0], results[1], strict=True):
         np.testing.assert_allclose(small.samples, large.samples, rtol=1e-9)
         assert small.value == pytest.approx(large.value, rel=1e-9)
+
+
+def test_the_fit_runs_deepfool_on_its_points_only_with_the_shared_runs_rows() -> None:
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)).double()
+    x = torch.randn(20, 6, generator=gen(7), dtype=torch.float64)
+    ctx = make_context(model, x, torch.zeros(20, dtype=torch.long), input_range=(-9, 9),
+                       batch_size=3)
+    params = CurvatureRatioParams(fit=5)
+    head = leading_deepfool(ctx, params, "train", 5)
+    assert head.boundary.shape[0] == 5
+    assert ("deepfool", "model", "train", "l2", 0.02, 10, 50) not in ctx.cache
+    whole = deepfool_split(ctx, split="train")
+    torch.testing.assert_close(head.boundary, whole.boundary[:5])
+    assert leading_deepfool(ctx, params, "train", 5) is whole  # the shared run, once cached

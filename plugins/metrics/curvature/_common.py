@@ -22,7 +22,7 @@ from robaudit.ops.curvature import (
     principal_curvatures_lanczos,
     softplus_logits,
 )
-from robaudit.ops.deepfool import deepfool_split
+from robaudit.ops.deepfool import DeepFoolResult, deepfool, deepfool_split
 
 Steps = PositiveFloat | Annotated[list[PositiveFloat], Field(min_length=1)] | None
 
@@ -101,11 +101,11 @@ def boundary_points(ctx: AuditContext, params: CurvatureParams, split: str | Non
     ``params.points``) samples of ``split`` (default: the audit split). Raises MetricError
     when none converged, with the count."""
     name = split or ctx.split
-    result = deepfool_split(ctx, split=name, **params.deepfool_key())
     data = ctx.data(name)
     count = min(len(data), limit or params.points)
     if count == 0:
         raise MetricError(f"the {name!r} split is empty: no boundary points")
+    result = leading_deepfool(ctx, params, name, count)
     own = ctx.logits(name)[:count].argmax(dim=1).cpu()
     index = result.converged[:count].nonzero().squeeze(1)
     if index.numel() == 0:
@@ -116,6 +116,28 @@ def boundary_points(ctx: AuditContext, params: CurvatureParams, split: str | Non
         x=data.x[index], z=result.boundary[index], own=own[index],
         target=result.crossed_into[index], perturbation=result.perturbation[index],
         index=index, considered=count)
+
+
+def leading_deepfool(ctx: AuditContext, params: CurvatureParams, split: str, count: int
+                     ) -> DeepFoolResult:
+    """DeepFool (ℓ2, clipped to the box, from the clean predictions) of the first ``count``
+    samples of ``split``: rows of the shared whole-split run when it is cached or needed whole
+    (:func:`deepfool_split`), else a run on those samples only, in ``ctx.batch_size`` chunks and
+    cached per run (e.g. the fit's 100 reference points, not the whole reference split)."""
+    mua = ctx.model
+    shared = ("deepfool", mua.name, split, "l2", params.overshoot, params.candidates,
+              params.max_iter)
+    if shared in ctx.cache or count >= len(ctx.data(split)):
+        return deepfool_split(ctx, split=split, **params.deepfool_key())
+
+    def compute() -> DeepFoolResult:
+        x = ctx.data(split).x[:count]
+        return DeepFoolResult.concat([
+            deepfool(mua.logits, x[s:s + ctx.batch_size].to(ctx.device),
+                     input_range=mua.input_range, **params.deepfool_key()).to("cpu")
+            for s in range(0, count, ctx.batch_size)])
+
+    return ctx.cache.get_or_compute(("deepfool_leading", *shared[1:], count), compute)
 
 
 def hessians(ctx: AuditContext, params: CurvatureParams, z: torch.Tensor, own: torch.Tensor,

@@ -122,8 +122,10 @@ class CurvatureRatio(Metric):
         per_hvp = 2 if params.hvp == "finite_difference" else 3
         hvps = fit * per_fit + n * (params.subspace + params.samples)
         steps = len(params.steps(d, ctx.model.input_range))
-        return Floor(gradient=steps * (hvps * per_hvp + n + fit),
-                     note="HVPs of the fit and of ρ_i at the audit points; DeepFool cached")
+        deepfool = fit * (params.candidates - 1)
+        return Floor(forward=fit, gradient=steps * (hvps * per_hvp + n + fit) + deepfool,
+                     note="HVPs of the fit and of ρ_i at the audit points, one DeepFool step "
+                          "at the fit points; the audit points' DeepFool is shared")
 
 
 @hookimpl

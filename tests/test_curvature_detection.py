@@ -18,16 +18,21 @@ from robaudit.testing import make_context, run_metric
 
 
 class Island(nn.Module):
-    """Class 1 is the ball ‖x‖ < ρ (convex), class 0 its outside (concave near the ball):
-    f = (0, (ρ² − ‖x‖²)/2)."""
+    """Class 1 is the ball ‖x‖ < ρ (convex), class 0 its outside (concave near the ball), and
+    class 2 a half-space far away: f = (0, (ρ² − ‖x‖²)/2, wᵀx − 50) with ‖w‖ = 10. At a point
+    pushed into the ball both F_0 = f_0 − f_1 and F_2 = f_2 − f_1 have Hessian I, but
+    ‖∇F_2‖ ≈ 10 ‖∇F_0‖, so F_0 (the original class) is the most curved: label recovery is not
+    a coin toss between two classes."""
 
-    def __init__(self, radius: float) -> None:
+    def __init__(self, radius: float, dim: int) -> None:
         super().__init__()
         self.radius = radius
+        self.w = torch.full((dim,), 10.0 / dim**0.5, dtype=torch.float64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f1 = 0.5 * (self.radius**2 - (x.flatten(1) ** 2).sum(1))
-        return torch.stack([torch.zeros_like(f1), f1], dim=1)
+        x = x.flatten(1)
+        f1 = 0.5 * (self.radius**2 - (x**2).sum(1))
+        return torch.stack([torch.zeros_like(f1), f1, x @ self.w - 50.0], dim=1)
 
 
 @pytest.mark.parametrize("hvp", ["finite_difference", "exact"])
@@ -36,7 +41,7 @@ def test_concave_clean_and_convex_perturbed_points_are_detected_perfectly(hvp: s
     g = torch.randn(n, d, generator=gen(1), dtype=torch.float64)
     radius = 1.5 + torch.rand(n, 1, generator=gen(2), dtype=torch.float64)
     x = radius * g / g.norm(dim=1, keepdim=True)  # outside the unit ball: class 0
-    ctx = make_context(Island(1.0), x, torch.zeros(n, dtype=torch.long), input_range=(-9, 9))
+    ctx = make_context(Island(1.0, d), x, torch.zeros(n, dtype=torch.long), input_range=(-9, 9))
     result = run_metric(CurvatureDetection(), ctx, hvp=hvp, T=8)
     assert result.value == 1.0
     det = result.details

@@ -15,8 +15,8 @@ For each model it runs ``boundary_curvature`` at several finite-difference steps
 Softplus(β = 50) copy), ``curvature_ratio``, ``curvature_subspace_vulnerability`` and
 ``curvature_detection``, each timed next to its floor (HVPs × forward+backward at the model's
 batched throughput; the audit points' DeepFool, shared through the cache, is timed apart), and
-times 100 points × the top-20 principal curvatures at d = 3072 (batched Lanczos). It writes
-``results.md`` (the paper's findings beside what robaudit measures) and ``figures.png``.
+times 100 points × the top-20 principal curvatures at d = 3072 (batched Lanczos). It writes, per
+model, ``<model>.md`` (the paper's findings beside what robaudit measures) and ``<model>.png``.
 """
 
 from __future__ import annotations
@@ -58,14 +58,14 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 
 
 class SmallCNN(nn.Sequential):
-    """conv(3→16)-ReLU-pool, conv(16→32)-ReLU-pool, conv(32→64)-ReLU-pool, linear: 3×32×32."""
+    """Three conv-BN-ReLU-maxpool stages (16, 32, 64 channels) and a linear layer: 3×32×32."""
 
     def __init__(self) -> None:
-        super().__init__(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
+        layers: list[nn.Module] = []
+        for cin, cout in ((3, 16), (16, 32), (32, 64)):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+                       nn.MaxPool2d(2)]
+        super().__init__(*layers, nn.Flatten(), nn.Linear(64 * 4 * 4, 10))
 
 
 def upsampled(split: DataSplit) -> DataSplit:
@@ -86,15 +86,19 @@ def cnn32(splits: dict[str, DataSplit]) -> nn.Module:
     torch.manual_seed(0)
     start = time.perf_counter()
     fit(model, splits["train"].x, splits["train"].y, epochs=12, lr=0.05, batch_size=64, seed=0)
-    print(f"trained cnn32 in {time.perf_counter() - start:.1f} s")
+    score = accuracy(model, splits["test"].x, splits["test"].y)
+    print(f"trained cnn32 in {time.perf_counter() - start:.1f} s: test accuracy {score:.3f}")
+    if score < 0.9:
+        raise SystemExit("cnn32 did not train (test accuracy under 0.9); not cached")
     torch.save(model.state_dict(), path)
     return model.eval()
 
 
 @dataclass
 class Setting:
-    """What one model is measured with."""
+    """What one model is measured with; ``key`` names its output files."""
 
+    key: str
     name: str
     model: nn.Module
     splits: dict[str, DataSplit]
@@ -183,13 +187,13 @@ def settings(names: list[str]) -> list[Setting]:
         model = digits_resnet()
         model.load_state_dict(torch.load(ROOT / "specs/models/digits_resnet.pt",
                                          weights_only=True))
-        out.append(Setting("digits ResNet (d = 64)", model.eval(), digits,
+        out.append(Setting("digits", "digits ResNet (d = 64)", model.eval(), digits,
                            steps=[default_step(64, (0, 1)), 1e-4, 0.01, 0.05, 0.5], k=31,
                            ratio_subspace=20, vulnerability_subspace=8,
                            detection_steps=[default_step(64, (0, 1)), 0.01, 0.05]))
     if "cnn32" in names:
         big = {name: upsampled(split) for name, split in digits.items()}
-        out.append(Setting("3×32×32 CNN (d = 3072)", cnn32(big), big,
+        out.append(Setting("cnn32", "3×32×32 CNN (d = 3072)", cnn32(big), big,
                            steps=[default_step(3072, (0, 1)), 0.01, 0.1], k=20,
                            ratio_subspace=50, vulnerability_subspace=200,
                            detection_steps=[default_step(3072, (0, 1)), 0.1]))
@@ -315,17 +319,16 @@ def main() -> None:
                         choices=["digits", "cnn32"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    runs = settings(args.models)
-    for s in runs:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for s in settings(args.models):
         start = time.perf_counter()
         measure(s)
         print(f"{s.name}: measured in {time.perf_counter() - start:.1f} s", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    text = report(runs)
-    (out / "results.md").write_text(text)
-    figures(runs, out / "figures.png")
-    print(text)
+        text = report([s])
+        (out / f"{s.key}.md").write_text(text)
+        figures([s], out / f"{s.key}.png")
+        print(text, flush=True)
 
 
 if __name__ == "__main__":

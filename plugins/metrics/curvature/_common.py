@@ -234,11 +234,12 @@ def shared_subspace(ctx: AuditContext, params: SubspaceParams, h: float) -> Shar
     """The top ``subspace`` left singular vectors of M, the matrix whose columns are the
     ``directions`` principal directions of largest |κ| at each of the first ``fit`` converged
     reference boundary points. Accumulated as M Mᵀ (d × d), so memory does not grow with the
-    number of points; M Mᵀ is cached without ``subspace``, so checks that keep different
-    numbers of directions share one fit. Lanczos start vectors come from a generator seeded
-    with the spec's seed, so that every check with the same fit params shares it."""
+    number of points; its eigendecomposition is cached without ``subspace``, so checks that
+    keep different numbers of directions share one fit. Lanczos start vectors come from a
+    generator seeded with the spec's seed, so that every check with the same fit params
+    shares it."""
 
-    def compute() -> tuple[torch.Tensor, int, int]:
+    def compute() -> tuple[torch.Tensor, torch.Tensor, int, int]:
         pts = boundary_points(ctx, params, ctx.reference, params.fit)
         d = pts.dim
         generator = torch.Generator().manual_seed(ctx.run_seed)
@@ -252,10 +253,10 @@ def shared_subspace(ctx: AuditContext, params: SubspaceParams, h: float) -> Shar
             chosen = vectors.gather(2, top[:, None, :].expand(-1, d, -1)).double()
             gram += (chosen @ chosen.transpose(1, 2)).sum(0)
         require_nonzero(params, torch.stack(found))
-        return gram.cpu(), len(pts), pts.excluded
+        eigenvalues, eigenvectors = torch.linalg.eigh(gram.cpu())
+        return eigenvalues.flip(0), eigenvectors.flip(1), len(pts), pts.excluded
 
-    key = ("curvature_gram", ctx.model.name, ctx.reference, h, *params.fit_key())
-    gram, fit, excluded = ctx.cache.get_or_compute(key, compute)
-    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
-    singular = eigenvalues.flip(0)[: params.subspace].clamp_min(0).sqrt()
-    return SharedSubspace(eigenvectors.flip(1)[:, : params.subspace], singular, fit, excluded)
+    key = ("curvature_fit", ctx.model.name, ctx.reference, h, *params.fit_key())
+    eigenvalues, eigenvectors, fit, excluded = ctx.cache.get_or_compute(key, compute)
+    singular = eigenvalues[: params.subspace].clamp_min(0).sqrt()
+    return SharedSubspace(eigenvectors[:, : params.subspace], singular, fit, excluded)

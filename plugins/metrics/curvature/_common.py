@@ -37,9 +37,9 @@ class CurvatureParams(MetricParams):
                     "copy with every ReLU replaced by Softplus(beta)")
     h: Steps = Field(
         None,
-        description="finite-difference step(s) > 0; a list gives the value at each h in "
-                    "details (the value is the first's); default: the authors' rule "
-                    "10·sqrt(d)·(max − min)/512")
+        description="finite-difference step(s) > 0 (finite_difference only); a list gives "
+                    "the value at each h in details (the value is the first's); default: the "
+                    "authors' rule 10·sqrt(d)·(max − min)/512")
     beta: float = Field(50.0, gt=0, description="softplus: the β of Softplus(β)")
     points: int = Field(100, ge=1, description="boundary points: the first this many samples")
     dense_max: int = Field(

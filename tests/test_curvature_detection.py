@@ -95,3 +95,15 @@ def test_vulnerability_does_not_depend_on_the_batch_size() -> None:
     large = planted_vulnerability()[2]
     np.testing.assert_array_equal(small.samples, large.samples)
     assert small.details == large.details
+
+
+def test_detection_does_not_depend_on_the_batch_size() -> None:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    x = torch.randn(11, 5, generator=gen(8), dtype=torch.float64)
+    y = torch.zeros(11, dtype=torch.long)
+    small, large = (run_metric(CurvatureDetection(), make_context(
+        model, x, y, input_range=(-9, 9), batch_size=size), hvp="exact", T=4) for size in (5, 256))
+    assert small.value == large.value
+    for key in ("label_recovery", "mean_rho_clean", "mean_rho_perturbed"):
+        assert small.details[key] == pytest.approx(large.details[key], rel=1e-9)

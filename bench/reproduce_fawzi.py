@@ -223,11 +223,13 @@ def report(runs: list[Setting]) -> str:
                   "mean smallest κ | median |κ| / max |κ| (averaged spectrum) |",
                   "|---|---|---|---|---|---|"]
         spectrum = np.abs(np.r_[curv["smallest_curvatures"], curv["largest_curvatures"]])
+        concentration = (f"{np.median(spectrum) / spectrum.max():.2f} (h {curv['h']})"
+                         if curv["spectrum"] == "dense" else
+                         f"n/a: Lanczos computes only the {s.k} extremes at each end")
         for row in curv["by_h"]:
             lines.append(f"| {row['h']} | {fmt(row['value'])} | {row['negative_fraction']:.0%} | "
                          f"{fmt(row['mean_largest'])} | {fmt(row['mean_smallest'])} | " + (
-                             f"{np.median(spectrum) / spectrum.max():.2f} (h {curv['h']})"
-                             if row is curv["by_h"][0] else "") + " |")
+                             concentration if row is curv["by_h"][0] else "") + " |")
         lines.append(f"| softplus β 50 (accuracy {soft['softplus_accuracy']:.3f}, change "
                      f"{soft['softplus_accuracy_change']:+.3f}) | {fmt(r['softplus'].value)} | "
                      f"{soft['negative_fraction']:.0%} | {fmt(soft['largest_curvatures'][-1])} "
@@ -290,6 +292,10 @@ def figures(runs: list[Setting], path: Path) -> None:
         axes[0].plot(spectrum, marker=".", linewidth=1)
         axes[0].axhline(0, color="grey", linewidth=0.6)
         axes[0].set_title(f"{s.name}: averaged sorted κ (h {curv['h']})", fontsize=8)
+        if curv["spectrum"] != "dense":
+            axes[0].axvline(len(spectrum) / 2 - 0.5, color="grey", linestyle=":")
+            axes[0].set_xlabel(f"{s.k} smallest | {s.k} largest (the {s.results['d'] - 1 - 2 * s.k}"
+                               " between are not computed)", fontsize=7)
         rho = r["ratio"].details["rho"]
         axes[1].plot(range(1, len(rho) + 1), rho, marker=".")
         axes[1].axhline(1, color="grey", linewidth=0.6)

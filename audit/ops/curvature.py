@@ -119,7 +119,6 @@ class MarginHessian:
         self.gradient = margin_gradient(self.logits_fn, self.z, self.target, self.own)
         self.grad_norm = self.gradient.norm(dim=1)
         self.normal = self.gradient / self.grad_norm.clamp_min(1e-30)[:, None]
-        self.hvp_rows = 0  # HVPs computed so far (for floors and benches)
 
     @property
     def dim(self) -> int:
@@ -138,7 +137,6 @@ class MarginHessian:
         for start in range(0, b * m, self.chunk):
             sl = slice(start, start + self.chunk)
             out[sl] = self._rows(index[sl], rows[sl])
-        self.hvp_rows += b * m
         return out.reshape(b, m, d)
 
     def shape_operator(self, v: torch.Tensor) -> torch.Tensor:

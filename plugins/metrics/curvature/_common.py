@@ -141,7 +141,7 @@ def leading_deepfool(ctx: AuditContext, params: CurvatureParams, split: str, cou
 
 
 def hessians(ctx: AuditContext, params: CurvatureParams, z: torch.Tensor, own: torch.Tensor,
-             target: torch.Tensor, h: float) -> Iterator[tuple[slice, MarginHessian]]:
+             target: torch.Tensor, h: float) -> Iterator[MarginHessian]:
     """The Hessian operators of F = f_target − f_own for consecutive ``ctx.batch_size`` slices
     of the points (CPU tensors in, the operator on ``ctx.device``)."""
     logits = ctx.model.logits
@@ -150,7 +150,7 @@ def hessians(ctx: AuditContext, params: CurvatureParams, z: torch.Tensor, own: t
     method = "finite_difference" if params.hvp == "finite_difference" else "exact"
     for start in range(0, z.shape[0], ctx.batch_size):
         sl = slice(start, start + ctx.batch_size)
-        yield sl, MarginHessian(
+        yield MarginHessian(
             logits, z[sl].to(ctx.device), target[sl].to(ctx.device), own[sl].to(ctx.device),
             method=method, h=h if h > 0 else 1.0, chunk=ctx.batch_size)
 
@@ -246,7 +246,7 @@ def shared_subspace(ctx: AuditContext, params: SubspaceParams, h: float) -> Shar
         start = torch.randn(d, generator=generator, dtype=torch.float64)
         gram = torch.zeros(d, d, dtype=torch.float64, device=ctx.device)
         found = []
-        for _, op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
+        for op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
             values, vectors = principal(op, params, params.directions, start)
             found.append(values.abs().max())
             top = values.abs().topk(min(params.directions, values.shape[1]), dim=1).indices

@@ -66,7 +66,7 @@ class BoundaryCurvature(Metric):
         first: dict[str, Any] = {}
         for h in params.steps(d, ctx.model.input_range):
             means, lows, highs = [], [], []
-            for _, op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
+            for op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
                 values, _ = principal(op, params, params.k, start)
                 if d <= params.dense_max:
                     means.append(values.double().mean(1).cpu())

@@ -129,7 +129,7 @@ class CurvatureDetection(Metric):
             sl = slice(start, start + step)
             rows = x[sl].repeat_interleave(classes - 1, dim=0)
             forms = []
-            for _, op in hessians(ctx, params, rows, own[sl].repeat_interleave(classes - 1),
+            for op in hessians(ctx, params, rows, own[sl].repeat_interleave(classes - 1),
                                   others[sl].reshape(-1), h):
                 forms.append(quadratic_forms(op, units.to(op.gradient)).mean(1).double().cpu())
             values = torch.cat(forms).view(-1, classes - 1)

@@ -37,7 +37,7 @@ def ratios(ctx: AuditContext, params: CurvatureRatioParams, h: float, basis: tor
     pts = boundary_points(ctx, params)
     units = gaussian / gaussian.norm(dim=1, keepdim=True)
     rows = []
-    for _, op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
+    for op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
         shared = quadratic_forms(op, basis.T.to(op.gradient)).abs()
         random = quadratic_forms(op, units.to(op.gradient)).abs().mean(1, keepdim=True)
         require_nonzero(params, torch.cat([shared, random], dim=1))

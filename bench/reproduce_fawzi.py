@@ -216,7 +216,7 @@ def report(runs: list[Setting]) -> str:
         lines += [f"## {s.name}", "",
                   f"Clean test accuracy {r['accuracy']:.3f}; authors' h = 10·√d/512 = "
                   f"{fmt(r['authors_h'])}; {curv['points']} boundary points "
-                  f"({curv['excluded']} excluded); dense spectrum: {curv['spectrum']}.", "",
+                  f"({curv['excluded']} excluded); spectrum: {curv['spectrum']}.", "",
                   "### Principal curvatures at z = x + r(x) (paper: Figure 'curvature "
                   "profile')", "",
                   "| h | mean curvature | points with negative mean | mean largest κ | "

@@ -1,0 +1,262 @@
+"""What the curvature metrics share (Fawzi et al. 2018, section 3): params, the boundary points
+taken from the shared DeepFool cache, the Hessian operator for the chosen ``hvp`` method, the
+guard against a silent zero exact Hessian, and the shared high-curvature subspace S.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field, PositiveFloat
+
+from robaudit import MetricParams
+from robaudit.context import AuditContext
+from robaudit.errors import MetricError, ParamError
+from robaudit.ops.curvature import (
+    MarginHessian,
+    default_step,
+    principal_curvatures_dense,
+    principal_curvatures_lanczos,
+    softplus_logits,
+)
+from robaudit.ops.deepfool import DeepFoolResult, deepfool, deepfool_split
+
+Steps = PositiveFloat | Annotated[list[PositiveFloat], Field(min_length=1)] | None
+
+
+class CurvatureParams(MetricParams):
+    """Parameters shared by the curvature metrics."""
+
+    hvp: Literal["finite_difference", "exact", "softplus"] = Field(
+        "finite_difference",
+        description="Hessian-vector products: central differences of input gradients at step "
+                    "h; exact double backpropagation (smooth networks only); or exact on a "
+                    "copy with every ReLU replaced by Softplus(beta)")
+    h: Steps = Field(
+        None,
+        description="finite-difference step(s) > 0 (finite_difference only); a list gives "
+                    "the value at each h in details (the value is the first's); default: the "
+                    "authors' rule 10·sqrt(d)·(max − min)/512")
+    beta: float = Field(50.0, gt=0, description="softplus: the β of Softplus(β)")
+    points: int = Field(100, ge=1, description="boundary points: the first this many samples")
+    dense_max: int = Field(
+        256, ge=2, description="input dimension up to which the whole spectrum is computed "
+                               "densely (d − 1 HVPs a point); above it, Lanczos")
+    iterations: int | None = Field(
+        None, ge=1, description="Lanczos steps (default min(d − 1, 2k + 40))")
+    overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool's overshoot (shared cache)")
+    candidates: int = Field(10, ge=2, description="DeepFool's candidate classes")
+    max_iter: int = Field(50, ge=1, le=10_000, description="DeepFool's iterations")
+
+    def steps(self, dim: int, input_range: tuple[float, float]) -> list[float]:
+        """The finite-difference steps to evaluate (one, unused, for the exact methods)."""
+        if self.hvp != "finite_difference":
+            return [0.0]
+        if self.h is None:
+            return [default_step(dim, input_range)]
+        return [self.h] if isinstance(self.h, float) else list(self.h)
+
+    def deepfool_key(self) -> dict[str, Any]:
+        return {"overshoot": self.overshoot, "candidates": self.candidates,
+                "max_iter": self.max_iter}
+
+
+def step_label(params: CurvatureParams, h: float) -> str:
+    """How a step is named in details: the number, or the exact method."""
+    return f"{h:.6g}" if params.hvp == "finite_difference" else params.hvp
+
+
+@dataclass(frozen=True)
+class BoundaryPoints:
+    """Boundary points z = x + r(x) of the first ``considered`` samples of a split whose DeepFool
+    converged (CPU tensors). ``index`` their rows in the split, ``own`` k̂ (the clean
+    prediction), ``target`` the class z crossed into; ``excluded`` how many did not converge."""
+
+    x: torch.Tensor
+    z: torch.Tensor
+    own: torch.Tensor
+    target: torch.Tensor
+    perturbation: torch.Tensor
+    index: torch.Tensor
+    considered: int
+
+    @property
+    def excluded(self) -> int:
+        return self.considered - int(self.index.numel())
+
+    @property
+    def dim(self) -> int:
+        return int(self.z[0].numel())
+
+    def __len__(self) -> int:
+        return int(self.index.numel())
+
+
+def boundary_points(ctx: AuditContext, params: CurvatureParams, split: str | None = None,
+                    limit: int | None = None) -> BoundaryPoints:
+    """The converged DeepFool boundary points among the first ``limit`` (default
+    ``params.points``) samples of ``split`` (default: the audit split). Raises MetricError
+    when none converged, with the count."""
+    name = split or ctx.split
+    data = ctx.data(name)
+    count = min(len(data), limit or params.points)
+    if count == 0:
+        raise MetricError(f"the {name!r} split is empty: no boundary points")
+    result = leading_deepfool(ctx, params, name, count)
+    own = ctx.logits(name)[:count].argmax(dim=1).cpu()
+    index = result.converged[:count].nonzero().squeeze(1)
+    if index.numel() == 0:
+        raise MetricError(
+            f"all {count} boundary points excluded: DeepFool did not converge within "
+            f"{params.max_iter} steps for any of the first {count} samples of {name!r}")
+    return BoundaryPoints(
+        x=data.x[index], z=result.boundary[index], own=own[index],
+        target=result.crossed_into[index], perturbation=result.perturbation[index],
+        index=index, considered=count)
+
+
+def leading_deepfool(ctx: AuditContext, params: CurvatureParams, split: str, count: int
+                     ) -> DeepFoolResult:
+    """DeepFool (ℓ2, clipped to the box, from the clean predictions) of the first ``count``
+    samples of ``split``: rows of the shared whole-split run when it is cached or needed whole
+    (:func:`deepfool_split`), else a run on those samples only, in ``ctx.batch_size`` chunks and
+    cached per run (e.g. the fit's 100 reference points, not the whole reference split)."""
+    mua = ctx.model
+    shared = ("deepfool", mua.name, split, "l2", params.overshoot, params.candidates,
+              params.max_iter)
+    if shared in ctx.cache or count >= len(ctx.data(split)):
+        return deepfool_split(ctx, split=split, **params.deepfool_key())
+
+    def compute() -> DeepFoolResult:
+        x = ctx.data(split).x[:count]
+        return DeepFoolResult.concat([
+            deepfool(mua.logits, x[s:s + ctx.batch_size].to(ctx.device),
+                     input_range=mua.input_range, **params.deepfool_key()).to("cpu")
+            for s in range(0, count, ctx.batch_size)])
+
+    return ctx.cache.get_or_compute(("deepfool_leading", *shared[1:], count), compute)
+
+
+def hessians(ctx: AuditContext, params: CurvatureParams, z: torch.Tensor, own: torch.Tensor,
+             target: torch.Tensor, h: float) -> Iterator[MarginHessian]:
+    """The Hessian operators of F = f_target − f_own for consecutive ``ctx.batch_size`` slices
+    of the points (CPU tensors in, the operator on ``ctx.device``)."""
+    logits = ctx.model.logits
+    if params.hvp == "softplus":
+        logits = softplus_logits(logits, params.beta)
+    method = "finite_difference" if params.hvp == "finite_difference" else "exact"
+    for start in range(0, z.shape[0], ctx.batch_size):
+        sl = slice(start, start + ctx.batch_size)
+        yield MarginHessian(
+            logits, z[sl].to(ctx.device), target[sl].to(ctx.device), own[sl].to(ctx.device),
+            method=method, h=h if h > 0 else 1.0, chunk=ctx.batch_size)
+
+
+def require_nonzero(params: CurvatureParams, values: torch.Tensor) -> None:
+    """An exact Hessian that is 0 at every point is a piecewise-linear network, not a flat
+    boundary: raise instead of reporting a silent 0."""
+    if params.hvp == "exact" and bool((values == 0).all()):
+        raise MetricError(
+            "hvp: exact gives a Hessian of F that is exactly 0 at every boundary point: the "
+            "network is piecewise linear (ReLU, max-pool), whose exact Hessian is zero almost "
+            "everywhere, so its curvature is not measured this way; use hvp: finite_difference "
+            "(curvature at the scale h) or hvp: softplus (ReLU replaced by Softplus(beta))")
+
+
+def softplus_accuracy(ctx: AuditContext, beta: float) -> dict[str, float]:
+    """Clean accuracy of the network and of its Softplus(β) copy on the audit split."""
+
+    def compute() -> dict[str, float]:
+        smooth = softplus_logits(ctx.model.logits, beta)
+        hits = torch.zeros(2)
+        with torch.no_grad():
+            for x, y in ctx.batches():
+                hits[0] += float((ctx.model.logits(x).argmax(1) == y).sum())
+                hits[1] += float((smooth(x).argmax(1) == y).sum())
+        acc = (hits / max(1, len(ctx.data()))).tolist()
+        return {"accuracy": acc[0], "softplus_accuracy": acc[1],
+                "softplus_accuracy_change": acc[1] - acc[0]}
+
+    return ctx.cache.get_or_compute(("softplus_accuracy", ctx.model.name, ctx.split, beta),
+                                    compute)
+
+
+def principal(op: MarginHessian, params: CurvatureParams, k: int, start: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Principal curvatures (ascending) and directions: the whole spectrum when d ≤
+    ``dense_max``, else the k smallest and k largest by Lanczos from ``start`` (d,)."""
+    if op.dim <= params.dense_max:
+        curv = principal_curvatures_dense(op)
+    else:
+        curv = principal_curvatures_lanczos(op, k, start, params.iterations)
+    return curv.values, curv.vectors
+
+
+@dataclass(frozen=True)
+class SharedSubspace:
+    """The shared high-curvature directions u_i (columns of ``basis``, d × m, orthonormal, in
+    decreasing singular value order ``singular``) fitted at ``fit`` reference points."""
+
+    basis: torch.Tensor
+    singular: torch.Tensor
+    fit: int
+    excluded: int
+
+
+class SubspaceParams(CurvatureParams):
+    """Parameters of the shared-subspace fit (section 3, "shared directions")."""
+
+    fit: int = Field(100, ge=1, description="reference boundary points of the fit (paper: 100)")
+    directions: int = Field(
+        20, ge=1, description="principal directions of largest |curvature| taken per fit point")
+    subspace: int = Field(20, ge=1, description="shared directions u_i kept (the dimension of S)")
+
+    def fit_key(self) -> tuple[Any, ...]:
+        """Every parameter M Mᵀ depends on (not ``subspace``: it only slices the fit)."""
+        return (self.hvp, self.beta, self.dense_max, self.iterations, self.fit,
+                self.directions, *self.deepfool_key().values())
+
+
+def check_subspace(ctx: AuditContext, params: SubspaceParams) -> None:
+    """``directions`` and ``subspace`` must fit in the d − 1 tangent dimensions and M."""
+    d = int(ctx.data().x[0].numel())
+    for key in ("directions", "subspace"):
+        if getattr(params, key) > d - 1:
+            raise ParamError(key, f"must be at most d − 1 = {d - 1} (the tangent dimensions)")
+    if params.subspace > params.directions * params.fit:
+        raise ParamError("subspace", "must be at most directions × fit (the columns of M)")
+
+
+def shared_subspace(ctx: AuditContext, params: SubspaceParams, h: float) -> SharedSubspace:
+    """The top ``subspace`` left singular vectors of M, the matrix whose columns are the
+    ``directions`` principal directions of largest |κ| at each of the first ``fit`` converged
+    reference boundary points. Accumulated as M Mᵀ (d × d), so memory does not grow with the
+    number of points; its eigendecomposition is cached without ``subspace``, so checks that
+    keep different numbers of directions share one fit. Lanczos start vectors come from a
+    generator seeded with the spec's seed, so that every check with the same fit params
+    shares it."""
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        pts = boundary_points(ctx, params, ctx.reference, params.fit)
+        d = pts.dim
+        generator = torch.Generator().manual_seed(ctx.run_seed)
+        start = torch.randn(d, generator=generator, dtype=torch.float64)
+        gram = torch.zeros(d, d, dtype=torch.float64, device=ctx.device)
+        found = []
+        for op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
+            values, vectors = principal(op, params, params.directions, start)
+            found.append(values.abs().max())
+            top = values.abs().topk(min(params.directions, values.shape[1]), dim=1).indices
+            chosen = vectors.gather(2, top[:, None, :].expand(-1, d, -1)).double()
+            gram += (chosen @ chosen.transpose(1, 2)).sum(0)
+        require_nonzero(params, torch.stack(found))
+        eigenvalues, eigenvectors = torch.linalg.eigh(gram.cpu())
+        return eigenvalues.flip(0), eigenvectors.flip(1), len(pts), pts.excluded
+
+    key = ("curvature_fit", ctx.model.name, ctx.reference, h, *params.fit_key())
+    eigenvalues, eigenvectors, fit, excluded = ctx.cache.get_or_compute(key, compute)
+    singular = eigenvalues[: params.subspace].clamp_min(0).sqrt()
+    return SharedSubspace(eigenvectors[:, : params.subspace], singular, fit, excluded)

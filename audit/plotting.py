@@ -20,6 +20,9 @@ from robaudit.figures import Figure, Histogram, ImagePlot, LinePlot
 
 SIZE = (4.0, 2.6)  # inches
 DPI = 100
+#: characters per line of a wrapped axis label or caption at its font size (the figure is
+#: 400 px wide): a long caption wraps onto more lines instead of running off the image
+LABEL_WIDTH = 70
 #: Marker colours by label; other markers cycle through ``PALETTE``.
 MARKER_COLOURS = {"value": "#1f2937", "min": "#16a34a", "max": "#dc2626"}
 PALETTE = ("#7c3aed", "#0891b2", "#ca8a04", "#db2777")
@@ -61,6 +64,11 @@ def samples_histogram(
                      markers=markers)
 
 
+def _wrap(text: str, width: int = LABEL_WIDTH) -> str:
+    """A label broken into lines of at most ``width`` characters, so it is never clipped."""
+    return textwrap.fill(text, width) if len(text) > width else text
+
+
 def _style(ax: Axes) -> None:
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
@@ -84,7 +92,7 @@ def _histogram(ax: Axes, figure: Histogram) -> None:
         ax.axvline(x, color=colour, linestyle=style, linewidth=1.4, label=f"{label} {x:.4g}")
     if figure.markers:
         ax.legend(fontsize=7, frameon=False)
-    ax.set_xlabel(figure.xlabel, fontsize=8)
+    ax.set_xlabel(_wrap(figure.xlabel), fontsize=8)
     ax.set_ylabel("count", fontsize=8)
     if finite.size < values.size:
         ax.text(0.99, 0.98, f"{values.size - finite.size} non-finite not shown",
@@ -105,8 +113,8 @@ def _lineplot(ax: Axes, figure: LinePlot) -> None:
         ax.set_xscale("log")
     if len(figure.series) > 1:
         ax.legend(fontsize=7, frameon=False)
-    ax.set_xlabel(figure.xlabel, fontsize=8)
-    ax.set_ylabel(figure.ylabel, fontsize=8)
+    ax.set_xlabel(_wrap(figure.xlabel), fontsize=8)
+    ax.set_ylabel(_wrap(figure.ylabel, 40), fontsize=8)
     _style(ax)
 
 
@@ -141,4 +149,4 @@ def _image(fig: MplFigure, ax: Axes, figure: ImagePlot) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     if figure.caption:
-        ax.set_xlabel(figure.caption, fontsize=7)
+        ax.set_xlabel(_wrap(figure.caption), fontsize=7)

@@ -1,10 +1,13 @@
 """The pytest plugin (entry point ``pytest11``): robaudit checks as pytest items.
 
-``pytest --robaudit specs/resnet.yaml`` (the option may repeat), or any file named
-``robaudit_*.yaml`` / ``robaudit_*.yml`` that pytest collects, makes every check of the spec a
-pytest item ``SPEC::CHECK_ID``, so that a CI job that already runs pytest gates on robaudit in
-the same step; ``-k``, ``-m`` (a check's tags are its marks), ``-x``, ``--maxfail``,
-``--junitxml`` and ``--durations`` then come from pytest itself.
+``pytest --robaudit specs/resnet.yaml`` (the option may repeat; it adds the spec to what the
+session collects, so ``pytest`` with its usual test paths runs the tests and the audit), a
+``.yaml`` / ``.yml`` file named on pytest's command line (``pytest specs/resnet.yaml`` runs
+that audit alone), or any file named ``robaudit_*.yaml`` / ``robaudit_*.yml`` that pytest
+collects, makes every check of the spec a pytest item ``SPEC::CHECK_ID``, so that a CI job
+that already runs pytest gates on robaudit in the same step; ``-k``, ``-m`` (a check's tags are
+its marks), ``-x``, ``--maxfail``, ``--junitxml`` and ``--durations`` then come from pytest
+itself.
 
 Outcomes: ``passed`` passes; ``failed`` is a pytest failure whose message is robaudit's
 ("0.31 < min 0.5") with the interval; ``error`` (the metric raised, timed out or was blocked
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
 
 PATTERNS = ("robaudit_*.yaml", "robaudit_*.yml")
 _PLUGINS = pytest.StashKey["Plugins"]()
-_SPECS = pytest.StashKey[set[Path]]()  # the --robaudit specs
+_SPECS = pytest.StashKey[set[Path]]()  # the --robaudit specs and the YAML files named as args
 _SEEN = pytest.StashKey[set[Path]]()  # specs already collected (each is collected once)
 
 
@@ -70,8 +73,9 @@ class CheckError(Exception):
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("robaudit", "robaudit audits as pytest items")
     group.addoption("--robaudit", action="append", default=[], metavar="SPEC",
-                    help="run the checks of robaudit spec SPEC as test items (may repeat); "
-                         "files named robaudit_*.yaml are collected without it")
+                    help="add the checks of robaudit spec SPEC to the session as test items "
+                         "(may repeat); YAML files named as arguments and files named "
+                         "robaudit_*.yaml are collected without it")
     group.addoption("--robaudit-set", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override a spec value, as `robaudit run --set`")
     group.addoption("--robaudit-device", default=None, metavar="DEVICE",
@@ -82,7 +86,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     specs = [Path(s) for s in config.getoption("robaudit")]
-    config.stash[_SPECS] = {s.resolve() for s in specs}
+    named = []
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        named = [Path(config.invocation_params.dir, arg.split("::")[0]) for arg in config.args]
+    config.stash[_SPECS] = {s.resolve() for s in specs} | {
+        p.resolve() for p in named if p.suffix in (".yaml", ".yml")}
     config.stash[_SEEN] = set()
     missing = [str(s) for s in specs if not s.is_file()]
     if missing:

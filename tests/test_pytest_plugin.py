@@ -109,6 +109,16 @@ def test_robaudit_files_are_collected_by_name_once(audit_dir):
     assert builds(audit_dir) == 0  # collecting builds no model
 
 
+def test_a_yaml_file_named_as_an_argument_is_a_spec(audit_dir):
+    (audit_dir.path / "gate.yaml").write_text(spec_text())
+    (audit_dir.path / "test_plain.py").write_text("def test_plain():\n    pass\n")
+    # named: only that audit runs (one check by its node id); with --robaudit: added to tests
+    run(audit_dir, "gate.yaml::good").assert_outcomes(passed=1)
+    run(audit_dir, "--robaudit", "gate.yaml", "-k", "good or plain").assert_outcomes(
+        passed=2, deselected=3)
+    run(audit_dir, "-k", "good or plain").assert_outcomes(passed=1)  # not named: not a spec
+
+
 def test_selection_and_stopping_come_from_pytest(audit_dir):
     (audit_dir.path / "robaudit_gate.yaml").write_text(spec_text())
     run(audit_dir, "-k", "good or acc").assert_outcomes(passed=2, deselected=2)

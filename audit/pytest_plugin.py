@@ -33,6 +33,7 @@ it costs nothing in a test session that runs no audit.
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from collections.abc import Generator
 from contextlib import ExitStack
@@ -128,7 +129,7 @@ def robaudit_modules(config: pytest.Config) -> list[str]:
     names = []
     for plugin in config.pluginmanager.get_plugins():
         name = getattr(plugin, "__name__", None)
-        if name is None or not hasattr(plugin, "__file__"):
+        if name is None or sys.modules.get(name) is not plugin:  # modules, importable by name
             continue
         if any(attr.startswith("robaudit_") and hasattr(getattr(plugin, attr), f"{PROJECT}_impl")
                for attr in dir(plugin)):

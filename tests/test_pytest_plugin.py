@@ -177,6 +177,30 @@ def test_a_model_that_cannot_be_built_errors_every_check_of_its_spec(audit_dir):
     assert result.stdout.str().count("this factory always fails") >= 2
 
 
+def test_a_conftest_can_register_metrics(audit_dir):
+    audit_dir.makeconftest("""
+        from robaudit import Metric, MetricResult, hookimpl
+
+        class Half(Metric):
+            \"\"\"One half.\"\"\"
+            name = "half"
+            higher_is_better = True
+            source = "conftest"
+
+            def compute(self, ctx, params):
+                return MetricResult(value=0.5)
+
+        @hookimpl
+        def robaudit_register_metrics(register):
+            register(Half())
+    """)
+    (audit_dir.path / "robaudit_gate.yaml").write_text(spec_text(
+        "checks:\n  - {metric: half, expect: {max: 0.4}}\n"))
+    result = run(audit_dir)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*half: 0.5 > max 0.4*"])
+
+
 def test_a_missing_spec_is_a_usage_error(audit_dir):
     result = run(audit_dir, "--robaudit", "nowhere.yaml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -20,6 +20,9 @@ from robaudit.figures import Figure, Heatmap, Histogram, ImageGrid, ImagePlot, L
 
 SIZE = (4.0, 2.6)  # inches
 DPI = 100
+#: the widest line (pixels) of an axis label or caption in the 400 px wide figure: a longer
+#: one wraps onto more lines instead of running off the image
+LINE_PX = 340
 #: Marker colours by label; other markers cycle through ``PALETTE``.
 MARKER_COLOURS = {"value": "#1f2937", "min": "#16a34a", "max": "#dc2626"}
 PALETTE = ("#7c3aed", "#0891b2", "#ca8a04", "#db2777")
@@ -46,7 +49,7 @@ def render_png(figure: Figure) -> str:
         _heatmap(fig, ax, figure)
     else:
         raise ValueError(f"unknown figure type {type(figure).__name__}")
-    ax.set_title(textwrap.fill(figure.title, 48), fontsize=9)
+    ax.set_title(_wrap(figure.title, 9), fontsize=9)
     ax.tick_params(labelsize=7)
     return _png(fig)
 
@@ -60,6 +63,13 @@ def samples_histogram(
         markers["value"] = float(value)
     return Histogram(title=title, values=tuple(samples), xlabel="per-sample value",
                      markers=markers)
+
+
+def _wrap(text: str, fontsize: float) -> str:
+    """A label broken into lines of at most ``LINE_PX`` pixels at ``fontsize`` points (0.6 em a
+    character, DejaVu Sans' average and then some), so that it is never clipped."""
+    width = max(8, int(LINE_PX / (0.6 * fontsize * DPI / 72)))
+    return textwrap.fill(text, width) if len(text) > width else text
 
 
 def _style(ax: Axes) -> None:
@@ -85,7 +95,7 @@ def _histogram(ax: Axes, figure: Histogram) -> None:
         ax.axvline(x, color=colour, linestyle=style, linewidth=1.4, label=f"{label} {x:.4g}")
     if figure.markers:
         ax.legend(fontsize=7, frameon=False)
-    ax.set_xlabel(figure.xlabel, fontsize=8)
+    ax.set_xlabel(_wrap(figure.xlabel, 8), fontsize=8)
     ax.set_ylabel("count", fontsize=8)
     if finite.size < values.size:
         ax.text(0.99, 0.98, f"{values.size - finite.size} non-finite not shown",
@@ -106,7 +116,7 @@ def _lineplot(ax: Axes, figure: LinePlot) -> None:
         ax.set_xscale("log")
     if len(figure.series) > 1:
         ax.legend(fontsize=7, frameon=False)
-    ax.set_xlabel(figure.xlabel, fontsize=8)
+    ax.set_xlabel(_wrap(figure.xlabel, 8), fontsize=8)
     ax.set_ylabel(figure.ylabel, fontsize=8)
     _style(ax)
 
@@ -141,8 +151,8 @@ def _image(fig: MplFigure, ax: Axes, figure: ImagePlot) -> None:
         ax.imshow(np.clip(rgb, 0.0, 1.0), interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
-    if figure.caption:
-        ax.set_xlabel(figure.caption, fontsize=7)
+    if figure.caption:  # centred on the figure, not on the image beside its colour bar
+        fig.supxlabel(_wrap(figure.caption, 7), fontsize=7)
 
 
 def _png(fig: MplFigure) -> str:

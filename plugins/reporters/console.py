@@ -1,14 +1,20 @@
 """The console reporter: pytest-style lines, failure summary and closing line (design.md §4).
 
-A progress bar shows long checks on a terminal; it is silent under ``-q`` or when the output is
-not a terminal (CI logs stay clean).
+A progress bar shows long checks on a terminal. When the output is not a terminal (a CI log),
+a long check prints a heartbeat line instead, at most one every ``--heartbeat`` seconds (30 by
+default): which check, the step it is in, how far that step is and the time elapsed, so that a
+five-minute check is not five minutes of silence and a short one prints nothing. ``-q`` and
+``--heartbeat 0`` silence it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pluggy
@@ -45,6 +51,62 @@ class _BarTask:
         self.progress.advance(self.task, amount)
 
 
+#: seconds between two heartbeat lines by default
+HEARTBEAT_S = 30.0
+
+
+def heartbeat_seconds(text: str) -> float:
+    """``--heartbeat``'s value: a finite number of seconds >= 0 (0 switches heartbeats off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
+    return value
+
+
+class Heartbeat:
+    """Progress for a log: one line at most every ``interval`` seconds of wall time, written
+    when a metric advances a progress task. It names the running check (set by
+    :meth:`start_check`), the task's description, how far it is and the time since the check
+    started; the first line comes ``interval`` seconds into the check."""
+
+    def __init__(self, console: Console, interval: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.console, self.interval, self.clock = console, interval, clock
+        self.check = ""
+        self.started = self.last = clock()
+
+    def start_check(self, check_id: str) -> None:
+        self.check = check_id
+        self.started = self.last = self.clock()
+
+    def __call__(self, total: float, description: str) -> ProgressTask:
+        return _HeartbeatTask(self, total, description)
+
+    def beat(self, task: _HeartbeatTask) -> None:
+        now = self.clock()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        where = f"{safe(self.check)}: " if self.check else ""
+        share = f" ({100 * task.done / task.total:.0f}%)" if task.total > 0 else ""
+        self.console.print(f"  [dim]...[/] {where}{safe(task.description)} "
+                           f"{task.done:.0f}/{task.total:.0f}{share}, "
+                           f"{now - self.started:.0f}s elapsed")
+
+
+class _HeartbeatTask:
+    def __init__(self, heartbeat: Heartbeat, total: float, description: str) -> None:
+        self.heartbeat, self.total, self.description = heartbeat, total, description
+        self.done = 0.0
+
+    def advance(self, amount: float = 1) -> None:
+        self.done += amount
+        self.heartbeat.beat(self)
+
+
 class ConsoleReporter:
     """Prints the run the way pytest prints a test session."""
 
@@ -52,12 +114,18 @@ class ConsoleReporter:
         self.verbosity = getattr(options, "verbose", 0) - getattr(options, "quiet", 0)
         self.console = Console(highlight=False, soft_wrap=True)
         self.bar: Progress | None = None
+        interval = getattr(options, "heartbeat", HEARTBEAT_S)
+        self.heartbeat = Heartbeat(self.console, interval) \
+            if self.verbosity >= 0 and interval > 0 and not self.console.is_terminal else None
+        self.pending: list[str] = []  # ids of the checks of the running plan not yet finished
 
     def rule(self, text: str, style: str = "bold") -> None:
         self.console.rule(f"[{style}]{text}", characters="=", style=style)
 
     @hookimpl
     def robaudit_progress(self, options: argparse.Namespace) -> ProgressFactory | None:
+        if self.heartbeat is not None:
+            return self.heartbeat
         if self.verbosity < 0 or not self.console.is_terminal:
             return None
 
@@ -78,6 +146,8 @@ class ConsoleReporter:
 
     @hookimpl
     def robaudit_audit_start(self, plan: AuditPlan) -> None:
+        self.pending = [check.id for check in plan.checks]
+        self.next_check()
         if self.verbosity < 0:
             return
         self.rule("robaudit session starts")
@@ -103,9 +173,17 @@ class ConsoleReporter:
         deselected = f" / {plan.deselected} deselected" if plan.deselected else ""
         self.console.print(f"[bold]collected {len(plan.checks)} checks{deselected}[/]\n")
 
+    def next_check(self) -> None:
+        """The heartbeat follows the checks in the plan's order, the order they run in."""
+        if self.heartbeat is not None and self.pending:
+            self.heartbeat.start_check(self.pending[0])
+
     @hookimpl
     def robaudit_check_finished(self, result: CheckResult) -> None:
         self.stop_bar()
+        if self.pending and self.pending[0] == result.id:
+            self.pending.pop(0)
+            self.next_check()
         if self.verbosity < 0 and result.outcome == "passed":
             return
         style = STYLES[result.outcome]
@@ -156,6 +234,14 @@ class ConsoleReporter:
 def _short(value: Any) -> str:
     text = json.dumps(jsonable(value), default=str)
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+@hookimpl
+def robaudit_addoption(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--heartbeat", type=heartbeat_seconds, default=HEARTBEAT_S, metavar="S",
+                        help="when the output is not a terminal (a CI log), print a progress "
+                             "line at most every S seconds of a long check (default: "
+                             f"{HEARTBEAT_S:g}; 0: never)")
 
 
 @hookimpl

@@ -1,15 +1,20 @@
 """The HTML report (``--html PATH``): one self-contained file for every spec of the run.
 
 Nothing in it is fetched: the CSS is inline and the plots are PNG ``data:`` URIs, so the file
-can be mailed, attached to a CI run or opened offline. A sticky bar at the top holds the run's
-outcome and counts; each spec has a section with its summary (audit, spec, outcome, counts,
-device, seed, duration, environment), an overview table, and a card per check: the outcome,
-the value against its threshold (text and a gauge with the confidence interval), the resolved
-params, the details (scalars and flattened nested dicts as one table, lists of records as their
-own tables), the message, the traceback of an error, and the plots — a histogram of the
-per-sample values with the value and thresholds marked, then every figure the metric returned.
-A figure that cannot be drawn shows a note in its place. Everything user-supplied is escaped
-(Jinja2 autoescape). An interrupted run is flagged and shows the checks that finished.
+can be mailed, attached to a CI run or opened offline. It holds no script either: the filter by
+outcome is a row of checkboxes styled by CSS alone, so it works where a viewer blocks scripts
+(Jenkins' HTML publisher does by default). A sticky bar at the top holds the run's outcome, its
+counts and the filter; each spec has a section with its summary (audit, spec, outcome, counts,
+device, seed, duration, environment), an overview table, and a card per check, failed and
+errored checks first: the outcome, what the metric measures and which way is better (the first
+paragraph of the metric's docstring), the value against its threshold (text and a gauge with
+the confidence interval), the resolved params, the details (scalars and flattened nested dicts
+as one table, lists of records as their own tables, long ones collapsed), the message, the
+traceback of an error, and the plots — a histogram of the per-sample values where it tells more
+than the value and its interval (not for 0/1 outcomes, nor when one value holds nearly all
+samples, nor when the metric plots the same values itself), then every figure the metric
+returned. A figure that cannot be drawn shows a note in its place. Everything user-supplied is
+escaped (Jinja2 autoescape). An interrupted run is flagged and shows the checks that finished.
 """
 
 from __future__ import annotations
@@ -18,22 +23,30 @@ import argparse
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
+import pluggy
 
 import robaudit
 from robaudit import hookimpl
 from robaudit.errors import UsageError
+from robaudit.figures import Histogram
 from robaudit.reportpath import ensure_writable, write_atomic
 from robaudit.results import OUTCOMES, AuditResult, CheckResult, Outcome, jsonable
 
 TEMPLATE = "report.html.j2"
 MAX_ROWS = 200  # rows shown of a details table
 MAX_LIST = 12  # items shown of a list of numbers
+COLLAPSE_ROWS = 8  # a details table with more rows starts collapsed
+#: the order of the cards: what needs attention first; an outcome not listed goes last
+CARD_ORDER = ("failed", "error", "warned", "passed", "skipped")
+#: a per-sample histogram is left out when one value holds at least this share of the samples
+DOMINANT_SHARE = 0.9
 
 
 @dataclass
@@ -44,6 +57,12 @@ class Table:
     columns: list[str]
     rows: list[list[str]]
     hidden: int = 0  # rows left out (over MAX_ROWS)
+
+    @property
+    def collapsed(self) -> bool:
+        """Whether the table starts folded (a long per-layer table, a long curve); the
+        untitled table of scalar details never does."""
+        return bool(self.title) and len(self.rows) + self.hidden > COLLAPSE_ROWS
 
 
 @dataclass
@@ -173,12 +192,33 @@ def gauge(check: CheckResult) -> Gauge | None:
     return Gauge(zone, pos(value), None if ci is None else (pos(ci[0]), pos(ci[1])), ticks)
 
 
+def histogram_informs(samples: Sequence[float], figures: Sequence[object]) -> bool:
+    """Whether a histogram of the per-sample values tells more than the value and its CI: not
+    for 0/1 outcomes (a correct / fooled flag per sample), not when one value holds nearly all
+    samples (a single bar), and not when the metric returns a histogram of the same values."""
+    values = np.asarray(samples, dtype=float)
+    values = np.sort(values[np.isfinite(values)])
+    if values.size == 0:
+        return False
+    _, counts = np.unique(values, return_counts=True)
+    if counts.size <= 2 or counts.max() >= DOMINANT_SHARE * values.size:
+        return False
+    for figure in figures:
+        if isinstance(figure, Histogram):
+            own = np.asarray(figure.values, dtype=float)
+            own = np.sort(own[np.isfinite(own)])
+            if own.shape == values.shape and np.allclose(own, values):
+                return False
+    return True
+
+
 def plots(check: CheckResult) -> list[Plot]:
-    """The check's plots: the per-sample histogram, then its figures, each as a data: URI."""
+    """The check's plots: the per-sample histogram where it informs, then its figures, each as
+    a data: URI."""
     from robaudit import plotting  # matplotlib loads only when an HTML report is written
 
     figures = list(check.figures)
-    if check.samples:
+    if check.samples and histogram_informs(check.samples, figures):
         figures.insert(0, plotting.samples_histogram(
             check.samples, check.value, check.expect, f"{check.id}: per-sample values"))
     rendered = []
@@ -192,6 +232,58 @@ def plots(check: CheckResult) -> list[Plot]:
     return rendered
 
 
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a card says about its metric: ``summary`` (the docstring's first paragraph) and
+    ``source`` (the paper and section)."""
+
+    summary: str
+    source: str = ""
+
+
+def metric_info(metric: object) -> MetricInfo:
+    """The docstring's first paragraph (whitespace collapsed) and the ``source`` of a metric."""
+    doc = (type(metric).__doc__ or "").strip().split("\n\n")[0].replace("``", "")
+    source = " ".join(str(getattr(metric, "source", "")).split()).rstrip(".")
+    return MetricInfo(" ".join(doc.split()), source)
+
+
+def collect_metric_info(pluginmanager: pluggy.PluginManager) -> dict[str, MetricInfo]:
+    """Every registered metric's :class:`MetricInfo` by name, from the plugins' registration
+    hook (the first registration of a name wins, as in the run; a plugin that raises is
+    passed over: the report then says less about its metrics, nothing more)."""
+    found: dict[str, MetricInfo] = {}
+
+    def register(metric: object) -> None:
+        name = getattr(metric, "name", None)
+        if isinstance(name, str) and name not in found:
+            found[name] = metric_info(metric)
+
+    for impl in pluginmanager.hook.robaudit_register_metrics.get_hookimpls():
+        try:
+            impl.function(register=register)
+        except (Exception, SystemExit):
+            continue
+    return found
+
+
+def about(check: CheckResult, info: MetricInfo | None) -> str:
+    """One or two sentences for the card: what the metric measures, which way is better."""
+    better = {True: "Higher is better.", False: "Lower is better."}.get(check.higher_is_better,
+                                                                       "")
+    summary = info.summary if info is not None else ""
+    if summary and not summary.endswith((".", "!", "?")):
+        summary += "."
+    return " ".join(part for part in (summary, better) if part)
+
+
+def card_order(checks: Sequence[CheckResult]) -> list[int]:
+    """Indices of ``checks`` in card order: failed, errored, warned, passed, skipped; the
+    spec's order within each outcome."""
+    rank = {outcome: i for i, outcome in enumerate(CARD_ORDER)}
+    return sorted(range(len(checks)), key=lambda i: (rank.get(checks[i].outcome, len(rank)), i))
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
 
@@ -201,17 +293,18 @@ def overall_outcome(results: list[AuditResult]) -> Outcome:
     return next((o for o in ("error", "failed", "warned", "passed") if o in found), "skipped")
 
 
-def check_view(check: CheckResult, anchor: str) -> dict[str, Any]:
+def check_view(check: CheckResult, anchor: str, info: MetricInfo | None = None
+               ) -> dict[str, Any]:
     tables = details_tables(check.details)
     scalars = tables.pop(0) if tables and not tables[0].title else None
     return {
         "check": check,
         "anchor": anchor,
+        "about": about(check, info),
+        "source": info.source if info is not None else "",
         "value": fmt(check.value),
         "threshold": threshold_text(check.expect),
         "ci": None if check.ci is None else f"[{fmt(check.ci[0])}, {fmt(check.ci[1])}]",
-        "better": {True: "higher is better", False: "lower is better"}.get(
-            check.higher_is_better, ""),
         "gauge": gauge(check),
         "params": [[k, fmt(v)] for k, v in jsonable(check.params).items()],
         "scalars": scalars,  # the table of scalar details, beside the params
@@ -220,20 +313,26 @@ def check_view(check: CheckResult, anchor: str) -> dict[str, Any]:
     }
 
 
-def audit_view(result: AuditResult, index: int) -> dict[str, Any]:
+def audit_view(result: AuditResult, index: int,
+               infos: Mapping[str, MetricInfo] | None = None) -> dict[str, Any]:
+    """One spec's section; its checks in card order (failed and errored first)."""
     anchor = f"audit-{index}"
+    infos = infos or {}
     return {
         "result": result,
         "anchor": anchor,
         "stem": Path(result.spec).stem,
         "summary": result.summary(),
-        "checks": [check_view(c, f"{anchor}-{j}-{_slug(c.id)}")
-                   for j, c in enumerate(result.checks)],
+        "checks": [check_view(result.checks[j], f"{anchor}-{j}-{_slug(result.checks[j].id)}",
+                              infos.get(result.checks[j].metric))
+                   for j in card_order(result.checks)],
     }
 
 
-def render_html(results: list[AuditResult]) -> str:
-    """The report's HTML text."""
+def render_html(results: list[AuditResult],
+                infos: Mapping[str, MetricInfo] | None = None) -> str:
+    """The report's HTML text; ``infos`` (metric name → :class:`MetricInfo`) lets each card
+    say what its metric measures."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("robaudit.templates", "."), autoescape=True,
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -243,9 +342,11 @@ def render_html(results: list[AuditResult]) -> str:
     for result in results:
         for outcome, count in result.summary().items():
             totals[outcome] += count
+    rank = {outcome: i for i, outcome in enumerate(CARD_ORDER)}
     return env.get_template(TEMPLATE).render(
         version=robaudit.__version__,
-        audits=[audit_view(r, i) for i, r in enumerate(results)],
+        audits=[audit_view(r, i, infos) for i, r in enumerate(results)],
+        outcomes=sorted(totals, key=lambda o: rank.get(o, len(rank))),
         outcome=overall_outcome(results),
         totals=totals,
         duration=sum(r.duration_s for r in results),
@@ -253,8 +354,9 @@ def render_html(results: list[AuditResult]) -> str:
     )
 
 
-def write_html(path: Path, results: list[AuditResult]) -> None:
-    write_atomic(path, render_html(results))
+def write_html(path: Path, results: list[AuditResult],
+               infos: Mapping[str, MetricInfo] | None = None) -> None:
+    write_atomic(path, render_html(results, infos))
 
 
 @hookimpl
@@ -264,9 +366,11 @@ def robaudit_addoption(parser: argparse.ArgumentParser) -> None:
 
 
 @hookimpl
-def robaudit_configure(options: argparse.Namespace, pluginmanager: object) -> None:
+def robaudit_configure(options: argparse.Namespace,
+                       pluginmanager: pluggy.PluginManager) -> None:
     if getattr(options, "html_path", None):
         ensure_writable("--html", options.html_path)
+        options.html_metric_info = collect_metric_info(pluginmanager)
 
 
 @hookimpl
@@ -274,6 +378,6 @@ def robaudit_report(results: list[AuditResult], options: argparse.Namespace) -> 
     path = getattr(options, "html_path", None)
     if path is not None:
         try:
-            write_html(Path(path), results)
+            write_html(Path(path), results, getattr(options, "html_metric_info", None))
         except OSError as exc:
             raise UsageError(f"--html {path}: cannot write the report: {exc}") from None

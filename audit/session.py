@@ -189,6 +189,10 @@ class Session:
 
     # -- set-up ----------------------------------------------------------------------------
     def build_model(self, plan: AuditPlan, key: str, entry: ModelSpec) -> ModelUnderAudit:
+        """Load one model entry. torch's global generator is seeded from the spec's seed and
+        the entry's name first, so that a factory without weights (random initialisation) is
+        the same model on every run of the spec."""
+        torch.manual_seed(check_seed(plan.spec.model.seed, f"model:{key}"))
         try:
             module = self.hook.robaudit_load_model(
                 config=entry.model_dump(), base_dir=plan.spec.base_dir

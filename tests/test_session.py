@@ -78,3 +78,13 @@ def test_missing_reference_split_is_a_usage_error(write_spec):
 def test_outcome_against_thresholds(value, expect, outcome):
     ci = (0.45, 0.75)  # the interval decides under `by: ci`
     assert verdict(value, ci, expect, None)[0] == outcome
+
+
+def test_a_factory_without_weights_is_the_same_model_on_every_run(write_spec, tmp_path):
+    spec = write_spec(TOY_HEADER + "checks:\n  - metric: clean_accuracy\n")
+    values = set()
+    for _ in range(3):
+        torch.manual_seed(len(values) + 123)  # whatever state the global generator is in
+        results, _ = run(spec)
+        values.add(results[0].checks[0].value)
+    assert len(values) == 1

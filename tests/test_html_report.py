@@ -176,3 +176,20 @@ def test_a_long_caption_wraps_inside_the_image():
     assert bottom.any()
     # clipped text runs into the image's edges; wrapped text keeps a margin on both sides
     assert not bottom[:, :3].any() and not bottom[:, -3:].any()
+
+
+def test_the_report_names_what_was_audited_and_each_checks_baseline():
+    result = audit([check("acc", "passed", baseline={
+        "value": 0.95, "delta": -0.0123, "ci": [-0.02, -0.004], "paired": True,
+        "notes": ["the baseline ran with other params"]})])
+    result.model = {"factory": "pkg.models:net", "weights": "net.pt",
+                    "weights_sha256": "ab" * 32, "parameters": 1234567}
+    result.data = {"source": "npz", "split": "test", "reference": "train",
+                   "sizes": {"train": 10, "test": 5}, "reference_is_split": False,
+                   "fingerprint": "cd" * 32}
+    text = re.sub(r"\s+", " ", html.render_html([result]))
+    assert "<code>pkg.models:net</code>" in text and "1,234,567" in text
+    assert f'title="{"ab" * 32}"' in text and f'title="{"cd" * 32}"' in text
+    assert "train 10, test 5" in text
+    assert "baseline 0.95, Δ -0.0123 (95% CI -0.02 … -0.004, paired)" in text
+    assert "the baseline ran with other params" in text

@@ -31,7 +31,6 @@ from robaudit.errors import (
     UsageError,
 )
 from robaudit.text import printable
-from robaudit.threads import default_threads
 
 if TYPE_CHECKING:
     from robaudit.pluginmanager import Plugins
@@ -372,7 +371,8 @@ def _dispatch(argv: list[str], console: Console) -> int:
         raise UsageError(f"--timeout {options.timeout}: expected a positive number of seconds")
     if options.threads is not None and options.threads < 1:
         raise UsageError(f"--threads {options.threads}: expected a positive number")
-    torch.set_num_threads(options.threads or default_threads())
+    if options.threads:
+        torch.set_num_threads(options.threads)  # else chosen per audited model (prepare)
     if options.collect_only:
         return _cmd_collect(session, console, options.specs)
     plugins.hook.robaudit_configure(options=options, pluginmanager=plugins.pm)

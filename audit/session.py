@@ -41,7 +41,7 @@ from robaudit.pluginmanager import Plugins
 from robaudit.results import AuditResult, CheckResult, Outcome
 from robaudit.selection import keyword_matches, marker_matches
 from robaudit.spec import AuditSpec, Check, ModelSpec, load_spec
-from robaudit.threads import thread_setting
+from robaudit.threads import default_threads, model_macs, thread_setting
 
 
 @dataclass
@@ -55,6 +55,8 @@ class AuditPlan:
                         outputs on the data are not finite): it is reported as ``error``.
     model_identity      what was audited (JSON ``model``) and ``data_identity`` on what (JSON
                         ``data``, with the audited tensors' fingerprint); set by ``prepare``.
+    threads             torch's CPU threads for this spec (``--threads``, else
+                        :func:`robaudit.threads.default_threads` for its model).
     """
 
     spec: AuditSpec
@@ -66,6 +68,7 @@ class AuditPlan:
     blocked: dict[str, str] = field(default_factory=dict)
     model_identity: dict[str, Any] = field(default_factory=dict)
     data_identity: dict[str, Any] = field(default_factory=dict)
+    threads: int = 1
 
 
 def check_seed(seed: int, check_id: str) -> int:
@@ -406,6 +409,8 @@ class Session:
             stack.enter_context(mua)
         splits = self.load_data(plan)
         self.check_data_fits(plan, models, splits)
+        plan.threads = getattr(self.options, "threads", None) or default_threads(model_macs(
+            models["model"].network, splits[spec.model.data.split].x[:1].to(plan.device)))
         seed = spec.model.seed
         base = AuditContext(
             model=models["model"], splits=splits, split=spec.model.data.split,
@@ -438,8 +443,10 @@ class Session:
 
     def run_plan(self, plan: AuditPlan, base: AuditContext, result: AuditResult) -> bool:
         """Run a plan's checks into ``result``; False when ``--maxfail`` stopped the session."""
-        self.notify("robaudit_audit_start", plan=plan)
+        torch.set_num_threads(plan.threads)
         result.model, result.data = plan.model_identity, plan.data_identity
+        result.environment["threads"] = thread_setting(plan.threads)
+        self.notify("robaudit_audit_start", plan=plan)
         fingerprint = plan.data_identity.get("fingerprint")
         for check in plan.checks:
             check_result = self.run_check(check, self.check_context(check, base),

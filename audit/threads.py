@@ -3,12 +3,18 @@ shared CI runner.
 
 torch's default spins its OpenMP threads while they wait for work; with another process busy on
 the same 2 cores the spinning threads steal each other's time and checks slow down 4–10×.
-Measured by issue #8 on 2 cores (default audit): 24 s with torch's default under a busy
-neighbour, 6.7 s with one thread, 8.3 s with both threads and OpenMP's *passive* waiting; idle,
-two threads are 1.9× faster than one on a ResNet-18 at 3×32×32. So the default keeps one thread
-per core the process may actually use (its CPU affinity and its cgroup CPU quota, which a
-container's runner sets) and makes OpenMP wait passively. ``--threads N`` overrides the count;
-an ``OMP_WAIT_POLICY`` already in the environment is kept.
+OpenMP's *passive* waiting removes that collapse, but each wake-up costs time, and on a small
+model, whose operations are tiny, the wake-ups outweigh the work. Measured on 2 cores
+(``bench/threads.py``, ``docs/bench/threads.md``): on the digits ResNet (0.5 M multiply-adds a
+sample) one thread is the best setting under a busy neighbour and within 1.4× of the best idle,
+while two passive threads are 2.6× slower idle; on a ResNet-18 at 3×32×32 (37 M) two passive
+threads are within 1.03× of the best idle and the best under a busy neighbour, one thread 1.3×
+slower idle. So the default is one thread for a model under :data:`SMALL_MODEL_MACS`
+multiply-adds per sample, else one per core the process may actually use (its CPU affinity and
+its cgroup CPU quota, which a container's runner sets), with OpenMP waiting passively. The
+choice depends only on the model and the machine, never on timing, so a run's numbers do not
+change with it. ``--threads N`` overrides the count; an ``OMP_WAIT_POLICY`` already in the
+environment is kept.
 """
 
 from __future__ import annotations
@@ -16,6 +22,10 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 #: Where cgroup v2 and v1 state a CPU quota.
 CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
@@ -53,9 +63,41 @@ def available_cpus(affinity: int, quota: float | None) -> int:
     return max(1, cores)
 
 
-def default_threads() -> int:
-    """The default number of torch CPU threads: one per available core."""
+#: Below this many multiply-adds per sample a model's operations are too small to share.
+SMALL_MODEL_MACS = 5_000_000
+
+
+def default_threads(macs: int | None = None) -> int:
+    """The default number of torch CPU threads: 1 for a model of fewer than
+    :data:`SMALL_MODEL_MACS` multiply-adds a sample, else one per available core."""
+    if macs is not None and macs < SMALL_MODEL_MACS:
+        return 1
     return available_cpus(affinity_cpus(), cgroup_cpus())
+
+
+def model_macs(network: torch.nn.Module, sample: torch.Tensor) -> int:
+    """Multiply-adds of the convolutions and linear layers in one forward pass of one sample
+    (counted with forward hooks; other layers are cheap beside them)."""
+    import torch
+
+    total = 0
+
+    def count(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        per_output = (module.in_features if isinstance(module, torch.nn.Linear) else
+                      module.in_channels // module.groups * math.prod(module.kernel_size))
+        total += output.numel() // output.shape[0] * per_output
+
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    handles = [m.register_forward_hook(count) for m in network.modules()
+               if isinstance(m, kinds)]
+    try:
+        with torch.no_grad():
+            network(sample[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
 
 
 def prefer_passive_waiting(environ: dict[str, str] | os._Environ[str] = os.environ) -> None:

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, ROOT, TOY_HEADER
 
-from robaudit.threads import available_cpus, cgroup_cpus, prefer_passive_waiting, thread_setting
+from robaudit.threads import (
+    SMALL_MODEL_MACS,
+    available_cpus,
+    cgroup_cpus,
+    default_threads,
+    model_macs,
+    prefer_passive_waiting,
+    thread_setting,
+)
 
 
 @pytest.mark.parametrize("text, cores", [("max 100000\n", None), ("200000 100000\n", 2.0),
@@ -61,9 +69,24 @@ def _environment(spec: Path, tmp_path: Path, *args: str, **env: str) -> dict[str
     return json.loads(report.read_text())["environment"]
 
 
+def test_multiply_adds_are_counted_layer_by_layer():
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, groups=1),
+                              torch.nn.Conv2d(8, 8, 3, padding=1, groups=4),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 5 * 5, 10))
+    expected = 25 * 8 * 3 * 9 + 25 * 8 * 2 * 9 + 200 * 10
+    assert model_macs(net, torch.rand(7, 3, 5, 5)) == expected
+
+
+def test_small_models_get_one_thread_large_ones_every_available_core():
+    cores = available_cpus(len(os.sched_getaffinity(0)), cgroup_cpus())
+    assert default_threads(SMALL_MODEL_MACS - 1) == 1
+    assert default_threads(SMALL_MODEL_MACS) == cores == default_threads(None)
+
+
 def test_the_run_shows_and_records_its_setting(write_spec, tmp_path):
     spec = write_spec(TOY_HEADER + "checks:\n  - metric: constant\n")
-    expected = available_cpus(len(os.sched_getaffinity(0)), cgroup_cpus())
-    assert _environment(spec, tmp_path)["threads"] == f"{expected} (passive wait)"
+    assert _environment(spec, tmp_path)["threads"] == "1 (passive wait)"  # a tiny model
     assert _environment(spec, tmp_path, "--threads", "1",
                         OMP_WAIT_POLICY="ACTIVE")["threads"] == "1 (active wait)"

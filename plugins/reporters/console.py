@@ -154,7 +154,7 @@ class ConsoleReporter:
         self.console.print(
             f"robaudit {robaudit.__version__}, python {platform.python_version()}, "
             f"torch {torch.__version__}, device {plan.device}, seed {plan.spec.model.seed}, "
-            f"threads {thread_setting(torch.get_num_threads())}"
+            f"threads {thread_setting(plan.threads)}"
         )
         model = plan.spec.model.model
         where = model.factory or model.torchscript

@@ -1,22 +1,39 @@
-"""Accuracy under perturbation: ``fgsm_accuracy``, ``pgd_accuracy`` and ``noise_accuracy``."""
+"""Accuracy under perturbation: ``fgsm_accuracy``, ``pgd_accuracy`` and ``noise_accuracy``.
+
+Each reports its accuracy per true class, and a gallery of the first audit samples clean,
+perturbed and their perturbation with the predictions. ``pgd_accuracy``'s ``eps`` and
+``noise_accuracy``'s ``sigma`` may be lists: the value is at the first, and the accuracy at each
+is in ``details.curve`` and plotted against it (the curve foolbox users ask for).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import ClassVar, Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
-from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
+from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.figures import Figure
 from robaudit.ops.attacks import fgsm, pgd
+from robaudit.ops.perclass import GALLERY_SAMPLES, gallery, per_class_accuracy
 from robaudit.ops.sampling import per_sample_randn, sample_seeds
 from robaudit.ops.stats import wilson_interval
 
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
 
-def _accuracy_result(correct: torch.Tensor, clean: torch.Tensor, **details: float) -> MetricResult:
-    """Robust accuracy from per-sample 0/1 correctness, with Wilson's 95% interval."""
+
+def _levels(value: float | Sequence[float]) -> list[float]:
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+
+
+def _accuracy_result(ctx: AuditContext, correct: torch.Tensor, clean: torch.Tensor,
+                     figures: list[Figure], **details: object) -> MetricResult:
+    """Robust accuracy from per-sample 0/1 correctness, with Wilson's 95% interval and the
+    accuracy per true class."""
     hits, total = int(correct.sum()), int(correct.numel())
     return MetricResult(
         value=hits / total,
@@ -27,8 +44,29 @@ def _accuracy_result(correct: torch.Tensor, clean: torch.Tensor, **details: floa
             "samples": total,
             "clean_accuracy": float(clean.double().mean()),
             **details,
+            "per_class": per_class_accuracy(correct, ctx.data().y),
         },
+        figures=figures,
     )
+
+
+def _curve(name: str, levels: list[float], accuracies: list[float], title: str
+           ) -> tuple[list[dict[str, float]], list[Figure]]:
+    """``details.curve`` and its plot, when more than one level was asked for."""
+    if len(levels) < 2:
+        return [], []
+    rows = [{name: level, "accuracy": acc} for level, acc in zip(levels, accuracies, strict=True)]
+    return rows, [LinePlot(title=title, x=tuple(levels), series={"accuracy": tuple(accuracies)},
+                           xlabel=name, ylabel="accuracy")]
+
+
+def _gallery(ctx: AuditContext, title: str,
+             perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Figure:
+    """The first audit samples clean and perturbed by ``perturb(x, y)``, with predictions."""
+    x = ctx.data().x[:GALLERY_SAMPLES].to(ctx.device)
+    y = ctx.data().y[:GALLERY_SAMPLES].to(ctx.device)
+    perturbed = perturb(x, y)
+    return gallery(title, x, perturbed, y, ctx.model.predict(x), ctx.model.predict(perturbed))
 
 
 def _clean_batches(
@@ -82,7 +120,10 @@ class FGSMAccuracy(Metric):
                 robust[clean] = ctx.model.predict(adv) == y[clean]
             results.append(robust)
             cleans.append(clean)
-        return _accuracy_result(torch.cat(results), torch.cat(cleans), eps=params.eps)
+        shown = _gallery(ctx, f"FGSM at eps {params.eps:g}", lambda x, y: fgsm(
+            ctx.model.logits, x, y, params.eps, input_range=ctx.model.input_range))
+        return _accuracy_result(ctx, torch.cat(results), torch.cat(cleans), [shown],
+                                eps=params.eps)
 
     def floor(self, ctx: AuditContext, params: FGSMParams) -> Floor:
         n = len(ctx.data())
@@ -91,7 +132,9 @@ class FGSMAccuracy(Metric):
 
 
 class PGDParams(MetricParams):
-    eps: float = Field(0.1, gt=0, description="radius of the ℓp ball, in input units")
+    eps: Positive | Annotated[list[Positive], Field(min_length=1)] = Field(
+        0.1, description="radius of the ℓp ball, in input units; a list gives the accuracy "
+                         "curve, the value at the first")
     norm: Literal["linf", "l2"] = Field("linf", description="the ball's norm")
     steps: int = Field(20, ge=1, le=10_000, description="gradient steps per restart")
     step_size: float | None = Field(
@@ -126,11 +169,27 @@ class PGDAccuracy(Metric):
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: PGDParams) -> MetricResult:
-        step = params.step_size or 2.5 * params.eps / params.steps
-        results, cleans = [], []
-        description = f"PGD {params.norm} eps={params.eps}"
-        # restart-major, so that the first restarts' seeds do not depend on ``restarts``
+        levels = _levels(params.eps)
+        # restart-major, so that the first restarts' seeds do not depend on ``restarts``; the
+        # same seeds at every eps of a list
         seeds = sample_seeds(ctx.generator, params.restarts, len(ctx.data()))
+        runs = [self._robust(ctx, params, eps, seeds) for eps in levels]
+        curve, figures = _curve("eps", levels, [float(r.double().mean()) for r, _ in runs],
+                                f"PGD {params.norm} accuracy against eps")
+        eps, step = levels[0], params.step_size or 2.5 * levels[0] / params.steps
+        figures.append(_gallery(ctx, f"PGD {params.norm} at eps {eps:g}", lambda x, y: pgd(
+            ctx.model.logits, x, y, eps=eps, norm=params.norm, steps=params.steps,
+            step_size=step, random_start=params.random_start, seeds=seeds[0, :len(x)],
+            input_range=ctx.model.input_range)))
+        return _accuracy_result(ctx, runs[0][0], runs[0][1], figures, eps=eps, step_size=step,
+                                **({"curve": curve} if curve else {}))
+
+    def _robust(self, ctx: AuditContext, params: PGDParams, eps: float, seeds: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample robustness and clean correctness at one ``eps``."""
+        step = params.step_size or 2.5 * eps / params.steps
+        results, cleans = [], []
+        description = f"PGD {params.norm} eps={eps:g}"
         for x, y, clean, rows in _clean_batches(ctx, description):
             robust = clean.clone()
             batch_seeds = seeds[:, rows]
@@ -139,7 +198,7 @@ class PGDAccuracy(Metric):
                 if alive.numel() == 0:
                     break
                 adv = pgd(
-                    ctx.model.logits, x[alive], y[alive], eps=params.eps, norm=params.norm,
+                    ctx.model.logits, x[alive], y[alive], eps=eps, norm=params.norm,
                     steps=params.steps, step_size=step, random_start=params.random_start,
                     seeds=batch_seeds[restart, alive.cpu()],
                     input_range=ctx.model.input_range,
@@ -147,18 +206,19 @@ class PGDAccuracy(Metric):
                 robust[alive] = ctx.model.predict(adv) == y[alive]
             results.append(robust)
             cleans.append(clean)
-        return _accuracy_result(torch.cat(results), torch.cat(cleans), eps=params.eps,
-                                step_size=step)
+        return torch.cat(results), torch.cat(cleans)
 
     def floor(self, ctx: AuditContext, params: PGDParams) -> Floor:
-        n = len(ctx.data())
+        n = len(ctx.data()) * len(_levels(params.eps))
         return Floor(forward=n * (1 + params.restarts), gradient=n * params.steps * params.restarts,
-                     note="every step of every restart on a sample that survives them all")
+                     note="every step of every restart (at every eps) on a sample that "
+                          "survives them all")
 
 
 class NoiseParams(MetricParams):
-    sigma: float = Field(
-        0.1, ge=0, description="stddev of the Gaussian noise (Szegedy et al., Table 2: 0.1, 0.3)"
+    sigma: NonNegative | Annotated[list[NonNegative], Field(min_length=1)] = Field(
+        0.1, description="stddev of the Gaussian noise (Szegedy et al., Table 2: 0.1, 0.3); a "
+                         "list gives the accuracy curve, the value at the first"
     )
     clip: bool = Field(True, description="clip the noisy inputs to the model's input range")
 
@@ -182,19 +242,34 @@ class NoiseAccuracy(Metric):
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: NoiseParams) -> MetricResult:
+        levels = _levels(params.sigma)
+        seeds = sample_seeds(ctx.generator, len(ctx.data()))  # the same noise at every sigma
+        runs = [self._correct(ctx, params, sigma, seeds) for sigma in levels]
+        curve, figures = _curve("sigma", levels, [float(r.double().mean()) for r, _ in runs],
+                                "accuracy against Gaussian noise sigma")
+        figures.append(_gallery(ctx, f"Gaussian noise at sigma {levels[0]:g}",
+                                lambda x, y: self._noisy(ctx, params, levels[0], x,
+                                                         seeds[:len(x)])))
+        return _accuracy_result(ctx, runs[0][0], runs[0][1], figures, sigma=levels[0],
+                                **({"curve": curve} if curve else {}))
+
+    def _noisy(self, ctx: AuditContext, params: NoiseParams, sigma: float, x: torch.Tensor,
+               seeds: torch.Tensor) -> torch.Tensor:
+        noise = per_sample_randn(seeds, x.shape[1:]).to(x.device, x.dtype)
+        noisy = x + sigma * noise
+        return noisy.clamp(*ctx.model.input_range) if params.clip else noisy
+
+    def _correct(self, ctx: AuditContext, params: NoiseParams, sigma: float,
+                 seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         results, cleans = [], []
-        seeds = sample_seeds(ctx.generator, len(ctx.data()))
-        for x, y, clean, rows in _clean_batches(ctx, f"Gaussian noise sigma={params.sigma}"):
-            noise = per_sample_randn(seeds[rows], x.shape[1:]).to(x.device, x.dtype)
-            noisy = x + params.sigma * noise
-            if params.clip:
-                noisy = noisy.clamp(*ctx.model.input_range)
-            results.append(ctx.model.predict(noisy) == y)
+        for x, y, clean, rows in _clean_batches(ctx, f"Gaussian noise sigma={sigma:g}"):
+            results.append(ctx.model.predict(self._noisy(ctx, params, sigma, x, seeds[rows])) == y)
             cleans.append(clean)
-        return _accuracy_result(torch.cat(results), torch.cat(cleans), sigma=params.sigma)
+        return torch.cat(results), torch.cat(cleans)
 
     def floor(self, ctx: AuditContext, params: NoiseParams) -> Floor:
-        return Floor(forward=2 * len(ctx.data()), note="clean and noisy forward passes")
+        return Floor(forward=(1 + len(_levels(params.sigma))) * len(ctx.data()),
+                     note="clean and noisy forward passes (at every sigma)")
 
 
 @hookimpl

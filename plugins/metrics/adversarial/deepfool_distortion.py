@@ -12,7 +12,9 @@ from pydantic import Field
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError
+from robaudit.figures import ImageGrid
 from robaudit.ops.deepfool import deepfool_split
+from robaudit.ops.perclass import GALLERY_SAMPLES, gallery
 from robaudit.ops.projections import lp_norm
 
 
@@ -90,9 +92,19 @@ class DeepFoolMinDistortion(Metric):
                     values=tuple(float(v) for v in rho[converged]),
                     xlabel="ρ = ‖r(x)‖ / ‖x‖",
                     markers={"mean": value},
-                )
+                ),
+                self.gallery(ctx, result.boundary, params.norm),
             ],
         )
+
+    @staticmethod
+    def gallery(ctx: AuditContext, boundary: torch.Tensor, norm: str) -> ImageGrid:
+        """The first audit samples and their DeepFool points (shared, cached results)."""
+        count = min(GALLERY_SAMPLES, len(ctx.data()))
+        x = ctx.data().x[:count].to(ctx.device)
+        z = boundary[:count].to(ctx.device, x.dtype)
+        return gallery(f"DeepFool ({norm}) minimal perturbations", x, z,
+                       ctx.data().y[:count], ctx.model.predict(x), ctx.model.predict(z))
 
     def floor(self, ctx: AuditContext, params: DeepFoolParams) -> Floor:
         n = len(ctx.data())

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.ops.perclass import per_class_accuracy
 from robaudit.ops.stats import wilson_interval
 
 
@@ -32,7 +33,8 @@ class CleanAccuracy(Metric):
             value=hits / total,
             samples=correct.cpu().numpy(),
             ci=wilson_interval(hits, total),
-            details={"correct": hits, "samples": total},
+            details={"correct": hits, "samples": total,
+                     "per_class": per_class_accuracy(correct, ctx.data().y)},
         )
 
     def floor(self, ctx: AuditContext, params: MetricParams) -> Floor:

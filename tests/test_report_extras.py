@@ -67,14 +67,15 @@ def test_accuracy_type_metrics_report_their_classes_and_a_gallery():
 
 def test_an_eps_list_gives_the_curve_and_the_value_at_the_first():
     ctx = _setup()
-    levels = [0.02, 0.1, 0.3]
+    levels = [0.1, 0.02, 0.3]  # the value is at the first; the curve runs in increasing eps
     curve = run_metric(PGDAccuracy(), ctx, eps=levels)
-    singles = [run_metric(PGDAccuracy(), _setup(), eps=eps).value for eps in levels]
-    assert curve.value == singles[0]
-    assert [row["accuracy"] for row in curve.details["curve"]] == singles
-    assert singles[0] >= singles[1] >= singles[2]  # a larger ball never helps
+    singles = {eps: run_metric(PGDAccuracy(), _setup(), eps=eps).value for eps in levels}
+    assert curve.value == singles[0.1]
+    assert [row["accuracy"] for row in curve.details["curve"]] == [
+        singles[0.02], singles[0.1], singles[0.3]]
+    assert singles[0.02] >= singles[0.1] >= singles[0.3]  # a larger ball never helps
     [plot] = [f for f in curve.figures if isinstance(f, LinePlot)]
-    assert plot.x == tuple(levels)
+    assert plot.x == (0.02, 0.1, 0.3)
 
 
 def test_a_sigma_list_and_batch_independence():

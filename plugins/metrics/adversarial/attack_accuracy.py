@@ -52,11 +52,14 @@ def _accuracy_result(ctx: AuditContext, correct: torch.Tensor, clean: torch.Tens
 
 def _curve(name: str, levels: list[float], accuracies: list[float], title: str
            ) -> tuple[list[dict[str, float]], list[Figure]]:
-    """``details.curve`` and its plot, when more than one level was asked for."""
+    """``details.curve`` and its plot, in increasing level, when more than one level was
+    asked for."""
     if len(levels) < 2:
         return [], []
-    rows = [{name: level, "accuracy": acc} for level, acc in zip(levels, accuracies, strict=True)]
-    return rows, [LinePlot(title=title, x=tuple(levels), series={"accuracy": tuple(accuracies)},
+    pairs = sorted(zip(levels, accuracies, strict=True))
+    rows = [{name: level, "accuracy": acc} for level, acc in pairs]
+    return rows, [LinePlot(title=title, x=tuple(p[0] for p in pairs),
+                           series={"accuracy": tuple(p[1] for p in pairs)},
                            xlabel=name, ylabel="accuracy")]
 
 

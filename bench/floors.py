@@ -68,10 +68,11 @@ class FloorSession(Session):
         self.floors: dict[str, Floor | None] = {}
         self.context: AuditContext | None = None
 
-    def run_check(self, check: Check, ctx: AuditContext) -> CheckResult:
+    def run_check(self, check: Check, ctx: AuditContext, blocked: str | None = None,
+                  fingerprint: str | None = None) -> CheckResult:
         self.context = ctx
         self.floors[check.id] = check.metric.floor(ctx, check.params)
-        return super().run_check(check, ctx)
+        return super().run_check(check, ctx, blocked, fingerprint)
 
 
 def run_with_floors(spec: str, overrides: list[str] | None = None

@@ -156,9 +156,10 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
     return parser
 
 
-def _bounds(info: Any) -> list[str]:
+def _bounds(metadata: list[Any]) -> list[str]:
+    """Readable bounds (``>= 1``, ``length >= 1``) from a field's constraint metadata."""
     bounds = []
-    for item in info.metadata:
+    for item in metadata:
         for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"),
                            ("min_length", "length >="), ("max_length", "length <=")):
             if getattr(item, attr, None) is not None:
@@ -169,6 +170,11 @@ def _bounds(info: Any) -> list[str]:
 def _type_name(annotation: Any) -> str:
     """A param's type as a user reads it: ``l2 | linf`` for a Literal, ``float | None``."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:  # a constrained member of a union: float > 0
+        bounds = _bounds(list(args[1:]))
+        for item in args[1:]:
+            bounds += _bounds(list(getattr(item, "metadata", [])))
+        return " ".join([_type_name(args[0]), *bounds])
     if origin is typing.Literal:
         return " | ".join(map(str, args))
     if origin in (typing.Union, types.UnionType):
@@ -185,7 +191,7 @@ def _param_rows(metric: robaudit.Metric) -> list[str]:
     for name, info in metric.Params.model_fields.items():
         text = (f"{name}: {_type_name(info.annotation)} "
                 + ("(required)" if info.is_required() else f"= {info.default!r}"))
-        bounds = _bounds(info)
+        bounds = _bounds(info.metadata)
         if bounds:
             text += f" ({', '.join(bounds)})"
         rows.append(text)
@@ -212,7 +218,8 @@ def _cmd_metric(plugins: Plugins, console: Console, name: str) -> int:
     for param, info in metric.Params.model_fields.items():
         default = "(required)" if info.is_required() else repr(info.default)
         table.add_row(param, escape(_type_name(info.annotation)), escape(default),
-                      escape(", ".join(_bounds(info)) or "—"), escape(info.description or ""))
+                      escape(", ".join(_bounds(info.metadata)) or "—"),
+                      escape(info.description or ""))
     console.print(table)
     return EXIT_OK
 

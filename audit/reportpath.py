@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def write_atomic(path: str | Path, text: str) -> None:
     flushed to disk, then renamed over ``path`` (design §5). A failed or concurrent write never
     leaves a truncated report where a valid one stood; the temporary file is removed on failure.
     A target that exists but is not a regular file (``/dev/stdout``, a pipe) is written in place:
-    renaming over it would replace the device or pipe itself.
+    renaming over it would replace the device or pipe itself. The report gets the mode a plain
+    write would give it (the old report's, else 0o666 less the umask), not the temporary file's
+    private 0o600.
     """
     path = Path(path)
     if path.exists() and not path.is_file():
@@ -45,8 +48,17 @@ def write_atomic(path: str | Path, text: str) -> None:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, stat.S_IMODE(path.stat().st_mode) if path.exists() else
+                 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -173,3 +173,18 @@ def test_a_reporter_that_raises_does_not_kill_the_run(write_spec, robaudit_main,
     assert code == 3, out + err
     assert [c["id"] for c in json.loads(report.read_text())["checks"]] == ["one", "two"]
     assert err.count("plugin 'broken_reporter' failed in robaudit_check_finished") == 2
+
+
+def test_a_report_gets_the_mode_a_plain_write_would_give(tmp_path):
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.json"
+        write_atomic(fresh, "{}")
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        write_atomic(kept, "new")
+        assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() == "new"
+    finally:
+        os.umask(old)

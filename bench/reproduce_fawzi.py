@@ -40,6 +40,7 @@ from robaudit.metric import Metric, MetricResult
 from robaudit.ops.curvature import MarginHessian, default_step, principal_curvatures_lanczos
 from robaudit.ops.deepfool import deepfool_split
 from robaudit.plugins.loaders.data import digits_splits
+from robaudit.plugins.loaders.models import load_weights
 from robaudit.plugins.metrics.curvature.boundary_curvature import BoundaryCurvature
 from robaudit.plugins.metrics.curvature.curvature_detection import CurvatureDetection
 from robaudit.plugins.metrics.curvature.curvature_ratio import CurvatureRatio
@@ -185,8 +186,7 @@ def settings(names: list[str]) -> list[Setting]:
     out = []
     if "digits" in names:
         model = digits_resnet()
-        model.load_state_dict(torch.load(ROOT / "specs/models/digits_resnet.pt",
-                                         weights_only=True))
+        load_weights(model, ROOT / "specs/models/digits_resnet.pt")
         out.append(Setting("digits", "digits ResNet (d = 64)", model.eval(), digits,
                            steps=[default_step(64, (0, 1)), 1e-4, 0.01, 0.05, 0.5], k=31,
                            ratio_subspace=20, vulnerability_subspace=8,

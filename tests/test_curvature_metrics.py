@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from analytic_models import Ball
 from pydantic import ValidationError
 from scipy.linalg import subspace_angles
 from torch import nn
@@ -24,18 +25,6 @@ from robaudit.testing import make_context, run_metric
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-class Ball(nn.Module):
-    """Class 0 inside the ball ‖x − c‖ < ρ, class 1 outside: f = (0, ‖x − c‖ − ρ)."""
-
-    def __init__(self, centre: torch.Tensor, radius: float) -> None:
-        super().__init__()
-        self.centre, self.radius = centre, radius
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f1 = (x.flatten(1) - self.centre).norm(dim=1) - self.radius
-        return torch.stack([torch.zeros_like(f1), f1], dim=1)
 
 
 class Planted(nn.Module):

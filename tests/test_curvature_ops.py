@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from analytic_models import Ball
 from torch import nn
 
 from robaudit.ops.curvature import (
@@ -19,18 +20,6 @@ from robaudit.ops.curvature import (
     tangent_basis,
 )
 from robaudit.ops.lanczos import lanczos_extremes
-
-
-class Ball(nn.Module):
-    """Two classes: 0 inside the ball ‖x − c‖ < ρ, 1 outside; f = (0, ‖x − c‖ − ρ)."""
-
-    def __init__(self, centre: torch.Tensor, radius: float) -> None:
-        super().__init__()
-        self.centre, self.radius = centre, radius
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f1 = (x.flatten(1) - self.centre).norm(dim=1) - self.radius
-        return torch.stack([torch.zeros_like(f1), f1], dim=1)
 
 
 class Quadratic(nn.Module):

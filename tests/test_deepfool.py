@@ -6,23 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from analytic_models import frozen, linear
 from torch import nn
 
 from robaudit.ops.deepfool import REFINE_STEPS, STEP_SLACK, deepfool, deepfool_split
 from robaudit.plugins.metrics.adversarial.deepfool_distortion import DeepFoolMinDistortion
 from robaudit.testing import make_context, run_metric
-
-
-def frozen(module: nn.Module) -> nn.Module:
-    module = module.double().eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-def linear(inputs: int, classes: int, seed: int = 0) -> nn.Linear:
-    torch.manual_seed(seed)
-    return frozen(nn.Linear(inputs, classes))
 
 
 def mlp(seed: int = 0) -> nn.Module:

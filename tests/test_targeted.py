@@ -8,22 +8,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from analytic_models import frozen, linear
 from torch import nn
 
 from robaudit.ops.deepfool import STEP_SLACK
 from robaudit.ops.targeted import project_dual, targeted_deepfool
-
-
-def frozen(module: nn.Module) -> nn.Module:
-    module = module.double().eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-def linear(inputs: int, classes: int, seed: int = 0) -> nn.Linear:
-    torch.manual_seed(seed)
-    return frozen(nn.Linear(inputs, classes))
 
 
 def points(n: int, d: int, seed: int = 1) -> torch.Tensor:

@@ -11,14 +11,11 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from robaudit.ops.projections import Norm, project_lp
+from robaudit.ops.projections import Norm, clip_to_box, project_lp
 from robaudit.ops.sampling import per_sample, sample_seeds
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
-
-def _clip(v: torch.Tensor, input_range: tuple[float, float] | None) -> torch.Tensor:
-    return v if input_range is None else v.clamp(*input_range)
 
 
 def _loss_gradient(
@@ -45,7 +42,7 @@ def fgsm(
     """The fast gradient sign method: x + eps · sign(∇ₓ loss(x, y)), clipped to the box
     (one forward and one backward pass)."""
     _, grad = _loss_gradient(logits_fn, x, y)
-    return _clip(x + eps * grad.sign(), input_range).detach()
+    return clip_to_box(x + eps * grad.sign(), input_range).detach()
 
 
 def random_in_ball(
@@ -101,7 +98,7 @@ def pgd(
         if seeds is None:
             seeds = sample_seeds(None, x.shape[0])
         start = x + random_in_ball(seeds, x.shape[1:], eps, norm).to(x.device, x.dtype)
-    current = _clip(start, input_range).clone()
+    current = clip_to_box(start, input_range).clone()
     active = torch.arange(x.shape[0], device=x.device)
     shape = (-1, *([1] * (x.dim() - 1)))
     for _ in range(steps):
@@ -116,5 +113,5 @@ def pgd(
             ascent = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)
         moved = current[active] + step_size * ascent
         delta = project_lp(moved - x[active], eps, norm)
-        current[active] = _clip(x[active] + delta, input_range)
+        current[active] = clip_to_box(x[active] + delta, input_range)
     return current

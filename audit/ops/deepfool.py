@@ -83,7 +83,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from robaudit.ops.projections import Norm
+from robaudit.ops.projections import Norm, clip_to_box
 
 if TYPE_CHECKING:
     from robaudit.context import AuditContext
@@ -190,7 +190,7 @@ def deepfool(
         stuck[active[~movable]] = True
         iterations[active[movable]] += 1
         r_tot[active] += step
-        point[active] = _clip(x[active] + (1 + overshoot) * r_tot[active], input_range)
+        point[active] = clip_to_box(x[active] + (1 + overshoot) * r_tot[active], input_range)
         active = active[movable]
         with torch.no_grad():
             predicted[active] = logits_fn(point[active]).argmax(dim=1)
@@ -212,9 +212,6 @@ def deepfool(
         normal=normal,
     )
 
-
-def _clip(v: torch.Tensor, input_range: tuple[float, float] | None) -> torch.Tensor:
-    return v if input_range is None else v.clamp(*input_range)
 
 
 def _linearised_step(
@@ -304,7 +301,7 @@ def _refine(
         crossing = x + high.view(shape) * direction
         beyond = x + ((1 + overshoot) * high).clamp(max=1.0).view(shape) * direction
         changed = logits_fn(beyond).argmax(dim=1) != original
-    return _clip(torch.where(changed.view(shape), beyond, crossing), input_range)
+    return clip_to_box(torch.where(changed.view(shape), beyond, crossing), input_range)
 
 
 def deepfool_split(

@@ -48,3 +48,8 @@ def project_lp(
         scale = torch.clamp(radius / size.clamp_min(torch.finfo(v.dtype).tiny), max=1.0)
         return v * scale
     raise ValueError(f"unknown norm {norm!r}; expected 'l2' or 'linf'")
+
+
+def clip_to_box(v: torch.Tensor, input_range: tuple[float, float] | None) -> torch.Tensor:
+    """``v`` clamped to the input box ``[low, high]`` (unchanged when there is no box)."""
+    return v if input_range is None else v.clamp(*input_range)

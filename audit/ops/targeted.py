@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from robaudit.ops.deepfool import STEP_SLACK
+from robaudit.ops.projections import clip_to_box
 
 #: Coordinate-ascent sweeps of the dual QP per linearised step.
 DUAL_SWEEPS = 50
@@ -101,7 +102,7 @@ def targeted_deepfool(
                                 input_range)
         iterations[active] += 1
         r_tot[active] += step
-        point[active] = _clip(x[active] + (1 + overshoot) * r_tot[active], input_range)
+        point[active] = clip_to_box(x[active] + (1 + overshoot) * r_tot[active], input_range)
         with torch.no_grad():
             predicted[active] = logits_fn(point[active]).argmax(dim=1)
         active = active[predicted[active] != target[active]]
@@ -113,9 +114,6 @@ def targeted_deepfool(
         iterations=iterations,
     )
 
-
-def _clip(v: torch.Tensor, input_range: tuple[float, float] | None) -> torch.Tensor:
-    return v if input_range is None else v.clamp(*input_range)
 
 
 def _projection_step(

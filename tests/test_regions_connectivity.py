@@ -6,19 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from analytic_models import frozen
 from pydantic import ValidationError
 from torch import nn
 
 from robaudit.ops.paths import find_paths, segments_valid
 from robaudit.plugins.metrics.regions.connectivity import RegionConnectivity
 from robaudit.testing import make_context, run_metric
-
-
-def frozen(module: nn.Module) -> nn.Module:
-    module = module.double().eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
 
 
 class Slabs(nn.Module):

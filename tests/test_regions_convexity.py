@@ -6,18 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from analytic_models import frozen
 from torch import nn
 
 from robaudit.errors import ParamError
 from robaudit.plugins.metrics.regions.convexity import RegionConvexity
 from robaudit.testing import make_context, run_metric
-
-
-def frozen(module: nn.Module) -> nn.Module:
-    module = module.double().eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
 
 
 class Ball(nn.Module):

@@ -28,9 +28,13 @@ _EXPORTS = {
     "LinePlot": "robaudit.figures",
     "hookimpl": "robaudit.hookspecs",
     "Floor": "robaudit.metric",
+    "Gathered": "robaudit.metric",
     "Metric": "robaudit.metric",
     "MetricParams": "robaudit.metric",
     "MetricResult": "robaudit.metric",
+    "SampleMetric": "robaudit.metric",
+    "Unit": "robaudit.metric",
+    "UnitResult": "robaudit.metric",
     "ModelUnderAudit": "robaudit.model",
 }
 
@@ -38,6 +42,7 @@ __all__ = [
     "AuditContext",
     "DataSplit",
     "Floor",
+    "Gathered",
     "Heatmap",
     "Histogram",
     "ImageGrid",
@@ -48,7 +53,10 @@ __all__ = [
     "MetricResult",
     "ModelUnderAudit",
     "RobauditError",
+    "SampleMetric",
     "SpecError",
+    "Unit",
+    "UnitResult",
     "UsageError",
     "__version__",
     "hookimpl",
@@ -59,7 +67,16 @@ if TYPE_CHECKING:
     from robaudit.errors import RobauditError, SpecError, UsageError
     from robaudit.figures import Heatmap, Histogram, ImageGrid, ImagePlot, LinePlot
     from robaudit.hookspecs import hookimpl
-    from robaudit.metric import Floor, Metric, MetricParams, MetricResult
+    from robaudit.metric import (
+        Floor,
+        Gathered,
+        Metric,
+        MetricParams,
+        MetricResult,
+        SampleMetric,
+        Unit,
+        UnitResult,
+    )
     from robaudit.model import ModelUnderAudit
 
 

@@ -13,6 +13,7 @@ from robaudit.model import ModelUnderAudit
 
 if TYPE_CHECKING:
     from robaudit.diskcache import DiskStore
+    from robaudit.metric import Unit
 
 T = TypeVar("T")
 
@@ -71,6 +72,10 @@ class RunCache:
                     self.disk.save(key, value)
             self._store[key] = value
         return self._store[key]
+
+    def get(self, key: Any) -> Any:
+        """The value computed for ``key`` in this run, else None (the disk is not read)."""
+        return self._store.get(key)
 
     def __contains__(self, key: Any) -> bool:
         return key in self._store
@@ -161,6 +166,46 @@ class AuditContext:
                 return torch.cat([mua.logits(x).cpu() for x, _ in self.batches(name)])
 
         return self.cache.get_or_compute(("logits", mua.name, name), compute)
+
+    def unit_batch(self, unit: Unit, split: str | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of a work unit (design §8), on the audit device."""
+        data = self.data(split)
+        return (data.x[unit.indices].to(self.device), data.y[unit.indices].to(self.device))
+
+    def unit_features(self, unit: Unit, model: ModelUnderAudit | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and logits of a unit of the audit split (on the CPU): a slice of
+        :meth:`features` when the run has it, else one forward pass of the unit, cached; the
+        same numbers either way (a unit is one of the batches :meth:`features` runs)."""
+        mua = model or self.model
+        key = ("features", mua.name, self.split)
+        if key in self.cache:
+            feats, logits = self.features(self.split, mua)
+            return feats[unit.indices], logits[unit.indices]
+        mua.feature_site()
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():
+                f, z = mua.features_and_logits(self.unit_batch(unit)[0])
+            return f.cpu(), z.cpu()
+
+        return self.cache.get_or_compute((*key, unit.start, unit.stop), compute)
+
+    def unit_logits(self, unit: Unit, model: ModelUnderAudit | None = None) -> torch.Tensor:
+        """Logits of a unit of the audit split (on the CPU), as :meth:`unit_features`."""
+        mua = model or self.model
+        if mua.has_features:
+            return self.unit_features(unit, mua)[1]
+        key = ("logits", mua.name, self.split)
+        if key in self.cache:
+            return self.logits(self.split, mua)[unit.indices]
+
+        def compute() -> torch.Tensor:
+            with torch.no_grad():
+                return mua.logits(self.unit_batch(unit)[0]).cpu()
+
+        return self.cache.get_or_compute((*key, unit.start, unit.stop), compute)
 
     @property
     def reference_is_split(self) -> bool:

@@ -100,3 +100,116 @@ class Metric(ABC):
         """The first line of the class docstring."""
         doc = (type(self).__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A work unit (design §8): a fixed, batch-aligned slice of the samples a check runs on,
+    in index order. ``indices`` are positions in the audit split (or in the sequence that
+    :meth:`SampleMetric.sample_count` counts); unit ``index`` k holds positions
+    [k·B, (k+1)·B) for the spec's batch size B, whatever the number of processes."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def indices(self) -> slice:
+        return slice(self.start, self.stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def work_units(count: int, batch_size: int) -> list[Unit]:
+    """The work units of ``count`` samples: batch-aligned, in index order."""
+    return [Unit(k, start, min(start + batch_size, count))
+            for k, start in enumerate(range(0, count, batch_size))]
+
+
+@dataclass
+class UnitResult:
+    """What :meth:`SampleMetric.per_sample` returns for one unit.
+
+    arrays  per-sample values by name, each with the unit's length as first dimension; the
+            runner concatenates them across units in sample order, as float64.
+    extra   small values that are not per sample (numbers, strings, figures), e.g. a gallery
+            of the first samples; kept per unit, in unit order.
+    """
+
+    arrays: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Gathered:
+    """Every unit's results, in sample order, as :meth:`SampleMetric.reduce` receives them.
+
+    arrays  each per-sample array of every unit concatenated in sample order, float64.
+    extras  each unit's ``extra``, in unit order.
+    fit     what :meth:`SampleMetric.fit_summary` said of the fit.
+    """
+
+    arrays: dict[str, np.ndarray]
+    extras: list[dict[str, Any]]
+    fit: dict[str, Any] = field(default_factory=dict)
+
+
+def gather_units(results: list[UnitResult], fit: dict[str, Any] | None = None) -> Gathered:
+    """Concatenate units' results (given in unit order) into a :class:`Gathered`."""
+    names = list(results[0].arrays) if results else []
+    for result in results:
+        if list(result.arrays) != names:
+            raise ValueError(f"units returned different arrays: {names} and "
+                             f"{list(result.arrays)}")
+    arrays = {name: np.concatenate([np.asarray(r.arrays[name], dtype=np.float64)
+                                    for r in results]) for name in names}
+    return Gathered(arrays, [r.extra for r in results], dict(fit or {}))
+
+
+class SampleMetric(Metric):
+    """A metric whose work is per sample, so that it shards across processes (design §8).
+
+    Implement :meth:`per_sample` (the work on one :class:`Unit`, a batch of the split) and
+    :meth:`reduce` (the value from every unit's results, in sample order); optionally
+    :meth:`fit` for work that needs the whole reference split (fitted once, before the units,
+    and broadcast to every process) and :meth:`sample_count` when the metric runs on fewer
+    samples than the split. The runner calls them: in one process over every unit; under
+    ``torchrun`` or ``--shard`` each process takes the units k ≡ rank (mod processes), and the
+    process that reports reduces. A metric written this way gives the same value, bit for bit,
+    on any number of processes, as long as ``per_sample`` reads only its unit (its seeds from
+    the sample positions, e.g. :func:`robaudit.ops.sampling.sample_seeds`) and ``fit`` only
+    the reference split and the check's seed.
+    """
+
+    def sample_count(self, ctx: AuditContext, params: Any) -> int:
+        """How many samples the units cover (default: the whole audit split)."""
+        return len(ctx.data())
+
+    def fit(self, ctx: AuditContext, params: Any) -> Any:
+        """Work on the whole reference split that every unit needs (default: none)."""
+        return None
+
+    def fit_summary(self, fitted: Any) -> dict[str, Any]:
+        """Numbers of the fit that :meth:`reduce` reports (JSON-able; default: none)."""
+        return {}
+
+    @abstractmethod
+    def per_sample(self, ctx: AuditContext, params: Any, unit: Unit, fitted: Any
+                   ) -> UnitResult:
+        """The per-sample work on ``unit`` (samples ``unit.indices`` of the audit split)."""
+
+    @abstractmethod
+    def reduce(self, params: Any, gathered: Gathered) -> MetricResult:
+        """The check's result from every unit's arrays, concatenated in sample order."""
+
+    def compute(self, ctx: AuditContext, params: Any) -> MetricResult:
+        """One process: fit, every unit in order, reduce."""
+        fitted = self.fit(ctx, params)
+        units = work_units(self.sample_count(ctx, params), ctx.batch_size)
+        task = ctx.progress(len(units), f"{self.name} units")
+        results = []
+        for unit in units:
+            results.append(self.per_sample(ctx, params, unit, fitted))
+            task.advance()
+        return self.reduce(params, gather_units(results, self.fit_summary(fitted)))

@@ -8,6 +8,7 @@ Plugin authors use these the way pytest plugin authors use ``pytester``::
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -72,3 +73,30 @@ def run_metric(metric: Metric, ctx: AuditContext, **params: Any) -> MetricResult
     validated = metric.Params.model_validate(params)
     metric.check_data(ctx, validated)
     return metric.compute(ctx, validated)
+
+
+def run_metric_sharded(metric: Metric, ctx: AuditContext, world: int, **params: Any
+                       ) -> MetricResult:
+    """:func:`run_metric` as ``world`` processes would run it (design §8), in this process:
+    each simulated process gets a fresh run cache and the check's seed afresh; a
+    :class:`~robaudit.metric.SampleMetric` is fitted once, its units split round-robin and
+    the shares reduced in sample order; another metric runs whole. A metric shards correctly
+    when this equals :func:`run_metric` exactly."""
+    from robaudit.sharding import reduce_shares, run_units, shards_samples
+
+    validated = metric.Params.model_validate(params)
+    metric.check_data(ctx, validated)
+    if not shards_samples(metric):
+        return metric.compute(fresh(ctx), validated)
+    fitted = metric.fit(fresh(ctx), validated)  # type: ignore[attr-defined]
+    shares = [run_units(metric, fresh(ctx), validated, fitted, rank, world)  # type: ignore[arg-type]
+              for rank in range(world)]
+    return reduce_shares(metric, validated, shares)  # type: ignore[arg-type]
+
+
+def fresh(ctx: AuditContext) -> AuditContext:
+    """``ctx`` with an empty run cache and its generator reset to its seed, as another
+    process would have it (torch's global generator seeded with it too, as the runner does)."""
+    torch.manual_seed(ctx.seed)
+    return dataclasses.replace(ctx, cache=RunCache(),
+                               generator=torch.Generator().manual_seed(ctx.seed))

@@ -83,6 +83,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from robaudit.metric import Unit, work_units
 from robaudit.ops.projections import Norm, clip_to_box
 
 if TYPE_CHECKING:
@@ -126,6 +127,10 @@ class DeepFoolResult:
     def to(self, device: torch.device | str) -> DeepFoolResult:
         """The same result with every tensor on ``device``."""
         return DeepFoolResult(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def rows(self, index: slice) -> DeepFoolResult:
+        """The results of the samples ``index`` (a slice of the batch)."""
+        return DeepFoolResult(*(getattr(self, f.name)[index] for f in fields(self)))
 
     @staticmethod
     def concat(parts: list[DeepFoolResult]) -> DeepFoolResult:
@@ -317,27 +322,57 @@ def deepfool_split(
     """DeepFool on a whole split, in ``ctx.batch_size`` chunks on ``ctx.device``, clipped to
     the model's input range, from the clean predictions; cached in ``ctx.cache`` under
     ``("deepfool", model.name, split, norm, overshoot, candidates, max_iter)`` so that every
-    check that needs the boundary points (distortion, curvature, …) shares one run.
+    check that needs the boundary points (distortion, curvature, …) shares one run. The
+    chunks are the work units of design §8: a unit that :func:`deepfool_unit` already ran is
+    reused, and a unit's numbers are the same whichever of the two ran it.
 
     The result's tensors are on the CPU: each chunk's result is moved there as soon as it is
     computed, so the device holds one chunk at a time (memory bounded by the batch size, not
     by the split); users move the rows of a batch back with ``.to(ctx.device)``."""
     mua = model or ctx.model
     name = split or ctx.split
+    options = (norm, overshoot, candidates, max_iter)
 
     def compute() -> DeepFoolResult:
-        data = ctx.data(name)
-        task = ctx.progress(len(data), f"DeepFool ({norm}) on {name}")
+        units = work_units(len(ctx.data(name)), ctx.batch_size)
+        task = ctx.progress(len(ctx.data(name)), f"DeepFool ({norm}) on {name}")
         parts = []
-        for x, _ in ctx.batches(name):
-            parts.append(
-                deepfool(
-                    mua.logits, x, norm=norm, candidates=candidates, overshoot=overshoot,
-                    max_iter=max_iter, input_range=mua.input_range,
-                ).to("cpu")
-            )
-            task.advance(x.shape[0])
+        for unit in units:
+            done = ctx.cache.get(("deepfool", mua.name, name, *options, unit.start, unit.stop))
+            parts.append(done if done is not None else _run_unit(ctx, unit, name, mua, options))
+            task.advance(len(unit))
         return DeepFoolResult.concat(parts)
 
-    key = ("deepfool", mua.name, name, norm, overshoot, candidates, max_iter)
-    return ctx.cache.get_or_compute(key, compute)
+    return ctx.cache.get_or_compute(("deepfool", mua.name, name, *options), compute)
+
+
+def deepfool_unit(
+    ctx: AuditContext,
+    unit: Unit,
+    *,
+    split: str | None = None,
+    model: ModelUnderAudit | None = None,
+    norm: Norm = "l2",
+    overshoot: float = 0.02,
+    candidates: int = 10,
+    max_iter: int = 50,
+) -> DeepFoolResult:
+    """DeepFool on one work unit of a split (design §8), on the CPU: a slice of
+    :func:`deepfool_split`'s result when the run has it, else the unit alone, cached under the
+    split's key and the unit's bounds so that every check of the process shares it."""
+    mua = model or ctx.model
+    name = split or ctx.split
+    options = (norm, overshoot, candidates, max_iter)
+    whole = ctx.cache.get(("deepfool", mua.name, name, *options))
+    if whole is not None:
+        return whole.rows(unit.indices)
+    return ctx.cache.get_or_compute(("deepfool", mua.name, name, *options, unit.start, unit.stop),
+                                    lambda: _run_unit(ctx, unit, name, mua, options))
+
+
+def _run_unit(ctx: AuditContext, unit: Unit, split: str, mua: ModelUnderAudit,
+              options: tuple[Norm, float, int, int]) -> DeepFoolResult:
+    norm, overshoot, candidates, max_iter = options
+    x = ctx.data(split).x[unit.indices].to(ctx.device)
+    return deepfool(mua.logits, x, norm=norm, candidates=candidates, overshoot=overshoot,
+                    max_iter=max_iter, input_range=mua.input_range).to("cpu")

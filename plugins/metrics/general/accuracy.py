@@ -5,17 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
+import torch
+
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.perclass import per_class_accuracy
 from robaudit.ops.stats import wilson_interval
 
 
-class CleanAccuracy(Metric):
+class CleanAccuracy(SampleMetric):
     """Accuracy on the unperturbed audit split (the baseline of every robustness number).
 
     Per-sample correctness (0/1) are the samples; the 95% interval is Wilson's score interval.
-    Shares the forward pass over the split with the feature metrics (``ctx.logits``).
+    Shares the forward pass over the split with the feature metrics (``ctx.unit_logits``);
+    per sample, so it shards (design §8).
     """
 
     name: ClassVar[str] = "clean_accuracy"
@@ -24,17 +28,22 @@ class CleanAccuracy(Metric):
     source: ClassVar[str] = "baseline (Szegedy et al. 2014, Tables 2 and 4, clean rows)"
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
-    def compute(self, ctx: AuditContext, params: MetricParams) -> MetricResult:
-        logits = ctx.logits()
-        labels = ctx.data().y.to(logits.device)
-        correct = (logits.argmax(dim=1) == labels).double()
-        hits, total = int(correct.sum()), int(correct.numel())
+    def per_sample(self, ctx: AuditContext, params: MetricParams, unit: Unit, fitted: None
+                   ) -> UnitResult:
+        labels = ctx.data().y[unit.indices]
+        correct = ctx.unit_logits(unit).argmax(dim=1) == labels
+        return UnitResult({"correct": correct, "label": labels})
+
+    def reduce(self, params: MetricParams, gathered: Gathered) -> MetricResult:
+        correct = gathered.arrays["correct"]
+        hits, total = int(correct.sum()), int(correct.size)
         return MetricResult(
             value=hits / total,
-            samples=correct.cpu().numpy(),
+            samples=correct,
             ci=wilson_interval(hits, total),
             details={"correct": hits, "samples": total,
-                     "per_class": per_class_accuracy(correct, ctx.data().y)},
+                     "per_class": per_class_accuracy(torch.from_numpy(correct),
+                                                     torch.from_numpy(gathered.arrays["label"]))},
         )
 
     def floor(self, ctx: AuditContext, params: MetricParams) -> Floor:

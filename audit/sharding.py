@@ -1,0 +1,93 @@
+"""Shares of a check's work (design §8): which units a process runs, and how the shares of a
+:class:`~robaudit.metric.SampleMetric` become its result.
+
+The plan does not depend on the number of processes: units are the fixed, batch-aligned slices
+of :func:`~robaudit.metric.work_units`, and process ``rank`` of ``world`` takes the units
+k ≡ rank (mod world). Shares are gathered to the reporting process and concatenated in unit
+(= sample) order, so that the reduction sees exactly what one process would have seen.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from robaudit.context import AuditContext
+from robaudit.metric import Metric, MetricResult, SampleMetric, Unit, gather_units, work_units
+from robaudit.wire import digest
+
+
+@dataclass
+class Share:
+    """One process's part of one check.
+
+    units        unit index → that unit's per-sample arrays and extras (a SampleMetric).
+    result       the whole result, computed by this process (a metric that does not shard).
+    error        the error that stopped this share (its message, and a traceback if any).
+    fit_digest   a digest of the fit this share used (shards must agree on it).
+    fit_summary  :meth:`SampleMetric.fit_summary` of that fit.
+    duration_s   the time this process spent on the check.
+    unit_count   how many units the check has in all.
+    """
+
+    units: dict[int, Any] = field(default_factory=dict)
+    result: MetricResult | None = None
+    error: tuple[str, str | None] | None = None
+    fit_digest: str | None = None
+    fit_summary: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+    unit_count: int = 0
+
+
+def shards_samples(metric: Metric) -> bool:
+    """Whether a metric's work splits by sample (a :class:`SampleMetric`); the others run
+    whole on one process (weights-only bounds, pair and trial sampling, per-class fits)."""
+    return isinstance(metric, SampleMetric)
+
+
+def owned_units(units: list[Unit], rank: int, world: int) -> list[Unit]:
+    """The units process ``rank`` of ``world`` runs: k ≡ rank (mod world)."""
+    return [unit for unit in units if unit.index % world == rank]
+
+
+def whole_owner(position: int, world: int) -> int:
+    """The process that runs a whole (unsharded) check: the checks at ``position`` in the
+    plan go round-robin, so that whole checks run in parallel too."""
+    return position % world
+
+
+def run_units(metric: SampleMetric, ctx: AuditContext, params: Any, fitted: Any, rank: int,
+              world: int) -> Share:
+    """Process ``rank``'s units of a sample-sharded check, with the fit every process shares."""
+    start = time.perf_counter()
+    every = work_units(metric.sample_count(ctx, params), ctx.batch_size)
+    units = owned_units(every, rank, world)
+    task = ctx.progress(len(units), f"{metric.name} units")
+    share = Share(fit_digest=digest(fitted), fit_summary=metric.fit_summary(fitted),
+                  unit_count=len(every))
+    for unit in units:
+        share.units[unit.index] = metric.per_sample(ctx, params, unit, fitted)
+        task.advance()
+    share.duration_s = time.perf_counter() - start
+    return share
+
+
+def reduce_shares(metric: SampleMetric, params: Any, shares: list[Share]) -> MetricResult:
+    """The result of a sample-sharded check from every process's share, in sample order.
+    Raises ValueError when shares overlap, miss a unit, or fitted different things."""
+    digests = {share.fit_digest for share in shares}
+    if len(digests) > 1:
+        raise ValueError("the shards fitted different things (their fits' digests differ): "
+                         "they did not run the same model, data and seed")
+    units: dict[int, Any] = {}
+    for share in shares:
+        overlap = units.keys() & share.units.keys()
+        if overlap:
+            raise ValueError(f"units {sorted(overlap)[:5]} were computed by two shards")
+        units.update(share.units)
+    missing = sorted(set(range(max(s.unit_count for s in shares))) - units.keys())
+    if missing:
+        raise ValueError(f"units {missing[:5]} are missing from the shards")
+    return metric.reduce(params, gather_units([units[k] for k in sorted(units)],
+                                              shares[0].fit_summary))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 import types
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
     from robaudit.session import Session
 
 #: The commands that read the plugins (their metrics, data sources and command-line options).
-PLUGIN_COMMANDS = ("run", "validate", "metrics", "plugins", "schema", "compare", "init")
+PLUGIN_COMMANDS = ("run", "validate", "metrics", "plugins", "schema", "compare", "init",
+                   "merge")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,8 +105,24 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
     run.add_argument("--timeout", type=float, metavar="S",
                      help="seconds a check may run before it is `error` (a check's own "
                           "`timeout` wins)")
+    run.add_argument("--shard", metavar="I/N",
+                     help="run share I of N (0-based) of every check without a process group, "
+                          "e.g. one CI matrix job each; needs --json; `robaudit merge` "
+                          "combines the shards' reports (see README, scaling out)")
+    merge = sub.add_parser("merge", parents=[common],
+                           help="combine the JSON reports of `run --shard I/N` into the report "
+                                "one process writes, and judge its checks")
+    merge.add_argument("shards", nargs="+", metavar="SHARD.json")
+    merge.add_argument("-v", "--verbose", action="count", default=0,
+                       help="show params, details and tracebacks")
+    merge.add_argument("-q", "--quiet", action="count", default=0, help="less output")
+    merge.add_argument("--strict", action="store_true",
+                       help="a `warned` check (severity: warn) counts as failed")
+    merge.add_argument("--baseline", metavar="REPORT.json",
+                       help="compare each check with the same check of an earlier JSON report")
     if plugins is not None:
         plugins.hook.robaudit_addoption.call_historic(kwargs={"parser": run})
+        plugins.hook.robaudit_addoption.call_historic(kwargs={"parser": merge})
 
     validate = sub.add_parser("validate", parents=[common], help="validate specs, run nothing")
     validate.add_argument("specs", nargs="+", metavar="SPEC")
@@ -369,25 +387,79 @@ def _dispatch(argv: list[str], console: Console) -> int:
 
     from robaudit.session import Session
 
+    if options.command == "merge":
+        from robaudit.merge import merge_shards
+
+        session = Session(plugins, options)
+        plugins.hook.robaudit_configure(options=options, pluginmanager=plugins.pm)
+        _, code = merge_shards(session, options.shards)
+        _print_hook_failures(session)
+        return code
+    if options.command == "run" and not options.collect_only:
+        return _cmd_run(plugins, options)
     session = Session(plugins, options)
     if options.command == "validate":
         for spec in session.load(options.specs):
             console.print(f"{escape(printable(spec.path))}: valid ({len(spec.checks)} checks)")
         return EXIT_OK
+    _check_run_options(options)
+    if options.threads:
+        torch.set_num_threads(options.threads)  # else chosen per audited model (prepare)
+    return _cmd_collect(session, console, options.specs)
+
+
+def _check_run_options(options: argparse.Namespace) -> None:
     if options.timeout is not None and not (0 < options.timeout < float("inf")):
         raise UsageError(f"--timeout {options.timeout}: expected a positive number of seconds")
     if options.threads is not None and options.threads < 1:
         raise UsageError(f"--threads {options.threads}: expected a positive number")
+    if options.shard is not None and getattr(options, "json_path", None) is None:
+        raise UsageError(f"--shard {options.shard}: a shard writes its share into its JSON "
+                         "report: give --json PATH (then `robaudit merge` the shards' reports)")
+
+
+def _cmd_run(plugins: Plugins, options: argparse.Namespace) -> int:
+    """``run``: alone, as one process of a torch.distributed group, or as a ``--shard``. In
+    a group only rank 0 prints; a process that fails tells the others, and rank 0 says which
+    and why (exit code 3)."""
+    import torch
+
+    from robaudit.distributed import PeerFailure, join
+    from robaudit.session import Session
+
+    _check_run_options(options)
     if options.threads:
         torch.set_num_threads(options.threads)  # else chosen per audited model (prepare)
-    if options.collect_only:
-        return _cmd_collect(session, console, options.specs)
-    plugins.hook.robaudit_configure(options=options, pluginmanager=plugins.pm)
-    _, code = session.run(options.specs)
+    world = join(options.shard)
+    if not world.reports:
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the process' life)
+    try:
+        session = Session(plugins, options, world)
+        plugins.hook.robaudit_configure(options=options, pluginmanager=plugins.pm)
+        _, code = session.run(options.specs)
+        _print_hook_failures(session)
+    except (KeyboardInterrupt, PeerFailure):
+        if world.failure is None:
+            world.fail("interrupted")
+            raise
+        code = EXIT_INTERNAL
+    except BaseException as exc:
+        world.fail(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        world.close()
+    if world.failure is not None:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(
+            f"[red]ERROR[/] {escape(printable(world.failure))}; the run stopped (the reports "
+            "hold what finished before)")
+        world.said()
+    return code
+
+
+def _print_hook_failures(session: Session) -> None:
     for failure in session.hook_failures:
         Console(stderr=True, highlight=False, soft_wrap=True).print(
             f"[red]ERROR[/] report incomplete: {escape(printable(failure))}")
-    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

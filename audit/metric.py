@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -167,13 +168,29 @@ def gather_units(results: list[UnitResult], fit: dict[str, Any] | None = None) -
     return Gathered(arrays, [r.extra for r in results], dict(fit or {}))
 
 
+def on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (in dataclasses, dicts, lists, tuples) on the CPU:
+    what a fit looks like to every process, whichever device fitted it."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: on_cpu(getattr(value, f.name))
+                                             for f in dataclasses.fields(value) if f.init})
+    if isinstance(value, dict):
+        return {key: on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(item) for item in value)
+    return value
+
+
 class SampleMetric(Metric):
     """A metric whose work is per sample, so that it shards across processes (design §8).
 
     Implement :meth:`per_sample` (the work on one :class:`Unit`, a batch of the split) and
     :meth:`reduce` (the value from every unit's results, in sample order); optionally
     :meth:`fit` for work that needs the whole reference split (fitted once, before the units,
-    and broadcast to every process) and :meth:`sample_count` when the metric runs on fewer
+    and broadcast to every process, its tensors on the CPU: move what ``per_sample`` takes
+    to ``ctx.device``) and :meth:`sample_count` when the metric runs on fewer
     samples than the split. The runner calls them: in one process over every unit; under
     ``torchrun`` or ``--shard`` each process takes the units k ≡ rank (mod processes), and the
     process that reports reduces. A metric written this way gives the same value, bit for bit,
@@ -204,8 +221,9 @@ class SampleMetric(Metric):
         """The check's result from every unit's arrays, concatenated in sample order."""
 
     def compute(self, ctx: AuditContext, params: Any) -> MetricResult:
-        """One process: fit, every unit in order, reduce."""
-        fitted = self.fit(ctx, params)
+        """One process: fit (its tensors on the CPU, as every process receives them), every
+        unit in order, reduce."""
+        fitted = on_cpu(self.fit(ctx, params))
         units = work_units(self.sample_count(ctx, params), ctx.batch_size)
         task = ctx.progress(len(units), f"{self.name} units")
         results = []

@@ -48,12 +48,14 @@ class AuditResult:
     spec: str
     seed: int
     device: str
-    environment: dict[str, str]
+    environment: dict[str, Any]
     checks: list[CheckResult] = field(default_factory=list)
     duration_s: float = 0.0
     interrupted: bool = False
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    #: a ``--shard`` run's share of the work, for ``robaudit merge`` (design §8)
+    shard: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, int]:
         counts = dict.fromkeys(("passed", "failed", "error", "skipped", "warned"), 0)

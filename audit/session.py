@@ -7,10 +7,11 @@ import hashlib
 import platform
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from robaudit.baseline import Baseline, Delta, compare_values, load_baseline
 from robaudit.context import AuditContext, DataSplit, RunCache, silent_progress
 from robaudit.datafit import input_problems, model_problems, non_finite_outputs
 from robaudit.diskcache import DiskStore, run_salt
+from robaudit.distributed import PeerFailure, World
 from robaudit.errors import (
     EXIT_FAILED,
     EXIT_INTERNAL,
@@ -34,14 +36,34 @@ from robaudit.errors import (
 from robaudit.gate import VerdictError, verdict
 from robaudit.guard import CheckTimeout, deadline, shielded, terminate_as_interrupt
 from robaudit.identity import data_fingerprint, model_identity
-from robaudit.metric import Floor
+from robaudit.metric import Floor, MetricResult, SampleMetric, on_cpu
 from robaudit.model import ModelUnderAudit
 from robaudit.ops.stats import mean_interval
 from robaudit.pluginmanager import Plugins
 from robaudit.results import AuditResult, CheckResult, Outcome
 from robaudit.selection import keyword_matches, marker_matches
+from robaudit.sharding import (
+    Share,
+    decode_share,
+    encode_share,
+    reduce_shares,
+    run_units,
+    shard_placeholder,
+    shard_record,
+    whole_owner,
+)
 from robaudit.spec import AuditSpec, Check, ModelSpec, load_spec
 from robaudit.threads import default_threads, model_macs, thread_setting
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a check could not be computed: the ``error`` message and a traceback if any."""
+
+    message: str
+    traceback: str | None = None
 
 
 @dataclass
@@ -120,9 +142,12 @@ def environment(device: torch.device) -> dict[str, str]:
 class Session:
     """Runs specs with the loaded plugins and the parsed command-line options."""
 
-    def __init__(self, plugins: Plugins, options: argparse.Namespace) -> None:
+    def __init__(self, plugins: Plugins, options: argparse.Namespace,
+                 world: World | None = None) -> None:
         self.plugins = plugins
         self.options = options
+        #: this process among the run's processes (design §8)
+        self.world = world or World()
         self.hook = plugins.hook
         self.maxfail: int = getattr(options, "maxfail", 0) or 0
         self.failures = 0
@@ -140,7 +165,10 @@ class Session:
     def notify(self, name: str, **kwargs: Any) -> None:
         """Call every implementation of hook ``name`` on its own, in pluggy's order, so that one
         plugin that raises (a reporter that cannot write, a console that chokes on odd details)
-        never stops the others; each failure is recorded in :attr:`hook_failures`."""
+        never stops the others; each failure is recorded in :attr:`hook_failures`. Only the
+        process that reports (rank 0, or a shard) calls them."""
+        if not self.world.reports:
+            return
         for impl in reversed(getattr(self.hook, name).get_hookimpls()):
             try:
                 impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
@@ -188,6 +216,8 @@ class Session:
             device = resolve_device(spec.model.device)
         except UsageError as exc:
             raise UsageError(spec.locate(("device",), str(exc))) from None
+        if self.world.grouped and device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", self.world.local_rank % torch.cuda.device_count())
         return AuditPlan(spec, selected, len(spec.checks) - len(selected), device)
 
     # -- set-up ----------------------------------------------------------------------------
@@ -304,37 +334,49 @@ class Session:
         (``SystemExit`` included) or runs past its timeout makes it ``error``; so does a
         ``blocked`` reason found before. ``fingerprint`` (of the audited data) pairs the check
         with its ``--baseline`` sample by sample."""
-        params = check.params.model_dump(mode="json")
         start = time.perf_counter()
+        if blocked is not None:
+            return self.judge(check, Failure(blocked), 0.0, ctx.run_seed, fingerprint)
+        outcome = self.guarded(check, lambda: check.metric.compute(ctx, check.params))
+        return self.judge(check, outcome, time.perf_counter() - start, ctx.run_seed,
+                          fingerprint)
+
+    def guarded(self, check: Check, work: Callable[[], T]) -> T | Failure:
+        """``work()`` under the check's timeout; what it raises as a :class:`Failure`."""
+        try:
+            with deadline(self.timeout_of(check)):
+                return work()
+        except (MetricError, UsageError, CheckTimeout) as exc:
+            return Failure(str(exc))
+        except SystemExit as exc:
+            return Failure(f"the metric called sys.exit({exc.code!r})", traceback.format_exc())
+        except Exception as exc:  # a broken metric must not stop the other checks
+            return Failure(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+    def judge(self, check: Check, computed: MetricResult | Failure, duration: float,
+              seed: int, fingerprint: str | None) -> CheckResult:
+        """A check's result from what its metric computed: its interval, its baseline delta
+        and the verdict on them (or ``error`` for a :class:`Failure`)."""
+        params = check.params.model_dump(mode="json")
         common = {"id": check.id, "metric": check.metric.name, "expect": check.expect,
                   "params": params, "tags": check.tags,
                   "higher_is_better": check.metric.higher_is_better}
-
-        def error(message: str, trace: str | None = None) -> CheckResult:
+        if isinstance(computed, Failure):
             return CheckResult(outcome="error", value=None, ci=None, details={},
-                               message=message, duration_s=time.perf_counter() - start,
-                               traceback=trace, **common)
-
-        if blocked is not None:
-            return error(blocked)
+                               message=computed.message, duration_s=duration,
+                               traceback=computed.traceback, **common)
         try:
-            with deadline(self.timeout_of(check)):
-                result = check.metric.compute(ctx, check.params)
-            value = float(result.value)
-        except (MetricError, UsageError, CheckTimeout) as exc:
-            return error(str(exc))
-        except SystemExit as exc:
-            return error(f"the metric called sys.exit({exc.code!r})", traceback.format_exc())
-        except Exception as exc:  # a broken metric must not stop the other checks
-            return error(f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        duration = time.perf_counter() - start
+            value = float(computed.value)
+        except (TypeError, ValueError) as exc:
+            return self.judge(check, Failure(f"the metric returned a value that is not a "
+                                             f"number: {exc}"), duration, seed, fingerprint)
+        result = computed
         samples = None if result.samples is None else np.asarray(result.samples, dtype=float)
         ci = result.ci if result.ci is not None else (
             mean_interval(samples) if samples is not None else None)
         ci = None if ci is None else within(check.metric.value_range, float(ci[0]), float(ci[1]))
         sample_list = None if samples is None else samples.tolist()
-        baseline = self.baseline_delta(check, ctx.run_seed, value, sample_list, params,
-                                       fingerprint)
+        baseline = self.baseline_delta(check, seed, value, sample_list, params, fingerprint)
         outcome: Outcome
         if not np.isfinite(value):
             outcome, message = "error", f"the metric returned a non-finite value ({value})"
@@ -447,17 +489,109 @@ class Session:
         result.model, result.data = plan.model_identity, plan.data_identity
         result.environment["threads"] = thread_setting(plan.threads)
         self.notify("robaudit_audit_start", plan=plan)
+        if self.world.size > 1:
+            return self.run_shares(plan, base, result)
         fingerprint = plan.data_identity.get("fingerprint")
         for check in plan.checks:
             check_result = self.run_check(check, self.check_context(check, base),
                                           plan.blocked.get(check.id), fingerprint)
-            result.checks.append(check_result)
-            self.notify("robaudit_check_finished", result=check_result)
-            if self.counts_as_failure(check_result.outcome):
-                self.failures += 1
-                if self.maxfail and self.failures >= self.maxfail:
-                    return False
+            if not self.record(result, check_result):
+                return False
         return True
+
+    def record(self, result: AuditResult, check_result: CheckResult) -> bool:
+        """Add a finished check to ``result`` and tell the reporters; False when
+        ``--maxfail`` stops the session."""
+        result.checks.append(check_result)
+        self.notify("robaudit_check_finished", result=check_result)
+        if self.counts_as_failure(check_result.outcome):
+            self.failures += 1
+            if self.maxfail and self.failures >= self.maxfail:
+                return False
+        return True
+
+    # -- several processes (design §8) ---------------------------------------------------------
+    def run_shares(self, plan: AuditPlan, base: AuditContext, result: AuditResult) -> bool:
+        """This process's share of every check; then rank 0 gathers the shares and judges
+        each check in plan order (a ``--shard`` keeps its shares for ``robaudit merge``)."""
+        world = self.world
+        shares: dict[str, Share] = {}
+        for position, check in enumerate(plan.checks):
+            world.check()
+            if check.id not in plan.blocked:
+                shares[check.id] = self.compute_share(check, self.check_context(check, base),
+                                                      position)
+        encoded = {cid: encode_share(share) for cid, share in shares.items()}
+        if world.sharded:
+            result.shard = shard_record(plan, self.overrides(), world, encoded)
+            for check in plan.checks:
+                if not self.record(result, shard_placeholder(check, shares.get(check.id),
+                                                             plan.blocked.get(check.id), world)):
+                    return False
+            return True
+        gathered = world.gather(encoded)
+        if gathered is None:  # not rank 0: rank 0 reports
+            return True
+        fingerprint = plan.data_identity.get("fingerprint")
+        for check in plan.checks:
+            parts = [decode_share(part[check.id]) for part in gathered if check.id in part]
+            if not self.record(result, self.combine(check, parts, plan.blocked.get(check.id),
+                                                    base.run_seed, fingerprint)):
+                return False
+        return True
+
+    def compute_share(self, check: Check, ctx: AuditContext, position: int) -> Share:
+        """This process's share of one check: its units of a :class:`SampleMetric` (after
+        the fit, computed by rank 0 and broadcast, or by each shard), or the whole check
+        when it is this process's turn (round-robin by position)."""
+        world, metric, params = self.world, check.metric, check.params
+        start = time.perf_counter()
+        share = Share()
+        if isinstance(metric, SampleMetric):
+            fitted = self.shared_fit(check, ctx)
+            if isinstance(fitted, Failure):
+                share.error = (fitted.message, fitted.traceback)
+            else:
+                done = self.guarded(check, lambda: run_units(metric, ctx, params, fitted,
+                                                             world.rank, world.size))
+                share = Share(error=(done.message, done.traceback)) if isinstance(
+                    done, Failure) else done
+        elif whole_owner(position, world.size) == world.rank:
+            computed = self.guarded(check, lambda: metric.compute(ctx, params))
+            if isinstance(computed, Failure):
+                share.error = (computed.message, computed.traceback)
+            else:
+                share.result = computed
+        share.duration_s = time.perf_counter() - start
+        return share
+
+    def shared_fit(self, check: Check, ctx: AuditContext) -> Any:
+        """A sample metric's fit: in a process group, rank 0 fits and broadcasts it (so every
+        process uses the same numbers, whatever the devices do); a shard fits it itself
+        (``merge`` refuses shards whose fits differ)."""
+        metric: SampleMetric = check.metric  # type: ignore[assignment]
+        fitted: Any = None
+        if self.world.rank == 0 or self.world.sharded:
+            fitted = self.guarded(check, lambda: on_cpu(metric.fit(ctx, check.params)))
+        return self.world.broadcast(fitted) if not self.world.sharded else fitted
+
+    def combine(self, check: Check, shares: list[Share], blocked: str | None, seed: int,
+                fingerprint: str | None) -> CheckResult:
+        """Judge a check from the shares of every process (rank 0, or ``merge``)."""
+        duration = max((share.duration_s for share in shares), default=0.0)
+        errors = [share.error for share in shares if share.error is not None]
+        computed: MetricResult | Failure
+        if blocked is not None:
+            computed = Failure(blocked)
+        elif errors:
+            computed = Failure(*errors[0])
+        elif isinstance(check.metric, SampleMetric):
+            metric = check.metric
+            computed = self.guarded(check, lambda: reduce_shares(metric, check.params, shares))
+        else:
+            whole = [share.result for share in shares if share.result is not None]
+            computed = whole[0] if whole else Failure("no process ran this check")
+        return self.judge(check, computed, duration, seed, fingerprint)
 
     def collect(self, paths: list[str]) -> list[tuple[AuditPlan, list[Floor | None]]]:
         """``--collect-only``: validate and prepare every spec (models built, data loaded and
@@ -484,7 +618,8 @@ class Session:
         plans = [self.plan(spec) for spec in specs]
         results = [
             AuditResult(audit=p.spec.name, spec=str(p.spec.path), seed=p.spec.model.seed,
-                        device=str(p.device), environment=environment(p.device))
+                        device=str(p.device),
+                        environment={**environment(p.device), **self.world.environment()})
             for p in plans
         ]
         if not any(p.checks for p in plans):
@@ -504,15 +639,20 @@ class Session:
                             break
                     finally:
                         result.duration_s = time.perf_counter() - started
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, PeerFailure):
                 for result in results:
                     result.interrupted = True
-                code = EXIT_INTERRUPTED
+                code = EXIT_INTERNAL if self.world.failure else EXIT_INTERRUPTED
             finally:
                 self.write_reports(results)
+        return results, self.exit_code(results, code)
+
+    def exit_code(self, results: list[AuditResult], code: int = EXIT_OK) -> int:
+        """The exit code of finished ``results`` (design §4): ``code`` if the run was cut
+        short, else 1 when a check counts as failed; 3 when a reporter failed."""
         if code == EXIT_OK and any(self.counts_as_failure(c.outcome)
                                    for r in results for c in r.checks):
             code = EXIT_FAILED
         if self.hook_failures and code != EXIT_INTERRUPTED:
             code = EXIT_INTERNAL
-        return results, code
+        return code

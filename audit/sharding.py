@@ -9,13 +9,29 @@ k ≡ rank (mod world). Shares are gathered to the reporting process and concate
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import robaudit
 from robaudit.context import AuditContext
-from robaudit.metric import Metric, MetricResult, SampleMetric, Unit, gather_units, work_units
-from robaudit.wire import digest
+from robaudit.metric import (
+    Metric,
+    MetricResult,
+    SampleMetric,
+    Unit,
+    UnitResult,
+    gather_units,
+    work_units,
+)
+from robaudit.results import CheckResult
+from robaudit.wire import decode, digest, encode
+
+if TYPE_CHECKING:
+    from robaudit.distributed import World
+    from robaudit.session import AuditPlan
+    from robaudit.spec import Check
 
 
 @dataclass
@@ -91,3 +107,90 @@ def reduce_shares(metric: SampleMetric, params: Any, shares: list[Share]) -> Met
         raise ValueError(f"units {missing[:5]} are missing from the shards")
     return metric.reduce(params, gather_units([units[k] for k in sorted(units)],
                                               shares[0].fit_summary))
+
+
+def encode_share(share: Share) -> dict[str, Any]:
+    """A share as exact JSON data (what processes send and a shard report holds)."""
+    result = share.result
+    return {
+        "units": [[index, {"arrays": encode(unit.arrays), "extra": encode(unit.extra)}]
+                  for index, unit in sorted(share.units.items())],
+        "result": None if result is None else {
+            "value": encode(result.value), "samples": encode(result.samples),
+            "ci": encode(result.ci), "details": encode(result.details),
+            "figures": encode(list(result.figures))},
+        "error": None if share.error is None else list(share.error),
+        "fit_digest": share.fit_digest,
+        "fit_summary": encode(share.fit_summary),
+        "duration_s": share.duration_s,
+        "unit_count": share.unit_count,
+    }
+
+
+def decode_share(data: dict[str, Any]) -> Share:
+    """The share :func:`encode_share` encoded (raises WireError, KeyError or TypeError on
+    data it did not write)."""
+    result = data["result"]
+    error = data["error"]
+    return Share(
+        units={int(index): UnitResult(decode(unit["arrays"]), decode(unit["extra"]))
+               for index, unit in data["units"]},
+        result=None if result is None else MetricResult(
+            value=decode(result["value"]), samples=decode(result["samples"]),
+            ci=decode(result["ci"]), details=decode(result["details"]),
+            figures=decode(result["figures"])),
+        error=None if error is None else (str(error[0]), error[1]),
+        fit_digest=data["fit_digest"],
+        fit_summary=decode(data["fit_summary"]),
+        duration_s=float(data["duration_s"]),
+        unit_count=int(data["unit_count"]),
+    )
+
+
+def spec_digest(plan: AuditPlan, overrides: list[str]) -> str:
+    """A sha256 of the spec file's bytes and the command-line overrides applied to it."""
+    text = plan.spec.path.read_bytes() + "\0".join(overrides).encode()
+    return hashlib.sha256(text).hexdigest()
+
+
+def shard_record(plan: AuditPlan, overrides: list[str], world: World,
+                 shares: dict[str, Any]) -> dict[str, Any]:
+    """The ``shard`` object of a ``--shard I/N`` report: what ``merge`` needs to check that
+    the shards belong together (spec, overrides, seed, version, selection, data, model) and
+    each check's encoded share."""
+    return {
+        "index": world.rank, "count": world.size,
+        "robaudit": robaudit.__version__,
+        "spec_sha256": spec_digest(plan, overrides),
+        "overrides": list(overrides),
+        "seed": plan.spec.model.seed,
+        "selected": [check.id for check in plan.checks],
+        "data_fingerprint": plan.data_identity.get("fingerprint"),
+        "model": plan.model_identity,
+        "blocked": dict(plan.blocked),
+        "shares": shares,
+    }
+
+
+def shard_placeholder(check: Check, share: Share | None, blocked: str | None,
+                      world: World) -> CheckResult:
+    """What a shard reports of a check: ``skipped`` (``merge`` judges it) with what this shard
+    did, or ``error`` when its share failed."""
+    name = f"shard {world.rank}/{world.size}"
+    if blocked is not None:
+        outcome, message = "error", blocked
+    elif share is not None and share.error is not None:
+        outcome, message = "error", f"{name}: {share.error[0]}"
+    elif share is not None and share.units:
+        outcome = "skipped"
+        message = (f"{name}: {len(share.units)} of {share.unit_count} units computed; "
+                   "`robaudit merge` judges the check")
+    elif share is not None and share.result is not None:
+        outcome, message = "skipped", f"{name}: computed whole; `robaudit merge` judges it"
+    else:
+        outcome, message = "skipped", f"{name}: another shard computes this check"
+    return CheckResult(
+        id=check.id, metric=check.metric.name, outcome=outcome, value=None, ci=None,
+        expect=check.expect, params=check.params.model_dump(mode="json"), details={},
+        message=message, duration_s=share.duration_s if share else 0.0, tags=check.tags,
+        higher_is_better=check.metric.higher_is_better)

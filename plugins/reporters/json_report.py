@@ -2,7 +2,8 @@
 extensions: ``interrupted`` (whether the run was cut short), ``model`` (the factory or
 TorchScript path, the weights and their sha256, the parameter count) and ``data`` (the source,
 the split names and sizes used, the reference subset included, and a sha256 ``fingerprint`` of
-the audited tensors); ``summary`` counts ``warned`` too.
+the audited tensors); ``summary`` counts ``warned`` too. A ``--shard I/N`` run adds ``shard``:
+its share of each check, exactly encoded (:mod:`robaudit.wire`), for ``robaudit merge``.
 
 One spec writes its object to ``PATH``. Several specs in one run write one object per spec,
 to ``PATH`` with the spec file's stem inserted before the suffix: ``--json r.json`` with
@@ -72,6 +73,7 @@ def audit_json(result: AuditResult) -> dict[str, Any]:
         "model": jsonable(result.model),
         "data": jsonable(result.data),
         "checks": [check_json(c) for c in result.checks],
+        **({"shard": result.shard} if result.shard is not None else {}),
     }
 
 

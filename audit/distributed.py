@@ -1,0 +1,223 @@
+"""The processes of one run (design §8): one process, a ``torchrun`` group, or a ``--shard``.
+
+Under any torch.distributed launcher (``torchrun``, or RANK / WORLD_SIZE / MASTER_ADDR /
+MASTER_PORT set by hand) the run joins a process group: gloo on the CPU, and on a machine
+with CUDA ``cpu:gloo,cuda:nccl`` with one device per process (``cuda:LOCAL_RANK``); results
+travel as objects over the CPU backend. Collectives are entered only once every process has
+arrived (counted in the rendezvous store), so a process that failed never leaves the others
+waiting in one: a failure is written to the store, a watcher thread in every process sees it
+within a fraction of a second, and the run ends (rank 0 says why, exit code 3).
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from robaudit.errors import UsageError
+
+#: how often the watcher and a waiting process look for a failure (seconds)
+POLL_S = 0.05
+#: how long a failed process waits for rank 0 to have said so before it exits (seconds)
+ACK_S = 10.0
+#: how long a process waits at a rendezvous before giving up on the others (seconds)
+RENDEZVOUS_S = 24 * 3600.0
+
+
+class PeerFailure(Exception):
+    """Another process of the run failed; the message says which and why."""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` → (I, N), 0 ≤ I < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise UsageError(f"--shard {text!r}: expected 0 <= I < N")
+    return index, count
+
+
+@dataclass
+class World:
+    """Where this process stands among the run's processes.
+
+    rank, size  this process and the number of processes (0 and 1 alone; the group's rank
+                and size under a launcher; the shard's I and N under ``--shard I/N``).
+    sharded     ``--shard``: no process group; the share goes into this process's report.
+    local_rank  the launcher's LOCAL_RANK (the CUDA device of this process).
+    """
+
+    rank: int = 0
+    size: int = 1
+    sharded: bool = False
+    local_rank: int = 0
+    _store: Any = None
+    _sequence: int = 0
+    failure: str | None = field(default=None)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def grouped(self) -> bool:
+        """Whether this process is one of a torch.distributed process group."""
+        return self._store is not None
+
+    @property
+    def reports(self) -> bool:
+        """Whether this process prints and writes reports (rank 0, or any shard)."""
+        return self.rank == 0 or self.sharded
+
+    def environment(self) -> dict[str, Any]:
+        """The JSON ``environment`` entries of design §8."""
+        entries: dict[str, Any] = {"world_size": 1 if self.sharded else self.size}
+        if self.sharded:
+            entries["shard"] = f"{self.rank}/{self.size}"
+        return entries
+
+    # -- failures -----------------------------------------------------------------------------
+    def fail(self, message: str) -> None:
+        """Tell the other processes that this one failed, and (rank ≠ 0) wait until rank 0
+        has said so, so that a launcher that stops the group on the first exit does not cut
+        rank 0's message short. Rank 0 says its own failure itself."""
+        if not self.grouped:
+            return
+        try:
+            self._store.set(f"robaudit/failed/{self.rank}", message)
+            self._store.add("robaudit/failures", 1)
+            if self.rank == 0:
+                self._store.set("robaudit/said", "1")
+            else:
+                self._store.wait(["robaudit/said"], timedelta(seconds=ACK_S))
+        except Exception:  # the store may be gone with the process that hosted it
+            pass
+
+    def said(self) -> None:
+        """Rank 0 has reported a failure: the failed process may exit."""
+        if self.grouped:
+            with contextlib.suppress(Exception):
+                self._store.set("robaudit/said", "1")
+
+    def check(self) -> None:
+        """Raise :class:`PeerFailure` if another process has failed."""
+        if self.failure is None and self.grouped:
+            self.failure = self._read_failure(self._store)
+        if self.failure is not None:
+            raise PeerFailure(self.failure)
+
+    def _read_failure(self, store: Any) -> str | None:
+        if int(store.add("robaudit/failures", 0)) == 0:
+            return None
+        for rank in range(self.size):
+            key = f"robaudit/failed/{rank}"
+            if rank != self.rank and store.check([key]):
+                return f"rank {rank} failed: {store.get(key).decode(errors='replace')}"
+        return None
+
+    def _watch(self, store: Any) -> None:
+        """The watcher thread: on another process's failure, interrupt the main thread."""
+        while not self._stop.wait(POLL_S):
+            try:
+                failure = self._read_failure(store)
+            except Exception:
+                failure = "the run's rendezvous store is gone (a process ended)"
+            if failure is not None:
+                self.failure = failure
+                _thread.interrupt_main()
+                return
+
+    # -- collectives ----------------------------------------------------------------------------
+    def _arrive(self) -> None:
+        """Wait until every process has reached this collective, or raise PeerFailure."""
+        self._sequence += 1
+        key = f"robaudit/arrive/{self._sequence}"
+        self._store.add(key, 1)
+        waited = 0.0
+        while int(self._store.add(key, 0)) < self.size:
+            self.check()
+            time.sleep(POLL_S)
+            waited += POLL_S
+            if waited > RENDEZVOUS_S:
+                raise PeerFailure("the other processes did not arrive within a day")
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every process (one process: ``value``)."""
+        if not self.grouped:
+            return value
+        import torch.distributed as dist
+
+        self._arrive()
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any] | None:
+        """Every process's ``value`` in rank order on rank 0, None elsewhere."""
+        if not self.grouped:
+            return [value]
+        import torch.distributed as dist
+
+        self._arrive()
+        out: list[Any] | None = [None] * self.size if self.rank == 0 else None
+        dist.gather_object(value, out, dst=0)
+        return out
+
+    def close(self) -> None:
+        """Stop the watcher and leave the process group."""
+        self._stop.set()
+        if self.grouped:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def launched() -> bool:
+    """Whether a torch.distributed launcher started this process with other processes."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and "RANK" in os.environ
+
+
+def join(shard: str | None) -> World:
+    """This process's :class:`World`: ``--shard I/N``, a launcher's process group, or alone."""
+    if shard is not None:
+        if launched():
+            raise UsageError("--shard runs one share without a process group; "
+                             "do not start it with torchrun")
+        index, count = parse_shard(shard)
+        return World(rank=index, size=count, sharded=True)
+    if not launched():
+        return World()
+    return _init_group()
+
+
+def _init_group() -> World:
+    import torch
+    import torch.distributed as dist
+
+    try:
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    except (KeyError, ValueError) as exc:
+        raise UsageError(f"torch.distributed launch: environment variable {exc} missing or "
+                         "not a number (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)") from None
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(host, port, size, is_master=rank == 0 and not agent,
+                          timeout=timedelta(seconds=300))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", store=store, rank=rank,
+                            world_size=size, timeout=timedelta(seconds=RENDEZVOUS_S))
+    world = World(rank=rank, size=size, local_rank=local, _store=store)
+    watcher_store = dist.TCPStore(host, port, size, is_master=False,
+                                  timeout=timedelta(seconds=300))
+    threading.Thread(target=world._watch, args=(watcher_store,), daemon=True,
+                     name="robaudit-watcher").start()
+    return world

@@ -28,6 +28,8 @@ POLL_S = 0.05
 ACK_S = 10.0
 #: how long a process waits at a rendezvous before giving up on the others (seconds)
 RENDEZVOUS_S = 24 * 3600.0
+#: how long rank 0 waits for a sign of life from a process before it counts it as gone (s)
+SILENCE_S = 15.0
 
 
 class PeerFailure(Exception):
@@ -121,16 +123,34 @@ class World:
         return None
 
     def _watch(self, store: Any) -> None:
-        """The watcher thread: on another process's failure, interrupt the main thread."""
+        """The watcher thread: beats this process's heart in the store; on another process's
+        failure, or (rank 0) a process whose heart stopped for :data:`SILENCE_S` (killed, out
+        of memory), it interrupts the main thread."""
+        seen = [-1] * self.size
+        changed = [time.monotonic()] * self.size
         while not self._stop.wait(POLL_S):
             try:
+                store.add(f"robaudit/alive/{self.rank}", 1)
                 failure = self._read_failure(store)
+                if failure is None and self.rank == 0:
+                    failure = self._silent(store, seen, changed)
             except Exception:
                 failure = "the run's rendezvous store is gone (a process ended)"
             if failure is not None:
                 self.failure = failure
                 _thread.interrupt_main()
                 return
+
+    def _silent(self, store: Any, seen: list[int], changed: list[float]) -> str | None:
+        now = time.monotonic()
+        for rank in range(1, self.size):
+            beats = int(store.add(f"robaudit/alive/{rank}", 0))
+            if beats != seen[rank] or store.check([f"robaudit/done/{rank}"]):
+                seen[rank], changed[rank] = beats, now
+            elif now - changed[rank] > SILENCE_S:
+                return (f"rank {rank} stopped without a word (no sign of life for "
+                        f"{SILENCE_S:.0f} s: killed, out of memory, or crashed)")
+        return None
 
     # -- collectives ----------------------------------------------------------------------------
     def _arrive(self) -> None:
@@ -169,9 +189,12 @@ class World:
         return out
 
     def close(self) -> None:
-        """Stop the watcher and leave the process group."""
+        """Stop the watcher (telling rank 0 that this process is done, not gone) and leave
+        the process group."""
         self._stop.set()
         if self.grouped:
+            with contextlib.suppress(Exception):
+                self._store.set(f"robaudit/done/{self.rank}", "1")
             import torch.distributed as dist
 
             if dist.is_initialized():

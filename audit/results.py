@@ -54,6 +54,8 @@ class AuditResult:
     interrupted: bool = False
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+    #: why the run stopped early when it was not Ctrl-C (e.g. another process failed)
+    stopped: str | None = None
     #: a ``--shard`` run's share of the work, for ``robaudit merge`` (design §8)
     shard: dict[str, Any] | None = None
 

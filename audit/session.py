@@ -641,7 +641,7 @@ class Session:
                         result.duration_s = time.perf_counter() - started
             except (KeyboardInterrupt, PeerFailure):
                 for result in results:
-                    result.interrupted = True
+                    result.interrupted, result.stopped = True, self.world.failure
                 code = EXIT_INTERNAL if self.world.failure else EXIT_INTERRUPTED
             finally:
                 self.write_reports(results)

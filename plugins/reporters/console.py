@@ -210,7 +210,10 @@ class ConsoleReporter:
         self.stop_bar()
         checks = [c for r in results for c in r.checks]
         bad = [c for c in checks if c.outcome in ("failed", "error", "warned")]
-        if any(r.interrupted for r in results):
+        stopped = next((r.stopped for r in results if r.stopped), None)
+        if stopped:
+            self.console.print(f"\n[red]!!! {safe(stopped)}: the run stopped !!![/]")
+        elif any(r.interrupted for r in results):
             self.console.print("\n[red]!!! KeyboardInterrupt: the run was interrupted !!![/]")
         if bad and self.verbosity >= 0:
             self.rule("short summary info", "bold")

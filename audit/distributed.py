@@ -29,7 +29,7 @@ ACK_S = 10.0
 #: how long a process waits at a rendezvous before giving up on the others (seconds)
 RENDEZVOUS_S = 24 * 3600.0
 #: how long rank 0 waits for a sign of life from a process before it counts it as gone (s)
-SILENCE_S = 15.0
+SILENCE_S = 10.0
 
 
 class PeerFailure(Exception):
@@ -55,12 +55,14 @@ class World:
                 and size under a launcher; the shard's I and N under ``--shard I/N``).
     sharded     ``--shard``: no process group; the share goes into this process's report.
     local_rank  the launcher's LOCAL_RANK (the CUDA device of this process).
+    backend     the process group's backend.
     """
 
     rank: int = 0
     size: int = 1
     sharded: bool = False
     local_rank: int = 0
+    backend: str = ""
     _store: Any = None
     _sequence: int = 0
     failure: str | None = field(default=None)
@@ -75,6 +77,12 @@ class World:
     def reports(self) -> bool:
         """Whether this process prints and writes reports (rank 0, or any shard)."""
         return self.rank == 0 or self.sharded
+
+    def describe(self) -> str:
+        """How this run shares the work, for the console header ("" alone)."""
+        if self.sharded:
+            return f"shard {self.rank}/{self.size}"
+        return f"{self.size} processes ({self.backend})" if self.size > 1 else ""
 
     def environment(self) -> dict[str, Any]:
         """The JSON ``environment`` entries of design §8."""
@@ -236,9 +244,10 @@ def _init_group() -> World:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local % torch.cuda.device_count())
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", store=store, rank=rank,
-                            world_size=size, timeout=timedelta(seconds=RENDEZVOUS_S))
-    world = World(rank=rank, size=size, local_rank=local, _store=store)
+    backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
+    dist.init_process_group(backend, store=store, rank=rank, world_size=size,
+                            timeout=timedelta(seconds=RENDEZVOUS_S))
+    world = World(rank=rank, size=size, local_rank=local, backend=backend, _store=store)
     watcher_store = dist.TCPStore(host, port, size, is_master=False,
                                   timeout=timedelta(seconds=300))
     threading.Thread(target=world._watch, args=(watcher_store,), daemon=True,

@@ -24,7 +24,7 @@ from robaudit.spec import load_spec
 from robaudit.wire import WireError
 
 #: what every shard of one run must agree on
-AGREE = ("count", "robaudit", "spec_sha256", "overrides", "seed", "selected",
+AGREE = ("robaudit", "count", "seed", "overrides", "selected", "spec_sha256",
          "data_fingerprint", "model", "blocked")
 
 
@@ -104,7 +104,8 @@ def _merge_group(session: Session, group: list[dict[str, Any]]
     if missing:
         raise UsageError(f"merge: {first['spec']} has no check {missing[0]!r} any more")
     plan = AuditPlan(spec, [checks[cid] for cid in shard["selected"]],
-                     len(spec.checks) - len(shard["selected"]), _device(first))
+                     len(spec.checks) - len(shard["selected"]), _device(first),
+                     processes=f"merged from {len(group)} shards")
     if spec_digest(plan, shard["overrides"]) != shard["spec_sha256"]:
         raise UsageError(f"merge: {first['spec']} changed since the shards ran (its digest "
                          "differs from theirs); run the shards again")

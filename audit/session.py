@@ -79,6 +79,7 @@ class AuditPlan:
                         ``data``, with the audited tensors' fingerprint); set by ``prepare``.
     threads             torch's CPU threads for this spec (``--threads``, else
                         :func:`robaudit.threads.default_threads` for its model).
+    processes           how the run's processes share the work ("" for one process).
     """
 
     spec: AuditSpec
@@ -91,6 +92,8 @@ class AuditPlan:
     model_identity: dict[str, Any] = field(default_factory=dict)
     data_identity: dict[str, Any] = field(default_factory=dict)
     threads: int = 1
+    #: how the run's processes share the work (design §8): "" for one process
+    processes: str = ""
 
 
 def check_seed(seed: int, check_id: str) -> int:
@@ -218,7 +221,8 @@ class Session:
             raise UsageError(spec.locate(("device",), str(exc))) from None
         if self.world.grouped and device.type == "cuda" and device.index is None:
             device = torch.device("cuda", self.world.local_rank % torch.cuda.device_count())
-        return AuditPlan(spec, selected, len(spec.checks) - len(selected), device)
+        return AuditPlan(spec, selected, len(spec.checks) - len(selected), device,
+                         processes=self.world.describe())
 
     # -- set-up ----------------------------------------------------------------------------
     def build_model(self, plan: AuditPlan, key: str, entry: ModelSpec) -> ModelUnderAudit:

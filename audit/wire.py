@@ -45,7 +45,7 @@ def encode(value: Any) -> Any:
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
-        array = np.ascontiguousarray(value)
+        array = np.asarray(value, order="C")  # (ascontiguousarray makes a 0-d array 1-d)
         if array.dtype.name not in DTYPES:
             raise WireError(f"cannot encode an array of dtype {array.dtype}")
         data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
@@ -101,7 +101,7 @@ def _array(data: dict[str, Any]) -> np.ndarray:
     try:
         raw = base64.b64decode(data["b64"], validate=True)
         array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
-        return array.astype(np.dtype(dtype), copy=True).reshape(shape)
+        return array.astype(np.dtype(dtype), copy=True).reshape(tuple(shape))
     except (KeyError, TypeError, ValueError) as exc:
         raise WireError(f"bad array data: {exc}") from None
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from conftest import FIXTURES, ROOT, TOY_HEADER, cli
 from robaudit.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE
 from robaudit.pluginmanager import load_plugins
 
+Main = Callable[..., tuple[int, str, str]]
 EVERY = FIXTURES / "every_metric.yaml"
 TOL = 1e-6
 
@@ -148,59 +150,68 @@ TOY_CHECKS = """\
 """
 
 
-def test_merge_refuses_shards_that_do_not_belong_together(tmp_path: Path) -> None:
+def test_merge_refuses_shards_that_do_not_belong_together(tmp_path: Path,
+                                                          robaudit_main: Main) -> None:
     spec = write_toy(tmp_path, TOY_CHECKS)
     for index, seed in ((0, "0"), (1, "0"), (1, "5")):
-        proc = cli("run", spec, "--shard", f"{index}/2", "--seed", seed, "--json",
-                   tmp_path / f"s{index}-{seed}.json", cwd=tmp_path)
-        assert proc.returncode == EXIT_OK, proc.stderr
+        code, _, err = robaudit_main("run", spec, "--shard", f"{index}/2", "--seed", seed,
+                                     "--json", tmp_path / f"s{index}-{seed}.json")
+        assert code == EXIT_OK, err
     s0, s1, other = (tmp_path / n for n in ("s0-0.json", "s1-0.json", "s1-5.json"))
 
-    refused = cli("merge", s0, other, cwd=tmp_path)
-    assert refused.returncode == EXIT_USAGE
-    assert "different runs" in refused.stderr and "Traceback" not in refused.stderr
-    missing = cli("merge", s0, cwd=tmp_path)
-    assert missing.returncode == EXIT_USAGE and "missing [1]" in missing.stderr
-    repeated = cli("merge", s0, s0, s1, cwd=tmp_path)
-    assert repeated.returncode == EXIT_USAGE and "repeated [0]" in repeated.stderr
+    code, _, err = robaudit_main("merge", s0, other)
+    assert code == EXIT_USAGE
+    assert "different runs" in err and "`seed` differs" in err and "Traceback" not in err
+    code, _, err = robaudit_main("merge", s0)
+    assert code == EXIT_USAGE and "missing [1]" in err
+    code, _, err = robaudit_main("merge", s0, s0, s1)
+    assert code == EXIT_USAGE and "repeated [0]" in err
 
     report = json.loads(s1.read_text())
     report["shard"]["robaudit"] = "0.0.1"
-    report["robaudit"] = "0.0.1"
     old = tmp_path / "old.json"
     old.write_text(json.dumps(report))
-    assert "differs" in cli("merge", s0, old, cwd=tmp_path).stderr
+    code, _, err = robaudit_main("merge", s0, old)
+    assert code == EXIT_USAGE and "`robaudit` differs" in err
+    report = json.loads(s0.read_text())
+    report["shard"]["shares"][report["checks"][0]["id"]]["units"] = [[0, {"arrays": 1}]]
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text(json.dumps(report))
+    code, _, err = robaudit_main("merge", corrupt, s1)
+    assert code == EXIT_USAGE and "cannot be read" in err
 
     plain = tmp_path / "plain.json"
-    assert cli("run", spec, "--json", plain, cwd=tmp_path).returncode == EXIT_OK
-    not_shard = cli("merge", plain, cwd=tmp_path)
-    assert not_shard.returncode == EXIT_USAGE and "not a shard report" in not_shard.stderr
+    assert robaudit_main("run", spec, "--json", plain)[0] == EXIT_OK
+    code, _, err = robaudit_main("merge", plain)
+    assert code == EXIT_USAGE and "not a shard report" in err
 
-    assert cli("merge", s0, s1, cwd=tmp_path).returncode == EXIT_OK
+    assert robaudit_main("merge", s0, s1)[0] == EXIT_OK
     spec.write_text(spec.read_text().replace("min: 0.0", "min: 0.1"))
-    changed = cli("merge", s0, s1, cwd=tmp_path)
-    assert changed.returncode == EXIT_USAGE and "changed since the shards ran" in changed.stderr
+    code, _, err = robaudit_main("merge", s0, s1)
+    assert code == EXIT_USAGE and "changed since the shards ran" in err
 
 
-def test_a_shard_needs_a_json_report_and_a_valid_share(tmp_path: Path) -> None:
+def test_a_shard_needs_a_json_report_and_a_valid_share(tmp_path: Path,
+                                                       robaudit_main: Main) -> None:
     spec = write_toy(tmp_path, TOY_CHECKS)
-    no_json = cli("run", spec, "--shard", "0/2", cwd=tmp_path)
-    assert no_json.returncode == EXIT_USAGE and "--json" in no_json.stderr
+    code, _, err = robaudit_main("run", spec, "--shard", "0/2")
+    assert code == EXIT_USAGE and "--json" in err
     for bad in ("2/2", "x", "1/0", "-1/2"):
-        proc = cli("run", spec, "--shard", bad, "--json", tmp_path / "r.json", cwd=tmp_path)
-        assert proc.returncode == EXIT_USAGE and "--shard" in proc.stderr, bad
+        code, _, err = robaudit_main("run", spec, "--shard", bad, "--json", tmp_path / "r.json")
+        assert code == EXIT_USAGE and "--shard" in err, bad
 
 
-def test_merge_judges_and_gates_like_a_run(tmp_path: Path) -> None:
-    """The gate is at the merge: a failing check fails the merge (exit 1), as one run does."""
+def test_merge_judges_and_gates_like_a_run(tmp_path: Path, robaudit_main: Main) -> None:
+    """The gate is at the merge: a failing check fails the merge (exit 1), as one run does,
+    with 3 shards as with 2."""
     spec = write_toy(tmp_path, TOY_CHECKS.replace("min: 0.0", "min: 0.9"))
     for index in range(3):
-        assert cli("run", spec, "--shard", f"{index}/3", "--json", tmp_path / f"{index}.json",
-                   cwd=tmp_path).returncode == EXIT_OK
-    merged = cli("merge", *(tmp_path / f"{i}.json" for i in range(3)), "--json",
-                 tmp_path / "m.json", cwd=tmp_path)
-    one = cli("run", spec, "--json", tmp_path / "one.json", cwd=tmp_path)
-    assert merged.returncode == one.returncode == 1
+        assert robaudit_main("run", spec, "--shard", f"{index}/3", "--json",
+                             tmp_path / f"{index}.json")[0] == EXIT_OK
+    merged = robaudit_main("merge", *(tmp_path / f"{i}.json" for i in range(3)), "--json",
+                           tmp_path / "m.json")[0]
+    one = robaudit_main("run", spec, "--json", tmp_path / "one.json")[0]
+    assert merged == one == 1
     same_checks(json.loads((tmp_path / "one.json").read_text()),
                 json.loads((tmp_path / "m.json").read_text()))
 

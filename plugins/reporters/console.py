@@ -155,6 +155,7 @@ class ConsoleReporter:
             f"robaudit {robaudit.__version__}, python {platform.python_version()}, "
             f"torch {torch.__version__}, device {plan.device}, seed {plan.spec.model.seed}, "
             f"threads {thread_setting(plan.threads)}"
+            + (f", {safe(plan.processes)}" if plan.processes else "")
         )
         model = plan.spec.model.model
         where = model.factory or model.torchscript

@@ -174,16 +174,16 @@ class World:
             if waited > RENDEZVOUS_S:
                 raise PeerFailure("the other processes did not arrive within a day")
 
-    def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every process (one process: ``value``)."""
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every process's ``value`` in rank order, on every process."""
         if not self.grouped:
-            return value
+            return [value]
         import torch.distributed as dist
 
         self._arrive()
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, value)
+        return out
 
     def gather(self, value: Any) -> list[Any] | None:
         """Every process's ``value`` in rank order on rank 0, None elsewhere."""

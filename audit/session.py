@@ -516,15 +516,30 @@ class Session:
 
     # -- several processes (design §8) ---------------------------------------------------------
     def run_shares(self, plan: AuditPlan, base: AuditContext, result: AuditResult) -> bool:
-        """This process's share of every check; then rank 0 gathers the shares and judges
-        each check in plan order (a ``--shard`` keeps its shares for ``robaudit merge``)."""
+        """This process's share of every check, in three phases: (1) the whole checks and
+        the fits of the sample metrics, each by its owner (round-robin by position in the
+        plan, so that they run in parallel; a ``--shard`` fits every sample metric itself);
+        (2) every fit sent to every process; (3) this process's units of each sample metric.
+        Then rank 0 gathers the shares and judges each check in plan order (a ``--shard``
+        keeps its shares for ``robaudit merge``)."""
         world = self.world
-        shares: dict[str, Share] = {}
-        for position, check in enumerate(plan.checks):
+        todo = [(position, check) for position, check in enumerate(plan.checks)
+                if check.id not in plan.blocked]
+        shares = {check.id: Share() for _, check in todo}
+        fits: dict[str, Any] = {}
+        for position, check in todo:
             world.check()
-            if check.id not in plan.blocked:
-                shares[check.id] = self.compute_share(check, self.check_context(check, base),
-                                                      position)
+            if whole_owner(position, world.size) == world.rank or (
+                    world.sharded and isinstance(check.metric, SampleMetric)):
+                fits.update(self.owned_work(check, self.check_context(check, base),
+                                            shares[check.id]))
+        if world.grouped:
+            fits = {cid: fit for part in world.all_gather(fits) for cid, fit in part.items()}
+        for _, check in todo:
+            if isinstance(check.metric, SampleMetric):
+                world.check()
+                self.unit_work(check, self.check_context(check, base), fits[check.id],
+                               shares[check.id])
         encoded = {cid: encode_share(share) for cid, share in shares.items()}
         if world.sharded:
             result.shard = shard_record(plan, self.overrides(), world, encoded)
@@ -544,40 +559,39 @@ class Session:
                 return False
         return True
 
-    def compute_share(self, check: Check, ctx: AuditContext, position: int) -> Share:
-        """This process's share of one check: its units of a :class:`SampleMetric` (after
-        the fit, computed by rank 0 and broadcast, or by each shard), or the whole check
-        when it is this process's turn (round-robin by position)."""
-        world, metric, params = self.world, check.metric, check.params
+    def owned_work(self, check: Check, ctx: AuditContext, share: Share) -> dict[str, Any]:
+        """Phase 1 of :meth:`run_shares` for a check this process owns: a whole check is
+        computed into ``share``; a sample metric is fitted (its tensors on the CPU), and the
+        fit, or the :class:`Failure` of the fit, is returned to be sent to every process."""
+        metric, params = check.metric, check.params
         start = time.perf_counter()
-        share = Share()
-        if isinstance(metric, SampleMetric):
-            fitted = self.shared_fit(check, ctx)
-            if isinstance(fitted, Failure):
-                share.error = (fitted.message, fitted.traceback)
-            else:
-                done = self.guarded(check, lambda: run_units(metric, ctx, params, fitted,
-                                                             world.rank, world.size))
-                share = Share(error=(done.message, done.traceback)) if isinstance(
-                    done, Failure) else done
-        elif whole_owner(position, world.size) == world.rank:
+        try:
+            if isinstance(metric, SampleMetric):
+                return {check.id: self.guarded(check, lambda: on_cpu(metric.fit(ctx, params)))}
             computed = self.guarded(check, lambda: metric.compute(ctx, params))
             if isinstance(computed, Failure):
                 share.error = (computed.message, computed.traceback)
             else:
                 share.result = computed
-        share.duration_s = time.perf_counter() - start
-        return share
+            return {}
+        finally:
+            share.duration_s += time.perf_counter() - start
 
-    def shared_fit(self, check: Check, ctx: AuditContext) -> Any:
-        """A sample metric's fit: in a process group, rank 0 fits and broadcasts it (so every
-        process uses the same numbers, whatever the devices do); a shard fits it itself
-        (``merge`` refuses shards whose fits differ)."""
-        metric: SampleMetric = check.metric  # type: ignore[assignment]
-        fitted: Any = None
-        if self.world.rank == 0 or self.world.sharded:
-            fitted = self.guarded(check, lambda: on_cpu(metric.fit(ctx, check.params)))
-        return self.world.broadcast(fitted) if not self.world.sharded else fitted
+    def unit_work(self, check: Check, ctx: AuditContext, fitted: Any, share: Share) -> None:
+        """Phase 3 of :meth:`run_shares`: this process's units of a sample metric."""
+        start = time.perf_counter()
+        if isinstance(fitted, Failure):
+            share.error = (fitted.message, fitted.traceback)
+        else:
+            metric: SampleMetric = check.metric  # type: ignore[assignment]
+            done = self.guarded(check, lambda: run_units(metric, ctx, check.params, fitted,
+                                                         self.world.rank, self.world.size))
+            if isinstance(done, Failure):
+                share.error = (done.message, done.traceback)
+            else:
+                share.units, share.unit_count = done.units, done.unit_count
+                share.fit_digest, share.fit_summary = done.fit_digest, done.fit_summary
+        share.duration_s += time.perf_counter() - start
 
     def combine(self, check: Check, shares: list[Share], blocked: str | None, seed: int,
                 fingerprint: str | None) -> CheckResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -90,6 +91,13 @@ class Metric(ABC):
         """Check ``params`` against the loaded data before any check of the run starts; raise
         :class:`robaudit.errors.ParamError` (a located spec error, exit 4) for a param that
         cannot work on it. The default accepts everything."""
+        return None
+
+    def affinity(self, params: Any) -> Hashable | None:
+        """A key of expensive work that this check shares with others through ``ctx.cache``
+        (e.g. a universal perturbation's fit), or None. Under several processes, the whole
+        checks and fits with the same key run on the same process, so the work is done once
+        (design §8)."""
         return None
 
     def floor(self, ctx: AuditContext, params: Any) -> Floor | None:

@@ -46,11 +46,11 @@ from robaudit.sharding import (
     Share,
     decode_share,
     encode_share,
+    owners,
     reduce_shares,
     run_units,
     shard_placeholder,
     shard_record,
-    whole_owner,
 )
 from robaudit.spec import AuditSpec, Check, ModelSpec, load_spec
 from robaudit.threads import default_threads, model_macs, thread_setting
@@ -517,25 +517,26 @@ class Session:
     # -- several processes (design §8) ---------------------------------------------------------
     def run_shares(self, plan: AuditPlan, base: AuditContext, result: AuditResult) -> bool:
         """This process's share of every check, in three phases: (1) the whole checks and
-        the fits of the sample metrics, each by its owner (round-robin by position in the
-        plan, so that they run in parallel; a ``--shard`` fits every sample metric itself);
+        the fits of the sample metrics, each by its owner (round-robin in plan order, checks
+        that share work together: :func:`robaudit.sharding.owners`; a ``--shard`` fits every
+        sample metric itself);
         (2) every fit sent to every process; (3) this process's units of each sample metric.
         Then rank 0 gathers the shares and judges each check in plan order (a ``--shard``
         keeps its shares for ``robaudit merge``)."""
         world = self.world
-        todo = [(position, check) for position, check in enumerate(plan.checks)
-                if check.id not in plan.blocked]
-        shares = {check.id: Share() for _, check in todo}
+        todo = [check for check in plan.checks if check.id not in plan.blocked]
+        shares = {check.id: Share() for check in todo}
+        owner = owners(todo, world.size)
         fits: dict[str, Any] = {}
-        for position, check in todo:
+        for check in todo:
             world.check()
-            if whole_owner(position, world.size) == world.rank or (
+            if owner[check.id] == world.rank or (
                     world.sharded and isinstance(check.metric, SampleMetric)):
                 fits.update(self.owned_work(check, self.check_context(check, base),
                                             shares[check.id]))
         if world.grouped:
             fits = {cid: fit for part in world.all_gather(fits) for cid, fit in part.items()}
-        for _, check in todo:
+        for check in todo:
             if isinstance(check.metric, SampleMetric):
                 world.check()
                 self.unit_work(check, self.check_context(check, base), fits[check.id],

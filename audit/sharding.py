@@ -67,10 +67,19 @@ def owned_units(units: list[Unit], rank: int, world: int) -> list[Unit]:
     return [unit for unit in units if unit.index % world == rank]
 
 
-def whole_owner(position: int, world: int) -> int:
-    """The process that runs a whole (unsharded) check: the checks at ``position`` in the
-    plan go round-robin, so that whole checks run in parallel too."""
-    return position % world
+def owners(checks: list[Check], world: int) -> dict[str, int]:
+    """The process that runs each whole check or fit: round-robin in plan order, so that they
+    run in parallel, except that checks with the same :meth:`Metric.affinity` go to the
+    process of the first of them (their shared work is then done once)."""
+    groups: dict[Any, int] = {}
+    result = {}
+    for check in checks:
+        key = check.metric.affinity(check.params)
+        group = ("check", check.id) if key is None else ("affinity", key)
+        if group not in groups:
+            groups[group] = len(groups) % world
+        result[check.id] = groups[group]
+    return result
 
 
 def run_units(metric: SampleMetric, ctx: AuditContext, params: Any, fitted: Any, rank: int,

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import torch
 
 from robaudit.errors import UsageError
+from robaudit.metric import Unit, work_units
 from robaudit.model import ModelUnderAudit
 
 if TYPE_CHECKING:
     from robaudit.diskcache import DiskStore
-    from robaudit.metric import Unit
 
 T = TypeVar("T")
 
@@ -141,16 +141,21 @@ class AuditContext:
         name = split or self.split
         mua.feature_site()
 
+        key = ("features", mua.name, name)
+
         def compute() -> tuple[torch.Tensor, torch.Tensor]:
             feats, logits = [], []
-            with torch.no_grad():
-                for x, _ in self.batches(name):
-                    f, z = mua.features_and_logits(x)
-                    feats.append(f.cpu())
-                    logits.append(z.cpu())
+            for unit in work_units(len(self.data(name)), self.batch_size):
+                done = self.cache.get((*key, unit.start, unit.stop))  # from unit_features
+                if done is None:
+                    with torch.no_grad():
+                        f, z = mua.features_and_logits(self.unit_batch(unit, name)[0])
+                    done = f.cpu(), z.cpu()
+                feats.append(done[0])
+                logits.append(done[1])
             return torch.cat(feats), torch.cat(logits)
 
-        return self.cache.get_or_compute(("features", mua.name, name), compute)
+        return self.cache.get_or_compute(key, compute)
 
     def logits(self, split: str | None = None, model: ModelUnderAudit | None = None
                ) -> torch.Tensor:
@@ -161,11 +166,19 @@ class AuditContext:
         if mua.has_features:
             return self.features(name, mua)[1]
 
-        def compute() -> torch.Tensor:
-            with torch.no_grad():
-                return torch.cat([mua.logits(x).cpu() for x, _ in self.batches(name)])
+        key = ("logits", mua.name, name)
 
-        return self.cache.get_or_compute(("logits", mua.name, name), compute)
+        def compute() -> torch.Tensor:
+            parts = []
+            for unit in work_units(len(self.data(name)), self.batch_size):
+                done = self.cache.get((*key, unit.start, unit.stop))  # from unit_logits
+                if done is None:
+                    with torch.no_grad():
+                        done = mua.logits(self.unit_batch(unit, name)[0]).cpu()
+                parts.append(done)
+            return torch.cat(parts)
+
+        return self.cache.get_or_compute(key, compute)
 
     def unit_batch(self, unit: Unit, split: str | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,8 +189,9 @@ class AuditContext:
     def unit_features(self, unit: Unit, model: ModelUnderAudit | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and logits of a unit of the audit split (on the CPU): a slice of
-        :meth:`features` when the run has it, else one forward pass of the unit, cached; the
-        same numbers either way (a unit is one of the batches :meth:`features` runs)."""
+        :meth:`features` when the run has it, else one forward pass of the unit, cached (and
+        reused by :meth:`features`); the same numbers either way (a unit is one of the
+        batches :meth:`features` runs)."""
         mua = model or self.model
         key = ("features", mua.name, self.split)
         if key in self.cache:

@@ -227,8 +227,12 @@ def _cmd_metric(plugins: Plugins, console: Console, name: str) -> int:
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise UsageError(f"metrics: unknown metric {name!r}{hint} (`robaudit metrics` lists "
                          "them)")
+    from robaudit.sharding import shards_samples
+
     better = "higher" if metric.higher_is_better else "lower"
     console.print(f"[bold]{name}[/] — {escape(metric.source)}; {better} is better")
+    console.print("scale-out: " + ("per sample, its units shard across processes"
+                                   if shards_samples(metric) else "runs whole on one process"))
     console.print(escape(inspect.cleandoc(type(metric).__doc__ or "")) + "\n")
     table = Table(title="params", show_lines=True)
     for column in ("param", "type", "default", "bounds", "description"):

@@ -268,3 +268,8 @@ def test_rank_zero_exits_3_when_another_process_fails(tmp_path: Path, how: str,
     assert says in err and "Traceback" not in err
     assert procs[1].returncode != 0
     assert "run stopped" in out
+
+
+def test_metric_help_says_how_a_metric_shards(robaudit_main: Main) -> None:
+    assert "scale-out: per sample" in robaudit_main("metrics", "clean_accuracy")[1]
+    assert "scale-out: runs whole" in robaudit_main("metrics", "lipschitz_bound")[1]

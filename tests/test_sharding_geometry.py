@@ -11,6 +11,7 @@ are left out and units hold both kinds.
 
 from __future__ import annotations
 
+import json
 import math
 from functools import cache
 from typing import Any
@@ -20,7 +21,14 @@ import pytest
 import torch
 from torch import nn
 
-from robaudit.metric import Metric, MetricResult
+from robaudit.metric import (
+    Metric,
+    MetricResult,
+    SampleMetric,
+    UnitResult,
+    gather_units,
+    work_units,
+)
 from robaudit.plugins.metrics.activations.activation_sparsity import ActivationSparsity
 from robaudit.plugins.metrics.activations.adversarial_likelihood import AdversarialLikelihood
 from robaudit.plugins.metrics.activations.interaction_significance import (
@@ -35,7 +43,8 @@ from robaudit.plugins.metrics.curvature.curvature_subspace_vulnerability import 
 from robaudit.plugins.metrics.universal.robustness_category import RobustnessCategory
 from robaudit.plugins.metrics.universal.uap import UAPFoolingRate
 from robaudit.sharding import shards_samples
-from robaudit.testing import make_context, run_metric, run_metric_sharded
+from robaudit.testing import fresh, make_context, run_metric, run_metric_sharded
+from robaudit.wire import decode, encode
 
 SUBSPACE = {"fit": 6, "directions": 3, "subspace": 3}
 
@@ -106,6 +115,11 @@ def same(a: Any, b: Any, where: str) -> None:
         assert a == b and type(a) is type(b), f"{where}: {a!r} != {b!r}"
 
 
+def wire(value: Any) -> Any:
+    """``value`` through the JSON encoding of shard reports (``--shard``, ``robaudit merge``)."""
+    return decode(json.loads(json.dumps(encode(value))))
+
+
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("case", range(len(CASES)),
                          ids=[f"{m.name}-{i}" for i, (m, _) in enumerate(CASES)])
@@ -119,6 +133,29 @@ def test_shards_give_the_one_process_result(case: int, world: int) -> None:
     same(sharded.ci, whole.ci, "ci")
     same(sharded.details, whole.details, "details")
     same(sharded.figures, whole.figures, "figures")
+
+
+@pytest.mark.parametrize("case", range(len(CASES)),
+                         ids=[f"{m.name}-{i}" for i, (m, _) in enumerate(CASES)])
+def test_units_and_fit_summaries_survive_the_shard_report_encoding(case: int) -> None:
+    """Per-sample arrays, extras and the fit summary hold only what a shard report can carry
+    (numbers, strings, lists, dicts, arrays), and the reduce of their decoded copies is the
+    one-process result."""
+    metric, params = CASES[case]
+    assert isinstance(metric, SampleMetric)
+    validated = metric.Params.model_validate(params)
+    ctx = fresh(context())
+    fitted = metric.fit(ctx, validated)
+    units = work_units(metric.sample_count(ctx, validated), ctx.batch_size)
+    results = []
+    for unit in units:
+        result = metric.per_sample(ctx, validated, unit, fitted)
+        results.append(UnitResult(wire(result.arrays), wire(result.extra)))
+    reduced = metric.reduce(validated, gather_units(results, wire(metric.fit_summary(fitted))))
+    whole = one_process(case)
+    same(reduced.details, whole.details, "details")
+    same(reduced.samples, whole.samples, "samples")
+    same(reduced.value, whole.value, "value")
 
 
 def test_the_cases_hold_left_out_points_and_partial_units() -> None:

@@ -120,15 +120,21 @@ def boundary_points(ctx: AuditContext, params: CurvatureParams, split: str | Non
         index=index, considered=count)
 
 
+def split_unit(ctx: AuditContext, unit: Unit) -> Unit:
+    """The work unit of the whole audit split that holds ``unit``, a unit of its first
+    ``points`` samples (the same one unless ``unit`` is the last, partial one). DeepFool and
+    the clean predictions are read from it, the shared runs of
+    :func:`~robaudit.ops.deepfool.deepfool_unit` and :meth:`AuditContext.unit_logits`, whose
+    numbers do not depend on which process runs them or on what else the run cached."""
+    return Unit(unit.index, unit.start, min(unit.start + ctx.batch_size, len(ctx.data())))
+
+
 def unit_boundary_points(ctx: AuditContext, params: CurvatureParams, unit: Unit
                          ) -> BoundaryPoints:
-    """The converged DeepFool boundary points of a work unit (design §8) of the audit split;
-    ``index`` their rows in the unit. DeepFool and the clean predictions are the rows of the
-    split's work unit that holds the unit (the same one unless it is the last, partial unit of
-    ``points``): the shared runs of :func:`~robaudit.ops.deepfool.deepfool_unit`, whose numbers
-    do not depend on which process runs them or on what else the run cached."""
+    """The converged DeepFool boundary points of a work unit (design §8) of the audit split,
+    read from :func:`split_unit`; ``index`` their rows in the unit."""
     data = ctx.data()
-    whole = Unit(unit.index, unit.start, min(unit.start + ctx.batch_size, len(data)))
+    whole = split_unit(ctx, unit)
     rows = slice(0, len(unit))
     result = deepfool_unit(ctx, whole, **params.deepfool_key()).rows(rows)
     own = ctx.unit_logits(whole)[rows].argmax(dim=1).cpu()

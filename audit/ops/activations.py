@@ -10,7 +10,8 @@ A *site* is where a layer is read: the output of a named module, or the input of
 with hooks in the same batched forward pass, and each statistic is accumulated batch by batch:
 memory depends on the layer widths and the number of classes, never on the split size.
 Statistics are cached per run under ``("activations", model, split, site, kind, options)``, so
-checks that read the same layers share one pass.
+checks that read the same layers share one pass. A check that shards (design §8) reads its work
+units instead (:func:`unit_statistics`): the counts of the units sum to the split's.
 """
 
 from __future__ import annotations

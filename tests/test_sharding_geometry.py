@@ -1,6 +1,8 @@
 """The geometry metrics shard (design §8): ``run_metric_sharded`` on 2 and 3 simulated processes
 gives exactly what one process gives (value, samples with NaN where a point is left out, ci,
-details, figures) for the universal-perturbation, curvature and activation metrics.
+details, figures) for the universal-perturbation, curvature and activation metrics, also
+through the shard-report encoding; and the per-unit layer reads of the activation metrics sum
+exactly to the whole split's pass.
 
 The data: 23 audit samples in units of 5 (4 full units and a partial one of 3; the curvature
 checks use the first 17, so their last unit, 15–16, is partial inside a full unit of the
@@ -28,6 +30,15 @@ from robaudit.metric import (
     UnitResult,
     gather_units,
     work_units,
+)
+from robaudit.ops.activations import (
+    InteractionStats,
+    UnitStats,
+    layer_statistics,
+    linear_sites,
+    output_sites,
+    split_classes,
+    unit_statistics,
 )
 from robaudit.plugins.metrics.activations.activation_sparsity import ActivationSparsity
 from robaudit.plugins.metrics.activations.adversarial_likelihood import AdversarialLikelihood
@@ -169,3 +180,25 @@ def test_the_cases_hold_left_out_points_and_partial_units() -> None:
         details = one_process(case).details
         assert details["excluded"] > 0 and details["points"] > 0
     assert one_process(0).details["normals"] == 23
+
+
+def test_unit_statistics_sum_to_the_split_statistics() -> None:
+    """The per-unit reads of a sharded activation check add up to the whole split's pass:
+    active counts and significant-interaction counts sum exactly, fractions concatenate."""
+    ctx = context()
+    sites = linear_sites(ctx.model, None) + output_sites(ctx.model, ("2",))
+    classes = split_classes(ctx)
+    units = work_units(len(ctx.data()), ctx.batch_size)
+    for kind, stats_sites in (("units", sites[1:]), ("interactions", sites[:1])):
+        whole = layer_statistics(ctx, stats_sites, kind)
+        parts = [unit_statistics(ctx, stats_sites, kind, unit, classes) for unit in units]
+        for i, split_stats in enumerate(whole):
+            assert torch.equal(sum(p[i].samples for p in parts), split_stats.samples)
+            if isinstance(split_stats, UnitStats):
+                assert torch.equal(sum(p[i].active for p in parts), split_stats.active)
+            else:
+                assert isinstance(split_stats, InteractionStats)
+                assert torch.equal(sum(p[i].significant for p in parts),
+                                   split_stats.significant)
+                assert torch.equal(torch.cat([p[i].fraction for p in parts]),
+                                   split_stats.fraction)

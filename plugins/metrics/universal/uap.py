@@ -199,7 +199,9 @@ class UAPFoolingRate(SampleMetric):
       alone or not.
       The noise baseline draws one seed per audit sample from the check's generator and
       each sample's noise from its seed (:mod:`robaudit.ops.sampling`), so it does not
-      depend on ``batch_size``.
+      depend on ``batch_size``; the random directions of the singular-value baseline come
+      next from the check's generator, drawn at the reduce from its state after the seeds
+      (kept in the fit), since their number is that of the converged samples.
     - Memory: the fit set (at most ``fit_limit`` samples) is held on the device during the
       fit; the audit split is evaluated one batch at a time, keeping per-sample flags (and
       the boundary normals of the singular values) only.

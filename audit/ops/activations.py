@@ -10,14 +10,15 @@ A *site* is where a layer is read: the output of a named module, or the input of
 with hooks in the same batched forward pass, and each statistic is accumulated batch by batch:
 memory depends on the layer widths and the number of classes, never on the split size.
 Statistics are cached per run under ``("activations", model, split, site, kind, options)``, so
-checks that read the same layers share one pass.
+checks that read the same layers share one pass. A check that shards (design §8) reads its work
+units instead (:func:`unit_statistics`): the counts of the units sum to the split's.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -28,7 +29,8 @@ from torch import nn
 from robaudit.errors import MetricError, ParamError
 
 if TYPE_CHECKING:
-    from robaudit.context import AuditContext
+    from robaudit.context import AuditContext, ProgressTask
+    from robaudit.metric import Unit
     from robaudit.model import ModelUnderAudit
 
 Kind = Literal["units", "gram", "interactions"]
@@ -295,12 +297,7 @@ def layer_statistics(ctx: AuditContext, sites: Sequence[Site], kind: Kind,
     interactions  :class:`InteractionStats` of the nn.Linear whose input the site is.
     """
     name = split or ctx.split
-    data = ctx.data(name)
-    if len(data) == 0:
-        raise MetricError(f"split {name!r} is empty")
-    classes = ctx.model.num_classes(data.x[:1])
-    if int(data.y.max()) >= classes or int(data.y.min()) < 0:
-        raise MetricError(f"labels of split {name!r} are outside the model's {classes} classes")
+    classes = split_classes(ctx, name)
     option = count_bias if kind == "interactions" else None
 
     def key(site: Site) -> tuple[object, ...]:
@@ -308,19 +305,47 @@ def layer_statistics(ctx: AuditContext, sites: Sequence[Site], kind: Kind,
 
     missing = [s for s in sites if key(s) not in ctx.cache]
     if missing:
-        computed = _pass(ctx, missing, kind, name, classes, count_bias, max_dim)
+        task = ctx.progress(len(ctx.data(name)), f"reading {len(missing)} layer(s)")
+        computed = _pass(ctx, missing, kind, ctx.batches(name), classes, count_bias, max_dim,
+                         task)
         for site in missing:
             ctx.cache.get_or_compute(key(site), lambda site=site: computed[site])
     return [ctx.cache.get_or_compute(key(s), lambda: None) for s in sites]
 
 
-def _pass(ctx: AuditContext, sites: Sequence[Site], kind: Kind, split: str, classes: int,
-          count_bias: bool, max_dim: int | None) -> dict[Site, Stats]:
+def split_classes(ctx: AuditContext, split: str | None = None) -> int:
+    """The model's number of classes; MetricError when the split (default: the audit split)
+    is empty or has labels outside them."""
+    name = split or ctx.split
+    data = ctx.data(name)
+    if len(data) == 0:
+        raise MetricError(f"split {name!r} is empty")
+    classes = ctx.model.num_classes(data.x[:1])
+    if int(data.y.max()) >= classes or int(data.y.min()) < 0:
+        raise MetricError(f"labels of split {name!r} are outside the model's {classes} classes")
+    return classes
+
+
+def unit_statistics(ctx: AuditContext, sites: Sequence[Site], kind: Kind, unit: Unit,
+                    classes: int, *, count_bias: bool = True) -> list[Stats]:
+    """The statistic ``kind`` (``units`` or ``interactions``) of each site over one work unit
+    (design §8) of the audit split, by class of the true labels (``classes`` from
+    :func:`split_classes`): the accumulation of :func:`layer_statistics` on the unit's batch,
+    so the units' counts sum to the split's and their per-sample fractions are the split's
+    rows. Not cached: each unit is read once per check."""
+    stats = _pass(ctx, sites, kind, [ctx.unit_batch(unit)], classes, count_bias, None)
+    return [stats[s] for s in sites]
+
+
+def _pass(ctx: AuditContext, sites: Sequence[Site], kind: Kind,
+          batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classes: int,
+          count_bias: bool, max_dim: int | None, task: ProgressTask | None = None
+          ) -> dict[Site, Stats]:
+    """Read the sites over ``batches`` (x, y on the device), advancing ``task`` if given."""
     accumulators = {s: _Accumulator(s, kind, classes, ctx.device, count_bias) for s in sites}
     dims: dict[Site, int] = {}
-    task = ctx.progress(len(ctx.data(split)), f"reading {len(sites)} layer(s)")
     with torch.no_grad():
-        for x, y in ctx.batches(split):
+        for x, y in batches:
             read, _ = read_layers(ctx.model, sites, x)
             for site, h in read.items():
                 if site not in dims and kind == "gram" and max_dim and h.shape[1] > max_dim:
@@ -330,7 +355,8 @@ def _pass(ctx: AuditContext, sites: Sequence[Site], kind: Kind, split: str, clas
                         f"{h.shape[1]}² numbers; raise max_dim or name a narrower layer")
                 dims[site] = h.shape[1]
                 accumulators[site].update(h, y)
-            task.advance(x.shape[0])
+            if task is not None:
+                task.advance(x.shape[0])
     return {s: accumulators[s].finish(dims[s]) for s in sites}
 
 

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
-from robaudit.ops.activations import check_layer_names, layer_statistics, output_sites
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
+from robaudit.ops.activations import (
+    UnitStats,
+    check_layer_names,
+    output_sites,
+    split_classes,
+    unit_statistics,
+)
 
 
 class SparsityParams(MetricParams):
@@ -22,7 +30,7 @@ class SparsityParams(MetricParams):
     bins: int = Field(20, ge=2, le=1000, description="bins of the frequency histograms")
 
 
-class ActivationSparsity(Metric):
+class ActivationSparsity(SampleMetric):
     """Mean fraction of audit samples on which a unit of the named layers is active (> 0).
 
     Khaitan (2024), §3.1: per unit, the number of times it activates over the split divided by
@@ -32,8 +40,10 @@ class ActivationSparsity(Metric):
     layer: its mean frequency, the share of units always on (frequency 1) and never on (0),
     and the histogram of frequencies (``bins`` equal bins of [0, 1]); one histogram figure per
     layer. "Active" is > 0 after the module, so for a layer that is not followed by a ReLU a
-    negative value counts as off. Counts are accumulated per batch in the run's shared pass
-    (:mod:`robaudit.ops.activations`).
+    negative value counts as off. Counts are sums over samples, so it is per sample and
+    shards (design §8): each work unit counts its samples' active units
+    (:func:`robaudit.ops.activations.unit_statistics`) and the counts are summed; its fit is
+    only the number of classes and the layers' names.
     """
 
     name: ClassVar[str] = "activation_sparsity"
@@ -45,17 +55,34 @@ class ActivationSparsity(Metric):
     def check_data(self, ctx: AuditContext, params: SparsityParams) -> None:
         check_layer_names(ctx.model, params.layers)
 
-    def compute(self, ctx: AuditContext, params: SparsityParams) -> MetricResult:
+    def fit(self, ctx: AuditContext, params: SparsityParams) -> dict[str, Any]:
         sites = output_sites(ctx.model, params.layers)
-        stats = layer_statistics(ctx, sites, "units")
+        return {"classes": split_classes(ctx), "layers": [site.label for site in sites]}
+
+    def fit_summary(self, fitted: dict[str, Any]) -> dict[str, Any]:
+        return fitted
+
+    def per_sample(self, ctx: AuditContext, params: SparsityParams, unit: Unit,
+                   fitted: dict[str, Any]) -> UnitResult:
+        sites = output_sites(ctx.model, params.layers)
+        active = []
+        for stat in unit_statistics(ctx, sites, "units", unit, fitted["classes"]):
+            assert isinstance(stat, UnitStats)
+            active.append(stat.active.sum(0).numpy())
+        return UnitResult({}, {"samples": len(unit), "active": active})
+
+    def reduce(self, params: SparsityParams, gathered: Gathered) -> MetricResult:
+        samples = sum(extra["samples"] for extra in gathered.extras)
         table, figures, pooled = [], [], []
         edges = torch.linspace(0, 1, params.bins + 1, dtype=torch.float64)
-        for site, unit in zip(sites, stats, strict=True):
-            frequency = unit.frequency
+        for i, label in enumerate(gathered.fit["layers"]):
+            active = sum(np.asarray(extra["active"][i], dtype=np.int64)
+                         for extra in gathered.extras)
+            frequency = torch.from_numpy(active).double() / max(1, samples)
             pooled.append(frequency)
             counts = torch.histogram(frequency, bins=edges).hist
             table.append({
-                "layer": site.label,
+                "layer": label,
                 "units": int(frequency.numel()),
                 "mean_frequency": float(frequency.mean()),
                 "always_on": float((frequency == 1).double().mean()),
@@ -63,14 +90,14 @@ class ActivationSparsity(Metric):
                 "histogram": [int(c) for c in counts.tolist()],
             })
             figures.append(Histogram(
-                title=f"activation frequencies, {site.label}",
+                title=f"activation frequencies, {label}",
                 values=tuple(frequency.tolist()), xlabel="fraction of samples active",
                 bins=params.bins, markers={"mean": float(frequency.mean())},
             ))
         everything = torch.cat(pooled)
         return MetricResult(
             value=float(everything.mean()),
-            details={"layers": table, "samples": int(stats[0].samples.sum()),
+            details={"layers": table, "samples": samples,
                      "always_on": float((everything == 1).double().mean()),
                      "never_on": float((everything == 0).double().mean())},
             figures=figures,

@@ -4,13 +4,15 @@ pattern (Khaitan 2024, §2.4, §3.3, Figure 16)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.activations import (
     InteractionStats,
     Site,
@@ -36,7 +38,18 @@ class LikelihoodParams(PatternParams):
     )
 
 
-class AdversarialLikelihood(Metric):
+@dataclass(frozen=True)
+class LikelihoodFit:
+    """The fit every work unit of ``adversarial_likelihood`` shares: each layer's per-class
+    Bernoulli probabilities (C × K, on the CPU) from the clean audit split, one PGD seed per
+    audit sample, and the layers' names."""
+
+    probabilities: list[torch.Tensor]
+    seeds: torch.Tensor
+    layers: list[str]
+
+
+class AdversarialLikelihood(SampleMetric):
     """Mean drop under PGD of a sample's log-likelihood under its class's pattern distribution.
 
     Khaitan (2024), §2.4 and §3.3: the per-class distributions of significant interactions of
@@ -51,6 +64,11 @@ class AdversarialLikelihood(Metric):
     samples out of their class's pattern). samples: the per-sample drops. details: per class,
     the mean clean and adversarial log-likelihoods (Figure 16) and the share of classes whose
     mean drops (the paper's "consistent decrease"); the attack's success rate.
+
+    Per sample, so it shards (design §8): its fit (:class:`LikelihoodFit`, once, broadcast)
+    is the per-class distributions (one pass over the clean audit split, shared with
+    ``class_divergence``) and one PGD seed per sample; each work unit attacks its samples and
+    scores their clean and adversarial patterns.
     """
 
     name: ClassVar[str] = "adversarial_likelihood"
@@ -61,35 +79,44 @@ class AdversarialLikelihood(Metric):
     def check_data(self, ctx: AuditContext, params: LikelihoodParams) -> None:
         check_layer_names(ctx.model, params.layers, linear=True)
 
-    def compute(self, ctx: AuditContext, params: LikelihoodParams) -> MetricResult:
+    def fit(self, ctx: AuditContext, params: LikelihoodParams) -> LikelihoodFit:
         sites = linear_sites(ctx.model, params.layers)
         stats = layer_statistics(ctx, sites, "interactions", count_bias=params.count_bias)
         probabilities = []
         for interactions in stats:
             assert isinstance(interactions, InteractionStats)
             probabilities.append(bernoulli_probabilities(
-                interactions.significant, interactions.samples, params.smoothing
-            ).to(ctx.device))
-        step = params.step_size or 2.5 * params.eps / params.steps
-        clean_ll, adv_ll, fooled = [], [], []
-        task = ctx.progress(len(ctx.data()), f"PGD {params.norm} eps={params.eps}")
+                interactions.significant, interactions.samples, params.smoothing))
         seeds = sample_seeds(ctx.generator, len(ctx.data()))  # one per sample: batch-free
-        for start, (x, y) in zip(range(0, len(ctx.data()), ctx.batch_size), ctx.batches(),
-                                 strict=True):
-            adv = pgd(ctx.model.logits, x, y, eps=params.eps, norm=params.norm,
-                      steps=params.steps, step_size=step,
-                      seeds=seeds[start : start + len(x)],
-                      input_range=ctx.model.input_range)
-            with torch.no_grad():
-                clean_read, _ = read_layers(ctx.model, sites, x)
-                adv_read, adv_logits = read_layers(ctx.model, sites, adv)
-            fooled.append((adv_logits.argmax(dim=1) != y).cpu())
-            clean_ll.append(self._log_likelihood(sites, clean_read, probabilities, y, params))
-            adv_ll.append(self._log_likelihood(sites, adv_read, probabilities, y, params))
-            task.advance(x.shape[0])
-        clean, adversarial = torch.cat(clean_ll), torch.cat(adv_ll)
+        return LikelihoodFit(probabilities, seeds, [s.label for s in sites])
+
+    def fit_summary(self, fitted: LikelihoodFit) -> dict[str, Any]:
+        return {"layers": list(fitted.layers)}
+
+    def per_sample(self, ctx: AuditContext, params: LikelihoodParams, unit: Unit,
+                   fitted: LikelihoodFit) -> UnitResult:
+        sites = linear_sites(ctx.model, params.layers)
+        probabilities = [p.to(ctx.device) for p in fitted.probabilities]
+        step = params.step_size or 2.5 * params.eps / params.steps
+        x, y = ctx.unit_batch(unit)
+        adv = pgd(ctx.model.logits, x, y, eps=params.eps, norm=params.norm,
+                  steps=params.steps, step_size=step, seeds=fitted.seeds[unit.indices],
+                  input_range=ctx.model.input_range)
+        with torch.no_grad():
+            clean_read, _ = read_layers(ctx.model, sites, x)
+            adv_read, adv_logits = read_layers(ctx.model, sites, adv)
+        return UnitResult({
+            "clean": self._log_likelihood(sites, clean_read, probabilities, y, params),
+            "adversarial": self._log_likelihood(sites, adv_read, probabilities, y, params),
+            "fooled": (adv_logits.argmax(dim=1) != y).cpu(),
+            "label": y.cpu(),
+        })
+
+    def reduce(self, params: LikelihoodParams, gathered: Gathered) -> MetricResult:
+        clean = torch.from_numpy(gathered.arrays["clean"])
+        adversarial = torch.from_numpy(gathered.arrays["adversarial"])
         drop = clean - adversarial
-        labels = ctx.data().y
+        labels = torch.from_numpy(gathered.arrays["label"]).long()
         table, series_clean, series_adv, classes = [], [], [], []
         for c in torch.unique(labels).tolist():
             mask = labels == c
@@ -108,9 +135,10 @@ class AdversarialLikelihood(Metric):
                 "clean_log_likelihood": float(clean.mean()),
                 "adversarial_log_likelihood": float(adversarial.mean()),
                 "classes_dropping": sum(r["drop"] > 0 for r in table) / len(table),
-                "attack_success_rate": float(torch.cat(fooled).double().mean()),
-                "step_size": step,
-                "layers": [s.label for s in sites],
+                "attack_success_rate": float(
+                    torch.from_numpy(gathered.arrays["fooled"]).mean()),
+                "step_size": params.step_size or 2.5 * params.eps / params.steps,
+                "layers": list(gathered.fit["layers"]),
                 "classes": table,
             },
             figures=[LinePlot(

@@ -4,18 +4,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.activations import (
     InteractionStats,
     check_layer_names,
-    layer_statistics,
     linear_sites,
+    split_classes,
+    unit_statistics,
 )
 
 
@@ -33,7 +36,7 @@ class InteractionParams(MetricParams):
     bins: int = Field(10, ge=2, le=1000, description="bins of the per-class histograms")
 
 
-class InteractionSignificance(Metric):
+class InteractionSignificance(SampleMetric):
     """Mean fraction of significant weight·activation interactions of a linear layer.
 
     Khaitan (2024), §2.1: for an nn.Linear with weights W (n_out × n_in), bias b and input h,
@@ -46,6 +49,10 @@ class InteractionSignificance(Metric):
     details per layer and class: the mean fraction and the histogram of per-interaction
     significance frequencies within the class (the paper's binned proportions, Figure 10),
     drawn as one curve per class.
+
+    Per sample, so it shards (design §8): each work unit reads its samples' fractions and
+    per-class counts (:func:`robaudit.ops.activations.unit_statistics`), and the counts are
+    summed; its fit is only the number of classes and the layers' names.
     """
 
     name: ClassVar[str] = "interaction_significance"
@@ -57,38 +64,60 @@ class InteractionSignificance(Metric):
     def check_data(self, ctx: AuditContext, params: InteractionParams) -> None:
         check_layer_names(ctx.model, params.layers, linear=True)
 
-    def compute(self, ctx: AuditContext, params: InteractionParams) -> MetricResult:
+    def fit(self, ctx: AuditContext, params: InteractionParams) -> dict[str, Any]:
         sites = linear_sites(ctx.model, params.layers)
-        stats = layer_statistics(ctx, sites, "interactions", count_bias=params.count_bias)
+        return {"classes": split_classes(ctx), "layers": [site.label for site in sites]}
+
+    def fit_summary(self, fitted: dict[str, Any]) -> dict[str, Any]:
+        return fitted
+
+    def per_sample(self, ctx: AuditContext, params: InteractionParams, unit: Unit,
+                   fitted: dict[str, Any]) -> UnitResult:
+        sites = linear_sites(ctx.model, params.layers)
+        stats = unit_statistics(ctx, sites, "interactions", unit, fitted["classes"],
+                                count_bias=params.count_bias)
+        arrays, significant, samples = {}, [], []
+        for i, interactions in enumerate(stats):
+            assert isinstance(interactions, InteractionStats)
+            arrays[f"fraction_{i}"] = interactions.fraction
+            significant.append(interactions.significant.numpy())
+            samples.append(interactions.samples.numpy())
+        return UnitResult(arrays, {"significant": significant, "samples": samples})
+
+    def reduce(self, params: InteractionParams, gathered: Gathered) -> MetricResult:
         edges = torch.linspace(0, 1, params.bins + 1, dtype=torch.float64)
         centres = tuple(float(c) for c in (edges[:-1] + edges[1:]) / 2)
-        table, figures = [], []
-        for site, interactions in zip(sites, stats, strict=True):
-            assert isinstance(interactions, InteractionStats)
+        labels = gathered.fit["layers"]
+        table, figures, fractions = [], [], []
+        for i, label in enumerate(labels):
+            fractions.append(torch.from_numpy(gathered.arrays[f"fraction_{i}"]))
+            significant = torch.from_numpy(sum(np.asarray(e["significant"][i], dtype=np.int64)
+                                               for e in gathered.extras))
+            samples = sum(np.asarray(e["samples"][i], dtype=np.int64) for e in gathered.extras)
             series = {}
-            for c in range(interactions.samples.numel()):
-                n = int(interactions.samples[c])
+            for c in range(samples.size):
+                n = int(samples[c])
                 if n == 0:
                     continue
-                frequency = interactions.significant[c].flatten().double() / n
+                frequency = significant[c].flatten().double() / n
                 counts = torch.histogram(frequency, bins=edges).hist
                 share = counts / frequency.numel()
                 series[f"class {c}"] = tuple(float(v) for v in share)
-                table.append({"layer": site.label, "class": c, "samples": n,
+                table.append({"layer": label, "class": c, "samples": n,
                               "mean_fraction": float(frequency.mean()),
                               "histogram": [int(v) for v in counts.tolist()]})
             figures.append(LinePlot(
-                title=f"significance frequency of interactions per class, {site.label}",
+                title=f"significance frequency of interactions per class, {label}",
                 x=centres, series=series, xlabel="fraction of the class's samples significant",
                 ylabel="share of interactions",
             ))
-        per_sample = torch.stack([s.fraction for s in stats]).mean(dim=0)
+        per_sample = torch.stack(fractions).mean(dim=0)
         return MetricResult(
             value=float(per_sample.mean()),
             samples=per_sample.numpy(),
-            details={"layers": [s.label for s in sites],
-                     "per_layer": {s.label: float(st.fraction.mean())
-                                   for s, st in zip(sites, stats, strict=True)},
+            details={"layers": list(labels),
+                     "per_layer": {label: float(fraction.mean())
+                                   for label, fraction in zip(labels, fractions, strict=True)},
                      "classes": table},
             figures=figures,
         )

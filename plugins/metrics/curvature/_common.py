@@ -1,12 +1,13 @@
 """What the curvature metrics share (Fawzi et al. 2018, section 3): params, the boundary points
-taken from the shared DeepFool cache, the Hessian operator for the chosen ``hvp`` method, the
-guard against a silent zero exact Hessian, and the shared high-curvature subspace S.
+taken from the shared DeepFool cache (of a work unit, design §8, or of the first points of the
+reference split), the Hessian operator for the chosen ``hvp`` method, the guard against a silent
+zero exact Hessian, the shared high-curvature subspace S, and what a check's fit holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import torch
@@ -15,6 +16,7 @@ from pydantic import Field, PositiveFloat
 from robaudit import MetricParams
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError, ParamError
+from robaudit.metric import Unit
 from robaudit.ops.curvature import (
     MarginHessian,
     default_step,
@@ -22,7 +24,7 @@ from robaudit.ops.curvature import (
     principal_curvatures_lanczos,
     softplus_logits,
 )
-from robaudit.ops.deepfool import DeepFoolResult, deepfool, deepfool_split
+from robaudit.ops.deepfool import DeepFoolResult, deepfool, deepfool_split, deepfool_unit
 
 Steps = PositiveFloat | Annotated[list[PositiveFloat], Field(min_length=1)] | None
 
@@ -118,6 +120,84 @@ def boundary_points(ctx: AuditContext, params: CurvatureParams, split: str | Non
         index=index, considered=count)
 
 
+def split_unit(ctx: AuditContext, unit: Unit) -> Unit:
+    """The work unit of the whole audit split that holds ``unit``, a unit of its first
+    ``points`` samples (the same one unless ``unit`` is the last, partial one). DeepFool and
+    the clean predictions are read from it, the shared runs of
+    :func:`~robaudit.ops.deepfool.deepfool_unit` and :meth:`AuditContext.unit_logits`, whose
+    numbers do not depend on which process runs them or on what else the run cached."""
+    return Unit(unit.index, unit.start, min(unit.start + ctx.batch_size, len(ctx.data())))
+
+
+def unit_boundary_points(ctx: AuditContext, params: CurvatureParams, unit: Unit
+                         ) -> BoundaryPoints:
+    """The converged DeepFool boundary points of a work unit (design §8) of the audit split,
+    read from :func:`split_unit`; ``index`` their rows in the unit."""
+    data = ctx.data()
+    whole = split_unit(ctx, unit)
+    rows = slice(0, len(unit))
+    result = deepfool_unit(ctx, whole, **params.deepfool_key()).rows(rows)
+    own = ctx.unit_logits(whole)[rows].argmax(dim=1).cpu()
+    index = result.converged.nonzero().squeeze(1)
+    return BoundaryPoints(
+        x=data.x[unit.indices][index], z=result.boundary[index], own=own[index],
+        target=result.crossed_into[index], perturbation=result.perturbation[index],
+        index=index, considered=len(unit))
+
+
+def check_points(ctx: AuditContext, params: CurvatureParams) -> int:
+    """The number of audit samples whose boundary points a check uses (its work units' count);
+    MetricError when the split is empty."""
+    count = min(len(ctx.data()), params.points)
+    if count == 0:
+        raise MetricError(f"the {ctx.split!r} split is empty: no boundary points")
+    return count
+
+
+def require_points(fit: dict[str, Any], params: CurvatureParams, converged: Any) -> None:
+    """MetricError, with the count, when no boundary point of the units converged
+    (``converged`` the per-sample flags in sample order)."""
+    count = len(converged)
+    if not bool(converged.any()):
+        raise MetricError(
+            f"all {count} boundary points excluded: DeepFool did not converge within "
+            f"{params.max_iter} steps for any of the first {count} samples of {fit['split']!r}")
+
+
+@dataclass(frozen=True)
+class CurvatureFit:
+    """What every work unit of a curvature check shares (its fit, design §8): the audit
+    split's name, dimension d and dtype (e.g. "float32"), the steps h, random directions
+    drawn from the check's generator (common to every point), the shared subspace S at each
+    step when the check uses one, and with ``hvp: softplus`` the clean accuracies of the
+    network and of its Softplus copy on the audit split."""
+
+    split: str
+    dimension: int
+    dtype: str
+    steps: tuple[float, ...]
+    draws: dict[str, torch.Tensor] = field(default_factory=dict)
+    subspaces: tuple[SharedSubspace, ...] = ()
+    accuracy: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """What a reduce reports of the fit: the split, d, the dtype, the steps, the
+        accuracies."""
+        return {"split": self.split, "dimension": self.dimension, "dtype": self.dtype,
+                "steps": list(self.steps), "accuracy": dict(self.accuracy)}
+
+
+def curvature_fit(ctx: AuditContext, params: CurvatureParams, draws: dict[str, torch.Tensor],
+                  subspaces: tuple[SharedSubspace, ...] = ()) -> CurvatureFit:
+    """A :class:`CurvatureFit` of the audit split with the given draws and subspaces."""
+    x = ctx.data().x
+    d = int(x[0].numel())
+    accuracy = softplus_accuracy(ctx, params.beta) if params.hvp == "softplus" else {}
+    return CurvatureFit(ctx.split, d, str(x.dtype).removeprefix("torch."),
+                        tuple(params.steps(d, ctx.model.input_range)), draws, subspaces,
+                        accuracy)
+
+
 def leading_deepfool(ctx: AuditContext, params: CurvatureParams, split: str, count: int
                      ) -> DeepFoolResult:
     """DeepFool (ℓ2, clipped to the box, from the clean predictions) of the first ``count``
@@ -193,6 +273,14 @@ def principal(op: MarginHessian, params: CurvatureParams, k: int, start: torch.T
     else:
         curv = principal_curvatures_lanczos(op, k, start, params.iterations)
     return curv.values, curv.vectors
+
+
+def spectrum_width(params: CurvatureParams, d: int, k: int) -> int:
+    """How many principal curvatures :func:`principal` gives a point: d − 1 (dense), else
+    the 2k extremes of Lanczos (all its steps when it takes at most 2k)."""
+    if d <= params.dense_max:
+        return d - 1
+    return min(2 * k, min(d - 1, params.iterations or 2 * k + 40))
 
 
 @dataclass(frozen=True)

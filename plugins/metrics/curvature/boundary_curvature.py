@@ -12,15 +12,20 @@ from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.curvature import mean_curvature
 from robaudit.plugins.metrics.curvature._common import (
+    CurvatureFit,
     CurvatureParams,
-    boundary_points,
+    check_points,
+    curvature_fit,
     hessians,
     principal,
     require_nonzero,
-    softplus_accuracy,
+    require_points,
+    spectrum_width,
     step_label,
+    unit_boundary_points,
 )
 
 
@@ -31,7 +36,7 @@ class BoundaryCurvatureParams(CurvatureParams):
                               "(Lanczos only; the dense spectrum gives the exact trace)")
 
 
-class BoundaryCurvature(Metric):
+class BoundaryCurvature(SampleMetric):
     """Mean curvature of the decision boundary at the DeepFool boundary points z = x + r(x).
 
     Fawzi, Moosavi-Dezfooli, Frossard & Soatto (CVPR 2018), section 3: at z, F = f_j − f_k̂
@@ -50,6 +55,10 @@ class BoundaryCurvature(Metric):
     ReLU network's curvature depends on h). Neither higher nor lower is better in the
     paper's sense; ``higher_is_better`` marks a flatter-or-convex boundary as better, so a
     ``min`` threshold bounds how concave the boundary may be near the data.
+
+    Per sample, so it shards (design §8): its fit (:class:`CurvatureFit`, once, broadcast) is
+    the random directions and the Lanczos start from the check's generator; each work unit
+    takes DeepFool and the principal curvatures of its points.
     """
 
     name: ClassVar[str] = "boundary_curvature"
@@ -57,44 +66,69 @@ class BoundaryCurvature(Metric):
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = "Fawzi et al. 2018, section 3 (principal curvatures at z = x + r(x))"
 
-    def compute(self, ctx: AuditContext, params: BoundaryCurvatureParams) -> MetricResult:
-        pts = boundary_points(ctx, params)
-        d = pts.dim
+    def sample_count(self, ctx: AuditContext, params: BoundaryCurvatureParams) -> int:
+        return min(len(ctx.data()), params.points)
+
+    def fit(self, ctx: AuditContext, params: BoundaryCurvatureParams) -> CurvatureFit:
+        check_points(ctx, params)
+        d = int(ctx.data().x[0].numel())
         gaussian = torch.randn(params.directions, d, generator=ctx.generator, dtype=torch.float64)
         start = torch.randn(d, generator=ctx.generator, dtype=torch.float64)
+        return curvature_fit(ctx, params, {"gaussian": gaussian, "start": start})
+
+    def fit_summary(self, fitted: CurvatureFit) -> dict[str, Any]:
+        return fitted.summary()
+
+    def per_sample(self, ctx: AuditContext, params: BoundaryCurvatureParams, unit: Unit,
+                   fitted: CurvatureFit) -> UnitResult:
+        pts = unit_boundary_points(ctx, params, unit)
+        d, rows = fitted.dimension, pts.index.numpy()
+        width = min(params.k, spectrum_width(params, d, params.k))
+        arrays: dict[str, np.ndarray] = {"converged": np.zeros(len(unit), dtype=bool)}
+        arrays["converged"][rows] = True
+        for i, h in enumerate(fitted.steps):
+            mean = np.full(len(unit), np.nan)
+            low, high = np.full((len(unit), width), np.nan), np.full((len(unit), width), np.nan)
+            for op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
+                values, _ = principal(op, params, params.k, fitted.draws["start"])
+                if d <= params.dense_max:
+                    mean[rows] = values.double().mean(1).cpu().numpy()
+                else:
+                    mean[rows] = mean_curvature(op, fitted.draws["gaussian"].to(op.gradient)
+                                                ).double().cpu().numpy()
+                low[rows] = values[:, :width].double().cpu().numpy()
+                high[rows] = values[:, -width:].double().cpu().numpy()
+            arrays.update({f"mean_{i}": mean, f"low_{i}": low, f"high_{i}": high})
+        return UnitResult(arrays)
+
+    def reduce(self, params: BoundaryCurvatureParams, gathered: Gathered) -> MetricResult:
+        fit, arrays = gathered.fit, gathered.arrays
+        converged = arrays["converged"].astype(bool)
+        require_points(fit, params, converged)
+        d = fit["dimension"]
         per_h: list[dict[str, Any]] = []
         first: dict[str, Any] = {}
-        for h in params.steps(d, ctx.model.input_range):
-            means, lows, highs = [], [], []
-            for op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
-                values, _ = principal(op, params, params.k, start)
-                if d <= params.dense_max:
-                    means.append(values.double().mean(1).cpu())
-                else:
-                    means.append(mean_curvature(op, gaussian.to(op.gradient)).double().cpu())
-                kk = min(params.k, values.shape[1])
-                lows.append(values[:, :kk].double().cpu())
-                highs.append(values[:, -kk:].double().cpu())
-            mean = torch.cat(means)
-            require_nonzero(params, torch.cat([*lows, *highs]))
+        for i, h in enumerate(fit["steps"]):
+            mean = torch.from_numpy(arrays[f"mean_{i}"][converged])
+            lows = torch.from_numpy(arrays[f"low_{i}"][converged])
+            highs = torch.from_numpy(arrays[f"high_{i}"][converged])
+            require_nonzero(params, torch.cat([lows, highs]))
             row = {
                 "h": step_label(params, h),
                 "value": float(mean.mean()),
                 "negative_fraction": float((mean < 0).double().mean()),
-                "mean_largest": float(torch.cat(highs)[:, -1].mean()),
-                "mean_smallest": float(torch.cat(lows)[:, 0].mean()),
+                "mean_largest": float(highs[:, -1].mean()),
+                "mean_smallest": float(lows[:, 0].mean()),
             }
             per_h.append(row)
             if not first:
-                first = {"mean": mean, "low": torch.cat(lows).mean(0),
-                         "high": torch.cat(highs).mean(0)}
-        samples = np.full(pts.considered, np.nan)
-        samples[pts.index.numpy()] = first["mean"].numpy()
+                first = {"low": lows.mean(0), "high": highs.mean(0)}
+        points = int(converged.sum())
         low = [round(float(v), 6) for v in first["low"]]
         high = [round(float(v), 6) for v in first["high"]]
         details: dict[str, Any] = {
-            "points": len(pts),
-            "excluded": pts.excluded,
+            "points": points,
+            "excluded": len(converged) - points,
             "hvp": params.hvp,
             "h": per_h[0]["h"],
             "dimension": d,
@@ -106,14 +140,14 @@ class BoundaryCurvature(Metric):
         if len(per_h) > 1:
             details["by_h"] = per_h
         if params.hvp == "softplus":
-            details.update(softplus_accuracy(ctx, params.beta))
+            details.update(fit["accuracy"])
         ranks = tuple(float(i) for i in range(1, len(low) + len(high) + 1))
         return MetricResult(
             value=per_h[0]["value"],
-            samples=samples,
+            samples=arrays["mean_0"],
             details=details,
             figures=[LinePlot(
-                title=f"Averaged sorted principal curvatures ({len(pts)} points, "
+                title=f"Averaged sorted principal curvatures ({points} points, "
                       f"h {details['h']})",
                 x=ranks, series={"mean principal curvature": tuple(low + high)},
                 xlabel=f"rank ({len(low)} smallest, then {len(high)} largest)",

@@ -12,14 +12,18 @@ from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.curvature import quadratic_forms
 from robaudit.plugins.metrics.curvature._common import (
+    CurvatureFit,
     CurvatureParams,
-    boundary_points,
+    check_points,
+    curvature_fit,
     hessians,
     require_nonzero,
-    softplus_accuracy,
+    require_points,
     step_label,
+    unit_boundary_points,
 )
 
 
@@ -41,7 +45,7 @@ def roc(negative: np.ndarray, positive: np.ndarray) -> tuple[float, np.ndarray, 
     return float(np.trapezoid(tpr, fpr)), fpr, tpr
 
 
-class CurvatureDetection(Metric):
+class CurvatureDetection(SampleMetric):
     """ROC AUC of detecting DeepFool-perturbed samples by their average boundary curvature.
 
     Fawzi, Moosavi-Dezfooli, Frossard & Soatto (CVPR 2018), section 4, Algorithm 2 (line 7
@@ -60,6 +64,10 @@ class CurvatureDetection(Metric):
     recovered label of a perturbed sample equals the clean prediction, over every perturbed
     sample; the paper reports 92 / 88 / 74 % on ImageNet models at t = 0), the mean ρ of each
     kind and the fraction of clean samples with ρ < 0. The ROC curve is a figure.
+
+    Per sample, so it shards (design §8): its fit (:class:`CurvatureFit`, once, broadcast) is
+    the T directions v_j from the check's generator; each work unit takes DeepFool and ρ at
+    its clean and perturbed points, and the ROC is computed from every unit's scores.
     """
 
     name: ClassVar[str] = "curvature_detection"
@@ -67,24 +75,56 @@ class CurvatureDetection(Metric):
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = "Fawzi et al. 2018, section 4, Algorithm 2"
 
-    def compute(self, ctx: AuditContext, params: DetectionParams) -> MetricResult:
-        pts = boundary_points(ctx, params)
-        d = pts.dim
+    def sample_count(self, ctx: AuditContext, params: DetectionParams) -> int:
+        return min(len(ctx.data()), params.points)
+
+    def fit(self, ctx: AuditContext, params: DetectionParams) -> CurvatureFit:
+        check_points(ctx, params)
+        d = int(ctx.data().x[0].numel())
         gaussian = torch.randn(params.T, d, generator=ctx.generator, dtype=torch.float64)
-        units = gaussian / gaussian.norm(dim=1, keepdim=True)
+        return curvature_fit(ctx, params, {"units": gaussian / gaussian.norm(dim=1, keepdim=True)})
+
+    def fit_summary(self, fitted: CurvatureFit) -> dict[str, Any]:
+        return fitted.summary()
+
+    def per_sample(self, ctx: AuditContext, params: DetectionParams, unit: Unit,
+                   fitted: CurvatureFit) -> UnitResult:
+        pts = unit_boundary_points(ctx, params, unit)
+        rows = pts.index.numpy()
+        arrays: dict[str, np.ndarray] = {"converged": np.zeros(len(unit), dtype=bool),
+                                         "own": np.full(len(unit), -1)}
+        arrays["converged"][rows] = True
+        arrays["own"][rows] = pts.own.numpy()
+        for i, h in enumerate(fitted.steps):
+            clean, adversarial, recovered = (np.full(len(unit), np.nan) for _ in range(3))
+            if len(pts):
+                clean[rows] = self._scores(ctx, params, pts.x, h, fitted.draws["units"])[0]
+                adv_rho, adv_by_class = self._scores(ctx, params, pts.z, h,
+                                                     fitted.draws["units"])
+                adversarial[rows] = adv_rho.numpy()
+                recovered[rows] = adv_by_class.argmax(dim=1).numpy()
+            arrays.update({f"clean_{i}": clean, f"perturbed_{i}": adversarial,
+                           f"recovered_{i}": recovered})
+        return UnitResult(arrays)
+
+    def reduce(self, params: DetectionParams, gathered: Gathered) -> MetricResult:
+        fit, arrays = gathered.fit, gathered.arrays
+        converged = arrays["converged"].astype(bool)
+        require_points(fit, params, converged)
+        own = torch.from_numpy(arrays["own"][converged])
         per_h: list[dict[str, Any]] = []
         first: dict[str, Any] = {}
-        for h in params.steps(d, ctx.model.input_range):
-            clean_rho, _ = self._scores(ctx, params, pts.x, h, units)
-            adv_rho, adv_by_class = self._scores(ctx, params, pts.z, h, units)
+        for i, h in enumerate(fit["steps"]):
+            clean_rho = torch.from_numpy(arrays[f"clean_{i}"][converged])
+            adv_rho = torch.from_numpy(arrays[f"perturbed_{i}"][converged])
+            recovered = torch.from_numpy(arrays[f"recovered_{i}"][converged])
             auc, fpr, tpr = roc(clean_rho.numpy(), adv_rho.numpy())
-            recovered = adv_by_class.argmax(dim=1)
             row = {
                 "h": step_label(params, h),
                 "auc": auc,
                 "detection_rate": float((adv_rho >= params.t).double().mean()),
                 "false_alarm_rate": float((clean_rho >= params.t).double().mean()),
-                "label_recovery": float((recovered == pts.own).double().mean()),
+                "label_recovery": float((recovered == own).double().mean()),
                 "mean_rho_clean": float(clean_rho.mean()),
                 "mean_rho_perturbed": float(adv_rho.mean()),
                 "clean_negative_fraction": float((clean_rho < 0).double().mean()),
@@ -92,13 +132,14 @@ class CurvatureDetection(Metric):
             per_h.append(row)
             if not first:
                 first = {"fpr": fpr, "tpr": tpr}
-        details: dict[str, Any] = {"points": len(pts), "excluded": pts.excluded,
+        points = int(converged.sum())
+        details: dict[str, Any] = {"points": points, "excluded": len(converged) - points,
                                    "hvp": params.hvp, "t": params.t, "T": params.T,
                                    **per_h[0]}
         if len(per_h) > 1:
             details["by_h"] = per_h
         if params.hvp == "softplus":
-            details.update(softplus_accuracy(ctx, params.beta))
+            details.update(fit["accuracy"])
         fpr, tpr = first["fpr"], first["tpr"]
         return MetricResult(
             value=per_h[0]["auc"],

@@ -12,16 +12,21 @@ from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.curvature import quadratic_forms
 from robaudit.plugins.metrics.curvature._common import (
+    BoundaryPoints,
+    CurvatureFit,
     SubspaceParams,
-    boundary_points,
+    check_points,
     check_subspace,
+    curvature_fit,
     hessians,
     require_nonzero,
+    require_points,
     shared_subspace,
-    softplus_accuracy,
     step_label,
+    unit_boundary_points,
 )
 
 
@@ -31,21 +36,20 @@ class CurvatureRatioParams(SubspaceParams):
 
 
 def ratios(ctx: AuditContext, params: CurvatureRatioParams, h: float, basis: torch.Tensor,
-           gaussian: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """ρ_i(z) = |u_iᵀ P H P u_i| / mean_v |vᵀ P H P v| at the audit boundary points: (n, m),
+           gaussian: torch.Tensor, pts: BoundaryPoints) -> torch.Tensor:
+    """ρ_i(z) = |u_iᵀ P H P u_i| / mean_v |vᵀ P H P v| at the boundary points ``pts``: (n, m),
     with ``gaussian`` (T, d) made unit (uniform on the sphere) and common to all points."""
-    pts = boundary_points(ctx, params)
     units = gaussian / gaussian.norm(dim=1, keepdim=True)
-    rows = []
+    rows = [torch.zeros(0, basis.shape[1], dtype=torch.float64)]
     for op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
         shared = quadratic_forms(op, basis.T.to(op.gradient)).abs()
         random = quadratic_forms(op, units.to(op.gradient)).abs().mean(1, keepdim=True)
         require_nonzero(params, torch.cat([shared, random], dim=1))
         rows.append((shared / random.clamp_min(1e-30)).double().cpu())
-    return torch.cat(rows), pts
+    return torch.cat(rows)
 
 
-class CurvatureRatio(Metric):
+class CurvatureRatio(SampleMetric):
     """Largest mean ratio ρ_i of the boundary curvature along a shared direction to a random one.
 
     Fawzi, Moosavi-Dezfooli, Frossard & Soatto (CVPR 2018), section 3: the top ``directions``
@@ -61,6 +65,10 @@ class CurvatureRatio(Metric):
     details: the ρ_i curve (the paper's figure), the singular values of M, with a list of
     ``h`` the value at each h. The fit is cached per run and shared with
     ``curvature_subspace_vulnerability`` (Lanczos start from the spec's seed).
+
+    Per sample, so it shards (design §8): its fit (:class:`CurvatureFit`, once, broadcast) is
+    the shared subspace at each h on the reference split and the random directions v from the
+    check's generator; each work unit takes DeepFool and ρ_i at its points.
     """
 
     name: ClassVar[str] = "curvature_ratio"
@@ -68,41 +76,67 @@ class CurvatureRatio(Metric):
     higher_is_better: ClassVar[bool] = False
     source: ClassVar[str] = "Fawzi et al. 2018, section 3 (shared directions, ρ_i(z))"
 
-    def compute(self, ctx: AuditContext, params: CurvatureRatioParams) -> MetricResult:
+    def sample_count(self, ctx: AuditContext, params: CurvatureRatioParams) -> int:
+        return min(len(ctx.data()), params.points)
+
+    def fit(self, ctx: AuditContext, params: CurvatureRatioParams) -> CurvatureFit:
+        check_points(ctx, params)
         d = int(ctx.data().x[0].numel())
         gaussian = torch.randn(params.samples, d, generator=ctx.generator, dtype=torch.float64)
+        steps = params.steps(d, ctx.model.input_range)
+        subspaces = tuple(shared_subspace(ctx, params, h) for h in steps)
+        return curvature_fit(ctx, params, {"gaussian": gaussian}, subspaces)
+
+    def fit_summary(self, fitted: CurvatureFit) -> dict[str, Any]:
+        fit = fitted.subspaces[0]
+        return {**fitted.summary(), "fit_points": fit.fit, "fit_excluded": fit.excluded,
+                "singular_values": [round(float(v), 6) for v in fit.singular]}
+
+    def per_sample(self, ctx: AuditContext, params: CurvatureRatioParams, unit: Unit,
+                   fitted: CurvatureFit) -> UnitResult:
+        pts = unit_boundary_points(ctx, params, unit)
+        rows = pts.index.numpy()
+        arrays: dict[str, np.ndarray] = {"converged": np.zeros(len(unit), dtype=bool)}
+        arrays["converged"][rows] = True
+        for i, (h, fit) in enumerate(zip(fitted.steps, fitted.subspaces, strict=True)):
+            rho = np.full((len(unit), fit.basis.shape[1]), np.nan)
+            rho[rows] = ratios(ctx, params, h, fit.basis, fitted.draws["gaussian"], pts).numpy()
+            arrays[f"rho_{i}"] = rho
+        return UnitResult(arrays)
+
+    def reduce(self, params: CurvatureRatioParams, gathered: Gathered) -> MetricResult:
+        fit, arrays = gathered.fit, gathered.arrays
+        converged = arrays["converged"].astype(bool)
+        require_points(fit, params, converged)
         per_h: list[dict[str, Any]] = []
         first: dict[str, Any] = {}
-        for h in params.steps(d, ctx.model.input_range):
-            fit = shared_subspace(ctx, params, h)
-            rho, pts = ratios(ctx, params, h, fit.basis, gaussian)
+        for i, h in enumerate(fit["steps"]):
+            rho = torch.from_numpy(arrays[f"rho_{i}"][converged])
             curve = rho.mean(0)
             best = int(curve.argmax())
             per_h.append({"h": step_label(params, h), "value": float(curve[best]),
                           "argmax": best + 1, "rho_last": float(curve[-1])})
             if not first:
-                first = {"rho": rho, "curve": curve, "best": best, "pts": pts, "fit": fit}
-        pts, fit, curve = first["pts"], first["fit"], first["curve"]
-        samples = np.full(pts.considered, np.nan)
-        samples[pts.index.numpy()] = first["rho"][:, first["best"]].numpy()
+                first = {"curve": curve, "best": best}
+        curve, points = first["curve"], int(converged.sum())
         details: dict[str, Any] = {
-            "points": len(pts),
-            "excluded": pts.excluded,
-            "fit_points": fit.fit,
-            "fit_excluded": fit.excluded,
+            "points": points,
+            "excluded": len(converged) - points,
+            "fit_points": fit["fit_points"],
+            "fit_excluded": fit["fit_excluded"],
             "hvp": params.hvp,
             "h": per_h[0]["h"],
-            "dimension": d,
+            "dimension": fit["dimension"],
             "rho": [round(float(v), 6) for v in curve],
-            "singular_values": [round(float(v), 6) for v in fit.singular],
+            "singular_values": list(fit["singular_values"]),
         }
         if len(per_h) > 1:
             details["by_h"] = per_h
         if params.hvp == "softplus":
-            details.update(softplus_accuracy(ctx, params.beta))
+            details.update(fit["accuracy"])
         return MetricResult(
             value=per_h[0]["value"],
-            samples=samples,
+            samples=arrays["rho_0"][:, first["best"]],
             details=details,
             figures=[LinePlot(
                 title=f"Curvature along shared directions vs random ρ_i (h {details['h']})",

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.attacks import pgd
-from robaudit.ops.deepfool import deepfool_split
+from robaudit.ops.deepfool import deepfool_unit
 from robaudit.ops.projections import lp_norm
 from robaudit.ops.sampling import sample_seeds
-from robaudit.ops.uap import random_lp_noise
-from robaudit.plugins.metrics.universal.uap import UAPFitParams, fitted_uap, split_fooled
+from robaudit.ops.uap import UAPFit, random_lp_noise
+from robaudit.plugins.metrics.universal.uap import UAPFitParams, fitted_uap, unit_fooled
 
 #: The names of the categories, by number (each with the rule that gives it, see
 #: :class:`RobustnessCategory`).
@@ -44,7 +46,16 @@ class CategoryParams(UAPFitParams):
         None, gt=0, description="PGD step size (default 2.5·eps/steps, Madry et al.)")
 
 
-class RobustnessCategory(Metric):
+@dataclass(frozen=True)
+class CategoryFitted:
+    """The fit every work unit of ``robustness_category`` shares: the universal perturbation
+    of ``uap_fooling_rate`` and two seeds per audit sample (the noise, the PGD start)."""
+
+    fit: UAPFit
+    seeds: torch.Tensor
+
+
+class RobustnessCategory(SampleMetric):
     """The robustness category (1 best … 4 worst) of the model at the budget ``eps``.
 
     The note on Moosavi-Dezfooli et al. (2017), "Universal adversarial perturbations"
@@ -84,7 +95,10 @@ class RobustnessCategory(Metric):
     The audit split is evaluated one batch (``batch_size``) at a time. Random numbers are
     drawn per sample: two seeds per audit sample (the noise, the PGD start) from the check's
     generator, and each sample's draw from its own seed (:mod:`robaudit.ops.sampling`), so
-    the result does not depend on ``batch_size``.
+    the result does not depend on ``batch_size``. Per sample, so it shards (design §8): its
+    fit (:class:`CategoryFitted`, once, broadcast) is the universal perturbation on the
+    reference split and those seeds; each work unit runs the noise, v and the attack on its
+    samples.
 
     details: the three fooling rates (and the attack's alone), tau, tolerance, the category's
     name with its rule, and the UAP fit's passes.
@@ -97,19 +111,31 @@ class RobustnessCategory(Metric):
                              "perturbations; the four categories of the note (seeds)")
     has_interval: ClassVar[bool] = False
 
-    def compute(self, ctx: AuditContext, params: CategoryParams) -> MetricResult:
-        fit = fitted_uap(ctx, params)
-        seeds = sample_seeds(ctx.generator, len(ctx.data()), 2)  # noise, PGD start
-        noise_hits = split_fooled(ctx, lambda x, rows: random_lp_noise(
-            seeds[rows, 0], x.shape[1:], params.eps, params.norm).to(ctx.device))
-        uap_hits = split_fooled(ctx, lambda x, rows: fit.perturbation)
-        attack_hits = self._attack(ctx, params, seeds[:, 1])
-        sample_hits = attack_hits | uap_hits | noise_hits
+    def fit(self, ctx: AuditContext, params: CategoryParams) -> CategoryFitted:
+        return CategoryFitted(fitted_uap(ctx, params),
+                              sample_seeds(ctx.generator, len(ctx.data()), 2))
+
+    def fit_summary(self, fitted: CategoryFitted) -> dict[str, Any]:
+        return {"uap_passes": fitted.fit.passes}
+
+    def per_sample(self, ctx: AuditContext, params: CategoryParams, unit: Unit,
+                   fitted: CategoryFitted) -> UnitResult:
+        seeds = fitted.seeds[unit.indices]
+        noise = random_lp_noise(seeds[:, 0], ctx.data().x.shape[1:], params.eps, params.norm)
+        noise_hits = unit_fooled(ctx, unit, noise.to(ctx.device))
+        uap_hits = unit_fooled(ctx, unit, fitted.fit.perturbation.to(ctx.device))
+        attack_hits = self._attack(ctx, params, unit, seeds[:, 1])
+        return UnitResult({"noise": noise_hits, "universal": uap_hits, "attack": attack_hits,
+                           "per_sample": attack_hits | uap_hits | noise_hits})
+
+    def reduce(self, params: CategoryParams, gathered: Gathered) -> MetricResult:
+        def rate(name: str) -> float:
+            return float(torch.from_numpy(gathered.arrays[name]).mean())
 
         rates = {
-            "noise_fooling_rate": float(noise_hits.double().mean()),
-            "universal_fooling_rate": float(uap_hits.double().mean()),
-            "per_sample_fooling_rate": float(sample_hits.double().mean()),
+            "noise_fooling_rate": rate("noise"),
+            "universal_fooling_rate": rate("universal"),
+            "per_sample_fooling_rate": rate("per_sample"),
         }
         if rates["noise_fooling_rate"] > params.tau:
             category = 4
@@ -123,35 +149,31 @@ class RobustnessCategory(Metric):
             value=float(category),
             details={
                 **rates,
-                "attack_fooling_rate": float(attack_hits.double().mean()),
+                "attack_fooling_rate": rate("attack"),
                 "tau": params.tau,
                 "tolerance": params.tolerance,
                 "category_name": CATEGORY_NAMES[category],
-                "uap_passes": fit.passes,
+                "uap_passes": gathered.fit["uap_passes"],
             },
         )
 
     @staticmethod
-    def _attack(ctx: AuditContext, params: CategoryParams, seeds: torch.Tensor) -> torch.Tensor:
-        """Per sample (a CPU bool tensor), whether the per-sample attack within eps changes
-        the prediction; PGD runs one batch of ``ctx.batches()`` at a time."""
+    def _attack(ctx: AuditContext, params: CategoryParams, unit: Unit, seeds: torch.Tensor
+                ) -> torch.Tensor:
+        """Per sample of the unit (a CPU bool tensor), whether the per-sample attack within
+        eps changes the prediction."""
         mua = ctx.model
+        x, _ = ctx.unit_batch(unit)
         if params.attack == "deepfool":
-            result = deepfool_split(ctx, norm=params.norm, overshoot=params.overshoot,
-                                    candidates=params.candidates, max_iter=params.max_iter)
-            size = lp_norm(result.boundary - ctx.data().x, params.norm)  # both on the CPU
+            result = deepfool_unit(ctx, unit, norm=params.norm, overshoot=params.overshoot,
+                                   candidates=params.candidates, max_iter=params.max_iter)
+            size = lp_norm(result.boundary - x.cpu(), params.norm)  # both on the CPU
             return result.converged & (size <= params.eps)
         step = params.step_size or 2.5 * params.eps / params.steps
-        clean = ctx.logits().argmax(dim=1)
-        hits, start = [], 0
-        for x, _ in ctx.batches():
-            stop = start + x.shape[0]
-            kb = clean[start:stop].to(ctx.device)
-            adv = pgd(mua.logits, x, kb, eps=params.eps, norm=params.norm, steps=params.steps,
-                      step_size=step, seeds=seeds[start:stop], input_range=mua.input_range)
-            hits.append((mua.predict(adv) != kb).cpu())
-            start = stop
-        return torch.cat(hits)
+        clean = ctx.unit_logits(unit).argmax(dim=1).to(ctx.device)
+        adv = pgd(mua.logits, x, clean, eps=params.eps, norm=params.norm, steps=params.steps,
+                  step_size=step, seeds=seeds, input_range=mua.input_range)
+        return (mua.predict(adv) != clean).cpu()
 
     def floor(self, ctx: AuditContext, params: CategoryParams) -> Floor:
         n = len(ctx.data())

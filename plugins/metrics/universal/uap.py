@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 
 from robaudit import Floor, ImagePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError
-from robaudit.ops.deepfool import deepfool_split
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
+from robaudit.ops.deepfool import deepfool_unit
 from robaudit.ops.projections import lp_norm
 from robaudit.ops.sampling import sample_seeds
 from robaudit.ops.stats import wilson_interval
@@ -110,23 +113,15 @@ def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
     return ctx.cache.get_or_compute(key, compute)
 
 
-def split_fooled(ctx: AuditContext,
-                 perturbation: Callable[[torch.Tensor, slice], torch.Tensor]) -> torch.Tensor:
-    """Per sample of the audit split (a CPU bool tensor), whether the prediction at
-    clip(x + δ) differs from the clean prediction, one batch of ``ctx.batches()`` at a time:
-    δ = ``perturbation(x, rows)`` for the batch x on the device and its rows of the split
-    (one universal v, or one per sample of the batch, e.g. noise drawn from the rows' seeds).
-    Only the per-sample flags are kept across batches, so the device holds one batch at a time."""
+def unit_fooled(ctx: AuditContext, unit: Unit, delta: torch.Tensor) -> torch.Tensor:
+    """Per sample of the work unit ``unit`` of the audit split (a CPU bool tensor), whether the
+    prediction at clip(x + δ) differs from the clean prediction: δ one universal v (the shape
+    of a sample) or one perturbation per sample of the unit, on the device."""
     mua = ctx.model
-    clean = ctx.logits().argmax(dim=1)
-    hits, start = [], 0
-    for x, _ in ctx.batches():
-        stop = start + x.shape[0]
-        delta = perturbation(x, slice(start, stop))
-        hits.append(fooled(mua.logits, x, delta, clean[start:stop].to(ctx.device),
-                           input_range=mua.input_range, batch=x.shape[0]).cpu())
-        start = stop
-    return torch.cat(hits)
+    x, _ = ctx.unit_batch(unit)
+    clean = ctx.unit_logits(unit).argmax(dim=1).to(ctx.device)
+    return fooled(mua.logits, x, delta, clean, input_range=mua.input_range,
+                  batch=x.shape[0]).cpu()
 
 
 def normalised_singular_values(vectors: torch.Tensor, top: int) -> list[float]:
@@ -138,7 +133,23 @@ def normalised_singular_values(vectors: torch.Tensor, top: int) -> list[float]:
     return [round(float(s), 6) for s in (values / values[0])[:top]]
 
 
-class UAPFoolingRate(Metric):
+@dataclass(frozen=True)
+class UAPFitted:
+    """What every work unit of ``uap_fooling_rate`` shares (its fit, design §8): the
+    universal perturbation, its norm ‖v‖_p, one noise seed per audit sample and the state of
+    the check's generator after them (the random directions of the singular-value baseline
+    are drawn from it when the units are reduced, so they are those of one process), the
+    size of the fit set and whether the reference split is held out."""
+
+    fit: UAPFit
+    size: float
+    seeds: torch.Tensor
+    random_state: torch.Tensor
+    fit_samples: int
+    held_out: bool
+
+
+class UAPFoolingRate(SampleMetric):
     """Held-out fooling rate of a universal adversarial perturbation fitted on the reference split.
 
     Moosavi-Dezfooli, Fawzi, Fawzi & Frossard, "Universal adversarial perturbations",
@@ -188,9 +199,15 @@ class UAPFoolingRate(Metric):
       alone or not.
       The noise baseline draws one seed per audit sample from the check's generator and
       each sample's noise from its seed (:mod:`robaudit.ops.sampling`), so it does not
-      depend on ``batch_size``.
+      depend on ``batch_size``; the random directions of the singular-value baseline come
+      next from the check's generator, drawn at the reduce from its state after the seeds
+      (kept in the fit), since their number is that of the converged samples.
     - Memory: the fit set (at most ``fit_limit`` samples) is held on the device during the
-      fit; the audit split is evaluated one batch at a time, keeping per-sample flags only.
+      fit; the audit split is evaluated one batch at a time, keeping per-sample flags (and
+      the boundary normals of the singular values) only.
+    - Scale: per sample, so it shards (design §8). Its fit (:class:`UAPFitted`, once,
+      broadcast) is v on the reference split, with the noise seeds of every audit sample;
+      each work unit evaluates v, the noise and DeepFool (for the normals) on its samples.
 
     details: ``held_out`` (False when the data source has no separate reference split, so v
     was fitted on the audited samples themselves and the rate is not a held-out figure), the
@@ -209,31 +226,66 @@ class UAPFoolingRate(Metric):
                              "perturbations, Algorithm 1 and section 4")
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
-    def compute(self, ctx: AuditContext, params: UAPFitParams) -> MetricResult:
+    def fit(self, ctx: AuditContext, params: UAPFitParams) -> UAPFitted:
         fit = fitted_uap(ctx, params)
-        v = fit.perturbation
-        hits = split_fooled(ctx, lambda x, rows: v)
-        size = float(lp_norm(v, params.norm, batched=False))
         seeds = sample_seeds(ctx.generator, len(ctx.data()))
-        noise_rate = float(split_fooled(ctx, lambda x, rows: random_lp_noise(
-            seeds[rows], x.shape[1:], size, params.norm).to(ctx.device)).double().mean())
+        return UAPFitted(
+            fit=fit,
+            size=float(lp_norm(fit.perturbation, params.norm, batched=False)),
+            seeds=seeds,
+            random_state=ctx.generator.get_state(),
+            fit_samples=min(params.fit_limit, len(ctx.data(ctx.reference))),
+            held_out=not ctx.reference_is_split,
+        )
 
-        boundary = deepfool_split(ctx, norm="l2", overshoot=params.overshoot,
-                                  candidates=params.candidates, max_iter=params.max_iter)
-        normals = boundary.normal[boundary.converged]
-        random_dirs = torch.randn(normals.shape, generator=ctx.generator)
-        count, total = int(hits.sum()), int(hits.numel())
+    def fit_summary(self, fitted: UAPFitted) -> dict[str, Any]:
+        return {
+            "fit_fooling_rate": fitted.fit.fooling_rate,
+            "fit_history": list(fitted.fit.history),
+            "passes": fitted.fit.passes,
+            "fit_samples": fitted.fit_samples,
+            "held_out": fitted.held_out,
+            "perturbation_norm": fitted.size,
+            "perturbation": fitted.fit.perturbation.detach().cpu().numpy(),
+            "random_state": fitted.random_state.numpy(),
+        }
+
+    def per_sample(self, ctx: AuditContext, params: UAPFitParams, unit: Unit,
+                   fitted: UAPFitted) -> UnitResult:
+        v = fitted.fit.perturbation.to(ctx.device)
+        shape = ctx.data().x.shape[1:]
+        noise = random_lp_noise(fitted.seeds[unit.indices], shape, fitted.size, params.norm)
+        boundary = deepfool_unit(ctx, unit, norm="l2", overshoot=params.overshoot,
+                                 candidates=params.candidates, max_iter=params.max_iter)
+        return UnitResult({
+            "fooled": unit_fooled(ctx, unit, v),
+            "noise_fooled": unit_fooled(ctx, unit, noise.to(ctx.device)),
+            "normal": boundary.normal,
+            "converged": boundary.converged,
+        })
+
+    def reduce(self, params: UAPFitParams, gathered: Gathered) -> MetricResult:
+        fit = gathered.fit
+        hits = gathered.arrays["fooled"]
+        noise_rate = float(torch.from_numpy(gathered.arrays["noise_fooled"]).mean())
+        converged = gathered.arrays["converged"].astype(bool)
+        normals = torch.from_numpy(gathered.arrays["normal"][converged])
+        generator = torch.Generator()
+        generator.set_state(torch.from_numpy(np.asarray(fit["random_state"], dtype=np.uint8)))
+        random_dirs = torch.randn(normals.shape, generator=generator)
+        count, total = int(hits.sum()), int(hits.size)
+        size = fit["perturbation_norm"]
         symbol = "ℓ∞" if params.norm == "linf" else "ℓ2"
         return MetricResult(
             value=count / total,
-            samples=hits.double().cpu().numpy(),
+            samples=hits,
             ci=wilson_interval(count, total),
             details={
-                "fit_fooling_rate": fit.fooling_rate,
-                "fit_history": list(fit.history),
-                "passes": fit.passes,
-                "fit_samples": min(params.fit_limit, len(ctx.data(ctx.reference))),
-                "held_out": not ctx.reference_is_split,
+                "fit_fooling_rate": fit["fit_fooling_rate"],
+                "fit_history": list(fit["fit_history"]),
+                "passes": fit["passes"],
+                "fit_samples": fit["fit_samples"],
+                "held_out": fit["held_out"],
                 "perturbation_norm": size,
                 "noise_fooling_rate": noise_rate,
                 "normals": int(normals.shape[0]),
@@ -244,7 +296,7 @@ class UAPFoolingRate(Metric):
             },
             figures=[ImagePlot(
                 title="universal perturbation v",
-                image=v.detach().cpu().numpy(),
+                image=fit["perturbation"],
                 caption=f"{symbol} norm {size:.4g} (budget {params.eps:g}); fools "
                         f"{count / total:.1%} of the audit split, random noise of the same "
                         f"norm {noise_rate:.1%}",

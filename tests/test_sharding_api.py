@@ -151,3 +151,26 @@ def test_shares_survive_the_wire_and_reduce_only_when_complete(context: Any) -> 
     other = Share(units=shares[1].units, fit_digest="0" * 64, unit_count=6)
     with pytest.raises(ValueError, match="fitted different things"):
         reduce_shares(metric, params, [shares[0], other])
+
+
+def test_checks_that_share_a_fit_go_to_one_process() -> None:
+    from robaudit.pluginmanager import load_plugins
+    from robaudit.sharding import owners
+    from robaudit.spec import Check
+
+    metrics = load_plugins([], []).metrics
+
+    def check(cid: str, metric: str, **params: Any) -> Check:
+        m = metrics[metric]
+        return Check(id=cid, index=0, metric=m, params=m.Params.model_validate(params),
+                     expect={}, tags=())
+
+    checks = [check("acc", "clean_accuracy"), check("uap", "uap_fooling_rate"),
+              check("lip", "lipschitz_bound"), check("cat", "robustness_category"),
+              check("uap2", "uap_fooling_rate", eps=0.2), check("spear", "rank_order_spearman")]
+    owner = owners(checks, 2)
+    assert owner["cat"] == owner["uap"]  # the same fit
+    assert [owner[c] for c in ("acc", "uap", "lip", "uap2", "spear")] == [0, 1, 0, 1, 0]
+    three = owners(checks, 3)  # groups acc, uap (+cat), lip, uap2 (another eps), spear
+    assert [three[c] for c in ("acc", "uap", "lip", "cat", "uap2", "spear")] == [0, 1, 2, 1, 0, 1]
+    assert set(owners(checks, 1).values()) == {0}

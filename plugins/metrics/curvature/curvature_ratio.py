@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -78,6 +78,11 @@ class CurvatureRatio(SampleMetric):
 
     def sample_count(self, ctx: AuditContext, params: CurvatureRatioParams) -> int:
         return min(len(ctx.data()), params.points)
+
+    def affinity(self, params: CurvatureRatioParams) -> Hashable:
+        """The shared curvature subspace, cached and shared with
+        ``curvature_subspace_vulnerability``: one process fits it for both (design §8)."""
+        return ("curvature_fit", *params.fit_key())
 
     def fit(self, ctx: AuditContext, params: CurvatureRatioParams) -> CurvatureFit:
         check_points(ctx, params)

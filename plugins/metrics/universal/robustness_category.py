@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -110,6 +110,11 @@ class RobustnessCategory(SampleMetric):
     source: ClassVar[str] = ("Moosavi-Dezfooli et al. 2017, Universal adversarial "
                              "perturbations; the four categories of the note (seeds)")
     has_interval: ClassVar[bool] = False
+
+    def affinity(self, params: CategoryParams) -> Hashable:
+        """The universal perturbation, cached and shared with ``uap_fooling_rate``: one
+        process fits it for both (design §8)."""
+        return ("uap", *params.fit_key())
 
     def fit(self, ctx: AuditContext, params: CategoryParams) -> CategoryFitted:
         return CategoryFitted(fitted_uap(ctx, params),

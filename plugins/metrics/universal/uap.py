@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -225,6 +225,11 @@ class UAPFoolingRate(SampleMetric):
     source: ClassVar[str] = ("Moosavi-Dezfooli et al. 2017, Universal adversarial "
                              "perturbations, Algorithm 1 and section 4")
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
+
+    def affinity(self, params: UAPFitParams) -> Hashable:
+        """The universal perturbation, cached and shared with ``robustness_category``: one
+        process fits it for both (design §8)."""
+        return ("uap", *params.fit_key())
 
     def fit(self, ctx: AuditContext, params: UAPFitParams) -> UAPFitted:
         fit = fitted_uap(ctx, params)

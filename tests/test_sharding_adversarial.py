@@ -1,0 +1,96 @@
+"""The adversarial and deformation metrics shard (design §8): run as 2 or 3 processes would
+run them (:func:`robaudit.testing.run_metric_sharded`: fresh caches and generators, units
+dealt round-robin, reduced in sample order), they give exactly the one-process result.
+
+The independent answer is the one-process run itself (:func:`robaudit.testing.run_metric`):
+value, per-sample values (NaN equal to NaN), interval, details and figures must be equal bit
+for bit, not to a tolerance. The data are 26 samples and the batch size 5, so there are 6
+units, the last of one sample, and the 6-sample galleries span two units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from robaudit.context import AuditContext
+from robaudit.metric import Metric, MetricResult
+from robaudit.plugins.metrics.adversarial.attack_accuracy import (
+    FGSMAccuracy,
+    NoiseAccuracy,
+    PGDAccuracy,
+)
+from robaudit.testing import make_context, run_metric, run_metric_sharded
+
+SAMPLES, BATCH = 26, 5
+BOX = (-3.0, 3.0)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Exact equality of results' parts: floats and arrays bit for bit, NaN equal to NaN."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        return (a.shape == b.shape and a.dtype == b.dtype
+                and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f")))
+    if dataclasses.is_dataclass(a):
+        return type(a) is type(b) and all(same(getattr(a, f.name), getattr(b, f.name))
+                                          for f in dataclasses.fields(a))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return (type(a) is type(b) and len(a) == len(b)
+                and all(same(x, y) for x, y in zip(a, b, strict=True)))
+    return type(a) is type(b) and a == b
+
+
+def mlp(seed: int) -> nn.Module:
+    """A random 8-12-3 ReLU MLP (its feature layer g: the 12 hidden units)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 3))
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian inputs in the box [-3, 3]; labels the model's predictions, every fifth
+    changed (so some samples are misclassified when clean)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(SAMPLES, 8, generator=g).clamp(*BOX)
+    with torch.no_grad():
+        y = mlp(0)(x).argmax(dim=1)
+    y[::5] = (y[::5] + 1) % 3
+    return x, y
+
+
+def context(data: tuple[torch.Tensor, torch.Tensor]) -> AuditContext:
+    return make_context(mlp(0), *data, input_range=BOX, batch_size=BATCH, seed=7,
+                        models={"src": mlp(1)})
+
+
+CASES: list[tuple[Metric, dict[str, Any]]] = [
+    (FGSMAccuracy(), {"eps": 1.0}),
+    (PGDAccuracy(), {"eps": [0.5, 1.5], "steps": 4, "restarts": 2}),
+    (PGDAccuracy(), {"eps": 2.0, "norm": "l2", "steps": 3}),
+    (NoiseAccuracy(), {"sigma": [1.0, 3.0]}),
+]
+
+
+@pytest.mark.parametrize(("metric", "params"), CASES,
+                         ids=[f"{m.name}-{i}" for i, (m, _) in enumerate(CASES)])
+def test_sharded_runs_equal_the_single_process_run(metric: Metric, params: dict[str, Any],
+                                                   data: tuple[torch.Tensor, torch.Tensor]
+                                                   ) -> None:
+    whole = run_metric(metric, context(data), **params)
+    assert whole.samples is not None and len(whole.samples) == SAMPLES
+    for world in (2, 3):
+        sharded = run_metric_sharded(metric, context(data), world, **params)
+        for part in dataclasses.fields(MetricResult):
+            assert same(getattr(whole, part.name), getattr(sharded, part.name)), (
+                f"{metric.name} on {world} processes: {part.name} differs")

@@ -20,12 +20,14 @@ import torch
 from torch import nn
 
 from robaudit.context import AuditContext
-from robaudit.metric import Metric, MetricResult
+from robaudit.metric import Metric, MetricResult, work_units
+from robaudit.ops.deepfool import deepfool_split, deepfool_unit
 from robaudit.plugins.metrics.adversarial.attack_accuracy import (
     FGSMAccuracy,
     NoiseAccuracy,
     PGDAccuracy,
 )
+from robaudit.plugins.metrics.adversarial.deepfool_distortion import DeepFoolMinDistortion
 from robaudit.testing import make_context, run_metric, run_metric_sharded
 
 SAMPLES, BATCH = 26, 5
@@ -79,6 +81,8 @@ CASES: list[tuple[Metric, dict[str, Any]]] = [
     (PGDAccuracy(), {"eps": [0.5, 1.5], "steps": 4, "restarts": 2}),
     (PGDAccuracy(), {"eps": 2.0, "norm": "l2", "steps": 3}),
     (NoiseAccuracy(), {"sigma": [1.0, 3.0]}),
+    (DeepFoolMinDistortion(), {}),
+    (DeepFoolMinDistortion(), {"norm": "linf", "max_iter": 2}),
 ]
 
 
@@ -94,3 +98,21 @@ def test_sharded_runs_equal_the_single_process_run(metric: Metric, params: dict[
         for part in dataclasses.fields(MetricResult):
             assert same(getattr(whole, part.name), getattr(sharded, part.name)), (
                 f"{metric.name} on {world} processes: {part.name} differs")
+
+
+def test_units_run_in_order_leave_the_shared_deepfool_run_of_the_split(
+        data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The curvature checks read DeepFool's whole-split run: after deepfool_min_distortion's
+    units in one process it is cached under deepfool_split's key, equal to a run of
+    deepfool_split on a fresh context; a shard that ran only some units has no whole run."""
+    ctx = context(data)
+    run_metric(DeepFoolMinDistortion(), ctx, candidates=3)
+    key = ("deepfool", "model", "test", "l2", 0.02, 3, 50)
+    assert key in ctx.cache
+    fresh = deepfool_split(context(data), candidates=3)
+    for name in ("perturbation", "boundary", "iterations", "converged", "normal"):
+        assert torch.equal(getattr(ctx.cache.get(key), name), getattr(fresh, name))
+    shard = context(data)
+    for unit in work_units(SAMPLES, BATCH)[1::2]:
+        deepfool_unit(shard, unit, candidates=3)
+    assert key not in shard.cache

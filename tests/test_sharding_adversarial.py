@@ -28,6 +28,7 @@ from robaudit.plugins.metrics.adversarial.attack_accuracy import (
     PGDAccuracy,
 )
 from robaudit.plugins.metrics.adversarial.deepfool_distortion import DeepFoolMinDistortion
+from robaudit.plugins.metrics.deformation.fgsm_output_change import FgsmOutputChange
 from robaudit.testing import make_context, run_metric, run_metric_sharded
 
 SAMPLES, BATCH = 26, 5
@@ -83,6 +84,7 @@ CASES: list[tuple[Metric, dict[str, Any]]] = [
     (NoiseAccuracy(), {"sigma": [1.0, 3.0]}),
     (DeepFoolMinDistortion(), {}),
     (DeepFoolMinDistortion(), {"norm": "linf", "max_iter": 2}),
+    (FgsmOutputChange(), {"eps": 0.5}),
 ]
 
 

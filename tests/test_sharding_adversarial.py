@@ -11,6 +11,7 @@ units, the last of one sample, and the 6-sample galleries span two units.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -20,7 +21,14 @@ import torch
 from torch import nn
 
 from robaudit.context import AuditContext
-from robaudit.metric import Metric, MetricResult, work_units
+from robaudit.metric import (
+    Metric,
+    MetricResult,
+    SampleMetric,
+    UnitResult,
+    gather_units,
+    work_units,
+)
 from robaudit.ops.deepfool import deepfool_split, deepfool_unit
 from robaudit.plugins.metrics.adversarial.attack_accuracy import (
     FGSMAccuracy,
@@ -31,6 +39,7 @@ from robaudit.plugins.metrics.adversarial.deepfool_distortion import DeepFoolMin
 from robaudit.plugins.metrics.deformation.fgsm_output_change import FgsmOutputChange
 from robaudit.plugins.metrics.deformation.sphere_deformation import SphereDeformation
 from robaudit.testing import make_context, run_metric, run_metric_sharded
+from robaudit.wire import decode, encode
 
 SAMPLES, BATCH = 26, 5
 BOX = (-3.0, 3.0)
@@ -121,3 +130,21 @@ def test_units_run_in_order_leave_the_shared_deepfool_run_of_the_split(
     for unit in work_units(SAMPLES, BATCH)[1::2]:
         deepfool_unit(shard, unit, candidates=3)
     assert key not in shard.cache
+
+
+@pytest.mark.parametrize(("metric", "params"), CASES,
+                         ids=[f"{m.name}-{i}" for i, (m, _) in enumerate(CASES)])
+def test_unit_results_travel_between_processes_unchanged(
+        metric: Metric, params: dict[str, Any], data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Every unit's arrays and extras (the galleries) pass through the JSON wire encoding
+    of shard reports (robaudit.wire) and reduce to the same result as before it."""
+    assert isinstance(metric, SampleMetric)
+    ctx = context(data)
+    validated = metric.Params.model_validate(params)
+    fitted = metric.fit(ctx, validated)
+    units = work_units(metric.sample_count(ctx, validated), ctx.batch_size)
+    results = [metric.per_sample(ctx, validated, unit, fitted) for unit in units]
+    wired = [UnitResult(**decode(json.loads(json.dumps(encode(
+        {"arrays": r.arrays, "extra": r.extra}))))) for r in results]
+    direct = metric.reduce(validated, gather_units(results))
+    assert same(direct, metric.reduce(validated, gather_units(wired)))

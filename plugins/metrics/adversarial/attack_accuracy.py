@@ -3,7 +3,9 @@
 Each reports its accuracy per true class, and a gallery of the first audit samples clean,
 perturbed and their perturbation with the predictions. ``pgd_accuracy``'s ``eps`` and
 ``noise_accuracy``'s ``sigma`` may be lists: the value is at the first, and the accuracy at each
-is in ``details.curve`` and plotted against it (the curve foolbox users ask for).
+is in ``details.curve`` and plotted against it (the curve foolbox users ask for). All three
+are per sample and shard across processes (design §8): random starts and noise come from
+per-sample seeds that ``fit`` draws for the whole split, and the first unit makes the gallery.
 """
 
 from __future__ import annotations

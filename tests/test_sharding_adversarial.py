@@ -83,8 +83,7 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def context(data: tuple[torch.Tensor, torch.Tensor]) -> AuditContext:
-    return make_context(mlp(0), *data, input_range=BOX, batch_size=BATCH, seed=7,
-                        models={"src": mlp(1)})
+    return make_context(mlp(0), *data, input_range=BOX, batch_size=BATCH, seed=7)
 
 
 CASES: list[tuple[Metric, dict[str, Any]]] = [

@@ -359,15 +359,26 @@ def deepfool_unit(
 ) -> DeepFoolResult:
     """DeepFool on one work unit of a split (design §8), on the CPU: a slice of
     :func:`deepfool_split`'s result when the run has it, else the unit alone, cached under the
-    split's key and the unit's bounds so that every check of the process shares it."""
+    split's key and the unit's bounds so that every check of the process shares it. When the
+    process has then run every unit of the split (one process running a check's units in
+    order), their results are also cached as the whole split's, under
+    :func:`deepfool_split`'s key, as that function would have cached them."""
     mua = model or ctx.model
     name = split or ctx.split
     options = (norm, overshoot, candidates, max_iter)
-    whole = ctx.cache.get(("deepfool", mua.name, name, *options))
+    key = ("deepfool", mua.name, name, *options)
+    whole = ctx.cache.get(key)
     if whole is not None:
         return whole.rows(unit.indices)
-    return ctx.cache.get_or_compute(("deepfool", mua.name, name, *options, unit.start, unit.stop),
-                                    lambda: _run_unit(ctx, unit, name, mua, options))
+    result = ctx.cache.get_or_compute((*key, unit.start, unit.stop),
+                                      lambda: _run_unit(ctx, unit, name, mua, options))
+    if unit.stop == len(ctx.data(name)):
+        units = work_units(len(ctx.data(name)), ctx.batch_size)
+        parts = [ctx.cache.get((*key, part.start, part.stop)) for part in units]
+        done = [part for part in parts if part is not None]
+        if len(done) == len(units):
+            ctx.cache.get_or_compute(key, lambda: DeepFoolResult.concat(done))
+    return result
 
 
 def _run_unit(ctx: AuditContext, unit: Unit, split: str, mua: ModelUnderAudit,

@@ -3,20 +3,24 @@
 Each reports its accuracy per true class, and a gallery of the first audit samples clean,
 perturbed and their perturbation with the predictions. ``pgd_accuracy``'s ``eps`` and
 ``noise_accuracy``'s ``sigma`` may be lists: the value is at the first, and the accuracy at each
-is in ``details.curve`` and plotted against it (the curve foolbox users ask for).
+is in ``details.curve`` and plotted against it (the curve foolbox users ask for). All three
+are per sample and shard across processes (design §8): random starts and noise come from
+per-sample seeds that ``fit`` draws for the whole split, and the first unit makes the gallery.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.figures import Figure
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.attacks import fgsm, pgd
 from robaudit.ops.perclass import GALLERY_SAMPLES, gallery, per_class_accuracy
 from robaudit.ops.sampling import per_sample_randn, sample_seeds
@@ -30,32 +34,36 @@ def _levels(value: float | Sequence[float]) -> list[float]:
     return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
 
 
-def _accuracy_result(ctx: AuditContext, correct: torch.Tensor, clean: torch.Tensor,
-                     figures: list[Figure], **details: object) -> MetricResult:
-    """Robust accuracy from per-sample 0/1 correctness, with Wilson's 95% interval and the
-    accuracy per true class."""
-    hits, total = int(correct.sum()), int(correct.numel())
+def _accuracy_result(gathered: Gathered, figures: list[Figure], **details: object
+                     ) -> MetricResult:
+    """Robust accuracy from the per-sample 0/1 correctness ``robust`` (the first level's
+    column), with Wilson's 95% interval and the accuracy per true class."""
+    correct = np.ascontiguousarray(gathered.arrays["robust"][:, 0])
+    labels = torch.from_numpy(gathered.arrays["label"]).long()
+    hits, total = int(correct.sum()), int(correct.size)
     return MetricResult(
         value=hits / total,
-        samples=correct.double().cpu().numpy(),
+        samples=correct,
         ci=wilson_interval(hits, total),
         details={
             "correct": hits,
             "samples": total,
-            "clean_accuracy": float(clean.double().mean()),
+            "clean_accuracy": float(torch.from_numpy(gathered.arrays["clean"]).mean()),
             **details,
-            "per_class": per_class_accuracy(correct, ctx.data().y),
+            "per_class": per_class_accuracy(torch.from_numpy(correct), labels),
         },
         figures=figures,
     )
 
 
-def _curve(name: str, levels: list[float], accuracies: list[float], title: str
+def _curve(name: str, levels: list[float], robust: np.ndarray, title: str
            ) -> tuple[list[dict[str, float]], list[Figure]]:
     """``details.curve`` and its plot, in increasing level, when more than one level was
-    asked for."""
+    asked for (``robust``: per-sample 0/1, a column per level)."""
     if len(levels) < 2:
         return [], []
+    accuracies = [float(torch.from_numpy(robust[:, j].copy()).mean())
+                  for j in range(len(levels))]
     pairs = sorted(zip(levels, accuracies, strict=True))
     rows = [{name: level, "accuracy": acc} for level, acc in pairs]
     return rows, [LinePlot(title=title, x=tuple(p[0] for p in pairs),
@@ -65,28 +73,31 @@ def _curve(name: str, levels: list[float], accuracies: list[float], title: str
 
 def _gallery(ctx: AuditContext, title: str,
              perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Figure:
-    """The first audit samples clean and perturbed by ``perturb(x, y)``, with predictions."""
+    """The first audit samples clean and perturbed by ``perturb(x, y)``, with predictions
+    (made by the first unit: the same samples whichever unit sizes)."""
     x = ctx.data().x[:GALLERY_SAMPLES].to(ctx.device)
     y = ctx.data().y[:GALLERY_SAMPLES].to(ctx.device)
     perturbed = perturb(x, y)
     return gallery(title, x, perturbed, y, ctx.model.predict(x), ctx.model.predict(perturbed))
 
 
-def _clean_batches(
-    ctx: AuditContext, description: str
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, slice]]:
-    """``(x, y, clean_correct, rows)`` batches of the audit split, ``rows`` the batch's slice
-    of the split; the clean predictions come from the run's cached forward pass
-    (``ctx.logits``). Advances a progress task."""
-    logits = ctx.logits()
-    correct = logits.argmax(dim=1) == ctx.data().y.to(logits.device)
-    task = ctx.progress(len(ctx.data()), description)
-    start = 0
-    for x, y in ctx.batches():
-        rows = slice(start, start + x.shape[0])
-        yield x, y, correct[rows].to(x.device), rows
-        start = rows.stop
-        task.advance(x.shape[0])
+def _clean_unit(ctx: AuditContext, unit: Unit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, y, clean_correct)`` of a work unit on the device; the clean predictions come from
+    the run's shared forward pass (``ctx.unit_logits``)."""
+    x, y = ctx.unit_batch(unit)
+    logits = ctx.unit_logits(unit)
+    correct = logits.argmax(dim=1) == ctx.data().y[unit.indices].to(logits.device)
+    return x, y, correct.to(ctx.device)
+
+
+def _unit_result(unit: Unit, y: torch.Tensor, clean: torch.Tensor, robust: list[torch.Tensor],
+                 shown: Callable[[], Figure]) -> UnitResult:
+    """A unit's per-sample arrays (``robust``: a column per level) and, for the first unit,
+    the gallery."""
+    return UnitResult(
+        {"robust": torch.stack(robust, dim=1).cpu(), "clean": clean.cpu(), "label": y.cpu()},
+        {"gallery": shown()} if unit.index == 0 else {},
+    )
 
 
 class FGSMParams(MetricParams):
@@ -97,14 +108,14 @@ class FGSMParams(MetricParams):
     )
 
 
-class FGSMAccuracy(Metric):
+class FGSMAccuracy(SampleMetric):
     """Accuracy under the fast gradient sign method (one ℓ∞ gradient-sign step of size eps).
 
     Goodfellow, Shlens & Szegedy (ICLR 2015), section 4: x' = clip(x + eps · sign(∇ₓ J(x, y)))
     with J the cross-entropy of the true label, clipped to the model's input range. value: the
     fraction of the audit split still classified correctly at x' (robust accuracy); a sample
     misclassified when clean counts as not robust and is not attacked. samples: per-sample 0/1
-    correctness; ci: Wilson's 95% score interval.
+    correctness; ci: Wilson's 95% score interval. Per sample, so it shards (design §8).
     """
 
     name: ClassVar[str] = "fgsm_accuracy"
@@ -113,20 +124,20 @@ class FGSMAccuracy(Metric):
     source: ClassVar[str] = "Goodfellow et al. 2015, section 4 (FGSM)"
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
-    def compute(self, ctx: AuditContext, params: FGSMParams) -> MetricResult:
-        results, cleans = [], []
-        for x, y, clean, _ in _clean_batches(ctx, f"FGSM eps={params.eps}"):
-            robust = clean.clone()
-            if clean.any():
-                adv = fgsm(ctx.model.logits, x[clean], y[clean], params.eps,
-                           input_range=ctx.model.input_range)
-                robust[clean] = ctx.model.predict(adv) == y[clean]
-            results.append(robust)
-            cleans.append(clean)
-        shown = _gallery(ctx, f"FGSM at eps {params.eps:g}", lambda x, y: fgsm(
-            ctx.model.logits, x, y, params.eps, input_range=ctx.model.input_range))
-        return _accuracy_result(ctx, torch.cat(results), torch.cat(cleans), [shown],
-                                eps=params.eps)
+    def per_sample(self, ctx: AuditContext, params: FGSMParams, unit: Unit, fitted: None
+                   ) -> UnitResult:
+        x, y, clean = _clean_unit(ctx, unit)
+        robust = clean.clone()
+        if clean.any():
+            adv = fgsm(ctx.model.logits, x[clean], y[clean], params.eps,
+                       input_range=ctx.model.input_range)
+            robust[clean] = ctx.model.predict(adv) == y[clean]
+        return _unit_result(unit, y, clean, [robust], lambda: _gallery(
+            ctx, f"FGSM at eps {params.eps:g}", lambda x, y: fgsm(
+                ctx.model.logits, x, y, params.eps, input_range=ctx.model.input_range)))
+
+    def reduce(self, params: FGSMParams, gathered: Gathered) -> MetricResult:
+        return _accuracy_result(gathered, [gathered.extras[0]["gallery"]], eps=params.eps)
 
     def floor(self, ctx: AuditContext, params: FGSMParams) -> Floor:
         n = len(ctx.data())
@@ -149,7 +160,7 @@ class PGDParams(MetricParams):
     restarts: int = Field(1, ge=1, le=1000, description="independent random starts")
 
 
-class PGDAccuracy(Metric):
+class PGDAccuracy(SampleMetric):
     """Accuracy under projected gradient descent in an ℓ∞ or ℓ2 ball (Madry et al. 2018).
 
     Madry et al. (ICLR 2018), section 2: ``steps`` steps of x ← Π(x + α · sign(∇ₓ J)) (ℓ∞) or
@@ -163,6 +174,8 @@ class PGDAccuracy(Metric):
     split classified correctly at every iterate of every restart: a sample counts robust only
     if no iterate of any restart is misclassified (a sample leaves the attack as soon as one
     is, and a clean misclassification is not robust). samples: per-sample 0/1; ci: Wilson.
+    Each random start comes from its sample's own seed (drawn for the whole split by ``fit``),
+    so the attack is per sample and shards (design §8).
     """
 
     name: ClassVar[str] = "pgd_accuracy"
@@ -171,45 +184,49 @@ class PGDAccuracy(Metric):
     source: ClassVar[str] = "Madry et al. 2018, section 2 (PGD)"
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
-    def compute(self, ctx: AuditContext, params: PGDParams) -> MetricResult:
+    def fit(self, ctx: AuditContext, params: PGDParams) -> torch.Tensor:
+        """The random starts' seeds, (restarts, N): restart-major, so that the first
+        restarts' seeds do not depend on ``restarts``; the same seeds at every eps of a list."""
+        return sample_seeds(ctx.generator, params.restarts, len(ctx.data()))
+
+    def per_sample(self, ctx: AuditContext, params: PGDParams, unit: Unit, seeds: torch.Tensor
+                   ) -> UnitResult:
+        x, y, clean = _clean_unit(ctx, unit)
         levels = _levels(params.eps)
-        # restart-major, so that the first restarts' seeds do not depend on ``restarts``; the
-        # same seeds at every eps of a list
-        seeds = sample_seeds(ctx.generator, params.restarts, len(ctx.data()))
-        runs = [self._robust(ctx, params, eps, seeds) for eps in levels]
-        curve, figures = _curve("eps", levels, [float(r.double().mean()) for r, _ in runs],
-                                f"PGD {params.norm} accuracy against eps")
+        robust = [self._robust(ctx, params, eps, x, y, clean, seeds[:, unit.indices])
+                  for eps in levels]
         eps, step = levels[0], params.step_size or 2.5 * levels[0] / params.steps
-        figures.append(_gallery(ctx, f"PGD {params.norm} at eps {eps:g}", lambda x, y: pgd(
-            ctx.model.logits, x, y, eps=eps, norm=params.norm, steps=params.steps,
-            step_size=step, random_start=params.random_start, seeds=seeds[0, :len(x)],
-            input_range=ctx.model.input_range)))
-        return _accuracy_result(ctx, runs[0][0], runs[0][1], figures, eps=eps, step_size=step,
+        return _unit_result(unit, y, clean, robust, lambda: _gallery(
+            ctx, f"PGD {params.norm} at eps {eps:g}", lambda x, y: pgd(
+                ctx.model.logits, x, y, eps=eps, norm=params.norm, steps=params.steps,
+                step_size=step, random_start=params.random_start, seeds=seeds[0, :len(x)],
+                input_range=ctx.model.input_range)))
+
+    def reduce(self, params: PGDParams, gathered: Gathered) -> MetricResult:
+        levels = _levels(params.eps)
+        curve, figures = _curve("eps", levels, gathered.arrays["robust"],
+                                f"PGD {params.norm} accuracy against eps")
+        figures.append(gathered.extras[0]["gallery"])
+        eps, step = levels[0], params.step_size or 2.5 * levels[0] / params.steps
+        return _accuracy_result(gathered, figures, eps=eps, step_size=step,
                                 **({"curve": curve} if curve else {}))
 
-    def _robust(self, ctx: AuditContext, params: PGDParams, eps: float, seeds: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample robustness and clean correctness at one ``eps``."""
+    def _robust(self, ctx: AuditContext, params: PGDParams, eps: float, x: torch.Tensor,
+                y: torch.Tensor, clean: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """Per-sample robustness of a unit at one ``eps`` (``seeds``: the unit's columns)."""
         step = params.step_size or 2.5 * eps / params.steps
-        results, cleans = [], []
-        description = f"PGD {params.norm} eps={eps:g}"
-        for x, y, clean, rows in _clean_batches(ctx, description):
-            robust = clean.clone()
-            batch_seeds = seeds[:, rows]
-            for restart in range(params.restarts):
-                alive = robust.nonzero().squeeze(1)
-                if alive.numel() == 0:
-                    break
-                adv = pgd(
-                    ctx.model.logits, x[alive], y[alive], eps=eps, norm=params.norm,
-                    steps=params.steps, step_size=step, random_start=params.random_start,
-                    seeds=batch_seeds[restart, alive.cpu()],
-                    input_range=ctx.model.input_range,
-                )
-                robust[alive] = ctx.model.predict(adv) == y[alive]
-            results.append(robust)
-            cleans.append(clean)
-        return torch.cat(results), torch.cat(cleans)
+        robust = clean.clone()
+        for restart in range(params.restarts):
+            alive = robust.nonzero().squeeze(1)
+            if alive.numel() == 0:
+                break
+            adv = pgd(
+                ctx.model.logits, x[alive], y[alive], eps=eps, norm=params.norm,
+                steps=params.steps, step_size=step, random_start=params.random_start,
+                seeds=seeds[restart, alive.cpu()], input_range=ctx.model.input_range,
+            )
+            robust[alive] = ctx.model.predict(adv) == y[alive]
+        return robust
 
     def floor(self, ctx: AuditContext, params: PGDParams) -> Floor:
         n = len(ctx.data()) * len(_levels(params.eps))
@@ -226,7 +243,7 @@ class NoiseParams(MetricParams):
     clip: bool = Field(True, description="clip the noisy inputs to the model's input range")
 
 
-class NoiseAccuracy(Metric):
+class NoiseAccuracy(SampleMetric):
     """Accuracy on inputs with additive Gaussian noise: the random-distortion baseline.
 
     Szegedy et al. (2014), section 4.2, the last rows of Tables 2 and 4: the error caused by
@@ -235,7 +252,8 @@ class NoiseAccuracy(Metric):
     seed drawn from the check's generator, so independent of ``batch_size``), clipped to the
     model's input range when ``clip`` (the paper does not say; its inputs live in [0, 1]).
     value: accuracy on x' over the audit split. samples: per-sample
-    0/1 correctness (one noise draw each); ci: Wilson's 95% score interval.
+    0/1 correctness (one noise draw each); ci: Wilson's 95% score interval. Per sample, so
+    it shards (design §8).
     """
 
     name: ClassVar[str] = "noise_accuracy"
@@ -244,16 +262,26 @@ class NoiseAccuracy(Metric):
     source: ClassVar[str] = "Szegedy et al. 2014, section 4.2, Tables 2 and 4 (noise rows)"
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
-    def compute(self, ctx: AuditContext, params: NoiseParams) -> MetricResult:
+    def fit(self, ctx: AuditContext, params: NoiseParams) -> torch.Tensor:
+        """Every sample's noise seed (the same noise at every sigma)."""
+        return sample_seeds(ctx.generator, len(ctx.data()))
+
+    def per_sample(self, ctx: AuditContext, params: NoiseParams, unit: Unit,
+                   seeds: torch.Tensor) -> UnitResult:
+        x, y, clean = _clean_unit(ctx, unit)
         levels = _levels(params.sigma)
-        seeds = sample_seeds(ctx.generator, len(ctx.data()))  # the same noise at every sigma
-        runs = [self._correct(ctx, params, sigma, seeds) for sigma in levels]
-        curve, figures = _curve("sigma", levels, [float(r.double().mean()) for r, _ in runs],
+        correct = [ctx.model.predict(self._noisy(ctx, params, sigma, x, seeds[unit.indices])) == y
+                   for sigma in levels]
+        return _unit_result(unit, y, clean, correct, lambda: _gallery(
+            ctx, f"Gaussian noise at sigma {levels[0]:g}",
+            lambda x, y: self._noisy(ctx, params, levels[0], x, seeds[:len(x)])))
+
+    def reduce(self, params: NoiseParams, gathered: Gathered) -> MetricResult:
+        levels = _levels(params.sigma)
+        curve, figures = _curve("sigma", levels, gathered.arrays["robust"],
                                 "accuracy against Gaussian noise sigma")
-        figures.append(_gallery(ctx, f"Gaussian noise at sigma {levels[0]:g}",
-                                lambda x, y: self._noisy(ctx, params, levels[0], x,
-                                                         seeds[:len(x)])))
-        return _accuracy_result(ctx, runs[0][0], runs[0][1], figures, sigma=levels[0],
+        figures.append(gathered.extras[0]["gallery"])
+        return _accuracy_result(gathered, figures, sigma=levels[0],
                                 **({"curve": curve} if curve else {}))
 
     def _noisy(self, ctx: AuditContext, params: NoiseParams, sigma: float, x: torch.Tensor,
@@ -261,14 +289,6 @@ class NoiseAccuracy(Metric):
         noise = per_sample_randn(seeds, x.shape[1:]).to(x.device, x.dtype)
         noisy = x + sigma * noise
         return noisy.clamp(*ctx.model.input_range) if params.clip else noisy
-
-    def _correct(self, ctx: AuditContext, params: NoiseParams, sigma: float,
-                 seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        results, cleans = [], []
-        for x, y, clean, rows in _clean_batches(ctx, f"Gaussian noise sigma={sigma:g}"):
-            results.append(ctx.model.predict(self._noisy(ctx, params, sigma, x, seeds[rows])) == y)
-            cleans.append(clean)
-        return torch.cat(results), torch.cat(cleans)
 
     def floor(self, ctx: AuditContext, params: NoiseParams) -> Floor:
         return Floor(forward=(1 + len(_levels(params.sigma))) * len(ctx.data()),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -13,7 +13,8 @@ from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hooki
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.figures import ImageGrid
-from robaudit.ops.deepfool import deepfool_split
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult, work_units
+from robaudit.ops.deepfool import deepfool_unit
 from robaudit.ops.perclass import GALLERY_SAMPLES, gallery
 from robaudit.ops.projections import lp_norm
 
@@ -27,7 +28,7 @@ class DeepFoolParams(MetricParams):
     max_iter: int = Field(50, ge=1, le=10_000, description="linearised steps per sample")
 
 
-class DeepFoolMinDistortion(Metric):
+class DeepFoolMinDistortion(SampleMetric):
     """Mean relative minimal perturbation ρ_adv = ‖r(x)‖/‖x‖ found by DeepFool.
 
     Moosavi-Dezfooli, Fawzi & Frossard (CVPR 2016), section 4.1: ρ_adv(f) =
@@ -49,7 +50,8 @@ class DeepFoolMinDistortion(Metric):
     across a boundary within ``max_iter`` steps (e.g. pinned by the box) has no r(x): it is
     left out of the mean (NaN in ``samples``) and counted in ``details.success_rate``.
     The DeepFool run is cached per (model, split, norm, overshoot, candidates, max_iter) and
-    shared with the checks that use the boundary points (e.g. curvature).
+    work unit, and shared with the checks that use the boundary points (e.g. curvature).
+    DeepFool moves each sample on its own, so the metric is per sample and shards (design §8).
     """
 
     name: ClassVar[str] = "deepfool_min_distortion"
@@ -57,32 +59,42 @@ class DeepFoolMinDistortion(Metric):
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = "Moosavi-Dezfooli et al. 2016, section 4.1 (DeepFool ρ_adv)"
 
-    def compute(self, ctx: AuditContext, params: DeepFoolParams) -> MetricResult:
-        result = deepfool_split(
-            ctx, norm=params.norm, overshoot=params.overshoot, candidates=params.candidates,
-            max_iter=params.max_iter,
-        )
-        x = ctx.data().x.to(result.perturbation.device)
+    def per_sample(self, ctx: AuditContext, params: DeepFoolParams, unit: Unit, fitted: None
+                   ) -> UnitResult:
+        result = deepfool_unit(ctx, unit, **self._options(params))
+        x = ctx.data().x[unit.indices].to(result.perturbation.device)
         size = lp_norm(result.perturbation, params.norm)
         rho = size / lp_norm(x, params.norm).clamp_min(1e-12)
         ok = result.converged
-        if not bool(ok.any()):
+        logits = ctx.unit_logits(unit)
+        correct = logits.argmax(dim=1) == ctx.data().y[unit.indices].to(logits.device)
+        return UnitResult(
+            {"rho": torch.where(ok, rho, torch.full_like(rho, float("nan"))).double().cpu(),
+             "norm": size.cpu(), "converged": ok.cpu(), "iterations": result.iterations.cpu(),
+             "correct": correct.cpu()},
+            {"gallery": self.gallery(ctx, params)} if unit.index == 0 else {},
+        )
+
+    def reduce(self, params: DeepFoolParams, gathered: Gathered) -> MetricResult:
+        arrays = gathered.arrays
+        rho, converged = arrays["rho"], arrays["converged"].astype(bool)
+        if not converged.any():
             raise MetricError(
                 f"DeepFool moved no sample across a boundary within {params.max_iter} steps"
             )
-        rho = torch.where(ok, rho, torch.full_like(rho, float("nan"))).double().cpu().numpy()
-        logits = ctx.logits()
-        correct = (logits.argmax(dim=1) == ctx.data().y.to(logits.device)).cpu().numpy()
-        converged = ok.cpu().numpy()
+        correct = arrays["correct"].astype(bool)
+        # the norms were float32: their mean is taken in float32, as on the whole split
+        size = torch.from_numpy(arrays["norm"]).float()
+        iterations = torch.from_numpy(arrays["iterations"])
         value = float(np.nanmean(rho))
         return MetricResult(
             value=value,
             samples=rho,
             details={
-                "mean_norm": float(size[ok].mean()),
+                "mean_norm": float(size[torch.from_numpy(converged)].mean()),
                 "success_rate": float(converged.mean()),
-                "mean_iterations": float(result.iterations.double().mean()),
-                "max_iterations": int(result.iterations.max()),
+                "mean_iterations": float(iterations.mean()),
+                "max_iterations": int(iterations.max()),
                 "rho_correct": float(np.nanmean(rho[correct])) if correct.any() else float("nan"),
                 "samples": len(rho),
             },
@@ -93,17 +105,26 @@ class DeepFoolMinDistortion(Metric):
                     xlabel="ρ = ‖r(x)‖ / ‖x‖",
                     markers={"mean": value},
                 ),
-                self.gallery(ctx, result.boundary, params.norm),
+                gathered.extras[0]["gallery"],
             ],
         )
 
     @staticmethod
-    def gallery(ctx: AuditContext, boundary: torch.Tensor, norm: str) -> ImageGrid:
-        """The first audit samples and their DeepFool points (shared, cached results)."""
+    def _options(params: DeepFoolParams) -> dict[str, Any]:
+        """The DeepFool options, which name its cached run (shared with curvature)."""
+        return {"norm": params.norm, "overshoot": params.overshoot,
+                "candidates": params.candidates, "max_iter": params.max_iter}
+
+    def gallery(self, ctx: AuditContext, params: DeepFoolParams) -> ImageGrid:
+        """The first audit samples and their DeepFool points (shared, cached results: the
+        units that hold them, which in one process are the units the metric runs)."""
         count = min(GALLERY_SAMPLES, len(ctx.data()))
+        units = work_units(len(ctx.data()), ctx.batch_size)[: -(-count // ctx.batch_size)]
+        boundary = torch.cat([deepfool_unit(ctx, unit, **self._options(params)).boundary
+                              for unit in units])
         x = ctx.data().x[:count].to(ctx.device)
         z = boundary[:count].to(ctx.device, x.dtype)
-        return gallery(f"DeepFool ({norm}) minimal perturbations", x, z,
+        return gallery(f"DeepFool ({params.norm}) minimal perturbations", x, z,
                        ctx.data().y[:count], ctx.model.predict(x), ctx.model.predict(z))
 
     def floor(self, ctx: AuditContext, params: DeepFoolParams) -> Floor:

@@ -196,6 +196,10 @@ class LBFGSMinDistortion(Metric):
       converges within ``max_iter``, else by more, as a larger chunk shares the iterations
       among more problems (a random-weight CNN at 3×32×32, 16 samples: 0.2056 in one run of
       16 in 39 s, 0.2007 in runs of 4 in 73 s, one thread).
+
+    Runs whole on one process: a problem's result depends on the other problems of its
+    L-BFGS-B chunk, whose ``chunk`` problems do not align with the batch-aligned work units
+    that shards split (design §8), so splitting by unit would change the values.
     """
 
     name: ClassVar[str] = "lbfgs_min_distortion"

@@ -78,6 +78,10 @@ class TransferRate(Metric):
       per-sample results only; σ needs every sample's example, so the noise takes a second
       pass. Each sample's noise comes from its own seed, drawn from the check's generator
       (:mod:`robaudit.ops.sampling`), so the value does not depend on ``batch_size``.
+
+    Runs whole on one process: the noise baseline's σ is the mean distortion of every
+    sample's adversarial example, so its noise pass (``details.noise_error``) can only start
+    after the whole split's DeepFool pass, which a per-unit split (design §8) cannot express.
     """
 
     name: ClassVar[str] = "transfer_rate"

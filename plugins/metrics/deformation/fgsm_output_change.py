@@ -12,6 +12,7 @@ from pydantic import Field
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 
 
 class FgsmChangeParams(MetricParams):
@@ -23,7 +24,7 @@ class FgsmChangeParams(MetricParams):
     clip: bool = Field(True, description="clip x* to the model's input_range (the paper does not)")
 
 
-class FgsmOutputChange(Metric):
+class FgsmOutputChange(SampleMetric):
     """Mean ℓ1 change of the output probability vector when FGSM perturbs the input.
 
     Ghorbani & Zou (2017), section 4 (Figure 6) and Appendix G: for an audit sample x with label
@@ -39,7 +40,7 @@ class FgsmOutputChange(Metric):
     Appendix G's formula has no clipping, which ``clip: false`` reproduces. A zero gradient
     component gives sign 0 (no step along it), as torch.sign. The gradient is that of the
     summed per-sample losses, so each sample's step depends on its own loss only (the model
-    is in eval mode).
+    is in eval mode): the metric is per sample and shards (design §8).
     """
 
     name: ClassVar[str] = "fgsm_output_change"
@@ -48,37 +49,44 @@ class FgsmOutputChange(Metric):
     source: ClassVar[str] = "Ghorbani & Zou 2017, section 4 (Figure 6), Appendix G"
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 2.0)
 
-    def compute(self, ctx: AuditContext, params: FgsmChangeParams) -> MetricResult:
+    def per_sample(self, ctx: AuditContext, params: FgsmChangeParams, unit: Unit,
+                   fitted: None) -> UnitResult:
         model = ctx.model
         low, high = model.input_range
-        changes, flipped, correct, correct_adv = [], [], [], []
-        task = ctx.progress(len(ctx.data()), "FGSM output change")
-        for x, y in ctx.batches():
+        x, y = ctx.unit_batch(unit)
+        with torch.enable_grad():
             x = x.clone().requires_grad_(True)
             logits = model.logits(x)
             loss = F.cross_entropy(logits, y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x)
-            with torch.no_grad():
-                x_adv = x + params.eps * grad.sign()
-                if params.clip:
-                    x_adv = x_adv.clamp(low, high)
-                logits_adv = model.logits(x_adv)
-                p, p_adv = logits.softmax(dim=1), logits_adv.softmax(dim=1)
-                changes.append((p - p_adv).abs().sum(dim=1).double().cpu())
-                pred, pred_adv = logits.argmax(dim=1), logits_adv.argmax(dim=1)
-                flipped.append((pred != pred_adv).cpu())
-                correct.append((pred == y).cpu())
-                correct_adv.append((pred_adv == y).cpu())
-            task.advance(x.shape[0])
-        samples = torch.cat(changes).numpy()
+        with torch.no_grad():
+            x_adv = x + params.eps * grad.sign()
+            if params.clip:
+                x_adv = x_adv.clamp(low, high)
+            logits_adv = model.logits(x_adv)
+            p, p_adv = logits.softmax(dim=1), logits_adv.softmax(dim=1)
+            pred, pred_adv = logits.argmax(dim=1), logits_adv.argmax(dim=1)
+            return UnitResult({
+                "change": (p - p_adv).abs().sum(dim=1).double().cpu(),
+                "flipped": (pred != pred_adv).cpu(),
+                "correct": (pred == y).cpu(),
+                "correct_adv": (pred_adv == y).cpu(),
+            })
+
+    def reduce(self, params: FgsmChangeParams, gathered: Gathered) -> MetricResult:
+        samples = gathered.arrays["change"]
+
+        def mean(name: str) -> float:
+            return float(torch.from_numpy(gathered.arrays[name]).mean())
+
         return MetricResult(
             value=float(samples.mean()),
             samples=samples,
             details={
                 "eps": params.eps,
-                "prediction_changed": float(torch.cat(flipped).double().mean()),
-                "accuracy": float(torch.cat(correct).double().mean()),
-                "fgsm_accuracy": float(torch.cat(correct_adv).double().mean()),
+                "prediction_changed": mean("flipped"),
+                "accuracy": mean("correct"),
+                "fgsm_accuracy": mean("correct_adv"),
                 "max_change": float(samples.max()),
             },
         )

@@ -13,6 +13,8 @@ from pydantic import Field, field_validator
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError
+from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
+from robaudit.ops import sampling
 
 #: The paper's n: points per sphere in Figures 3(a) and 4(a) (r = 1).
 PAPER_POINTS = 1000
@@ -51,7 +53,12 @@ class SphereParams(MetricParams):
         return list(self.radius) if isinstance(self.radius, list) else [self.radius]
 
 
-class SphereDeformation(Metric):
+def _prefixes(points: int) -> list[int]:
+    """The prefixes of ``points`` at which ``details.k_by_points`` reports the mean k."""
+    return sorted({n for n in PREFIXES if n < points} | {points})
+
+
+class SphereDeformation(SampleMetric):
     """Max/min stretch of a small input sphere through the feature map g (a condition number).
 
     Ghorbani & Zou (2017), section 3, Algorithm 1 and Appendix B. For an audit sample x, draw
@@ -65,7 +72,7 @@ class SphereDeformation(Metric):
     mean k against r.
 
     k depends on n: it is a max/min over n points, so it grows with n (on the shipped digits
-    ResNet at r = 1, 50 spheres: 4.2 at n = 50, 5.5 at 200, 7.1 at 1000). Values are only
+    ResNet at r = 1, 50 spheres: 4.2 at n = 50, 5.7 at 200, 7.5 at 1000). Values are only
     comparable at the same n, and the default is the paper's n = 1000 (Figures 3(a) and
     4(a)); ``details.k_by_points`` gives the mean k at the first radius over the first
     50, 100, 200, 500 and 1000 points of each sphere (those up to ``points``, and
@@ -74,13 +81,15 @@ class SphereDeformation(Metric):
     paper's 1000 (``{samples: 1000}`` is the paper's setting, 20 times the work); r = 1 as
     in the paper, in input units. The spheres go through the model in batches of at most
     ``batch_size`` points (whole spheres of several samples when ``points < batch_size``).
-    Each sample's directions are drawn on their own, so the result does not depend on
-    ``batch_size``. All radii reuse the same directions (a paired comparison). Points are not
-    clipped to the input box by default: the metric is about the map g, not about valid
-    inputs; ``clip: true`` clamps them to ``input_range`` (they then no longer lie exactly on
-    the sphere). A sample whose smallest d_i is 0 (g collapses a direction completely, e.g. a
-    dead ReLU layer) has an infinite k: it is left out of the mean and counted as
-    ``degenerate`` in details; if every sample is degenerate the check errors.
+    Each sphere's directions are drawn from its own seed (:mod:`robaudit.ops.sampling`; the
+    spheres and their seeds come from the check's generator), so the result does not depend
+    on ``batch_size``, and the metric is per sample and shards (design §8). All radii reuse
+    the same directions (a paired comparison). Points are not clipped to the input box by
+    default: the metric is about the map g, not about valid inputs; ``clip: true`` clamps
+    them to ``input_range`` (they then no longer lie exactly on the sphere). A sample whose
+    smallest d_i is 0 (g collapses a direction completely, e.g. a dead ReLU layer) has an
+    infinite k: it is left out of the mean and counted as ``degenerate`` in details; if every
+    sample is degenerate the check errors.
     """
 
     name: ClassVar[str] = "sphere_deformation"
@@ -88,29 +97,37 @@ class SphereDeformation(Metric):
     higher_is_better: ClassVar[bool] = False
     source: ClassVar[str] = "Ghorbani & Zou 2017, section 3, Algorithm 1; Appendix B"
 
-    def compute(self, ctx: AuditContext, params: SphereParams) -> MetricResult:
+    def sample_count(self, ctx: AuditContext, params: SphereParams) -> int:
+        return min(params.samples, len(ctx.data()))
+
+    def fit(self, ctx: AuditContext, params: SphereParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """The spheres' centres (positions in the audit split, in increasing order) and each
+        sphere's seed for its directions."""
         data = ctx.data()
         if len(data) == 0:
             raise MetricError("sphere_deformation: the audit split is empty")
         chosen = torch.randperm(len(data), generator=ctx.generator)[: params.samples]
-        x_all = data.x[chosen.sort().values]
+        return chosen.sort().values, sampling.sample_seeds(ctx.generator, chosen.shape[0])
+
+    def per_sample(self, ctx: AuditContext, params: SphereParams, unit: Unit,
+                   fitted: tuple[torch.Tensor, torch.Tensor]) -> UnitResult:
+        centres, seeds = fitted[0][unit.indices], fitted[1][unit.indices]
+        x_all = ctx.data().x[centres]
         radii = params.radii
         model = ctx.model
         low, high = model.input_range
         per_chunk = max(1, ctx.batch_size // params.points)
-        k = torch.empty(len(radii), x_all.shape[0], dtype=torch.float64)
-        prefixes = sorted({n for n in PREFIXES if n < params.points} | {params.points})
-        k_prefix = torch.empty(len(prefixes), x_all.shape[0], dtype=torch.float64)
-        task = ctx.progress(x_all.shape[0], "sphere deformation")
+        k = torch.empty(x_all.shape[0], len(radii), dtype=torch.float64)
+        prefixes = _prefixes(params.points)
+        k_prefix = torch.empty(x_all.shape[0], len(prefixes), dtype=torch.float64)
+        dim = x_all[0].numel()
         with torch.no_grad():
             for start in range(0, x_all.shape[0], per_chunk):
-                x = x_all[start : start + per_chunk]
-                flat = x.flatten(1)
-                # one draw per sample, so that the directions do not depend on the batch size
-                directions = torch.stack([
-                    torch.randn(params.points, flat.shape[1], generator=ctx.generator)
-                    for _ in range(flat.shape[0])
-                ])
+                rows = slice(start, start + per_chunk)
+                x = x_all[rows]
+                # each sample's directions from its own seed: independent of the batching
+                directions = sampling.per_sample(
+                    seeds[rows], lambda g: torch.randn(params.points, dim, generator=g))
                 directions = directions / directions.norm(dim=2, keepdim=True)
                 x_dev = x.to(ctx.device)
                 centre = model.features(x_dev)
@@ -124,15 +141,18 @@ class SphereDeformation(Metric):
                                        for i in range(0, points.shape[0], ctx.batch_size)])
                     feats = feats.view(x.shape[0], params.points, -1)
                     dist = (feats - centre[:, None, :]).double().norm(dim=2)
-                    ratio = dist.max(dim=1).values / dist.min(dim=1).values
-                    k[j, start : start + x.shape[0]] = ratio.cpu()
+                    k[rows, j] = (dist.max(dim=1).values / dist.min(dim=1).values).cpu()
                     if j == 0:
                         for i, count in enumerate(prefixes):
                             head = dist[:, :count]
-                            k_prefix[i, start : start + x.shape[0]] = (
+                            k_prefix[rows, i] = (
                                 head.max(dim=1).values / head.min(dim=1).values).cpu()
-                task.advance(x.shape[0])
+        return UnitResult({"k": k, "k_prefix": k_prefix})
 
+    def reduce(self, params: SphereParams, gathered: Gathered) -> MetricResult:
+        k = torch.from_numpy(gathered.arrays["k"]).T
+        k_prefix = torch.from_numpy(gathered.arrays["k_prefix"]).T
+        radii = params.radii
         finite = torch.isfinite(k)
         if not finite[0].any():
             raise MetricError(
@@ -161,13 +181,14 @@ class SphereDeformation(Metric):
             value=float(np.mean(samples)),
             samples=samples,
             details={"radius": radii[0], "median": rows[0]["median"], "std": rows[0]["std"],
-                     "degenerate": rows[0]["degenerate"], "samples": int(x_all.shape[0]),
+                     "degenerate": rows[0]["degenerate"], "samples": int(k.shape[1]),
                      "points": params.points, "radii": rows,
                      "k_by_points": [
                          {"points": count,
                           "mean": float(row[torch.isfinite(row)].mean())
                           if bool(torch.isfinite(row).any()) else float("nan")}
-                         for count, row in zip(prefixes, k_prefix, strict=True)]},
+                         for count, row in zip(_prefixes(params.points), k_prefix,
+                                               strict=True)]},
             figures=figures,
         )
 

@@ -16,6 +16,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -173,6 +174,19 @@ class World:
             waited += POLL_S
             if waited > RENDEZVOUS_S:
                 raise PeerFailure("the other processes did not arrive within a day")
+
+    def claim(self, count: int) -> Iterator[int]:
+        """Tasks 0..count−1 shared out as the processes become free: each index is yielded
+        on exactly one process (a ticket counter in the store; every process must call it at
+        the same point of the run, as a collective)."""
+        self._sequence += 1
+        key = f"robaudit/tasks/{self._sequence}"
+        while True:
+            self.check()
+            index = int(self._store.add(key, 1)) - 1
+            if index >= count:
+                return
+            yield index
 
     def all_gather(self, value: Any) -> list[Any]:
         """Every process's ``value`` in rank order, on every process."""

@@ -46,11 +46,11 @@ from robaudit.sharding import (
     Share,
     decode_share,
     encode_share,
-    owners,
     reduce_shares,
     run_units,
     shard_placeholder,
     shard_record,
+    task_groups,
 )
 from robaudit.spec import AuditSpec, Check, ModelSpec, load_spec
 from robaudit.threads import default_threads, model_macs, thread_setting
@@ -517,25 +517,32 @@ class Session:
     # -- several processes (design §8) ---------------------------------------------------------
     def run_shares(self, plan: AuditPlan, base: AuditContext, result: AuditResult) -> bool:
         """This process's share of every check, in three phases: (1) the whole checks and
-        the fits of the sample metrics, each by its owner (round-robin in plan order, checks
-        that share work together: :func:`robaudit.sharding.owners`; a ``--shard`` fits every
-        sample metric itself);
+        the fits of the sample metrics (:func:`robaudit.sharding.task_groups`): in a process
+        group each process takes the next task as it becomes free (a ticket counter in the
+        rendezvous store), so that they run in parallel and balance; a ``--shard`` runs the
+        whole checks of the tasks k ≡ I (mod N) and fits every sample metric itself;
         (2) every fit sent to every process; (3) this process's units of each sample metric.
         Then rank 0 gathers the shares and judges each check in plan order (a ``--shard``
         keeps its shares for ``robaudit merge``)."""
         world = self.world
         todo = [check for check in plan.checks if check.id not in plan.blocked]
         shares = {check.id: Share() for check in todo}
-        owner = owners(todo, world.size)
+        tasks = task_groups(todo)
         fits: dict[str, Any] = {}
-        for check in todo:
-            world.check()
-            if owner[check.id] == world.rank or (
-                    world.sharded and isinstance(check.metric, SampleMetric)):
-                fits.update(self.owned_work(check, self.check_context(check, base),
-                                            shares[check.id]))
         if world.grouped:
+            for index in world.claim(len(tasks)):
+                for check in tasks[index]:
+                    fits.update(self.owned_work(check, self.check_context(check, base),
+                                                shares[check.id]))
             fits = {cid: fit for part in world.all_gather(fits) for cid, fit in part.items()}
+        else:
+            for index, task in enumerate(tasks):
+                for check in task:
+                    world.check()
+                    if index % world.size == world.rank or isinstance(check.metric,
+                                                                      SampleMetric):
+                        fits.update(self.owned_work(check, self.check_context(check, base),
+                                                    shares[check.id]))
         for check in todo:
             if isinstance(check.metric, SampleMetric):
                 world.check()

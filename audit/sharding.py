@@ -67,19 +67,16 @@ def owned_units(units: list[Unit], rank: int, world: int) -> list[Unit]:
     return [unit for unit in units if unit.index % world == rank]
 
 
-def owners(checks: list[Check], world: int) -> dict[str, int]:
-    """The process that runs each whole check or fit: round-robin in plan order, so that they
-    run in parallel, except that checks with the same :meth:`Metric.affinity` go to the
-    process of the first of them (their shared work is then done once)."""
-    groups: dict[Any, int] = {}
-    result = {}
+def task_groups(checks: list[Check]) -> list[list[Check]]:
+    """The whole checks and fits of a plan as tasks, in plan order: one task a check, except
+    that checks with the same :meth:`Metric.affinity` form one task (their shared work is then
+    done once, by one process)."""
+    groups: dict[Any, list[Check]] = {}
     for check in checks:
         key = check.metric.affinity(check.params)
-        group = ("check", check.id) if key is None else ("affinity", key)
-        if group not in groups:
-            groups[group] = len(groups) % world
-        result[check.id] = groups[group]
-    return result
+        groups.setdefault(("check", check.id) if key is None else ("affinity", key),
+                          []).append(check)
+    return list(groups.values())
 
 
 def run_units(metric: SampleMetric, ctx: AuditContext, params: Any, fitted: Any, rank: int,

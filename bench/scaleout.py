@@ -8,7 +8,8 @@ The serial fraction f is read off the check phase (the processes' own start-up, 
 parallel but does not shrink, is reported apart) with Amdahl's law, S = 1 / (f + (1 − f)/N):
 f = (N/S − 1)/(N − 1).
 
-    python bench/scaleout.py [--spec specs/resnet.yaml] [--procs 2] [--repeats 2] [--out FILE]
+    python bench/scaleout.py [--spec specs/resnet.yaml] [--procs 2] [--repeats 2]
+                             [--set KEY=VALUE ...] [-k EXPR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -50,10 +51,14 @@ def main() -> None:
     parser.add_argument("--spec", default="specs/resnet.yaml")
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="a spec override passed to `robaudit run --set`")
+    parser.add_argument("-k", dest="keyword", help="select checks (`robaudit run -k`)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="robaudit-scaleout-"))
-    base = [args.spec, "--threads", "1", "-q"]
+    base = [args.spec, "--threads", "1", "-q", *(f"--set={o}" for o in args.overrides),
+            *(["-k", args.keyword] if args.keyword else [])]
     single = [sys.executable, "-m", "robaudit", "run", *base]
     group = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
              str(args.procs), "-m", "robaudit", "run", *base]
@@ -77,7 +82,8 @@ def main() -> None:
     checks_one, checks_group = one["duration_s"], many["duration_s"]
     speedup = checks_one / checks_group
     summary = {
-        "procs": n, "spec": args.spec, "repeats": args.repeats,
+        "procs": n, "spec": args.spec, "repeats": args.repeats, "set": args.overrides,
+        "keyword": args.keyword,
         "wall_one_s": statistics.median(walls["one"]),
         "wall_group_s": statistics.median(walls["group"]),
         "checks_one_s": checks_one, "checks_group_s": checks_group,

@@ -153,9 +153,9 @@ def test_shares_survive_the_wire_and_reduce_only_when_complete(context: Any) -> 
         reduce_shares(metric, params, [shares[0], other])
 
 
-def test_checks_that_share_a_fit_go_to_one_process() -> None:
+def test_checks_that_share_a_fit_are_one_task() -> None:
     from robaudit.pluginmanager import load_plugins
-    from robaudit.sharding import owners
+    from robaudit.sharding import task_groups
     from robaudit.spec import Check
 
     metrics = load_plugins([], []).metrics
@@ -168,9 +168,6 @@ def test_checks_that_share_a_fit_go_to_one_process() -> None:
     checks = [check("acc", "clean_accuracy"), check("uap", "uap_fooling_rate"),
               check("lip", "lipschitz_bound"), check("cat", "robustness_category"),
               check("uap2", "uap_fooling_rate", eps=0.2), check("spear", "rank_order_spearman")]
-    owner = owners(checks, 2)
-    assert owner["cat"] == owner["uap"]  # the same fit
-    assert [owner[c] for c in ("acc", "uap", "lip", "uap2", "spear")] == [0, 1, 0, 1, 0]
-    three = owners(checks, 3)  # groups acc, uap (+cat), lip, uap2 (another eps), spear
-    assert [three[c] for c in ("acc", "uap", "lip", "cat", "uap2", "spear")] == [0, 1, 2, 1, 0, 1]
-    assert set(owners(checks, 1).values()) == {0}
+    tasks = [[c.id for c in task] for task in task_groups(checks)]
+    # uap and category share one fit; another eps is another fit
+    assert tasks == [["acc"], ["uap", "cat"], ["lip"], ["uap2"], ["spear"]]

@@ -409,6 +409,10 @@ def _dispatch(argv: list[str], console: Console) -> int:
     _check_run_options(options)
     if options.threads:
         torch.set_num_threads(options.threads)  # else chosen per audited model (prepare)
+    from robaudit.distributed import launched
+
+    if launched() and os.environ.get("RANK") != "0":
+        return EXIT_OK  # under a launcher, rank 0 lists the checks
     return _cmd_collect(session, console, options.specs)
 
 

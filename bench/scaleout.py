@@ -8,8 +8,11 @@ The serial fraction f is read off the check phase (the processes' own start-up, 
 parallel but does not shrink, is reported apart) with Amdahl's law, S = 1 / (f + (1 − f)/N):
 f = (N/S − 1)/(N − 1).
 
-    python bench/scaleout.py [--spec specs/resnet.yaml] [--procs 2] [--repeats 2]
+    python bench/scaleout.py [--spec specs/resnet.yaml | --size N] [--procs 2] [--repeats 2]
                              [--set KEY=VALUE ...] [-k EXPR] [--out FILE]
+
+``--size N`` audits the CIFAR-size model of ``bench/size.py`` (a ResNet-18 at 3×32×32, trained
+and cached on first use) on N samples instead of a spec.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ def sharding(metric: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default="specs/resnet.yaml")
+    parser.add_argument("--size", type=int, metavar="N",
+                        help="audit bench/size.py's ResNet-18 on N samples instead of --spec")
     parser.add_argument("--procs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -56,6 +61,10 @@ def main() -> None:
     parser.add_argument("-k", dest="keyword", help="select checks (`robaudit run -k`)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
+    if args.size:
+        from size import write_spec  # bench/size.py, beside this script
+
+        args.spec = str(write_spec(args.size, "cpu", []))
     folder = Path(tempfile.mkdtemp(prefix="robaudit-scaleout-"))
     base = [args.spec, "--threads", "1", "-q", *(f"--set={o}" for o in args.overrides),
             *(["-k", args.keyword] if args.keyword else [])]
@@ -82,7 +91,8 @@ def main() -> None:
     checks_one, checks_group = one["duration_s"], many["duration_s"]
     speedup = checks_one / checks_group
     summary = {
-        "procs": n, "spec": args.spec, "repeats": args.repeats, "set": args.overrides,
+        "procs": n, "spec": args.spec, "size": args.size, "repeats": args.repeats,
+        "set": args.overrides,
         "keyword": args.keyword,
         "wall_one_s": statistics.median(walls["one"]),
         "wall_group_s": statistics.median(walls["group"]),

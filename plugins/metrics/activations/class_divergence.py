@@ -51,6 +51,9 @@ class ClassDivergence(Metric):
     Figures 11–15). With ``ood`` (a split name), ``ood`` holds per layer and class the KL from
     the in-distribution class to the same class in that split and back (Figures 13–14), and
     the layer rows their means.
+
+    Runs whole on one process: its statistics are per class and layer over the whole split
+    (design §8).
     """
 
     name: ClassVar[str] = "class_divergence"

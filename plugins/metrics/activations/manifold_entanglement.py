@@ -61,6 +61,9 @@ class ManifoldEntanglement(Metric):
     matrices by layer (heat map, Figure 17). Too few samples: a class with fewer
     samples than the layer has units has rank at most its sample count (``undersampled``);
     one with fewer than 2 samples has no rank and is left out of the overlaps.
+
+    Runs whole on one process: its ranks are per class and layer over the whole split
+    (design §8).
     """
 
     name: ClassVar[str] = "manifold_entanglement"

@@ -570,6 +570,8 @@ class LipschitzBound(Metric):
       1 + L(branch) for an identity shortcut (the block's own row is the product factor).
     - Any module without a rule is an error naming it; rules are added with
       :func:`register_rule` (module docstring).
+
+    Runs whole on one process: it reads the weights, not the samples (design §8).
     """
 
     name: ClassVar[str] = "lipschitz_bound"

@@ -99,6 +99,9 @@ class Intertwinedness(Metric):
       their ITW_n before the next block, and the default radii keep only the sampled pairs'
       scalar distances. What grows with the audit size is the per-sample ITW_n (one value per
       entry of ``ns``) and ITW_r (one per radius).
+
+    Runs whole on one process: each sample's value needs its neighbours among the whole
+    split (design §8).
     """
 
     name: ClassVar[str] = "intertwinedness"

@@ -39,6 +39,9 @@ class RankOrderSpearman(Metric):
     split size. Memory: the pairs' distances are computed a chunk of pairs at a time
     (:func:`robaudit.ops.neighbors.pair_distances`, about batch_size × max(D, 4096) values),
     never an N×N matrix nor the gathered inputs of every pair.
+
+    Runs whole on one process: its unit of work is a trial of random pairs across the whole
+    split, not a sample (design §8).
     """
 
     name: ClassVar[str] = "rank_order_spearman"

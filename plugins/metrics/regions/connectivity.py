@@ -81,6 +81,9 @@ class RegionConnectivity(Metric):
     digits ResNet it gave the same connectivity and anchors, 1.8 times faster.
     Pairs and noise are drawn per pair from the check's generator, up front (the noise of all
     ``pairs`` noise pairs is held on the CPU); pairs are searched ``batch_size`` at a time.
+
+    Runs whole on one process: its unit of work is a pair of samples drawn across the split
+    (design §8).
     """
 
     name: ClassVar[str] = "region_connectivity"

@@ -45,6 +45,8 @@ class RegionConvexity(Metric):
     error found before the run (:meth:`check_data`). The sets and weights are drawn per
     combination from the check's generator; the combinations are classified ``batch_size`` at
     a time.
+
+    Runs whole on one process: its unit of work is a combination of samples of a class (design §8).
     """
 
     name: ClassVar[str] = "region_convexity"

@@ -51,6 +51,8 @@ class UnitSemantics(Metric):
     sets are drawn from the check's generator. The features come from the split's cached
     forward pass; ``units`` larger than the number of non-constant units, or ``top`` larger
     than the split, is a located spec error (:meth:`check_data`).
+
+    Runs whole on one process: it ranks the whole split's samples by each unit (design §8).
     """
 
     name: ClassVar[str] = "unit_semantics"

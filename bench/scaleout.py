@@ -62,8 +62,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
     if args.size:
-        from size import write_spec  # bench/size.py, beside this script
+        from size import CACHE, write_spec  # bench/size.py, beside this script
 
+        CACHE.mkdir(parents=True, exist_ok=True)
         args.spec = str(write_spec(args.size, "cpu", []))
     folder = Path(tempfile.mkdtemp(prefix="robaudit-scaleout-"))
     base = [args.spec, "--threads", "1", "-q", *(f"--set={o}" for o in args.overrides),

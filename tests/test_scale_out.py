@@ -204,14 +204,17 @@ def test_a_shard_needs_a_json_report_and_a_valid_share(tmp_path: Path,
 def test_merge_judges_and_gates_like_a_run(tmp_path: Path, robaudit_main: Main) -> None:
     """The gate is at the merge: a failing check fails the merge (exit 1), as one run does,
     with 3 shards as with 2."""
-    spec = write_toy(tmp_path, TOY_CHECKS.replace("min: 0.0", "min: 0.9"))
-    for index in range(3):
-        assert robaudit_main("run", spec, "--shard", f"{index}/3", "--json",
-                             tmp_path / f"{index}.json")[0] == EXIT_OK
+    spec = write_toy(tmp_path, TOY_CHECKS.replace("min: 0.0", "min: 0.9")
+                     + "  - metric: boom\n    expect: {min: 0}\n")
+    codes = [robaudit_main("run", spec, "--shard", f"{index}/3", "--json",
+                           tmp_path / f"{index}.json")[0] for index in range(3)]
+    assert sorted(codes) == [0, 0, 1]  # the shard whose share raised (boom's) says so
     merged = robaudit_main("merge", *(tmp_path / f"{i}.json" for i in range(3)), "--json",
                            tmp_path / "m.json")[0]
     one = robaudit_main("run", spec, "--json", tmp_path / "one.json")[0]
     assert merged == one == 1
+    outcomes = [c["outcome"] for c in json.loads((tmp_path / "m.json").read_text())["checks"]]
+    assert outcomes == ["failed", "passed", "error"]  # accuracy < 0.9, constant, boom
     same_checks(json.loads((tmp_path / "one.json").read_text()),
                 json.loads((tmp_path / "m.json").read_text()))
 

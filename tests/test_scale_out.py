@@ -238,6 +238,7 @@ def test_a_rank_that_raises_ends_the_torchrun_run_with_a_clear_error(tmp_path: P
     assert "exitcode  : 3" in proc.stderr  # torchrun's summary: rank 0 exited with 3
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["interrupted"] is True
+    assert report["stopped"] == "rank 1 failed: RankFault: rank 1 broke down"
 
 
 def free_port() -> int:

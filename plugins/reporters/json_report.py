@@ -1,5 +1,6 @@
 """The JSON report (``--json PATH``): design.md §5, key for key and in that order, then its
-extensions: ``interrupted`` (whether the run was cut short), ``model`` (the factory or
+extensions: ``interrupted`` (whether the run was cut short; ``stopped`` says why when it was not
+Ctrl-C, e.g. another process of a torchrun group failed), ``model`` (the factory or
 TorchScript path, the weights and their sha256, the parameter count) and ``data`` (the source,
 the split names and sizes used, the reference subset included, and a sha256 ``fingerprint`` of
 the audited tensors); ``summary`` counts ``warned`` too. A ``--shard I/N`` run adds ``shard``:
@@ -70,6 +71,7 @@ def audit_json(result: AuditResult) -> dict[str, Any]:
         "device": result.device,
         "environment": jsonable(result.environment),
         "interrupted": result.interrupted,
+        **({"stopped": result.stopped} if result.stopped else {}),
         "model": jsonable(result.model),
         "data": jsonable(result.data),
         "checks": [check_json(c) for c in result.checks],

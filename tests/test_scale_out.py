@@ -277,3 +277,12 @@ def test_rank_zero_exits_3_when_another_process_fails(tmp_path: Path, how: str,
 def test_metric_help_says_how_a_metric_shards(robaudit_main: Main) -> None:
     assert "scale-out: per sample" in robaudit_main("metrics", "clean_accuracy")[1]
     assert "scale-out: runs whole" in robaudit_main("metrics", "lipschitz_bound")[1]
+
+
+def test_a_shards_heartbeat_names_the_shard_and_the_check(tmp_path: Path,
+                                                          robaudit_main: Main) -> None:
+    spec = write_toy(tmp_path, TOY_CHECKS)
+    code, out, _ = robaudit_main("run", spec, "--shard", "1/2", "--json", tmp_path / "r.json",
+                                 "--heartbeat", "0.000001")
+    assert code == EXIT_OK
+    assert "... shard 1/2: clean_accuracy units 1/4 (25%)" in out  # units 1, 3, 5, 7 of 8

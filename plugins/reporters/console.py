@@ -146,8 +146,12 @@ class ConsoleReporter:
 
     @hookimpl
     def robaudit_audit_start(self, plan: AuditPlan) -> None:
-        self.pending = [check.id for check in plan.checks]
+        # several processes: checks finish together at the end of the spec, so the heartbeat
+        # names the run ("2 processes (gloo)", "shard 0/2") and the task names the check
+        self.pending = [] if plan.processes else [check.id for check in plan.checks]
         self.next_check()
+        if plan.processes and self.heartbeat is not None:
+            self.heartbeat.start_check(plan.processes)
         if self.verbosity < 0:
             return
         self.rule("robaudit session starts")

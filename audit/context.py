@@ -77,6 +77,11 @@ class RunCache:
         """The value computed for ``key`` in this run, else None (the disk is not read)."""
         return self._store.get(key)
 
+    def take(self, key: Any) -> Any:
+        """:meth:`get`, and forget the value in memory: for the parts of a whole that the
+        caller caches next, so that they are not held twice."""
+        return self._store.pop(key, None)
+
     def __contains__(self, key: Any) -> bool:
         return key in self._store
 
@@ -146,13 +151,10 @@ class AuditContext:
         def compute() -> tuple[torch.Tensor, torch.Tensor]:
             feats, logits = [], []
             for unit in work_units(len(self.data(name)), self.batch_size):
-                done = self.cache.get((*key, unit.start, unit.stop))  # from unit_features
-                if done is None:
-                    with torch.no_grad():
-                        f, z = mua.features_and_logits(self.unit_batch(unit, name)[0])
-                    done = f.cpu(), z.cpu()
-                feats.append(done[0])
-                logits.append(done[1])
+                done = self.cache.take((*key, unit.start, unit.stop))  # from unit_features
+                f, z = done if done is not None else self._features_of(mua, unit, name)
+                feats.append(f)
+                logits.append(z)
             return torch.cat(feats), torch.cat(logits)
 
         return self.cache.get_or_compute(key, compute)
@@ -171,11 +173,8 @@ class AuditContext:
         def compute() -> torch.Tensor:
             parts = []
             for unit in work_units(len(self.data(name)), self.batch_size):
-                done = self.cache.get((*key, unit.start, unit.stop))  # from unit_logits
-                if done is None:
-                    with torch.no_grad():
-                        done = mua.logits(self.unit_batch(unit, name)[0]).cpu()
-                parts.append(done)
+                done = self.cache.take((*key, unit.start, unit.stop))  # from unit_logits
+                parts.append(done if done is not None else self._logits_of(mua, unit, name))
             return torch.cat(parts)
 
         return self.cache.get_or_compute(key, compute)
@@ -190,21 +189,16 @@ class AuditContext:
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and logits of a unit of the audit split (on the CPU): a slice of
         :meth:`features` when the run has it, else one forward pass of the unit, cached (and
-        reused by :meth:`features`); the same numbers either way (a unit is one of the
-        batches :meth:`features` runs)."""
+        handed over to :meth:`features`, which caches it as part of the split's); the same
+        numbers either way (a unit is one of the batches :meth:`features` runs)."""
         mua = model or self.model
         key = ("features", mua.name, self.split)
         if key in self.cache:
             feats, logits = self.features(self.split, mua)
             return feats[unit.indices], logits[unit.indices]
         mua.feature_site()
-
-        def compute() -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.no_grad():
-                f, z = mua.features_and_logits(self.unit_batch(unit)[0])
-            return f.cpu(), z.cpu()
-
-        return self.cache.get_or_compute((*key, unit.start, unit.stop), compute)
+        return self.cache.get_or_compute((*key, unit.start, unit.stop),
+                                         lambda: self._features_of(mua, unit, self.split))
 
     def unit_logits(self, unit: Unit, model: ModelUnderAudit | None = None) -> torch.Tensor:
         """Logits of a unit of the audit split (on the CPU), as :meth:`unit_features`."""
@@ -214,12 +208,20 @@ class AuditContext:
         key = ("logits", mua.name, self.split)
         if key in self.cache:
             return self.logits(self.split, mua)[unit.indices]
+        return self.cache.get_or_compute((*key, unit.start, unit.stop),
+                                         lambda: self._logits_of(mua, unit, self.split))
 
-        def compute() -> torch.Tensor:
-            with torch.no_grad():
-                return mua.logits(self.unit_batch(unit)[0]).cpu()
+    def _features_of(self, mua: ModelUnderAudit, unit: Unit, split: str
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass of a unit of ``split``: features and logits, on the CPU."""
+        with torch.no_grad():
+            f, z = mua.features_and_logits(self.unit_batch(unit, split)[0])
+        return f.cpu(), z.cpu()
 
-        return self.cache.get_or_compute((*key, unit.start, unit.stop), compute)
+    def _logits_of(self, mua: ModelUnderAudit, unit: Unit, split: str) -> torch.Tensor:
+        """One forward pass of a unit of ``split``: logits, on the CPU."""
+        with torch.no_grad():
+            return mua.logits(self.unit_batch(unit, split)[0]).cpu()
 
     @property
     def reference_is_split(self) -> bool:

@@ -66,7 +66,7 @@ class World:
     backend: str = ""
     _store: Any = None
     _sequence: int = 0
-    failure: str | None = field(default=None)
+    failure: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @property

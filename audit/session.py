@@ -43,6 +43,7 @@ from robaudit.pluginmanager import Plugins
 from robaudit.results import AuditResult, CheckResult, Outcome
 from robaudit.selection import keyword_matches, marker_matches
 from robaudit.sharding import (
+    Failure,
     Share,
     decode_share,
     encode_share,
@@ -56,14 +57,6 @@ from robaudit.spec import AuditSpec, Check, ModelSpec, load_spec
 from robaudit.threads import default_threads, model_macs, thread_setting
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why a check could not be computed: the ``error`` message and a traceback if any."""
-
-    message: str
-    traceback: str | None = None
 
 
 @dataclass
@@ -374,9 +367,9 @@ class Session:
         except (TypeError, ValueError) as exc:
             return self.judge(check, Failure(f"the metric returned a value that is not a "
                                              f"number: {exc}"), duration, seed, fingerprint)
-        result = computed
-        samples = None if result.samples is None else np.asarray(result.samples, dtype=float)
-        ci = result.ci if result.ci is not None else (
+        samples = None if computed.samples is None else np.asarray(computed.samples,
+                                                                    dtype=float)
+        ci = computed.ci if computed.ci is not None else (
             mean_interval(samples) if samples is not None else None)
         ci = None if ci is None else within(check.metric.value_range, float(ci[0]), float(ci[1]))
         sample_list = None if samples is None else samples.tolist()
@@ -393,9 +386,9 @@ class Session:
                 outcome, message = "error", str(exc)
         return CheckResult(
             outcome=outcome, value=value if np.isfinite(value) else None, ci=ci,
-            details=result.details, message=message, duration_s=duration,
+            details=computed.details, message=message, duration_s=duration,
             samples=None if sample_list is None else tuple(sample_list),
-            figures=tuple(result.figures), baseline=baseline[0], **common,
+            figures=tuple(computed.figures), baseline=baseline[0], **common,
         )
 
     def baseline_delta(self, check: Check, seed: int, value: float,
@@ -579,7 +572,7 @@ class Session:
                 return {check.id: self.guarded(check, lambda: on_cpu(metric.fit(ctx, params)))}
             computed = self.guarded(check, lambda: metric.compute(ctx, params))
             if isinstance(computed, Failure):
-                share.error = (computed.message, computed.traceback)
+                share.error = computed
             else:
                 share.result = computed
             return {}
@@ -590,13 +583,13 @@ class Session:
         """Phase 3 of :meth:`run_shares`: this process's units of a sample metric."""
         start = time.perf_counter()
         if isinstance(fitted, Failure):
-            share.error = (fitted.message, fitted.traceback)
+            share.error = fitted
         else:
             metric: SampleMetric = check.metric  # type: ignore[assignment]
             done = self.guarded(check, lambda: run_units(metric, ctx, check.params, fitted,
                                                          self.world.rank, self.world.size))
             if isinstance(done, Failure):
-                share.error = (done.message, done.traceback)
+                share.error = done
             else:
                 share.units, share.unit_count = done.units, done.unit_count
                 share.fit_digest, share.fit_summary = done.fit_digest, done.fit_summary
@@ -611,7 +604,7 @@ class Session:
         if blocked is not None:
             computed = Failure(blocked)
         elif errors:
-            computed = Failure(*errors[0])
+            computed = errors[0]
         elif isinstance(check.metric, SampleMetric):
             metric = check.metric
             computed = self.guarded(check, lambda: reduce_shares(metric, check.params, shares))

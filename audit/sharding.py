@@ -10,7 +10,6 @@ k ≡ rank (mod world). Shares are gathered to the reporting process and concate
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,15 @@ if TYPE_CHECKING:
     from robaudit.spec import Check
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why a check (or a process's share of it) could not be computed: the ``error``
+    message and a traceback if any."""
+
+    message: str
+    traceback: str | None = None
+
+
 @dataclass
 class Share:
     """One process's part of one check.
@@ -49,7 +57,7 @@ class Share:
 
     units: dict[int, Any] = field(default_factory=dict)
     result: MetricResult | None = None
-    error: tuple[str, str | None] | None = None
+    error: Failure | None = None
     fit_digest: str | None = None
     fit_summary: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
@@ -82,7 +90,6 @@ def task_groups(checks: list[Check]) -> list[list[Check]]:
 def run_units(metric: SampleMetric, ctx: AuditContext, params: Any, fitted: Any, rank: int,
               world: int) -> Share:
     """Process ``rank``'s units of a sample-sharded check, with the fit every process shares."""
-    start = time.perf_counter()
     every = work_units(metric.sample_count(ctx, params), ctx.batch_size)
     units = owned_units(every, rank, world)
     task = ctx.progress(len(units), f"{metric.name} units")
@@ -91,7 +98,6 @@ def run_units(metric: SampleMetric, ctx: AuditContext, params: Any, fitted: Any,
     for unit in units:
         share.units[unit.index] = metric.per_sample(ctx, params, unit, fitted)
         task.advance()
-    share.duration_s = time.perf_counter() - start
     return share
 
 
@@ -125,7 +131,8 @@ def encode_share(share: Share) -> dict[str, Any]:
             "value": encode(result.value), "samples": encode(result.samples),
             "ci": encode(result.ci), "details": encode(result.details),
             "figures": encode(list(result.figures))},
-        "error": None if share.error is None else list(share.error),
+        "error": None if share.error is None else [share.error.message,
+                                                    share.error.traceback],
         "fit_digest": share.fit_digest,
         "fit_summary": encode(share.fit_summary),
         "duration_s": share.duration_s,
@@ -145,7 +152,7 @@ def decode_share(data: dict[str, Any]) -> Share:
             value=decode(result["value"]), samples=decode(result["samples"]),
             ci=decode(result["ci"]), details=decode(result["details"]),
             figures=decode(result["figures"])),
-        error=None if error is None else (str(error[0]), error[1]),
+        error=None if error is None else Failure(str(error[0]), error[1]),
         fit_digest=data["fit_digest"],
         fit_summary=decode(data["fit_summary"]),
         duration_s=float(data["duration_s"]),
@@ -186,7 +193,7 @@ def shard_placeholder(check: Check, share: Share | None, blocked: str | None,
     if blocked is not None:
         outcome, message = "error", blocked
     elif share is not None and share.error is not None:
-        outcome, message = "error", f"{name}: {share.error[0]}"
+        outcome, message = "error", f"{name}: {share.error.message}"
     elif share is not None and share.units:
         outcome = "skipped"
         message = (f"{name}: {len(share.units)} of {share.unit_count} units computed; "

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from robaudit.context import AuditContext, DataSplit, RunCache
-from robaudit.metric import Metric, MetricResult
+from robaudit.metric import Metric, MetricResult, on_cpu
 from robaudit.model import ModelUnderAudit
 
 
@@ -79,16 +79,17 @@ def run_metric_sharded(metric: Metric, ctx: AuditContext, world: int, **params: 
                        ) -> MetricResult:
     """:func:`run_metric` as ``world`` processes would run it (design §8), in this process:
     each simulated process gets a fresh run cache and the check's seed afresh; a
-    :class:`~robaudit.metric.SampleMetric` is fitted once, its units split round-robin and
-    the shares reduced in sample order; another metric runs whole. A metric shards correctly
-    when this equals :func:`run_metric` exactly."""
+    :class:`~robaudit.metric.SampleMetric` is fitted once (its tensors moved to the CPU, as
+    the runner sends them), its units split round-robin and the shares reduced in sample
+    order; another metric runs whole. A metric shards correctly when this equals
+    :func:`run_metric` exactly."""
     from robaudit.sharding import reduce_shares, run_units, shards_samples
 
     validated = metric.Params.model_validate(params)
     metric.check_data(ctx, validated)
     if not shards_samples(metric):
         return metric.compute(fresh(ctx), validated)
-    fitted = metric.fit(fresh(ctx), validated)  # type: ignore[attr-defined]
+    fitted = on_cpu(metric.fit(fresh(ctx), validated))  # type: ignore[attr-defined]
     shares = [run_units(metric, fresh(ctx), validated, fitted, rank, world)  # type: ignore[arg-type]
               for rank in range(world)]
     return reduce_shares(metric, validated, shares)  # type: ignore[arg-type]

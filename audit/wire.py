@@ -84,14 +84,10 @@ def decode(data: Any) -> Any:
             raise WireError(f"unknown figure {data['figure']!r}")
         return cls(**{str(k): decode(v) for k, v in data["fields"].items()})
     if "dict" in data:
-        return {_key(decode(k)): decode(v) for k, v in data["dict"]}
+        return {decode(k): decode(v) for k, v in data["dict"]}
     if "tuple" in data:
         return tuple(decode(v) for v in data["tuple"])
     raise WireError(f"unknown encoded object with keys {sorted(data)}")
-
-
-def _key(key: Any) -> Any:
-    return tuple(key) if isinstance(key, list) else key
 
 
 def _array(data: dict[str, Any]) -> np.ndarray:

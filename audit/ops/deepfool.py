@@ -337,8 +337,8 @@ def deepfool_split(
         units = work_units(len(ctx.data(name)), ctx.batch_size)
         task = ctx.progress(len(ctx.data(name)), f"DeepFool ({norm}) on {name}")
         parts = []
-        for unit in units:
-            done = ctx.cache.get(("deepfool", mua.name, name, *options, unit.start, unit.stop))
+        for unit in units:  # a unit that deepfool_unit ran is handed over, not held twice
+            done = ctx.cache.take(("deepfool", mua.name, name, *options, unit.start, unit.stop))
             parts.append(done if done is not None else _run_unit(ctx, unit, name, mua, options))
             task.advance(len(unit))
         return DeepFoolResult.concat(parts)
@@ -372,12 +372,11 @@ def deepfool_unit(
         return whole.rows(unit.indices)
     result = ctx.cache.get_or_compute((*key, unit.start, unit.stop),
                                       lambda: _run_unit(ctx, unit, name, mua, options))
-    if unit.stop == len(ctx.data(name)):
-        units = work_units(len(ctx.data(name)), ctx.batch_size)
-        parts = [ctx.cache.get((*key, part.start, part.stop)) for part in units]
-        done = [part for part in parts if part is not None]
-        if len(done) == len(units):
-            ctx.cache.get_or_compute(key, lambda: DeepFoolResult.concat(done))
+    units = work_units(len(ctx.data(name)), ctx.batch_size)
+    if unit.stop == len(ctx.data(name)) and all((*key, part.start, part.stop) in ctx.cache
+                                                for part in units):
+        deepfool_split(ctx, split=name, model=mua, norm=norm, overshoot=overshoot,
+                       candidates=candidates, max_iter=max_iter)  # takes over every unit
     return result
 
 

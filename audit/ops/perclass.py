@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from robaudit.figures import ImageGrid
+from robaudit.figures import Figure, ImageGrid
+from robaudit.metric import MetricResult
 from robaudit.ops.stats import wilson_interval
 
 #: Samples a gallery shows.
@@ -27,6 +28,20 @@ def per_class_accuracy(correct: torch.Tensor, labels: torch.Tensor) -> list[dict
         rows.append({"class": int(label), "samples": total, "correct": hits,
                      "accuracy": hits / total, "ci_low": low, "ci_high": high})
     return rows
+
+
+def accuracy_result(correct: np.ndarray, labels: np.ndarray, figures: list[Figure] | None = None,
+                    **details: Any) -> MetricResult:
+    """An accuracy check's result from per-sample 0/1 ``correct`` and true ``labels`` (in
+    sample order): the accuracy, Wilson's 95% interval, ``details`` between the counts and
+    the accuracy per true class."""
+    hits, total = int(correct.sum()), int(correct.size)
+    return MetricResult(
+        value=hits / total, samples=correct, ci=wilson_interval(hits, total),
+        details={"correct": hits, "samples": total, **details,
+                 "per_class": per_class_accuracy(torch.from_numpy(correct),
+                                                 torch.from_numpy(labels))},
+        figures=list(figures or []))
 
 
 def gallery(title: str, clean: torch.Tensor, perturbed: torch.Tensor, labels: torch.Tensor,

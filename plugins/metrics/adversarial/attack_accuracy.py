@@ -22,9 +22,8 @@ from robaudit.context import AuditContext
 from robaudit.figures import Figure
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.attacks import fgsm, pgd
-from robaudit.ops.perclass import GALLERY_SAMPLES, gallery, per_class_accuracy
+from robaudit.ops.perclass import GALLERY_SAMPLES, accuracy_result, gallery
 from robaudit.ops.sampling import per_sample_randn, sample_seeds
-from robaudit.ops.stats import wilson_interval
 
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
@@ -38,22 +37,10 @@ def _accuracy_result(gathered: Gathered, figures: list[Figure], **details: objec
                      ) -> MetricResult:
     """Robust accuracy from the per-sample 0/1 correctness ``robust`` (the first level's
     column), with Wilson's 95% interval and the accuracy per true class."""
-    correct = np.ascontiguousarray(gathered.arrays["robust"][:, 0])
-    labels = torch.from_numpy(gathered.arrays["label"]).long()
-    hits, total = int(correct.sum()), int(correct.size)
-    return MetricResult(
-        value=hits / total,
-        samples=correct,
-        ci=wilson_interval(hits, total),
-        details={
-            "correct": hits,
-            "samples": total,
-            "clean_accuracy": float(torch.from_numpy(gathered.arrays["clean"]).mean()),
-            **details,
-            "per_class": per_class_accuracy(torch.from_numpy(correct), labels),
-        },
-        figures=figures,
-    )
+    return accuracy_result(
+        np.ascontiguousarray(gathered.arrays["robust"][:, 0]), gathered.arrays["label"],
+        figures,
+        clean_accuracy=float(torch.from_numpy(gathered.arrays["clean"]).mean()), **details)
 
 
 def _curve(name: str, levels: list[float], robust: np.ndarray, title: str

@@ -5,13 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
-import torch
-
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
-from robaudit.ops.perclass import per_class_accuracy
-from robaudit.ops.stats import wilson_interval
+from robaudit.ops.perclass import accuracy_result
 
 
 class CleanAccuracy(SampleMetric):
@@ -35,16 +32,7 @@ class CleanAccuracy(SampleMetric):
         return UnitResult({"correct": correct, "label": labels})
 
     def reduce(self, params: MetricParams, gathered: Gathered) -> MetricResult:
-        correct = gathered.arrays["correct"]
-        hits, total = int(correct.sum()), int(correct.size)
-        return MetricResult(
-            value=hits / total,
-            samples=correct,
-            ci=wilson_interval(hits, total),
-            details={"correct": hits, "samples": total,
-                     "per_class": per_class_accuracy(torch.from_numpy(correct),
-                                                     torch.from_numpy(gathered.arrays["label"]))},
-        )
+        return accuracy_result(gathered.arrays["correct"], gathered.arrays["label"])
 
     def floor(self, ctx: AuditContext, params: MetricParams) -> Floor:
         return Floor(forward=len(ctx.data()), note="one forward pass over the split")

@@ -29,6 +29,9 @@ _EXPORTS = {
     "hookimpl": "robaudit.hookspecs",
     "Floor": "robaudit.metric",
     "Gathered": "robaudit.metric",
+    "IncludedParams": "robaudit.metric",
+    "included": "robaudit.metric",
+    "MetricError": "robaudit.errors",
     "Metric": "robaudit.metric",
     "MetricParams": "robaudit.metric",
     "MetricResult": "robaudit.metric",
@@ -47,8 +50,10 @@ __all__ = [
     "Histogram",
     "ImageGrid",
     "ImagePlot",
+    "IncludedParams",
     "LinePlot",
     "Metric",
+    "MetricError",
     "MetricParams",
     "MetricResult",
     "ModelUnderAudit",
@@ -60,22 +65,25 @@ __all__ = [
     "UsageError",
     "__version__",
     "hookimpl",
+    "included",
 ]
 
 if TYPE_CHECKING:
     from robaudit.context import AuditContext, DataSplit
-    from robaudit.errors import RobauditError, SpecError, UsageError
+    from robaudit.errors import MetricError, RobauditError, SpecError, UsageError
     from robaudit.figures import Heatmap, Histogram, ImageGrid, ImagePlot, LinePlot
     from robaudit.hookspecs import hookimpl
     from robaudit.metric import (
         Floor,
         Gathered,
+        IncludedParams,
         Metric,
         MetricParams,
         MetricResult,
         SampleMetric,
         Unit,
         UnitResult,
+        included,
     )
     from robaudit.model import ModelUnderAudit
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
+from robaudit.errors import MetricError
 from robaudit.figures import Figure
 from robaudit.validation import InputModel
 
@@ -23,6 +24,34 @@ class MetricParams(InputModel):
     numbers finite and never a boolean (see :class:`robaudit.validation.InputModel`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class IncludedParams(MetricParams):
+    """Params of a metric that leaves points out (design §10, "honest values"): a DeepFool
+    that did not converge, a pair that could not be projected, a class too small. Mix it into
+    the metric's params and call :func:`included` in ``compute`` / ``reduce``."""
+
+    min_included: float = Field(
+        0.8, ge=0, le=1,
+        description="the least share of the asked points the value may rest on; below it the "
+                    "check is error (design §10)",
+    )
+
+
+def included(used: int, asked: int, min_included: float, what: str = "points") -> dict[str, Any]:
+    """``details.included`` for a value resting on ``used`` of ``asked`` ``what``.
+
+    Raises :class:`MetricError` (the check is ``error`` with the reason) when nothing was
+    asked, nothing was used, or the used share is below ``min_included``: a value on a few
+    easy points is not the value on the data (design §10)."""
+    used, asked = int(used), int(asked)
+    if asked <= 0:
+        raise MetricError(f"no {what} to measure on")
+    share = used / asked
+    if used == 0 or share < min_included:
+        raise MetricError(f"only {used} of {asked} {what} could be used ({share:.0%}); "
+                          f"the value needs at least min_included = {min_included:.0%}")
+    return {"used": used, "asked": asked, "share": share}
 
 
 @dataclass

@@ -11,6 +11,7 @@ import argparse
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -68,17 +69,27 @@ class FloorSession(Session):
         self.floors: dict[str, Floor | None] = {}
         self.context: AuditContext | None = None
 
-    def run_check(self, check: Check, ctx: AuditContext, blocked: str | None = None,
-                  fingerprint: str | None = None) -> CheckResult:
+    def run_check(self, check: Check, ctx: AuditContext, *args: Any, **kwargs: Any
+                  ) -> CheckResult:
+        """Record the floor, then run the check as :class:`Session` does (whatever else it
+        passes along, so that a change of the runner's arguments cannot break the benches)."""
         self.context = ctx
         self.floors[check.id] = check.metric.floor(ctx, check.params)
-        return super().run_check(check, ctx, blocked, fingerprint)
+        return super().run_check(check, ctx, *args, **kwargs)
 
 
-def run_with_floors(spec: str, overrides: list[str] | None = None
+def session_options(overrides: list[str] | None = None, threads: int | None = None,
+                    keyword: str | None = None) -> argparse.Namespace:
+    """The options of a quiet ``robaudit run`` with ``--set``, ``--threads`` and ``-k``."""
+    return argparse.Namespace(quiet=1, verbose=0, overrides=overrides or [], threads=threads,
+                              keyword=keyword)
+
+
+def run_with_floors(spec: str, overrides: list[str] | None = None, threads: int | None = None,
+                    keyword: str | None = None
                     ) -> tuple[list[CheckResult], dict[str, Floor | None], Throughput, float]:
     """Run a spec quietly; return its results, floors, the model throughput and wall time."""
-    options = argparse.Namespace(quiet=1, verbose=0, overrides=overrides or [])
+    options = session_options(overrides, threads, keyword)
     session = FloorSession(load_plugins(), options)
     start = time.perf_counter()
     [result], _ = session.run([spec])

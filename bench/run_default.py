@@ -1,6 +1,6 @@
 """Time the default audit, each check next to its floor (the model passes it needs).
 
-    python bench/run_default.py [SPEC] [--set key=value ...]
+    python bench/run_default.py [SPEC] [--set key=value ...] [--threads N] [-k EXPR]
 
 Goals (issue 2): the default audit within 60 s on 2 CPU cores, each check within 2× its floor.
 """
@@ -22,8 +22,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("spec", nargs="?", default="specs/resnet.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (`robaudit run --threads`)")
+    parser.add_argument("-k", dest="keyword", help="select checks (`robaudit run -k`)")
     args = parser.parse_args()
-    checks, floors, rates, wall = run_with_floors(args.spec, args.overrides)
+    checks, floors, rates, wall = run_with_floors(args.spec, args.overrides, args.threads,
+                                                  args.keyword)
     table = Table(title=f"{args.spec}: time per check against its floor")
     for column in ("check", "outcome", "time (s)", "floor (s)", "time / floor", "floor work"):
         table.add_column(column, justify="right" if "(" in column or "/" in column else "left")

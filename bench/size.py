@@ -39,7 +39,7 @@ import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from floors import FloorSession, Throughput, measure_throughput
+from floors import FloorSession, Throughput, measure_throughput, session_options
 
 from robaudit.context import AuditContext
 from robaudit.pluginmanager import load_plugins
@@ -74,15 +74,17 @@ def grown(x: torch.Tensor, y: torch.Tensor, n: int, seed: int
     return torch.cat(xs)[:n].contiguous(), torch.cat(ys)[:n].contiguous()
 
 
-def trained_weights(seed: int) -> Path:
-    """The cached state_dict of the benchmark ResNet-18 trained from ``seed`` (trains it once;
-    prints the training time and the test accuracy)."""
+def trained_weights(seed: int, epochs: int = TRAIN["epochs"]) -> Path:
+    """The cached state_dict of the benchmark ResNet-18 trained from ``seed`` for ``epochs``
+    (trains it once; prints the training time and the test accuracy). ``epochs = 0`` keeps
+    the random initialisation: the smoke test's model, for time and memory only."""
     import torchvision
 
     from robaudit.plugins.loaders.data import digits_splits
     from robaudit.zoo.training import accuracy, fit
 
-    path = CACHE / f"resnet18_digits32_seed{seed}.pt"
+    tag = "" if epochs == TRAIN["epochs"] else f"_e{epochs}"
+    path = CACHE / f"resnet18_digits32_seed{seed}{tag}.pt"
     if path.is_file():
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,9 @@ def trained_weights(seed: int) -> Path:
     torch.manual_seed(seed)
     model = torchvision.models.resnet18(num_classes=10)
     start = time.perf_counter()
-    fit(model, digits32(splits["train"].x), splits["train"].y, seed=seed, **TRAIN)
+    if epochs:
+        fit(model, digits32(splits["train"].x), splits["train"].y, seed=seed,
+            **{**TRAIN, "epochs": epochs})
     took = time.perf_counter() - start
     test = accuracy(model, digits32(splits["test"].x), splits["test"].y)
     print(f"trained ResNet-18 (seed {seed}) in {took:.0f} s: test accuracy {test:.3f}",
@@ -99,9 +103,10 @@ def trained_weights(seed: int) -> Path:
     return path
 
 
-def write_spec(n: int, device: str, skip: list[str]) -> Path:
-    """The data of size ``n`` (.npz) and a spec auditing the benchmark model on it with the
-    checks of specs/resnet.yaml but those in ``skip``; returns the spec's path."""
+def write_spec(n: int, device: str, skip: list[str], epochs: int = TRAIN["epochs"]) -> Path:
+    """The data of size ``n`` (.npz) and a spec auditing the benchmark model (trained for
+    ``epochs``) on it with the checks of specs/resnet.yaml but those in ``skip``; returns the
+    spec's path."""
     from robaudit.plugins.loaders.data import digits_splits
 
     splits = digits_splits()
@@ -114,7 +119,7 @@ def write_spec(n: int, device: str, skip: list[str]) -> Path:
 
     def model(seed: int) -> dict[str, Any]:
         return {"factory": "torchvision.models:resnet18", "kwargs": {"num_classes": 10},
-                "weights": str(trained_weights(seed)), "input_range": [0.0, 1.0]}
+                "weights": str(trained_weights(seed, epochs)), "input_range": [0.0, 1.0]}
 
     spec = {
         "audit": f"ResNet-18 3x32x32, N = {n}",
@@ -152,7 +157,8 @@ class SizeSession(FloorSession):
         super().__init__(*args, **kwargs)
         self.memory: dict[str, dict[str, float]] = {}
 
-    def run_check(self, check: Check, ctx: AuditContext) -> CheckResult:
+    def run_check(self, check: Check, ctx: AuditContext, *args: Any, **kwargs: Any
+                  ) -> CheckResult:
         cuda = ctx.device.type == "cuda"
         if cuda:
             torch.cuda.synchronize(ctx.device)
@@ -160,7 +166,7 @@ class SizeSession(FloorSession):
             device_base = torch.cuda.memory_allocated(ctx.device)
         _reset_peak()
         base = _status_kib("VmRSS")
-        result = super().run_check(check, ctx)
+        result = super().run_check(check, ctx, *args, **kwargs)
         peak = _status_kib("VmHWM")
         record = {"rss_peak_mib": peak / 1024, "rss_rise_mib": (peak - base) / 1024}
         if cuda:
@@ -174,11 +180,12 @@ class SizeSession(FloorSession):
         return result
 
 
-def run_one(n: int, device: str, skip: list[str]) -> dict[str, Any]:
-    """Run the audit at size ``n`` in this process; the per-check figures as a dict."""
-    spec = write_spec(n, device, skip)
-    options = argparse.Namespace(quiet=1, verbose=0, overrides=[])
-    session = SizeSession(load_plugins(), options)
+def run_one(n: int, device: str, skip: list[str], threads: int, keyword: str | None,
+            epochs: int) -> dict[str, Any]:
+    """Run the audit at size ``n`` in this process with ``threads`` torch threads (as
+    ``robaudit run --threads``); the per-check figures as a dict."""
+    spec = write_spec(n, device, skip, epochs)
+    session = SizeSession(load_plugins(), session_options(threads=threads, keyword=keyword))
     start = time.perf_counter()
     [result], _ = session.run([str(spec)])
     wall = time.perf_counter() - start
@@ -286,19 +293,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench")
     parser.add_argument("--skip", nargs="*", default=[], metavar="ID",
                         help="check ids of specs/resnet.yaml not to run")
+    parser.add_argument("-k", dest="keyword", help="select checks (`robaudit run -k`)")
+    parser.add_argument("--epochs", type=int, default=TRAIN["epochs"],
+                        help="training epochs of the models (0: random weights, a smoke run)")
     parser.add_argument("--reuse", action="store_true",
                         help="take a size's figures from its last run (bench/.cache/) if any")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: one size
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one is not None:
-        print(json.dumps(run_one(args.one, args.device, args.skip)))
+        print(json.dumps(run_one(args.one, args.device, args.skip, args.threads, args.keyword,
+                                 args.epochs)))
         return
     for seed in (0, 1):  # train (or find) the models before timing anything
-        trained_weights(seed)
+        trained_weights(seed, args.epochs)
     runs = []
     for n in args.sizes:
-        saved = CACHE / f"size_run_n{n}_{args.device}_{args.threads}.json"
+        saved = CACHE / f"size_run_n{n}_{args.device}_{args.threads}_e{args.epochs}.json"
         if args.reuse and saved.is_file():
             runs.append(json.loads(saved.read_text()))
             print(f"N = {n}: reused {saved}", file=sys.stderr, flush=True)
@@ -306,7 +317,8 @@ def main() -> None:
         print(f"N = {n} ...", file=sys.stderr, flush=True)
         done = subprocess.run(
             [sys.executable, __file__, "--one", str(n), "--device", args.device,
-             "--threads", str(args.threads), "--skip", *args.skip],
+             "--threads", str(args.threads), "--epochs", str(args.epochs),
+             *(["-k", args.keyword] if args.keyword else []), "--skip", *args.skip],
             stdout=subprocess.PIPE, text=True, check=False,
         )
         if done.returncode != 0:

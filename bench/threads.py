@@ -5,7 +5,8 @@ busy neighbour (a process multiplying matrices on every core, as another CI job 
 runner would). Each time is the median of ``--repeats`` runs; the ratio is against the best
 setting of the same condition. The goal: the default within about 1.3× of the best in both.
 
-    python bench/threads.py [--repeats 3] [-k "deepfool or pgd_linf or uap"] [--out FILE]
+    python bench/threads.py [--repeats 3] [-k "deepfool or pgd_linf or uap"] [--batch 64]
+                            [--settings I ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ torch.set_num_threads(int(sys.argv[1]))
 net = torchvision.models.resnet18(num_classes=10).eval()
 for p in net.parameters():
     p.requires_grad_(False)
-x = torch.rand(64, 3, 32, 32, requires_grad=True)
+x = torch.rand(int(sys.argv[2]), 3, 32, 32, requires_grad=True)
 def step():
     torch.autograd.grad(net(x).sum(), x)
 step()
@@ -69,31 +70,36 @@ def audit_once(threads: str, policy: str | None, keyword: str) -> float:
         return sum(c["duration_s"] for c in json.loads(report.read_text())["checks"])
 
 
-def resnet18_once(threads: str, policy: str | None) -> float:
-    done = subprocess.run([sys.executable, "-c", RESNET18, threads], check=True,
+def resnet18_once(threads: str, policy: str | None, batch: int) -> float:
+    done = subprocess.run([sys.executable, "-c", RESNET18, threads, str(batch)], check=True,
                           capture_output=True, text=True, env=_env(policy))
     return float(done.stdout.strip())
 
 
-def measure(repeats: int, keyword: str) -> dict[str, tuple[float, float]]:
+def measure(options: argparse.Namespace) -> dict[str, tuple[float, float]]:
     """Per setting: (default-audit checks, ResNet-18 pass), medians of ``repeats``."""
-    return {label: (statistics.median(audit_once(t, p, keyword) for _ in range(repeats)),
-                    statistics.median(resnet18_once(t, p) for _ in range(repeats)))
-            for label, t, p in SETTINGS}
+    repeats = range(options.repeats)
+    return {label: (statistics.median(audit_once(t, p, options.keyword) for _ in repeats),
+                    statistics.median(resnet18_once(t, p, options.batch) for _ in repeats))
+            for label, t, p in options.settings}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("-k", dest="keyword", default="deepfool or pgd_linf or uap")
+    parser.add_argument("--batch", type=int, default=64, help="the ResNet-18 pass's batch")
+    parser.add_argument("--settings", type=int, nargs="+", metavar="I",
+                        help="measure only these of the settings (0-based)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench" / "threads.md")
     options = parser.parse_args()
+    options.settings = [SETTINGS[i] for i in options.settings or range(len(SETTINGS))]
 
-    idle = measure(options.repeats, options.keyword)
+    idle = measure(options)
     neighbour = subprocess.Popen([sys.executable, "-c", "import os\n" + NEIGHBOUR])
     try:
         time.sleep(2)
-        busy = measure(options.repeats, options.keyword)
+        busy = measure(options)
     finally:
         neighbour.kill()
 
@@ -102,13 +108,13 @@ def main() -> None:
     for column, title in ((0, f"Default audit, checks `{options.keyword}` (digits ResNet, "
                               "0.5 M multiply-adds a sample): the checks' time"),
                           (1, "ResNet-18 at 3×32×32 (37 M multiply-adds a sample): one forward "
-                              "and input-gradient pass of 64 samples")):
+                              f"and input-gradient pass of {options.batch} samples")):
         best_idle = min(v[column] for v in idle.values())
         best_busy = min(v[column] for v in busy.values())
         lines += [f"## {title}", "",
                   "| setting | idle (s) | idle / best | busy neighbour (s) | busy / best |",
                   "|---|---|---|---|---|"]
-        for label, *_ in SETTINGS:
+        for label, *_ in options.settings:
             i, b = idle[label][column], busy[label][column]
             lines.append(f"| {label} | {i:.3f} | {i / best_idle:.2f}× | {b:.3f} | "
                          f"{b / best_busy:.2f}× |")

@@ -1,0 +1,110 @@
+"""Every script in ``bench/`` runs at a tiny size (issue #23): the README quotes their figures,
+so a refactor that breaks one must fail here, not the next time someone regenerates a table.
+
+Each test runs the script as a user would (a subprocess, one thread) with the smallest
+options it has, and checks what it wrote: the rows it promises, numbers where numbers go.
+A test whose script needs something CI may lack (a peer library, Chromium) skips with the
+reason; ``.ci/run`` installs both.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+#: imported by the scripts and run through them, not scripts of their own
+LIBRARIES = {"floors.py"}
+
+
+def bench(script: str, *args: str | Path, timeout: float = 300) -> str:
+    """Run ``bench/SCRIPT ARGS`` with one thread; its stdout (stderr shown on failure)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    assert done.returncode == 0, f"bench/{script} exited {done.returncode}:\n{done.stderr}"
+    return done.stdout
+
+
+def test_every_bench_script_has_a_smoke_test() -> None:
+    """bench/NAME.py is smoked by ``test_NAME`` in this module."""
+    scripts = {path.stem for path in BENCH.glob("*.py")} - {Path(n).stem for n in LIBRARIES}
+    missing = sorted(s for s in scripts if f"test_{s}" not in globals())
+    assert not missing, f"bench scripts without a smoke test: {missing}"
+
+
+def test_size(tmp_path: Path) -> None:
+    bench("size.py", "--sizes", "8", "16", "--epochs", "0", "--threads", "1",
+          "-k", "clean_accuracy or noise_accuracy", "--out", tmp_path)
+    figures = json.loads((tmp_path / "size.json").read_text())
+    assert [run["n"] for run in figures["runs"]] == [8, 16]
+    for run in figures["runs"]:
+        assert run["threads"] == 1  # --threads is honoured, not the per-model default
+        assert set(run["checks"]) == {"accuracy", "noise"}
+        assert all(check["time_s"] > 0 and check["rss_peak_mib"] > 0
+                   for check in run["checks"].values())
+    table = (tmp_path / "size.md").read_text()
+    assert "| `accuracy` |" in table and "| `noise` |" in table
+
+
+def test_run_default() -> None:
+    out = bench("run_default.py", "--threads", "1", "-k", "accuracy or noise",
+                "--set", "data.limit=32")
+    assert re.search(r"accuracy\s+│\s+passed", out) and "noise" in out
+    assert "whole audit (set-up included)" in out
+
+
+def test_cache(tmp_path: Path) -> None:
+    out = tmp_path / "cache.md"
+    bench("cache.py", "-k", "deepfool or accuracy", "--set", "data.limit=32", "--out", out)
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert any(row.startswith("| deepfool |") for row in rows)
+    assert "NO" not in out.read_text()  # the cached run gives identical values and details
+
+
+def test_threads(tmp_path: Path) -> None:
+    out = tmp_path / "threads.md"
+    bench("threads.py", "--repeats", "1", "-k", "accuracy", "--batch", "2", "--settings", "0",
+          "--out", out)
+    text = out.read_text()
+    assert text.count("| 1 thread, passive wait |") == 2  # one row in each table
+    assert "2 threads" not in text
+
+
+def test_scaleout(tmp_path: Path) -> None:
+    out = tmp_path / "scaleout.json"
+    bench("scaleout.py", "--procs", "2", "--repeats", "1", "-k",
+          "clean_accuracy or deepfool_min_distortion",
+          "--set", "data.limit=64", "--out", out)
+    figures = json.loads(out.read_text())
+    assert {row["check"] for row in figures["checks"]} == {"accuracy", "deepfool"}
+    assert figures["summary"]["procs"] == 2 and figures["summary"]["checks_speedup"] > 0
+
+
+def test_screenshot_report(tmp_path: Path) -> None:
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium on this machine (.ci/run installs it)")
+    out = bench("screenshot_report.py", "--out", tmp_path, "--height", "800", "--",
+                "-k", "accuracy or noise", "--set", "data.limit=32", "--threads", "1")
+    pngs = [Path(line.strip()) for line in out.splitlines() if line.strip().endswith(".png")]
+    assert (tmp_path / "report.png") in pngs and all(p.stat().st_size > 1000 for p in pngs)
+
+
+def test_peers(tmp_path: Path) -> None:
+    for peer in ("art", "torchattacks", "foolbox"):
+        if importlib.util.find_spec(peer) is None:
+            pytest.skip(f"{peer} is not installed (pip install -e '.[bench]')")
+    out = tmp_path / "peers.md"
+    bench("peers.py", "--samples", "4", "--passes", "1", "--art-batch", "4", "--out", out)
+    text = out.read_text()
+    for row in ("robaudit", "ART 1.20", "foolbox", "torchattacks"):
+        assert row in text

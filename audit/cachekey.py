@@ -12,13 +12,15 @@ The salt holds everything else that can change a cached value (design §3, §5, 
   model folder); the source of the factory's module and of the module defining every
   ``nn.Module`` class in the network (so an edited ``forward`` misses); and a hash of the
   network's parameters and buffers as loaded;
-- the fingerprint of every data split (:func:`robaudit.identity.data_fingerprint`);
+- the spec's whole data entry (source, options, limits, ``batch_size``) and the fingerprint of
+  every data split as loaded (:func:`robaudit.identity.data_fingerprint`);
 - the seed, the device (its type, and the GPU's name on CUDA), and the robaudit and torch
   versions.
 
 Trusted, not keyed: code that the model's modules import from elsewhere (helpers called from a
-``forward`` in another module, installed packages other than torch) is assumed unchanged while
-the versions are; and a metric's key must name every param its work depends on
+``forward`` in another module, installed packages other than torch, robaudit's own code) is
+assumed unchanged while the versions are; the number of CPU threads is assumed not to change a
+value; and a metric's key must name every param its work depends on
 (:class:`robaudit.context.RunCache`).
 """
 
@@ -136,11 +138,14 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
-def run_salt(models: dict[str, str], splits: dict[str, DataSplit], device: torch.device,
-             seed: int) -> str:
+def run_salt(models: dict[str, str], data: dict[str, Any], splits: dict[str, DataSplit],
+             device: torch.device, seed: int) -> str:
     """What every entry of a run depends on: ``models`` maps each model's name to its
-    :func:`model_salt`; then the data, the device, the seed and the versions."""
-    parts = [robaudit.__version__, torch.__version__, device_name(device), str(seed)]
+    :func:`model_salt`; ``data`` is the spec's data entry as resolved (its source options and
+    ``batch_size`` too), ``splits`` the loaded data; then the device, the seed and the
+    versions."""
+    parts = [robaudit.__version__, torch.__version__, device_name(device), str(seed),
+             json.dumps(data, sort_keys=True, default=repr)]
     parts += [f"{name}={salt}" for name, salt in sorted(models.items())]
     seen: dict[int, str] = {}
     for name, split in sorted(splits.items()):

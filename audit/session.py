@@ -482,7 +482,8 @@ class Session:
         salts = {name: model_salt(entries[name].model_dump(mode="json"), spec.base_dir,
                                   mua.network, skip=Path(folder).resolve())
                  for name, mua in models.items()}
-        salt = run_salt(salts, splits, plan.device, spec.model.seed)
+        salt = run_salt(salts, spec.model.data.model_dump(mode="json"), splits,
+                        plan.device, spec.model.seed)
         return DiskStore(Path(folder), salt, plan.device)
 
     def run_plan(self, plan: AuditPlan, base: AuditContext, result: AuditResult) -> bool:

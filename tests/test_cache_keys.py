@@ -138,20 +138,26 @@ def test_the_source_of_a_module_factory_and_of_the_model_classes_is_keyed(tmp_pa
 
 def test_data_seed_device_and_versions_are_keyed(monkeypatch):
     splits = {"test": DataSplit(torch.rand(8, 1, 4, 4), torch.arange(8) % 2)}
+    data = {"source": "toy", "split": "test", "batch_size": 256}
     cpu = torch.device("cpu")
-    salt = run_salt({"model": "m"}, splits, cpu, 0)
-    assert run_salt({"model": "m"}, dict(splits), cpu, 0) == salt
+
+    def salt_of(models=None, data=data, splits=splits, device=cpu, seed=0):
+        return run_salt(models or {"model": "m"}, data, splits, device, seed)
+
+    salt = salt_of()
+    assert salt_of(splits=dict(splits), data=dict(data)) == salt
     other = {"test": DataSplit(splits["test"].x.clone(), splits["test"].y.flip(0))}
-    assert run_salt({"model": "m"}, other, cpu, 0) != salt
-    assert run_salt({"model": "m"}, splits, cpu, 1) != salt
-    assert run_salt({"model": "other"}, splits, cpu, 0) != salt
-    assert run_salt({"model": "m", "source": "s"}, splits, cpu, 0) != salt
-    assert run_salt({"model": "m"}, splits, torch.device("meta"), 0) != salt
+    assert salt_of(splits=other) != salt
+    assert salt_of(data={**data, "batch_size": 8}) != salt
+    assert salt_of(seed=1) != salt
+    assert salt_of(models={"model": "other"}) != salt
+    assert salt_of(models={"model": "m", "source": "s"}) != salt
+    assert salt_of(device=torch.device("meta")) != salt
     monkeypatch.setattr(torch, "__version__", "0.0.1")
-    assert run_salt({"model": "m"}, splits, cpu, 0) != salt
+    assert salt_of() != salt
     monkeypatch.undo()
     monkeypatch.setattr(robaudit, "__version__", "99.0")
-    assert run_salt({"model": "m"}, splits, cpu, 0) != salt
+    assert salt_of() != salt
 
 
 # -- end to end: the three stale reads of issue #19 --------------------------------------------
@@ -177,7 +183,7 @@ def _run(robaudit_main, spec: Path, report: Path, cache: Path | None) -> dict[st
     return {c["id"]: c["value"] for c in json.loads(report.read_text())["checks"]}
 
 
-@pytest.mark.parametrize("change", ["features", "input_range", "forward"])
+@pytest.mark.parametrize("change", ["forward", "input_range", "features"])
 def test_a_changed_model_never_reads_the_cached_numbers(change, model_dir, robaudit_main):
     """Run, rerun unchanged (a hit: nothing new is stored, same values), change one thing and
     run with the cache: new entries are stored and the values are those of a run without the
@@ -185,7 +191,8 @@ def test_a_changed_model_never_reads_the_cached_numbers(change, model_dir, robau
     checks = {
         "features": "  - metric: intertwinedness\n  - metric: rank_order_spearman\n"
                     "    params: {pairs: 20, trials: 20}\n",
-        "input_range": "  - metric: deepfool_min_distortion\n",
+        "input_range": "  - metric: deepfool_min_distortion\n  - metric: uap_fooling_rate\n"
+                       "    params: {max_passes: 2}\n",
         "forward": "  - metric: clean_accuracy\n  - metric: deepfool_min_distortion\n",
     }[change]
     spec = model_dir / "spec.yaml"
@@ -238,3 +245,15 @@ def test_a_relative_value_naming_the_spec_folder_is_not_hashed_whole(tmp_path):
     entry = {"factory": "m:f", "kwargs": {"root": ".", "parent": "..", "file": "w.pt"}}
     (tmp_path / "sub" / "w.pt").write_bytes(b"w")
     assert set(referenced_files(entry, tmp_path / "sub")) == {"w.pt"}
+
+
+def test_a_cache_folder_inside_a_referenced_folder_is_left_out(tmp_path):
+    """Else every entry written would change the salt, and the cache would never hit."""
+    (tmp_path / "model" / "cache").mkdir(parents=True)
+    (tmp_path / "model" / "config.json").write_text("{}")
+    entry = {"huggingface": "model"}
+    skip = tmp_path / "model" / "cache"
+    before = referenced_files(entry, tmp_path, skip)
+    (skip / "entry.pt").write_bytes(b"entry")
+    assert referenced_files(entry, tmp_path, skip) == before
+    assert referenced_files(entry, tmp_path) != before

@@ -29,8 +29,8 @@ SPLITS = {"test": DataSplit(torch.rand(8, 1, 4, 4), torch.arange(8) % 2)}
 
 def _salt(net: torch.nn.Module, splits=SPLITS, seed: int = 0) -> str:
     entry = {"factory": "toy:net", "kwargs": {}}
-    return run_salt({"model": model_salt(entry, Path("."), net)}, splits, torch.device("cpu"),
-                    seed)
+    return run_salt({"model": model_salt(entry, Path("."), net)}, {"source": "toy"}, splits,
+                    torch.device("cpu"), seed)
 
 
 def test_an_entry_is_computed_once_across_runs(tmp_path):

@@ -10,7 +10,8 @@ a file copied or renamed under another key's name is a miss.
 
 The cache never stops a run: an entry that cannot be read (missing, corrupt, foreign, in a
 folder that cannot be read) is a miss and is recomputed; an entry that cannot be written
-(a read-only folder, a full disk) is not stored, with one warning per run.
+(a read-only folder, a full disk) is not stored, with one warning per store (each spec of a
+run has its own).
 
 Entries are written with ``torch.save`` and read with ``torch.load(weights_only=True)``: only
 tensors, numbers, strings, lists, tuples and dicts, and robaudit's own dataclasses rebuilt

@@ -95,8 +95,9 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
                           "model passes; run nothing")
     run.add_argument("--cache-dir", metavar="DIR",
                      help="keep shared work (DeepFool boundary points, universal perturbation "
-                          "fits, features) in DIR between runs, keyed by the models' weights, "
-                          "the data, the seed and the robaudit version")
+                          "fits, features) in DIR between runs, keyed by the model entries "
+                          "with their files and code, the data, the seed, the device and the "
+                          "versions (see README)")
     run.add_argument("--strict", action="store_true",
                      help="a `warned` check (severity: warn) counts as failed")
     run.add_argument("--baseline", metavar="REPORT.json",
@@ -421,9 +422,23 @@ def _check_run_options(options: argparse.Namespace) -> None:
         raise UsageError(f"--timeout {options.timeout}: expected a positive number of seconds")
     if options.threads is not None and options.threads < 1:
         raise UsageError(f"--threads {options.threads}: expected a positive number")
+    if options.cache_dir:
+        _check_cache_dir(Path(options.cache_dir))
     if options.shard is not None and getattr(options, "json_path", None) is None:
         raise UsageError(f"--shard {options.shard}: a shard writes its share into its JSON "
                          "report: give --json PATH (then `robaudit merge` the shards' reports)")
+
+
+def _check_cache_dir(folder: Path) -> None:
+    """``--cache-dir`` must name a folder or a path where one can be made: the nearest part of
+    it that exists must be a folder."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                what = "names a file" if part == folder else f"is inside {part}, a file"
+                raise UsageError(f"--cache-dir {folder}: {what}; expected a folder (created "
+                                 "if missing) to keep the cache in")
+            return
 
 
 def _cmd_run(plugins: Plugins, options: argparse.Namespace) -> int:

@@ -1,13 +1,17 @@
-"""A cache between runs (``run --cache-dir DIR``; issue #13): the expensive work that checks
-share through :class:`robaudit.context.RunCache` (DeepFool boundary points, universal
+"""A cache between runs (``run --cache-dir DIR``; issues #13 and #19): the expensive work that
+checks share through :class:`robaudit.context.RunCache` (DeepFool boundary points, universal
 perturbation fits, features, activation statistics) stored on disk, so that re-running a gate
 on an unchanged model is fast.
 
-An entry's file name is a sha256 of the run's *salt* and the entry's key. The salt holds the
-robaudit version, the device type, the run's seed, a hash of every model's parameters and
-buffers (so that changing one weight invalidates every entry) and the fingerprint of every
-split; the key names the work and its params. So a changed model, data, seed or version never
-reuses a stale entry.
+An entry's file name is a sha256 of the run's *salt* (:mod:`robaudit.cachekey`: the models'
+entries, files and code, the data, seed, device and versions) and the entry's key (the work
+and its params). The entry holds that full key too, and is used only when it matches, so that
+a file copied or renamed under another key's name is a miss.
+
+The cache never stops a run: an entry that cannot be read (missing, corrupt, foreign, in a
+folder that cannot be read) is a miss and is recomputed; an entry that cannot be written
+(a read-only folder, a full disk) is not stored, with one warning per store (each spec of a
+run has its own).
 
 Entries are written with ``torch.save`` and read with ``torch.load(weights_only=True)``: only
 tensors, numbers, strings, lists, tuples and dicts, and robaudit's own dataclasses rebuilt
@@ -24,14 +28,15 @@ import hashlib
 import importlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.markup import escape
 
-import robaudit
-from robaudit.context import DataSplit
-from robaudit.identity import data_fingerprint
+from robaudit.text import printable
 
 _PLAIN = (str, int, float, bool, type(None))
 _DATACLASS = "__robaudit_dataclass__"
@@ -93,69 +98,75 @@ def decode(value: Any, device: torch.device) -> Any:
     return value
 
 
-def model_hash(network: torch.nn.Module) -> str:
-    """sha256 of a network's parameters and buffers, by name."""
-    digest = hashlib.sha256()
-    for name, tensor in network.state_dict().items():
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-                      .tobytes())
-    return digest.hexdigest()
 
-
-def run_salt(models: dict[str, torch.nn.Module], splits: dict[str, DataSplit],
-             device: torch.device, seed: int) -> str:
-    """What every entry of a run depends on (see the module docstring)."""
-    parts = [robaudit.__version__, device.type, str(seed)]
-    parts += [f"{name}={model_hash(net)}" for name, net in sorted(models.items())]
-    seen: dict[int, str] = {}
-    for name, split in sorted(splits.items()):
-        if id(split) not in seen:
-            seen[id(split)] = data_fingerprint(split)
-        parts.append(f"{name}={seen[id(split)]}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+def warn_on_console(message: str) -> None:
+    """Print a cache warning on stderr, as the CLI prints its other warnings."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[yellow]WARNING[/] {escape(printable(message))}")
 
 
 class DiskStore:
-    """Entries of one run under ``folder``; ``hits`` and ``misses`` count what was read."""
+    """Entries of one run under ``folder``; ``hits`` and ``misses`` count what was read.
 
-    def __init__(self, folder: Path, salt: str, device: torch.device) -> None:
-        self.folder, self.salt, self.device = folder, salt, device
+    No I/O failure escapes: a read that fails is a miss, a write that fails is skipped, the
+    first one with a call of ``warn`` (then ``write_failure`` holds its message)."""
+
+    def __init__(self, folder: Path, salt: str, device: torch.device,
+                 warn: Callable[[str], None] = warn_on_console) -> None:
+        self.folder, self.salt, self.device, self.warn = folder, salt, device, warn
         self.hits = self.misses = 0
-        folder.mkdir(parents=True, exist_ok=True)
+        self.write_failure: str | None = None
+
+    def full_key(self, key: Any) -> str:
+        """The salt and the key: what an entry is for, stored in it and compared on reading."""
+        return f"{self.salt}\n{key!r}"
 
     def path(self, key: Any) -> Path:
-        digest = hashlib.sha256(f"{self.salt}\n{key!r}".encode()).hexdigest()
+        digest = hashlib.sha256(self.full_key(key).encode()).hexdigest()
         return self.folder / f"{digest}.pt"
 
     def load(self, key: Any) -> tuple[bool, Any]:
-        """(True, value) for a stored entry, else (False, None)."""
-        path = self.path(key)
-        if not plain_key(key) or not path.is_file():
-            self.misses += 1
-            return False, None
-        try:
-            value = decode(torch.load(path, weights_only=True), self.device)
-        except Exception:  # a corrupt or foreign entry is a miss, then rewritten
-            self.misses += 1
-            return False, None
-        self.hits += 1
-        return True, value
+        """(True, value) for a stored entry of this very key, else (False, None)."""
+        if plain_key(key):
+            try:
+                stored = torch.load(self.path(key), weights_only=True)
+                if isinstance(stored, dict) and stored.get("key") == self.full_key(key):
+                    value = decode(stored["value"], self.device)
+                    self.hits += 1
+                    return True, value
+            except Exception:  # missing, unreadable, corrupt: a miss, then rewritten
+                pass
+        self.misses += 1
+        return False, None
 
     def save(self, key: Any, value: Any) -> None:
-        """Store ``value`` atomically, if key and value are storable."""
+        """Store ``value`` atomically, if key and value are storable and the folder writable."""
         if not plain_key(key):
             return
         try:
-            encoded = encode(value)
+            entry = {"key": self.full_key(key), "value": encode(value)}
         except NotStorable:
             return
-        handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        except OSError as exc:
+            self.failed(exc)
+            return
         os.close(handle)
         try:
-            torch.save(encoded, temporary)
+            torch.save(entry, temporary)
             os.replace(temporary, self.path(key))
+        except Exception as exc:  # a full disk raises OSError or torch's RuntimeError
+            self.failed(exc)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+
+    def failed(self, exc: Exception) -> None:
+        """Record a failed write; the first one of the run is a warning."""
+        if self.write_failure is None:
+            self.write_failure = (f"--cache-dir {self.folder}: cannot store work there "
+                                  f"({type(exc).__name__}: {exc}); the run goes on without "
+                                  "storing it")
+            self.warn(self.write_failure)

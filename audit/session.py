@@ -18,9 +18,10 @@ import torch
 
 import robaudit
 from robaudit.baseline import Baseline, Delta, compare_values, load_baseline
+from robaudit.cachekey import model_salt, run_salt
 from robaudit.context import AuditContext, DataSplit, RunCache, silent_progress
 from robaudit.datafit import input_problems, model_problems, non_finite_outputs
-from robaudit.diskcache import DiskStore, run_salt
+from robaudit.diskcache import DiskStore
 from robaudit.distributed import PeerFailure, World
 from robaudit.errors import (
     EXIT_FAILED,
@@ -471,13 +472,18 @@ class Session:
 
     def disk_store(self, plan: AuditPlan, models: dict[str, ModelUnderAudit],
                    splits: dict[str, DataSplit]) -> DiskStore | None:
-        """The cache between runs of ``--cache-dir``, salted with this plan's models, data,
-        device, seed and robaudit version (see :mod:`robaudit.diskcache`)."""
+        """The cache between runs of ``--cache-dir``, salted with this plan's model entries
+        (their files and code), data, device, seed and versions (see :mod:`robaudit.cachekey`)."""
         folder = getattr(self.options, "cache_dir", None)
         if not folder:
             return None
-        salt = run_salt({name: mua.network for name, mua in models.items()}, splits,
-                        plan.device, plan.spec.model.seed)
+        spec = plan.spec
+        entries = {"model": spec.model.model, **spec.model.models}
+        salts = {name: model_salt(entries[name].model_dump(mode="json"), spec.base_dir,
+                                  mua.network, skip=Path(folder).resolve())
+                 for name, mua in models.items()}
+        salt = run_salt(salts, spec.model.data.model_dump(mode="json"), splits,
+                        plan.device, spec.model.seed)
         return DiskStore(Path(folder), salt, plan.device)
 
     def run_plan(self, plan: AuditPlan, base: AuditContext, result: AuditResult) -> bool:

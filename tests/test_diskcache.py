@@ -1,18 +1,21 @@
 """The cache between runs (``--cache-dir``, issue #13): reused while nothing changed, never
-stale (a changed weight, data, seed or version misses), and read back as data only."""
+stale (a changed weight, data, seed or version misses), and read back as data only. What the
+salt holds in full, and the I/O failures, are in test_cache_keys.py and test_cache_io.py."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import TOY_HEADER
 
 import robaudit
+from robaudit.cachekey import model_hash, model_salt, run_salt
 from robaudit.context import DataSplit, RunCache
-from robaudit.diskcache import DiskStore, NotStorable, decode, encode, model_hash, run_salt
+from robaudit.diskcache import DiskStore, NotStorable, decode, encode
 from robaudit.ops.deepfool import DeepFoolResult
 
 
@@ -25,7 +28,9 @@ SPLITS = {"test": DataSplit(torch.rand(8, 1, 4, 4), torch.arange(8) % 2)}
 
 
 def _salt(net: torch.nn.Module, splits=SPLITS, seed: int = 0) -> str:
-    return run_salt({"model": net}, splits, torch.device("cpu"), seed)
+    entry = {"factory": "toy:net", "kwargs": {}}
+    return run_salt({"model": model_salt(entry, Path("."), net)}, {"source": "toy"}, splits,
+                    torch.device("cpu"), seed)
 
 
 def test_an_entry_is_computed_once_across_runs(tmp_path):

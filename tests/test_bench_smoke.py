@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 #: imported by the scripts and run through them, not scripts of their own
-LIBRARIES = {"floors.py"}
+LIBRARIES = {"floors.py", "provenance.py"}
 
 
 def bench(script: str, *args: str | Path, timeout: float = 300) -> str:
@@ -108,3 +108,13 @@ def test_peers(tmp_path: Path) -> None:
     text = out.read_text()
     for row in ("robaudit", "ART 1.20", "foolbox", "torchattacks"):
         assert row in text
+
+
+def test_reproduce_ghorbani(tmp_path: Path) -> None:
+    bench("reproduce_ghorbani.py", "--seeds", "1", "--depths", "1", "--separations", "0.15",
+          "--threads", "1", "--out", tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    # the exact command is recorded, and every claim got a verdict
+    assert "`python bench/reproduce_ghorbani.py --seeds 1 --depths 1" in text
+    assert "| 1 | after |" in text and (tmp_path / "figures.png").stat().st_size > 1000
+    assert len(re.findall(r"\*\*(yes|no)\*\*|: \*\*depth", text)) >= 6

@@ -188,6 +188,20 @@ def test_a_new_report_without_checks_fails_even_with_allow_removed(
         assert "2 removed" in out and "the new report has no checks" in markdown
 
 
+def test_a_gated_check_of_unknown_direction_is_an_error(runs: Path, robaudit_main: Main,
+                                                       tmp_path: Path) -> None:
+    """A metric that is not installed and a check with both bounds: which way is worse is
+    unknown, so a tolerance cannot be judged (without one the row only says what changed)."""
+    def foreign(report: Report) -> None:
+        check(report, "acc").update(metric="not_installed", expect={"min": 0, "max": 1})
+
+    old = edit(runs / "one.json", tmp_path / "old.json", foreign)
+    code, _, markdown = compare(robaudit_main, old, old)
+    assert code == EXIT_FAILED and "| error (direction unknown" in markdown
+    code, markdown, _ = robaudit_main("compare", old, old, "--markdown")
+    assert code == EXIT_OK and "| same (direction unknown) |" in markdown
+
+
 # -- the one reader: type errors are usage errors --------------------------------------------
 
 def _nested(depth: int) -> Any:

@@ -28,11 +28,12 @@ class Row:
     note: str = ""
 
 
-#: What a row can say: regressed (beyond its tolerance), error (a gated check without two
-#: finite values to compare, or a check without a new value) and removed (in the old report
-#: only) fail the comparison (removed not with ``--allow-removed``); ok (within its tolerance),
-#: better, worse, same, changed (not gated: no tolerance; changed: direction unknown) and new
-#: (in the new report only) do not.
+#: What a row can say: regressed (beyond its tolerance), error (a check without a new value,
+#: or a gated check that cannot be compared: no finite old value, unpairable samples, an
+#: unknown direction) and removed (in the old report only) fail the comparison (removed not
+#: with ``--allow-removed``); ok (within its tolerance), better, worse, same, changed (not
+#: gated: no tolerance; changed: direction unknown) and new (in the new report only, or
+#: without an old value and not gated) do not.
 VERDICTS = ("regressed", "error", "removed", "ok", "worse", "better", "same", "changed", "new")
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 import robaudit
 from robaudit.errors import EXIT_NO_CHECKS, UsageError
-from robaudit.reportfile import read_shard as read_shard_file
+from robaudit.reportfile import read_shard_report
 from robaudit.results import AuditResult
 from robaudit.selection import keyword_matches, marker_matches
 from robaudit.session import AuditPlan, Session
@@ -43,7 +43,7 @@ def read_shard(path: str) -> dict[str, Any]:
     """A shard report, checked to be one that agrees with itself: its report's seed, data
     fingerprint, model and shard name are those of its record, and it holds a share of each
     check it selected that was not blocked, and of no other."""
-    report = read_shard_file(path)
+    report = read_shard_report(path)
     if report.get("interrupted"):
         raise UsageError(f"merge {path}: this shard was interrupted before it finished; "
                          "run it again")

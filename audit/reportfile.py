@@ -158,7 +158,7 @@ def read_report(path: str | Path, what: str) -> dict[str, Any]:
     return report
 
 
-def read_shard(path: str | Path) -> dict[str, Any]:
+def read_shard_report(path: str | Path) -> dict[str, Any]:
     """A ``--shard I/N`` report (:func:`read_report` for ``merge``) whose ``shard`` record
     has the types that ``merge`` uses (:func:`robaudit.sharding.shard_record`)."""
     report = read_report(path, "merge")

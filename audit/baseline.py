@@ -4,20 +4,26 @@
 Where both runs have per-sample values on the same samples (the same data fingerprint and as
 many values), the difference is paired: its estimate is the mean of the per-sample differences
 and its 95% interval a percentile bootstrap over samples, drawn with the spec's seed and the
-check id. Otherwise the estimate is the difference of the two values and there is no interval.
+check id; pairs where either value is missing (NaN: a point the metric left out) are left out,
+and ``pairs`` says how many were used. Otherwise the estimate is the difference of the two
+values and there is no interval.
+
+Design §10: a baseline value that is not finite, or a paired difference without two finite
+pairs, cannot be compared: :class:`NotComparable` says why, and a ``regression`` check is then
+``error``, never passed on a NaN difference (which no tolerance exceeds).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from robaudit.errors import UsageError
+from robaudit.reportfile import read_report
 
 #: Bootstrap resamples of a paired difference, and how many are drawn at once (memory bound).
 BOOTSTRAP_RESAMPLES = 2000
@@ -36,6 +42,11 @@ class Delta:
     worse: float
     worse_ci: tuple[float, float] | None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    pairs: int | None = None
+
+
+class NotComparable(ValueError):
+    """The two runs of a check cannot be compared; the message says why."""
 
 
 def bootstrap_mean_interval(diffs: np.ndarray, seed: int, level: float = 0.95
@@ -60,20 +71,28 @@ def pair_seed(seed: int, check_id: str) -> int:
 def compare_values(old_value: float, old_samples: list[float] | None, new_value: float,
                    new_samples: list[float] | None, higher_is_better: bool, *,
                    same_data: bool, seed: int, check_id: str) -> Delta:
-    """The :class:`Delta` of a check between two runs (see the module docstring)."""
+    """The :class:`Delta` of a check between two runs (see the module docstring). Raises
+    :class:`NotComparable` when a value, or every pair but one, is not finite."""
+    for side, value in (("old", old_value), ("new", new_value)):
+        if not math.isfinite(value):
+            raise NotComparable(f"the {side} value is not finite ({value})")
     sign = -1.0 if higher_is_better else 1.0  # worse = sign × (new − old)
     paired = (same_data and old_samples is not None and new_samples is not None
               and len(old_samples) == len(new_samples) and len(new_samples) >= 2)
     if not paired:
         delta = new_value - old_value
         return Delta(delta, None, False, sign * delta, None)
-    diffs = np.asarray(new_samples, dtype=np.float64) - np.asarray(old_samples, dtype=np.float64)
-    finite = np.isfinite(diffs)
-    diffs = diffs[finite]
+    # (None is a sample without a value: NaN)
+    diffs = (np.asarray(new_samples, dtype=np.float64)
+             - np.asarray(old_samples, dtype=np.float64))
+    diffs = diffs[np.isfinite(diffs)]
+    if diffs.size < 2:
+        raise NotComparable(f"{diffs.size} of {len(new_samples)} per-sample differences are "
+                            "finite: too few to pair the runs")
     delta = float(diffs.mean())
     low, high = bootstrap_mean_interval(diffs, pair_seed(seed, check_id))
     worse_ci = (sign * low, sign * high) if sign > 0 else (sign * high, sign * low)
-    return Delta(delta, (low, high), True, sign * delta, worse_ci)
+    return Delta(delta, (low, high), True, sign * delta, worse_ci, pairs=int(diffs.size))
 
 
 @dataclass(frozen=True)
@@ -98,25 +117,10 @@ class Baseline:
         return tuple(notes)
 
 
-def read_report(path: str | Path, what: str) -> dict[str, Any]:
-    """A robaudit JSON report; a usage error names ``what`` read it (``--baseline``,
-    ``compare``), the file and what is wrong."""
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{what} {path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{what} {path}: not a readable JSON report: {exc}") from None
-    if not isinstance(report, dict) or not isinstance(report.get("checks"), list):
-        raise UsageError(f"{what} {path}: not a robaudit JSON report (no `checks` list)")
-    return report
-
-
 def load_baseline(path: str | Path) -> Baseline:
     """Read a JSON report as a baseline (``--baseline``)."""
     path = Path(path)
     report = read_report(path, "--baseline")
-    checks = {c["id"]: c for c in report["checks"] if isinstance(c, dict) and "id" in c}
-    data = report.get("data") if isinstance(report.get("data"), dict) else {}
+    checks = {check["id"]: check for check in report["checks"]}
+    data = report.get("data") or {}
     return Baseline(path, checks, report.get("robaudit"), data.get("fingerprint"))

@@ -162,6 +162,8 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
                               "`expect.regression` wins)")
     compare.add_argument("--markdown", action="store_true",
                          help="print a Markdown table (for a pull-request comment)")
+    compare.add_argument("--allow-removed", action="store_true",
+                         help="a check of OLD missing from NEW is not a regression")
     sub.add_parser("schema", parents=[common], help="print the JSON Schema of a spec")
 
     zoo = sub.add_parser("zoo", parents=[common], help="the models robaudit ships")
@@ -285,8 +287,8 @@ def _cmd_plugins(plugins: Plugins, console: Console) -> int:
 
 
 def _cmd_compare(plugins: Plugins, console: Console, options: argparse.Namespace) -> int:
-    from robaudit.baseline import read_report
-    from robaudit.compare import HEADER, compare_reports, markdown, table_rows
+    from robaudit.compare import HEADER, compare_reports, failure, markdown, summary, table_rows
+    from robaudit.reportfile import read_report
 
     if options.tolerance is not None and not options.tolerance >= 0:
         raise UsageError(f"--tolerance {options.tolerance}: expected a number >= 0")
@@ -294,16 +296,18 @@ def _cmd_compare(plugins: Plugins, console: Console, options: argparse.Namespace
     rows = compare_reports(read_report(options.old, "compare"),
                            read_report(options.new, "compare"), options.tolerance, directions)
     if options.markdown:
-        print(markdown(rows, options.old, options.new))
+        print(markdown(rows, options.old, options.new, options.allow_removed))
     else:
         table = Table(title=f"robaudit compare {escape(options.old)} → {escape(options.new)}")
         for column in HEADER:
             table.add_column(column)
-        styles = {"regressed": "red", "worse": "yellow", "better": "green", "ok": "green"}
+        styles = {"regressed": "red", "error": "red", "removed": "red", "worse": "yellow",
+                  "better": "green", "ok": "green"}
         for row, cells in zip(rows, table_rows(rows), strict=True):
             table.add_row(*map(safe_cell, cells), style=styles.get(row.verdict))
         console.print(table)
-    return EXIT_FAILED if any(r.verdict == "regressed" for r in rows) else EXIT_OK
+        console.print(escape(summary(rows, options.allow_removed)))
+    return EXIT_OK if failure(rows, options.allow_removed) is None else EXIT_FAILED
 
 
 def _cmd_collect(session: Session, console: Console, specs: list[str]) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import robaudit
-from robaudit.baseline import Baseline, Delta, compare_values, load_baseline
+from robaudit.baseline import Baseline, Delta, NotComparable, compare_values, load_baseline
 from robaudit.cachekey import model_salt, run_salt
 from robaudit.context import AuditContext, DataSplit, RunCache, silent_progress
 from robaudit.datafit import input_problems, model_problems, non_finite_outputs
@@ -396,17 +396,23 @@ class Session:
                        samples: list[float] | None, params: dict[str, Any],
                        fingerprint: str | None) -> tuple[dict[str, Any] | None, Delta | None]:
         """With ``--baseline``: the report's ``baseline`` object of this check and its
-        :class:`Delta`; (None, None) without a baseline or a usable baseline check."""
+        :class:`Delta`; (None, None) without a baseline. Without a usable baseline check (none,
+        no value, or values that cannot be compared: :class:`NotComparable`) the object holds
+        why under ``missing`` and there is no delta (a ``regression`` check is then
+        ``error``)."""
         if self.baseline is None or not np.isfinite(value):
             return None, None
         old = self.baseline.checks.get(check.id)
-        if old is None or not isinstance(old.get("value"), (int, float)):
+        if old is None or old.get("value") is None:
             why = "has no check" if old is None else "has no value for the check"
             return {"missing": f"{self.baseline.path} {why} {check.id!r}"}, None
-        delta = compare_values(
-            float(old["value"]), old.get("samples"), value, samples,
-            check.metric.higher_is_better, seed=seed, check_id=check.id,
-            same_data=fingerprint is not None and fingerprint == self.baseline.fingerprint)
+        try:
+            delta = compare_values(
+                float(old["value"]), old.get("samples"), value, samples,
+                check.metric.higher_is_better, seed=seed, check_id=check.id,
+                same_data=fingerprint is not None and fingerprint == self.baseline.fingerprint)
+        except NotComparable as exc:
+            return {"missing": f"{self.baseline.path} {check.id!r}: {exc}"}, None
         notes = self.baseline.notes_for(old, params, robaudit.__version__, fingerprint)
         return {"value": old["value"], "delta": delta.delta, "ci": delta.ci,
                 "paired": delta.paired, "notes": list(notes)}, delta
@@ -549,7 +555,9 @@ class Session:
                                shares[check.id])
         encoded = {cid: encode_share(share) for cid, share in shares.items()}
         if world.sharded:
-            result.shard = shard_record(plan, self.overrides(), world, encoded)
+            selection = {"keyword": getattr(self.options, "keyword", None),
+                         "markexpr": getattr(self.options, "markexpr", None)}
+            result.shard = shard_record(plan, self.overrides(), world, encoded, selection)
             for check in plan.checks:
                 if not self.record(result, shard_placeholder(check, shares.get(check.id),
                                                              plan.blocked.get(check.id), world)):

@@ -167,10 +167,10 @@ def spec_digest(plan: AuditPlan, overrides: list[str]) -> str:
 
 
 def shard_record(plan: AuditPlan, overrides: list[str], world: World,
-                 shares: dict[str, Any]) -> dict[str, Any]:
+                 shares: dict[str, Any], selection: dict[str, str | None]) -> dict[str, Any]:
     """The ``shard`` object of a ``--shard I/N`` report: what ``merge`` needs to check that
-    the shards belong together (spec, overrides, seed, version, selection, data, model) and
-    each check's encoded share."""
+    the shards belong together (spec, overrides, seed, version, selection and the ``-k`` /
+    ``-m`` expressions that made it, data, model) and each check's encoded share."""
     return {
         "index": world.rank, "count": world.size,
         "robaudit": robaudit.__version__,
@@ -178,6 +178,7 @@ def shard_record(plan: AuditPlan, overrides: list[str], world: World,
         "overrides": list(overrides),
         "seed": plan.spec.model.seed,
         "selected": [check.id for check in plan.checks],
+        "selection": dict(selection),
         "data_fingerprint": plan.data_identity.get("fingerprint"),
         "model": plan.model_identity,
         "blocked": dict(plan.blocked),

@@ -315,3 +315,18 @@ def test_markdown_says_what_decided():
     assert "| acc | ❌ failed | 0.6 | whole 95% CI ≥ 0.5 | [-0.45, 0.75] |" in text
     assert "| reg | ❌ failed | 0.3 | regression ≤ 0.1 vs baseline 0.5 | — |" in text
     assert "**2 failed, 2 deselected in 1.00s**" in text
+
+
+def test_the_readme_sample_is_what_the_console_prints(capsys):
+    from conftest import ROOT
+
+    reporter = ConsoleReporter(argparse.Namespace(verbose=0, quiet=0, heartbeat=0))
+    reporter.robaudit_check_finished(result(
+        "curvature", "passed", -0.07899, ci=(-0.10164, -0.056412), expect={"min": -0.5},
+        message="-0.07899 >= -0.5", duration_s=0.84))
+    reporter.robaudit_check_finished(result(
+        "lipschitz", "passed", 2.934e4, expect={"max": 5e4}, message="2.934e+04 <= 5e+04",
+        duration_s=0.01))
+    readme = (ROOT / "README.md").read_text()
+    for line in capsys.readouterr().out.splitlines():
+        assert f"\n{line}\n" in readme

@@ -42,7 +42,7 @@ def test_check_data_that_raises_blocks_that_check_only(write_spec, robaudit_main
     spec = write_spec(checks("{id: ok, metric: constant}", "{id: bad, metric: bad_check_data}"))
     code, out, err = robaudit_main("run", spec)
     assert code == 1, out + err
-    assert "ok " in out and "PASSED" in out
+    assert "ok " in out and "MEASURED" in out
     assert "bad_check_data.check_data raised RuntimeError: check_data exploded" in out
 
 

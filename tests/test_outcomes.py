@@ -330,3 +330,23 @@ def test_the_readme_sample_is_what_the_console_prints(capsys):
     readme = (ROOT / "README.md").read_text()
     for line in capsys.readouterr().out.splitlines():
         assert f"\n{line}\n" in readme
+
+
+def test_a_gallery_has_room_for_its_captions_at_a_readable_size():
+    """A panel per sample at least 90 px wide: an 8-pt caption (`y=3, pred 3`, about 70 px)
+    fits under it, and the page shows the image at that size (no CSS width forced)."""
+    import base64
+    import io
+
+    import numpy as np
+    import torch
+    from matplotlib.image import imread
+
+    from robaudit.ops.perclass import gallery
+    from robaudit.plotting import render_png
+
+    clean = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(8)
+    grid = gallery("fgsm", clean, (clean + 0.1).clamp(0, 1), labels, labels, labels.flip(0))
+    pixels = imread(io.BytesIO(base64.b64decode(render_png(grid))))
+    assert pixels.shape[1] >= 8 * 90 and np.isfinite(pixels).all()

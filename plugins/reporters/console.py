@@ -40,7 +40,8 @@ from robaudit.plugins.reporters._summary import (
 )
 from robaudit.results import AuditResult, CheckResult, jsonable
 from robaudit.session import AuditPlan
-from robaudit.text import interval, printable
+from robaudit.text import interval as interval_text
+from robaudit.text import printable
 from robaudit.threads import thread_setting
 
 STYLES = {"passed": "green", "failed": "red", "error": "red", "skipped": "yellow",
@@ -203,12 +204,12 @@ class ConsoleReporter:
         if self.pending and self.pending[0] == result.id:
             self.pending.pop(0)
             self.next_check()
-        if self.verbosity < 0 and result.outcome == "passed":
-            return
+        if self.verbosity < 0 and result.outcome in ("passed", "measured"):
+            return  # -q: what needs attention only
         style = STYLES[result.outcome]
         ci = ""  # the interval once: a `by: ci` message holds it already
         if result.ci and "95% CI" not in result.message:
-            ci = f" (95% CI {interval(result.ci)})"
+            ci = f" (95% CI {interval_text(result.ci)})"
         name = f"{result.id} "
         dots = "." * max(2, 34 - len(name))
         self.console.print(

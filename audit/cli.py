@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from robaudit.pluginmanager import Plugins
     from robaudit.session import Session
 
+#: The width of tables (metrics, compare, zoo) when the output is not a terminal: a CI log has
+#: no width, and metric names, check ids and factories are what users copy from it.
+LOG_WIDTH = 200
+
 #: The commands that read the plugins (their metrics, data sources and command-line options).
 PLUGIN_COMMANDS = ("run", "validate", "metrics", "plugins", "schema", "compare", "init",
                    "merge")
@@ -77,12 +81,14 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
                      help="select checks by id or metric name: 'spearman and not lipschitz'")
     run.add_argument("-m", dest="markexpr", metavar="EXPR", help="select checks by tags")
     run.add_argument("-x", "--exitfirst", action="store_const", const=1, dest="maxfail",
-                     help="stop after the first failed or errored check")
+                     help="stop after the first failed or errored check (a warned one too "
+                          "under --strict)")
     run.add_argument("--maxfail", type=int, default=0, metavar="N",
                      help="stop after N failed or errored checks")
     run.add_argument("-v", "--verbose", action="count", default=0,
                      help="show params, details and tracebacks")
     run.add_argument("-q", "--quiet", action="count", default=0, help="less output")
+    _add_report_chars(run)
     run.add_argument("--device", help="override the spec's device: auto, cpu, cuda, cuda:N")
     run.add_argument("--seed", type=int, help="override the spec's seed")
     run.add_argument("--threads", type=int, metavar="N",
@@ -117,6 +123,7 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
     merge.add_argument("-v", "--verbose", action="count", default=0,
                        help="show params, details and tracebacks")
     merge.add_argument("-q", "--quiet", action="count", default=0, help="less output")
+    _add_report_chars(merge)
     merge.add_argument("--strict", action="store_true",
                        help="a `warned` check (severity: warn) counts as failed")
     merge.add_argument("--baseline", metavar="REPORT.json",
@@ -175,6 +182,16 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
     train.add_argument("--out", required=True, type=Path, help="where to save the state_dict")
     train.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _add_report_chars(parser: argparse.ArgumentParser) -> None:
+    from robaudit.plugins.reporters._summary import DEFAULT_REPORT_CHARS, report_chars
+
+    parser.add_argument("-r", dest="reportchars", type=report_chars,
+                        default=DEFAULT_REPORT_CHARS, metavar="CHARS",
+                        help="the checks of the short summary, as pytest's -r: f failed, "
+                             "E error, s skipped, w warned, m measured, p passed, a all but "
+                             f"passed, A all, N none (default: {DEFAULT_REPORT_CHARS})")
 
 
 def _bounds(metadata: list[Any]) -> list[str]:
@@ -492,6 +509,8 @@ def _print_hook_failures(session: Session) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``robaudit`` console script; returns the exit code."""
     console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = LOG_WIDTH  # a CI log or a pipe: tables never cut a name short
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         return _dispatch(list(sys.argv[1:] if argv is None else argv), console)

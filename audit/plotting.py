@@ -55,14 +55,14 @@ def render_png(figure: Figure) -> str:
 
 
 def samples_histogram(
-    samples: tuple[float, ...], value: float | None, expect: Mapping[str, float], title: str
+    samples: tuple[float, ...], value: float | None, expect: Mapping[str, float], title: str,
+    xlabel: str = "per-sample value",
 ) -> Histogram:
     """The histogram of a check's per-sample values with its value and thresholds marked."""
     markers = {k: float(v) for k, v in expect.items() if k in ("min", "max")}
     if value is not None:
         markers["value"] = float(value)
-    return Histogram(title=title, values=tuple(samples), xlabel="per-sample value",
-                     markers=markers)
+    return Histogram(title=title, values=tuple(samples), xlabel=xlabel, markers=markers)
 
 
 def _wrap(text: str, fontsize: float) -> str:
@@ -178,7 +178,7 @@ def _image_grid(figure: ImageGrid) -> MplFigure:
     rows, cols = images.shape[:2]
     low, high = float(images.min()), float(images.max())
     scaled = (images - low) / (high - low) if high > low else np.zeros_like(images)
-    fig = MplFigure(figsize=(min(0.62 * cols + 1.6, 9.0), 0.66 * rows + 0.45), dpi=DPI,
+    fig = MplFigure(figsize=(min(0.95 * cols + 1.8, 10.5), 1.0 * rows + 0.45), dpi=DPI,
                     layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -190,9 +190,9 @@ def _image_grid(figure: ImageGrid) -> MplFigure:
             ax.set_xticks([])
             ax.set_yticks([])
             if r < len(figure.captions) and c < len(figure.captions[r]):
-                ax.set_xlabel(figure.captions[r][c], fontsize=6, labelpad=1)
+                ax.set_xlabel(figure.captions[r][c], fontsize=8, labelpad=1)
         if r < len(figure.row_labels):
-            axes[r][0].set_ylabel(textwrap.fill(figure.row_labels[r], 18), fontsize=6,
+            axes[r][0].set_ylabel(textwrap.fill(figure.row_labels[r], 18), fontsize=8,
                                   rotation=0, ha="right", va="center")
     fig.suptitle(textwrap.fill(figure.title, 70), fontsize=9)
     return fig

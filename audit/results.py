@@ -10,8 +10,10 @@ from typing import Any, Literal
 
 from robaudit.figures import Figure
 
-Outcome = Literal["passed", "failed", "error", "skipped", "warned"]
-OUTCOMES: tuple[Outcome, ...] = ("passed", "failed", "error", "skipped", "warned")
+#: ``measured``: a check without thresholds (nor a regression judged against a baseline): its
+#: value is recorded, not judged (design §10); it leaves the exit code alone.
+Outcome = Literal["passed", "failed", "error", "skipped", "warned", "measured"]
+OUTCOMES: tuple[Outcome, ...] = ("passed", "failed", "error", "skipped", "warned", "measured")
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,13 @@ class AuditResult:
     stopped: str | None = None
     #: a ``--shard`` run's share of the work, for ``robaudit merge`` (design §8)
     shard: dict[str, Any] | None = None
+    #: how many of the spec's checks ``-k`` / ``-m`` selected and deselected (the checks that
+    #: ran are ``checks``: fewer than ``selected`` when ``-x`` / ``--maxfail`` stopped the run)
+    selected: int = 0
+    deselected: int = 0
 
     def summary(self) -> dict[str, int]:
-        counts = dict.fromkeys(("passed", "failed", "error", "skipped", "warned"), 0)
+        counts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         for check in self.checks:
             counts[check.outcome] += 1
         return counts
@@ -68,7 +74,7 @@ class AuditResult:
     @property
     def outcome(self) -> Outcome:
         counts = self.summary()
-        for outcome in ("error", "failed", "warned", "passed"):
+        for outcome in ("error", "failed", "warned", "passed", "measured"):
             if counts[outcome]:
                 return outcome  # type: ignore[return-value]
         return "skipped"

@@ -382,7 +382,8 @@ class Session:
             outcome, message = "error", baseline[0]["missing"]
         else:
             try:
-                outcome, message = verdict(value, ci, check.expect, baseline[1])
+                outcome, message = verdict(value, ci, check.expect, baseline[1],
+                                           baseline_given=self.baseline is not None)
             except VerdictError as exc:
                 outcome, message = "error", str(exc)
         return CheckResult(
@@ -653,7 +654,8 @@ class Session:
         results = [
             AuditResult(audit=p.spec.name, spec=str(p.spec.path), seed=p.spec.model.seed,
                         device=str(p.device),
-                        environment={**environment(p.device), **self.world.environment()})
+                        environment={**environment(p.device), **self.world.environment()},
+                        selected=len(p.checks), deselected=p.deselected)
             for p in plans
         ]
         if not any(p.checks for p in plans):

@@ -310,7 +310,8 @@ class _Problems:
                                                   n=1) if direct else []
                 if close:
                     message += f"; did you mean {close[0]!r}?"
-            elif item["type"] not in ("missing",) and _short(item.get("input")):
+            elif item["type"] not in ("missing", "number_from_string") \
+                    and _short(item.get("input")):
                 message += f" (got {item['input']!r})"
             self.add(loc, message)
 

@@ -1,4 +1,5 @@
-"""Text from specs and plugins made safe for a terminal (design §9)."""
+"""Text from specs and plugins made safe for a terminal (design §9), and numbers as the reports
+write them."""
 
 from __future__ import annotations
 
@@ -13,3 +14,9 @@ def printable(text: object) -> str:
     """``text`` as a string whose control characters are shown escaped (``\\x1b``), never sent
     raw to the terminal."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def interval(ci: tuple[float, float]) -> str:
+    """A 95% interval as ``[low, high]`` with 4 significant digits: readable when its ends are
+    negative (``[-0.1016, -0.0564]``, not ``-0.1016–-0.0564``)."""
+    return f"[{ci[0]:.4g}, {ci[1]:.4g}]"

@@ -1,8 +1,10 @@
 """The base of every model that validates user input (spec sections, metric params, data-source
-options): numbers must be finite, and a boolean is never taken for a number.
+options): numbers must be finite, and neither a boolean nor a string is ever taken for a number.
 
-pydantic's lax mode reads ``seed: true`` as 1 and ``eps: .nan`` as NaN; both are mistakes in an
-audit spec, and a NaN threshold makes every comparison pass. Design §3: thresholds finite.
+pydantic's lax mode reads ``seed: true`` as 1, ``min: "0.9"`` as 0.9 and ``eps: .nan`` as NaN;
+all are mistakes in an audit spec (a quoted threshold is often a template's placeholder), and
+a NaN threshold makes every comparison pass. Design §3: thresholds finite; §10: a threshold
+written as a string is a spec error.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 
 def _admits_bool(annotation: Any) -> bool:
@@ -28,38 +31,72 @@ def _admits_bool(annotation: Any) -> bool:
     return False
 
 
-def _misplaced_bool(annotation: Any, value: Any) -> bool:
-    """Whether ``value`` holds a boolean where ``annotation`` wants something else (looking into
-    lists and tuples, and into unions of them)."""
+def _admits_str(annotation: Any) -> bool:
+    """Whether a field of this type may be given as a string: anything but a number (and
+    ``None``), so that ``min: "0.9"`` is refused where lax pydantic would read 0.9."""
+    if annotation in (int, float, type(None)):
+        return False
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _admits_str(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits_str(arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return any(isinstance(arg, str) for arg in typing.get_args(annotation))
+    return True
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _misplaced(annotation: Any, value: Any) -> str | None:
+    """What ``value`` holds where ``annotation`` wants something else: ``a boolean`` where a
+    number is meant, ``the string '0.9'`` for a number in quotes where only numbers are (any
+    other string is pydantic's to refuse); looking into lists and tuples, and into unions of
+    them. None when nothing is misplaced."""
     if isinstance(value, bool):
-        return not _admits_bool(annotation)
+        return None if _admits_bool(annotation) else "a boolean"
+    if isinstance(value, str):  # what lax pydantic would read as a number
+        return None if _admits_str(annotation) or not _numeric(value) else f"the string {value!r}"
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Annotated:
-        return _misplaced_bool(args[0], value)
+        return _misplaced(args[0], value)
     if origin in (typing.Union, types.UnionType):
-        return all(_misplaced_bool(arg, value) for arg in args)
+        found = [_misplaced(arg, value) for arg in args]
+        return None if any(f is None for f in found) else found[0]
     if isinstance(value, (list, tuple)) and origin in (list, tuple, set, frozenset,
                                                         typing.Sequence):
         if origin is tuple and args and args[-1] is not Ellipsis:
-            return any(_misplaced_bool(a, v) for a, v in zip(args, value, strict=False))
-        element = args[0] if args else Any
-        return any(_misplaced_bool(element, v) for v in value)
-    return False
+            pairs = zip(args, value, strict=False)
+        else:
+            pairs = ((args[0] if args else Any, v) for v in value)
+        return next((f for a, v in pairs if (f := _misplaced(a, v)) is not None), None)
+    return None
 
 
 class InputModel(BaseModel):
-    """A model of user input: unknown keys refused, numbers finite, booleans only where a
-    field is a boolean."""
+    """A model of user input: unknown keys refused, numbers finite and never in quotes,
+    booleans only where a field is a boolean."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+    def _numbers_are_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         field = cls.model_fields.get(info.field_name or "")
-        if field is not None and _misplaced_bool(field.annotation, value):
+        found = None if field is None else _misplaced(field.annotation, value)
+        if found == "a boolean":
             raise ValueError(f"expected {_describe(field.annotation)}, got a boolean")
+        if found is not None:
+            raise PydanticCustomError(
+                "number_from_string", "expected a number, not {found}: write it without quotes",
+                {"found": found})
         return value
 
 

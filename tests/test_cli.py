@@ -179,8 +179,8 @@ def test_several_specs_run_in_one_session_and_fail_together(write_spec, robaudit
                      "bad.yaml")
     code, out, _ = robaudit_main("run", good, bad, "--json", tmp_path / "r.json")
     assert code == 1
-    assert "1 failed, 1 passed" in out.strip().splitlines()[-1]
-    assert json.loads((tmp_path / "r.good.json").read_text())["outcome"] == "passed"
+    assert "1 failed, 1 measured" in out.strip().splitlines()[-1]
+    assert json.loads((tmp_path / "r.good.json").read_text())["outcome"] == "measured"
     assert json.loads((tmp_path / "r.bad.json").read_text())["outcome"] == "failed"
     invalid = write_spec("audit: x\n", "invalid.yaml")
     code, _, err = robaudit_main("run", good, invalid)

@@ -145,7 +145,8 @@ def test_accuracy_card_has_no_histogram_and_a_spread_card_has_one():
     spread = check("sp", "passed", samples=tuple(np.linspace(0, 1, 50).tolist()))
     assert html.plots(accuracy) == []
     shown = html.plots(spread)
-    assert [p.title for p in shown] == ["sp: per-sample values"] and shown[0].src
+    assert [p.title for p in shown] == ["sp: clean_accuracy per audit sample (50 samples)"]
+    assert shown[0].src
 
 
 def test_long_tables_are_collapsed_and_short_ones_open():

@@ -78,7 +78,7 @@ checks:
 """)
     code, out, _ = robaudit_main("run", spec)
     assert code == 1
-    assert "2 passed, 1 error" in out.strip().splitlines()[-1]
+    assert "2 measured, 1 error" in out.strip().splitlines()[-1]
     assert "TorchScript models take no hooks" in out
 
 
@@ -94,5 +94,5 @@ checks:
 """)
     code, out, _ = robaudit_main("run", spec)
     assert code == 1
-    assert "2 passed, 1 error" in out.strip().splitlines()[-1]
+    assert "2 measured, 1 error" in out.strip().splitlines()[-1]
     assert "name a module with `model.features`" in out

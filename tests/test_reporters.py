@@ -127,7 +127,8 @@ def test_json_has_exactly_the_contract_keys_in_order_and_strict_values(tmp_path)
     assert list(data) == AUDIT_KEYS
     assert data["robaudit"] == robaudit.__version__
     assert data["outcome"] == "error"
-    assert data["summary"] == {"passed": 1, "failed": 1, "error": 1, "skipped": 1, "warned": 0}
+    assert data["summary"] == {"passed": 1, "failed": 1, "error": 1, "skipped": 1, "warned": 0,
+                               "measured": 0}
     assert list(data["environment"].items()) == list(ENV.items())
     assert [c["id"] for c in data["checks"]] == ["spearman", "lipschitz", "boom", "gone"]
     for check in data["checks"]:  # design §5's keys in its order, then the extensions
@@ -335,7 +336,8 @@ checks:
                                "--junitxml", out / "r.xml", "--html", out / "r.html")
     assert code == 1
     data = json.loads((out / "r.json").read_text())
-    assert data["summary"] == {"passed": 1, "failed": 1, "error": 1, "skipped": 0, "warned": 0}
+    assert data["summary"] == {"passed": 1, "failed": 1, "error": 1, "skipped": 0, "warned": 0,
+                               "measured": 0}
     assert data["checks"][0]["params"] == {"value": 0.7}
     suite = ET.parse(out / "r.xml").getroot().find("testsuite")
     assert suite.get("name") == "toy audit" and suite.get("errors") == "1"

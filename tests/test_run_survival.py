@@ -33,16 +33,16 @@ def test_sys_exit_in_a_metric_is_an_error_and_the_others_run(write_spec, robaudi
     assert code == 1, out + err
     outcomes = {c["id"]: (c["outcome"], c["message"])
                 for c in json.loads(report.read_text())["checks"]}
-    assert outcomes == {"before": ("passed", "0.5 (no threshold)"),
+    assert outcomes == {"before": ("measured", "0.5 (no threshold)"),
                         "quits": ("error", "the metric called sys.exit(0)"),
-                        "after": ("passed", "0.5 (no threshold)")}
+                        "after": ("measured", "0.5 (no threshold)")}
 
 
 def test_check_data_that_raises_blocks_that_check_only(write_spec, robaudit_main):
     spec = write_spec(checks("{id: ok, metric: constant}", "{id: bad, metric: bad_check_data}"))
     code, out, err = robaudit_main("run", spec)
     assert code == 1, out + err
-    assert "ok " in out and "PASSED" in out
+    assert "ok " in out and "MEASURED" in out
     assert "bad_check_data.check_data raised RuntimeError: check_data exploded" in out
 
 
@@ -81,7 +81,7 @@ def test_a_check_past_its_timeout_is_an_error_and_the_run_goes_on(write_spec, ro
     result = {c["id"]: c for c in json.loads(report.read_text())["checks"]}
     assert result["hangs"]["outcome"] == "error"
     assert result["hangs"]["message"] == "timed out after 0.5 s"
-    assert result["after"]["outcome"] == "passed"
+    assert result["after"]["outcome"] == "measured"
 
 
 def test_command_line_timeout_applies_to_every_check(write_spec, robaudit_main):

@@ -1,5 +1,11 @@
 """The console reporter: pytest-style lines, failure summary and closing line (design.md §4).
 
+A check's line gives its outcome (MEASURED for one without thresholds, design §10), its
+message and its 95% interval once. The short summary lists the checks that ``-r`` picks (as
+pytest's; default ``fEw``), says which warned checks failed the run under ``--strict``, and
+``stopping after N failures`` with how many selected checks did not run when ``-x`` /
+``--maxfail`` stopped it; the closing line counts the deselected checks too.
+
 A progress bar shows long checks on a terminal. When the output is not a terminal (a CI log),
 a long check prints a heartbeat line instead, at most one every ``--heartbeat`` seconds (30 by
 default): which check, the step it is in, how far that step is and the time elapsed, so that a
@@ -26,15 +32,22 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 import robaudit
 from robaudit import hookimpl
 from robaudit.context import ProgressFactory, ProgressTask
+from robaudit.plugins.reporters._summary import (
+    closing_line,
+    stopped_early,
+    strict_failures,
+    summary_outcomes,
+)
 from robaudit.results import AuditResult, CheckResult, jsonable
 from robaudit.session import AuditPlan
+from robaudit.text import interval as interval_text
 from robaudit.text import printable
 from robaudit.threads import thread_setting
 
 STYLES = {"passed": "green", "failed": "red", "error": "red", "skipped": "yellow",
-          "warned": "yellow"}
+          "warned": "yellow", "measured": "cyan"}
 WORDS = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR", "skipped": "SKIPPED",
-         "warned": "WARNED"}
+         "warned": "WARNED", "measured": "MEASURED"}
 
 
 def safe(text: object) -> str:
@@ -119,8 +132,8 @@ class ConsoleReporter:
             if self.verbosity >= 0 and interval > 0 and not self.console.is_terminal else None
         self.pending: list[str] = []  # ids of the checks of the running plan not yet finished
 
-    def rule(self, text: str, style: str = "bold") -> None:
-        self.console.rule(f"[{style}]{text}", characters="=", style=style)
+    def rule(self, text: str, style: str = "bold", characters: str = "=") -> None:
+        self.console.rule(f"[{style}]{text}", characters=characters, style=style)
 
     @hookimpl
     def robaudit_progress(self, options: argparse.Namespace) -> ProgressFactory | None:
@@ -176,7 +189,9 @@ class ConsoleReporter:
                 f"{safe(repr(data.reference))}: the reference is the audit split itself, so "
                 "figures fitted on the reference (a universal perturbation) are not held out")
         deselected = f" / {plan.deselected} deselected" if plan.deselected else ""
-        self.console.print(f"[bold]collected {len(plan.checks)} checks{deselected}[/]\n")
+        count = len(plan.checks)
+        self.console.print(f"[bold]collected {count} check{'s' if count != 1 else ''}"
+                           f"{deselected}[/]\n")
 
     def next_check(self) -> None:
         """The heartbeat follows the checks in the plan's order, the order they run in."""
@@ -189,14 +204,16 @@ class ConsoleReporter:
         if self.pending and self.pending[0] == result.id:
             self.pending.pop(0)
             self.next_check()
-        if self.verbosity < 0 and result.outcome == "passed":
-            return
+        if self.verbosity < 0 and result.outcome in ("passed", "measured"):
+            return  # -q: what needs attention only
         style = STYLES[result.outcome]
-        ci = f" (95% CI {result.ci[0]:.4g}–{result.ci[1]:.4g})" if result.ci else ""
+        ci = ""  # the interval once: a `by: ci` message holds it already
+        if result.ci and "95% CI" not in result.message:
+            ci = f" (95% CI {interval_text(result.ci)})"
         name = f"{result.id} "
         dots = "." * max(2, 34 - len(name))
         self.console.print(
-            f"{safe(name)}[dim]{dots}[/] [{style}]{WORDS[result.outcome]:<7}[/] "
+            f"{safe(name)}[dim]{dots}[/] [{style}]{WORDS[result.outcome]:<8}[/] "
             f"{safe(result.message)}{ci} [dim]\\[{result.duration_s:.2f}s][/]"
         )
         if self.verbosity > 0:
@@ -214,29 +231,32 @@ class ConsoleReporter:
     def robaudit_report(self, results: list[AuditResult], options: argparse.Namespace) -> None:
         self.stop_bar()
         checks = [c for r in results for c in r.checks]
-        bad = [c for c in checks if c.outcome in ("failed", "error", "warned")]
+        listed = summary_outcomes(options)
+        shown = sorted((c for c in checks if c.outcome in listed),
+                       key=lambda c: listed.index(c.outcome))
+        strict = strict_failures(results, options)
         stopped = next((r.stopped for r in results if r.stopped), None)
         if stopped:
             self.console.print(f"\n[red]!!! {safe(stopped)}: the run stopped !!![/]")
         elif any(r.interrupted for r in results):
             self.console.print("\n[red]!!! KeyboardInterrupt: the run was interrupted !!![/]")
-        if bad and self.verbosity >= 0:
+        if shown and self.verbosity >= 0:
             self.rule("short summary info", "bold")
-            for check in bad:
+            for check in shown:
+                why = " (--strict: counts as failed)" if check.id in strict else ""
                 self.console.print(f"[{STYLES[check.outcome]}]{WORDS[check.outcome]}[/] "
-                                   f"{safe(check.id)} - {safe(check.message)}")
-        counts: dict[str, int] = {}
-        for check in checks:
-            counts[check.outcome] = counts.get(check.outcome, 0) + 1
-        order = ("failed", "passed", "warned", "error", "skipped")
-        parts = [f"{counts[o]} {'errors' if o == 'error' and counts[o] > 1 else o}"
-                 for o in order if counts.get(o)]
-        if not checks:
-            parts = ["no checks ran"]
-        elapsed = sum(r.duration_s for r in results)
-        failed = any(c.outcome in ("failed", "error") for c in checks)
-        style = "red" if failed else ("yellow" if bad or not checks else "green")
-        self.rule(f"{', '.join(parts)} in {elapsed:.2f}s", style)
+                                   f"{safe(check.id)} - {safe(check.message)}{why}")
+        if strict:
+            self.console.print(f"[red]--strict: {len(strict)} warned check"
+                               f"{'s' if len(strict) != 1 else ''} made the run fail: "
+                               f"{safe(', '.join(strict))}[/]")
+        early = stopped_early(results, options)
+        if early:
+            self.rule(safe(early), "red", "!")
+        failed = bool(strict) or any(c.outcome in ("failed", "error") for c in checks)
+        attention = any(c.outcome in ("warned", "measured") for c in checks)
+        style = "red" if failed else ("yellow" if attention or not checks else "green")
+        self.rule(closing_line(results), style)
 
 
 def _short(value: Any) -> str:

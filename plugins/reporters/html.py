@@ -1,18 +1,20 @@
 """The HTML report (``--html PATH``): one self-contained file for every spec of the run.
 
-Nothing in it is fetched: the CSS is inline and the plots are PNG ``data:`` URIs, so the file
-can be mailed, attached to a CI run or opened offline. It holds no script either: the filter by
-outcome is a row of checkboxes styled by CSS alone, so it works where a viewer blocks scripts
-(Jenkins' HTML publisher does by default). A sticky bar at the top holds the run's outcome, its
-counts and the filter; each spec has a section with its summary (audit, spec, outcome, counts,
-device, seed, duration, environment), an overview table, and a card per check, failed and
-errored checks first: the outcome, what the metric measures and which way is better (the first
-paragraph of the metric's docstring), the value against its threshold (text and a gauge with
-the confidence interval), the resolved params, the details (scalars and flattened nested dicts
-as one table, lists of records as their own tables, long ones collapsed), the message, the
-traceback of an error, and the plots — a histogram of the per-sample values where it tells more
-than the value and its interval (not for 0/1 outcomes, nor when one value holds nearly all
-samples, nor when the metric plots the same values itself), then every figure the metric
+Nothing in it is fetched: the CSS is inline and the plots are PNG ``data:`` URIs, so the file can
+be mailed, attached to a CI run or opened offline. It holds no script either: the filter by outcome
+is a row of checkboxes styled by CSS alone, so it works where a viewer blocks scripts (Jenkins'
+HTML publisher does by default). A sticky bar at the top holds the run's outcome (``failed`` when a
+check failed, the errors counted beside it, as pytest's closing line), its counts and the filter;
+each spec has a section with its summary (audit, spec, outcome, counts, device, seed, duration,
+environment), an overview table, and a card per check, failed and errored checks first: the
+outcome, what the metric measures and which way is better (the first paragraph of the metric's
+docstring), the value against its threshold (text and a gauge with the confidence interval), why
+(:func:`robaudit.gate.decided_by`: the threshold, ``by: ci``, the regression tolerance and the
+baseline's value; a column of the table too), the resolved params, the details (scalars and
+flattened nested dicts as one table, lists of records as their own tables, long ones collapsed),
+the message, the traceback of an error, and the plots — a histogram of the per-sample values where
+it tells more than the value and its interval (not for 0/1 outcomes, nor when one value holds
+nearly all samples, nor when the metric plots the same values itself), then every figure the metric
 returned. A figure that cannot be drawn shows a note in its place. Everything user-supplied is
 escaped (Jinja2 autoescape). An interrupted run is flagged and shows the checks that finished.
 """
@@ -36,6 +38,7 @@ import robaudit
 from robaudit import hookimpl
 from robaudit.errors import UsageError
 from robaudit.figures import Histogram
+from robaudit.gate import decided_by
 from robaudit.reportpath import ensure_writable, write_atomic
 from robaudit.results import OUTCOMES, AuditResult, CheckResult, Outcome, jsonable
 
@@ -44,7 +47,7 @@ MAX_ROWS = 200  # rows shown of a details table
 MAX_LIST = 12  # items shown of a list of numbers
 COLLAPSE_ROWS = 8  # a details table with more rows starts collapsed
 #: the order of the cards: what needs attention first; an outcome not listed goes last
-CARD_ORDER = ("failed", "error", "warned", "passed", "skipped")
+CARD_ORDER = ("failed", "error", "warned", "passed", "measured", "skipped")
 #: a per-sample histogram is left out when one value holds at least this share of the samples
 DOMINANT_SHARE = 0.9
 
@@ -220,7 +223,9 @@ def plots(check: CheckResult) -> list[Plot]:
     figures = list(check.figures)
     if check.samples and histogram_informs(check.samples, figures):
         figures.insert(0, plotting.samples_histogram(
-            check.samples, check.value, check.expect, f"{check.id}: per-sample values"))
+            check.samples, check.value, check.expect,
+            f"{check.id}: {check.metric} per audit sample ({len(check.samples)} samples)",
+            xlabel=f"{check.metric} of one audit sample"))
     rendered = []
     for figure in figures:
         title = str(getattr(figure, "title", type(figure).__name__))
@@ -288,9 +293,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
 
 
+#: the page badge's outcome: the first of these that a check has. As pytest's closing line
+#: leads with the failures and counts the errors beside them, a run with failed checks is
+#: ``failed`` whatever errored (the errors are counted beside the badge).
+BADGE_ORDER = ("failed", "error", "warned", "passed", "measured")
+
+
 def overall_outcome(results: list[AuditResult]) -> Outcome:
-    found = {r.outcome for r in results if r.checks}
-    return next((o for o in ("error", "failed", "warned", "passed") if o in found), "skipped")
+    """The page badge's outcome (:data:`BADGE_ORDER`); ``skipped`` when no check ran."""
+    found = {c.outcome for r in results for c in r.checks}
+    return next((o for o in BADGE_ORDER if o in found), "skipped")
 
 
 def check_view(check: CheckResult, anchor: str, info: MetricInfo | None = None
@@ -304,6 +316,7 @@ def check_view(check: CheckResult, anchor: str, info: MetricInfo | None = None
         "source": info.source if info is not None else "",
         "value": fmt(check.value),
         "threshold": threshold_text(check.expect),
+        "why": decided_by(check.expect, check.baseline) or "no threshold",
         "ci": None if check.ci is None else f"[{fmt(check.ci[0])}, {fmt(check.ci[1])}]",
         "gauge": gauge(check),
         "params": [[k, fmt(v)] for k, v in jsonable(check.params).items()],

@@ -3,8 +3,9 @@ extensions: ``interrupted`` (whether the run was cut short; ``stopped`` says why
 Ctrl-C, e.g. another process of a torchrun group failed), ``model`` (the factory or
 TorchScript path, the weights and their sha256, the parameter count) and ``data`` (the source,
 the split names and sizes used, the reference subset included, and a sha256 ``fingerprint`` of
-the audited tensors); ``summary`` counts ``warned`` too. A ``--shard I/N`` run adds ``shard``:
-its share of each check, exactly encoded (:mod:`robaudit.wire`), for ``robaudit merge``.
+the audited tensors); ``summary`` counts ``warned`` and ``measured`` (design §10) too. A
+``--shard I/N`` run adds ``shard``: its share of each check, exactly encoded
+(:mod:`robaudit.wire`), for ``robaudit merge``.
 
 One spec writes its object to ``PATH``. Several specs in one run write one object per spec,
 to ``PATH`` with the spec file's stem inserted before the suffix: ``--json r.json`` with

@@ -3,7 +3,8 @@
 One ``<testsuites>`` holds one ``<testsuite name=AUDIT>`` per spec and one ``<testcase
 classname="robaudit.SPEC_STEM" name=CHECK_ID>`` per check. A failed check carries
 ``<failure message=…>``, a warned one (``severity: warn``) is a passing testcase with the
-warning in its ``warning`` property and ``<system-out>``, an errored one
+warning in its ``warning`` property and ``<system-out>``, a measured one (no threshold, design
+§10) a passing testcase whose ``measured`` property holds its message, an errored one
 ``<error message=…>`` (its body is the traceback when there is one), a skipped one
 ``<skipped message=…>``. Each testcase's ``<properties>`` hold the metric, the value, the
 thresholds (``expect_min`` / ``expect_max``), the confidence interval (``ci_low`` /
@@ -59,8 +60,8 @@ def testcase(check: CheckResult, classname: str) -> ET.Element:
     if check.ci is not None:
         items += [("ci_low", _number(check.ci[0])), ("ci_high", _number(check.ci[1]))]
     items.append(("params", json.dumps(jsonable(check.params), sort_keys=True)))
-    if check.outcome == "warned":
-        items.append(("warning", check.message))
+    if check.outcome in ("warned", "measured"):  # passing testcases that say what they are
+        items.append(("warning" if check.outcome == "warned" else "measured", check.message))
     if check.baseline is not None:
         items.append(("baseline", json.dumps(jsonable(check.baseline), sort_keys=True)))
     _properties(case, items)

@@ -17,23 +17,23 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
 import robaudit
 from robaudit import hookimpl
 from robaudit.errors import UsageError
+from robaudit.gate import decided_by
+from robaudit.plugins.reporters._summary import closing_line
 from robaudit.reportpath import ensure_writable, write_atomic
 from robaudit.results import AuditResult, CheckResult
-from robaudit.text import printable
+from robaudit.text import interval, printable
 
 #: the variable that GitHub Actions sets to the job summary's file
 SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 #: the table's order: what needs attention first; an outcome not listed goes last
-ORDER = ("failed", "error", "warned", "passed", "skipped")
-#: the closing line's order (the console's)
-CLOSING_ORDER = ("failed", "passed", "warned", "error", "skipped")
-ICONS = {"passed": "✅", "failed": "❌", "error": "💥", "warned": "⚠️", "skipped": "⏭️"}
+ORDER = ("failed", "error", "warned", "passed", "measured", "skipped")
+ICONS = {"passed": "✅", "failed": "❌", "error": "💥", "warned": "⚠️", "skipped": "⏭️",
+         "measured": "📏"}
 _SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
 _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
@@ -49,10 +49,10 @@ def number(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
-def threshold(expect: Mapping[str, object]) -> str:
-    parts = [f"{sign} {number(float(expect[key]))}"  # type: ignore[arg-type]
-             for key, sign in (("min", "≥"), ("max", "≤")) if key in expect]
-    return " and ".join(parts) or "—"
+def threshold(check: CheckResult) -> str:
+    """What decides the check: its thresholds, ``whole 95% CI`` under ``by: ci``, the
+    regression tolerance and the baseline (:func:`robaudit.gate.decided_by`)."""
+    return escape(decided_by(check.expect, check.baseline)) or "—"
 
 
 def outcome_text(outcome: str) -> str:
@@ -63,19 +63,6 @@ def outcome_text(outcome: str) -> str:
 def ordered(checks: list[CheckResult]) -> list[CheckResult]:
     rank = {outcome: i for i, outcome in enumerate(ORDER)}
     return sorted(checks, key=lambda c: rank.get(c.outcome, len(rank)))  # stable: spec order
-
-
-def closing_line(results: list[AuditResult]) -> str:
-    """The console's closing line: ``2 failed, 10 passed in 82.97s``."""
-    counts: dict[str, int] = {}
-    for result in results:
-        for check in result.checks:
-            counts[check.outcome] = counts.get(check.outcome, 0) + 1
-    order = [*CLOSING_ORDER, *sorted(set(counts) - set(CLOSING_ORDER))]
-    parts = [f"{counts[o]} {'errors' if o == 'error' and counts[o] > 1 else o}"
-             for o in order if counts.get(o)]
-    elapsed = sum(r.duration_s for r in results)
-    return f"{', '.join(parts) or 'no checks ran'} in {elapsed:.2f}s"
 
 
 def audit_markdown(result: AuditResult) -> list[str]:
@@ -91,9 +78,9 @@ def audit_markdown(result: AuditResult) -> list[str]:
     lines += ["| check | outcome | value | threshold | 95% CI | time |",
               "|---|---|---:|---|---|---:|"]
     for check in ordered(result.checks):
-        ci = "—" if check.ci is None else f"[{number(check.ci[0])}, {number(check.ci[1])}]"
+        ci = "—" if check.ci is None else interval(check.ci)
         lines.append(f"| {escape(check.id)} | {outcome_text(check.outcome)} | "
-                     f"{number(check.value)} | {threshold(check.expect)} | {ci} | "
+                     f"{number(check.value)} | {threshold(check)} | {ci} | "
                      f"{check.duration_s:.2f} s |")
     return [*lines, ""]
 
@@ -104,7 +91,7 @@ def render_markdown(results: list[AuditResult]) -> str:
     for result in results:
         lines += audit_markdown(result)
     bad = [(r, c) for r in results for c in ordered(r.checks)
-           if c.outcome not in ("passed", "skipped")]
+           if c.outcome not in ("passed", "skipped", "measured")]
     if bad:
         lines += ["<details><summary>Why the checks above did not pass</summary>", ""]
         lines += [f"- {outcome_text(c.outcome)} **{escape(c.id)}**"

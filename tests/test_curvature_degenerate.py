@@ -1,7 +1,8 @@
 """Curvature checks on models where curvature is undefined (design §10): a LeakyReLU network
 whose exact and softplus Hessians are zero everywhere, a linear model for detection, points
 where the boundary is flat (left out of ρ and of the fit, counted), ties in label recovery,
-and the paired DeLong interval of the detection AUC against scipy and by coverage."""
+the paired DeLong interval of the detection AUC against scipy and by coverage, and all-zero
+images in the subspace noise."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from test_curvature_metrics import gen
+from test_curvature_metrics import gen, planted_case
 from torch import nn
 
 from robaudit.errors import MetricError
@@ -22,6 +23,7 @@ from robaudit.plugins.metrics.curvature.curvature_detection import (
 from robaudit.plugins.metrics.curvature.curvature_ratio import CurvatureRatio
 from robaudit.plugins.metrics.curvature.curvature_subspace_vulnerability import (
     CurvatureSubspaceVulnerability,
+    projected_share,
 )
 from robaudit.testing import make_context, run_metric
 
@@ -159,3 +161,26 @@ def test_detection_reports_the_auc_interval() -> None:
     assert result.ci is not None and result.ci[0] <= result.value <= result.ci[1]
     assert result.details["included"]["asked"] == 14
     assert 0.0 <= result.details["label_ties"] <= 1.0
+
+
+def test_all_zero_images_are_left_out_of_the_relative_noise_and_counted() -> None:
+    """Noise of norm r·‖x‖ at ‖x‖ = 0 is no noise (misclassified 0, the best score): such
+    samples are NaN, counted in ``included``; an undefined x₂ − x₁ share (duplicates) is
+    NaN, not 0."""
+    d, m = 24, 3
+    model, x, y, _ = planted_case(d, m, n=40, lam=2.0, seed=3)
+    x[[21, 33]] = 0.0
+    ctx = make_context(model, x, y, input_range=(-100, 100))
+    result = run_metric(CurvatureSubspaceVulnerability(), ctx, fit=10, directions=m,
+                        subspace=m, noise=0.3, norms=[0.3])
+    assert np.isnan(result.samples[[21, 33]]).all()
+    assert np.isfinite(np.delete(result.samples, [21, 33])).all()
+    assert result.value == pytest.approx(np.delete(result.samples, [21, 33]).mean())
+    assert result.details["included"] == {"used": 38, "asked": 40, "share": 0.95}
+    with pytest.raises(MetricError, match=r"only 38 of 40 samples \(‖x‖ > 0"):
+        run_metric(CurvatureSubspaceVulnerability(), make_context(
+            model, x, y, input_range=(-100, 100)), fit=10, directions=m, subspace=m,
+            noise=0.3, norms=[0.3], min_included=0.99)
+    basis = torch.eye(4, dtype=torch.float64)[:, :2]
+    shares = projected_share(torch.tensor([[0.0] * 4, [1.0, 0, 0, 1.0]]), basis.float())
+    assert torch.isnan(shares[0]) and float(shares[1]) == pytest.approx(2**-0.5)

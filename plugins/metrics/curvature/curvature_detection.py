@@ -140,8 +140,8 @@ class CurvatureDetection(SampleMetric):
                                                      fitted.draws["units"])
                 clean[rows], adversarial[rows] = clean_rho.numpy(), adv_rho.numpy()
                 recovered[rows] = recover(adv_by_class, fitted.floors[i]).numpy()
-                finite = torch.cat([clean_by_class, adv_by_class], dim=1).abs()
-                size[rows] = finite.masked_fill(torch.isinf(finite), 0.0).amax(dim=1).numpy()
+                magnitude = torch.cat([clean_by_class, adv_by_class], dim=1).abs()
+                size[rows] = magnitude.masked_fill(torch.isinf(magnitude), 0.0).amax(1).numpy()
             arrays.update({f"clean_{i}": clean, f"perturbed_{i}": adversarial,
                            f"recovered_{i}": recovered, f"size_{i}": size})
         return UnitResult(arrays)

@@ -65,15 +65,21 @@ def test_a_ball_region_has_mean_curvature_one_over_its_radius(hvp: str) -> None:
     assert result.details["excluded"] == 0 and result.details["points"] == 12
 
 
-def test_a_linear_classifier_has_zero_curvature_at_every_h() -> None:
+@pytest.mark.parametrize("hvp", ["finite_difference", "exact", "softplus"])
+def test_a_linear_classifier_is_flat_an_error_not_curvature_zero(hvp: str) -> None:
+    """A linear model's boundary is flat for every hvp (its gradients at z ± h v are equal,
+    its Hessian zero): no curvature to measure, so every curvature check is error naming the
+    method, never 0 (boundary_curvature) or 0/0 = 0 (curvature_ratio, the best score)."""
     torch.manual_seed(0)
     model = nn.Linear(10, 3).double()
     x = torch.rand(15, 10, generator=gen(3), dtype=torch.float64)
     ctx = make_context(model, x, torch.zeros(15, dtype=torch.long), input_range=(-50, 50))
-    result = run_metric(BoundaryCurvature(), ctx, h=[0.01, 0.5])
-    assert abs(result.value) < 1e-9
-    assert [row["h"] for row in result.details["by_h"]] == ["0.01", "0.5"]
-    assert all(abs(row["value"]) < 1e-9 for row in result.details["by_h"])
+    ratio = {"fit": 5, "directions": 3, "subspace": 3}
+    for metric, extra in ((BoundaryCurvature(), {"h": [0.01, 0.5]}), (CurvatureRatio(), ratio)):
+        if hvp != "finite_difference":
+            extra = {k: v for k, v in extra.items() if k != "h"}
+        with pytest.raises(MetricError, match=rf"hvp: {hvp}.*zero at every one of the"):
+            run_metric(metric, ctx, hvp=hvp, **extra)
 
 
 def test_the_default_step_is_the_authors_rule_of_the_input_box() -> None:
@@ -187,7 +193,11 @@ def test_every_point_excluded_is_an_error_with_the_count() -> None:
 def test_unconverged_points_are_left_out_and_counted() -> None:
     model, x, y, _ = ball_case(n=8)
     x[[2, 5]] = 0.5  # the centre: the gradient of ‖x − c‖ vanishes, DeepFool cannot move
-    result = run_metric(BoundaryCurvature(), make_context(model, x, y), hvp="exact")
+    ctx = make_context(model, x, y)
+    with pytest.raises(MetricError, match=r"only 6 of 8 boundary points .*min_included = 80%"):
+        run_metric(BoundaryCurvature(), ctx, hvp="exact")
+    result = run_metric(BoundaryCurvature(), ctx, hvp="exact", min_included=0.75)
+    assert result.details["included"] == {"used": 6, "asked": 8, "share": 0.75}
     assert result.details["excluded"] == 2 and result.details["points"] == 6
     assert np.isnan(result.samples[[2, 5]]).all() and np.isfinite(np.delete(result.samples,
                                                                             [2, 5])).all()

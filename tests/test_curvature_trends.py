@@ -1,5 +1,5 @@
 """The trends of Fawzi et al. (2018, section 3) that reproduce on the shipped digits ResNet
-(docs/fawzi/results.md, bench/reproduce_fawzi.py), on fewer points so the file stays fast."""
+(docs/fawzi/digits.md, bench/reproduce_fawzi.py), on fewer points so the file stays fast."""
 
 from __future__ import annotations
 

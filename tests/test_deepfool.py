@@ -9,6 +9,7 @@ import torch
 from analytic_models import frozen, linear
 from torch import nn
 
+from robaudit.errors import MetricError
 from robaudit.ops.deepfool import REFINE_STEPS, STEP_SLACK, deepfool, deepfool_split
 from robaudit.plugins.metrics.adversarial.deepfool_distortion import DeepFoolMinDistortion
 from robaudit.testing import make_context, run_metric
@@ -307,6 +308,29 @@ def test_metric_linf_uses_the_linf_norms() -> None:
     low, high = refined_bounds(dist, 0.0)
     size = x.abs().amax(dim=1).numpy()
     assert (low / size).mean() <= result.value <= (high / size).mean()
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_all_zero_images_are_left_out_of_the_relative_distortion_and_counted(norm: str) -> None:
+    """ρ = ‖r‖/‖x‖ is undefined at ‖x‖ = 0 (it was ‖r‖/1e-12, 5.5e12, passing any min): such
+    samples are NaN in samples, counted, and below min_included the check is error."""
+    model, x = linear(6, 3, seed=12), points(10, 6, seed=13)
+    x[[3, 7]] = 0.0
+    ctx = make_context(model, x, model(x).argmax(dim=1), input_range=(-1e3, 1e3))
+    result = run_metric(DeepFoolMinDistortion(), ctx, norm=norm, candidates=3)
+    assert np.isnan(result.samples[[3, 7]]).all()
+    assert np.isfinite(np.delete(result.samples, [3, 7])).all()
+    assert result.value == pytest.approx(np.delete(result.samples, [3, 7]).mean())
+    assert result.details["zero_inputs"] == 2
+    assert result.details["included"] == {"used": 8, "asked": 10, "share": 0.8}
+    x[5] = 0.0
+    ctx = make_context(model, x, model(x).argmax(dim=1), input_range=(-1e3, 1e3))
+    with pytest.raises(MetricError, match=r"only 7 of 10 samples \(DeepFool converged and"):
+        run_metric(DeepFoolMinDistortion(), ctx, norm=norm, candidates=3)
+    zeros = torch.zeros(4, 6, dtype=torch.float64)
+    ctx = make_context(model, zeros, torch.zeros(4, dtype=torch.long), input_range=(-1e3, 1e3))
+    with pytest.raises(MetricError, match=r"every audit sample is all zeros"):
+        run_metric(DeepFoolMinDistortion(), ctx, norm=norm, candidates=3)
 
 
 def test_split_in_batches_is_deepfool_of_the_whole_split_kept_on_the_cpu() -> None:

@@ -10,6 +10,7 @@ from analytic_models import frozen
 from pydantic import ValidationError
 from torch import nn
 
+from robaudit.errors import MetricError
 from robaudit.ops.paths import find_paths, segments_valid
 from robaudit.plugins.metrics.regions.connectivity import RegionConnectivity
 from robaudit.testing import make_context, run_metric
@@ -150,6 +151,40 @@ def test_class_with_one_sample_is_reported_and_skipped() -> None:
     result = run_metric(RegionConnectivity(), ctx, pairs=10, scenarios=["data"])
     assert result.details["skipped_classes"] == [0]
     assert result.value == 1.0
+
+
+def test_unreached_pairs_are_counted_per_scenario_and_bounded_by_min_included() -> None:
+    """A pair whose second point the targeted step cannot move into the class is left out
+    (the hard pairs): counted in each scenario's ``included``, the check an error below
+    min_included (one damped step leaves some adversarial pairs short of the boundary)."""
+    torch.manual_seed(0)
+    model = frozen(nn.Linear(6, 3))
+    x = uniform(120, 6, seed=1)
+    params = {"pairs": 30, "scenarios": ["adversarial", "noise"], "max_iter": 1}
+    result = run_metric(RegionConnectivity(), make_context(model, x, model(x).argmax(dim=1)),
+                        **params, min_included=0.5)
+    rows = {row["scenario"]: row for row in result.details["scenarios"]}
+    unreached = rows["adversarial"]["unreached"]
+    assert 0 < unreached < 30
+    assert rows["adversarial"]["included"]["used"] == 30 - unreached == rows["adversarial"][
+        "pairs"]
+    assert result.details["included"]["used"] == int(np.isfinite(result.samples).sum())
+    assert result.details["included"]["asked"] == 60
+    with pytest.raises(MetricError, match=rf"only {30 - unreached} of 30 adversarial pairs"):
+        run_metric(RegionConnectivity(), make_context(model, x, model(x).argmax(dim=1)),
+                   **params, min_included=(30 - unreached) / 30 + 0.01)
+
+
+def test_one_predicted_class_is_connected_but_has_no_adversarial_pairs() -> None:
+    """A model that predicts one class everywhere has one region, the whole box: data pairs
+    are connected (value 1, the analytic answer); the adversarial scenario has no sample of
+    another class to move in, an error rather than an index out of range."""
+    x = uniform(30, 3, seed=8)
+    model = frozen(Slabs([(2.0, 3.0)]))  # the slab lies outside the box: class 1 everywhere
+    ctx = make_context(model, x, model(x).argmax(dim=1))
+    assert run_metric(RegionConnectivity(), ctx, pairs=10, scenarios=["data"]).value == 1.0
+    with pytest.raises(MetricError, match="every audit sample is predicted as class 1"):
+        run_metric(RegionConnectivity(), ctx, pairs=10)
 
 
 def test_non_positive_step_is_a_param_error() -> None:

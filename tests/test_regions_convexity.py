@@ -9,7 +9,7 @@ import torch
 from analytic_models import frozen
 from torch import nn
 
-from robaudit.errors import ParamError
+from robaudit.errors import MetricError, ParamError
 from robaudit.plugins.metrics.regions.convexity import RegionConvexity
 from robaudit.testing import make_context, run_metric
 
@@ -100,6 +100,24 @@ def test_class_with_one_sample_is_reported_and_skipped() -> None:
     result = run_metric(RegionConvexity(), ctx, k=[2], combinations=20)
     assert result.details["skipped_classes"] == [1]
     assert [row["class"] for row in result.details["by_class"]] == [0]
+    n = x.shape[0]
+    assert result.details["included"] == {"used": n - 1, "asked": n, "share": (n - 1) / n}
+
+
+def test_samples_of_skipped_classes_are_bounded_by_min_included() -> None:
+    """Four singleton classes of ten samples: 60% of the split is combined, below 0.8."""
+    x = torch.eye(10, dtype=torch.float64)
+    y = torch.tensor([0] * 6 + [1, 2, 3, 4])
+    layer = nn.Linear(10, 5, bias=False).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.nn.functional.one_hot(y, 5).T.double())
+    model = frozen(layer)
+    ctx = make_context(model, x, y)
+    with pytest.raises(MetricError, match=r"only 6 of 10 audit samples \(in a predicted class"):
+        run_metric(RegionConvexity(), ctx, k=[2], combinations=5)
+    result = run_metric(RegionConvexity(), make_context(model, x, y), k=[2], combinations=5,
+                        min_included=0.6)
+    assert result.details["skipped_classes"] == [1, 2, 3, 4]
 
 
 def test_k_beyond_a_class_is_a_located_spec_error_before_any_check_runs(write_spec,

@@ -92,7 +92,7 @@ CASES: list[tuple[Metric, dict[str, Any]]] = [
     (PGDAccuracy(), {"eps": 2.0, "norm": "l2", "steps": 3}),
     (NoiseAccuracy(), {"sigma": [1.0, 3.0]}),
     (DeepFoolMinDistortion(), {}),
-    (DeepFoolMinDistortion(), {"norm": "linf", "max_iter": 2}),
+    (DeepFoolMinDistortion(), {"norm": "linf", "max_iter": 2, "min_included": 0.0}),
     (FgsmOutputChange(), {"eps": 0.5}),
     (SphereDeformation(), {"radius": [0.5, 2.0], "points": 3, "samples": 23}),
     (SphereDeformation(), {"points": 12, "samples": 100, "clip": True}),

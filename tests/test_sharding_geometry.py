@@ -57,23 +57,25 @@ from robaudit.sharding import shards_samples
 from robaudit.testing import fresh, make_context, run_metric, run_metric_sharded
 from robaudit.wire import decode, encode
 
-SUBSPACE = {"fit": 6, "directions": 3, "subspace": 3}
+SUBSPACE = {"fit": 6, "directions": 3, "subspace": 3, "min_included": 0.5}
 
 CASES: list[tuple[Metric, dict[str, Any]]] = [
     (UAPFoolingRate(), {"max_passes": 2, "eps": 0.2}),
     (UAPFoolingRate(), {"max_passes": 2, "norm": "l2", "method": "sgd", "max_iter": 3}),
     (RobustnessCategory(), {"max_passes": 2, "eps": 0.2, "steps": 3}),
     (RobustnessCategory(), {"max_passes": 2, "eps": 0.2, "attack": "deepfool"}),
-    (BoundaryCurvature(), {"points": 17, "k": 3, "max_iter": 3}),
+    (BoundaryCurvature(), {"points": 17, "k": 3, "max_iter": 5, "min_included": 0.0}),
     (BoundaryCurvature(), {"points": 17, "k": 2, "h": [0.01, 0.1], "dense_max": 8,
                            "iterations": 6, "directions": 5}),
     (CurvatureRatio(), {"points": 17, "samples": 8, **SUBSPACE}),
-    (CurvatureRatio(), {"points": 17, "samples": 8, "max_iter": 3, "hvp": "softplus",
-                        **SUBSPACE}),
+    (CurvatureRatio(), {"points": 17, "samples": 8, "max_iter": 5, "hvp": "softplus",
+                        **{**SUBSPACE, "min_included": 0.0}}),
     (CurvatureDetection(), {"points": 17, "T": 4}),
-    (CurvatureDetection(), {"points": 17, "T": 4, "h": [0.01, 0.1], "max_iter": 3}),
+    (CurvatureDetection(), {"points": 17, "T": 4, "h": [0.01, 0.1], "max_iter": 5,
+                            "min_included": 0.0}),
     (CurvatureSubspaceVulnerability(), {"points": 17, "norms": [0.1, 0.5], **SUBSPACE}),
-    (CurvatureSubspaceVulnerability(), {"points": 30, "max_iter": 3, **SUBSPACE}),
+    (CurvatureSubspaceVulnerability(), {"points": 30, "max_iter": 5,
+                                        **{**SUBSPACE, "min_included": 0.0}}),
     (ActivationSparsity(), {"layers": ["1", "2"]}),
     (InteractionSignificance(), {"layers": ["1", "3"]}),
     (AdversarialLikelihood(), {"steps": 3}),

@@ -11,6 +11,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from robaudit.errors import MetricError
 from robaudit.ops.deepfool import REFINE_STEPS, STEP_SLACK, deepfool
 from robaudit.plugins.metrics.adversarial.transfer import TransferParams, TransferRate
 from robaudit.testing import make_context, run_metric
@@ -87,7 +88,7 @@ def test_noise_stddev_averages_only_the_adversarial_examples_made() -> None:
     y[::3] = 0  # the source predicts 1 everywhere: these are its errors
     source = CappedLinear(cap=0.55)
     ctx = make_context(linear_model(W2), x, y, models={"src": source})
-    details = run_metric(TransferRate(), ctx, source="src").details
+    details = run_metric(TransferRate(), ctx, source="src", min_included=0.1).details
     # By a loop: f = a (W2 ⊥ W1), the nearest boundary is f/‖W1‖₂ away (reachable if f < cap).
     f = (x.flatten(1) - 0.5) @ W1
     made = [i for i in range(40) if y[i] == 1 and float(f[i]) < 0.55]
@@ -100,6 +101,27 @@ def test_noise_stddev_averages_only_the_adversarial_examples_made() -> None:
     assert details["av_stddev"] <= 1.02 * low + slack / len(made) * 2.0**-REFINE_STEPS
     assert details["source_clean_error"] == pytest.approx(float((y == 0).double().mean()))
     assert details["deepfool_converged"] == pytest.approx(len(made) / int((y == 1).sum()))
+    assert details["included"]["used"] == len(made)
+    assert details["included"]["asked"] == int((y == 1).sum())
+    with pytest.raises(MetricError, match=rf"only {len(made)} of {int((y == 1).sum())} samples"):
+        run_metric(TransferRate(), ctx, source="src", min_included=0.99)
+
+
+class Constant(nn.Module):
+    """Logits that do not depend on the input: DeepFool has no gradient to follow."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([0.0, 1.0], dtype=x.dtype).expand(x.shape[0], 2) + 0 * x.sum()
+
+
+def test_no_adversarial_example_made_is_an_error_not_a_zero_noise_baseline() -> None:
+    x, y = data(12)
+    ctx = make_context(linear_model(W1), x, y, models={"src": Constant()})
+    with pytest.raises(MetricError, match=r"made no adversarial example .*none of the 12"):
+        run_metric(TransferRate(), ctx, source="src")
+    ctx = make_context(linear_model(W1), x, torch.zeros_like(y), models={"src": Constant()})
+    with pytest.raises(MetricError, match=r"misclassifies every audit sample"):
+        run_metric(TransferRate(), ctx, source="src")
 
 def test_magnify_sets_the_stddev() -> None:
     x, y = data()

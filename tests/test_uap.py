@@ -14,8 +14,10 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from robaudit.errors import MetricError
 from robaudit.ops.sampling import sample_seeds
 from robaudit.ops.uap import fit_uap_deepfool, fit_uap_sgd, random_lp_noise
+from robaudit.plugins.metrics.universal.robustness_category import RobustnessCategory
 from robaudit.plugins.metrics.universal.uap import UAPFitParams, UAPFoolingRate
 from robaudit.testing import make_context, run_metric
 
@@ -90,6 +92,24 @@ def test_fitted_perturbation_is_the_optimal_one(fit) -> None:
     assert float(l2.perturbation.norm()) <= 0.2 * (1 + 1e-5)
     # the fooled fraction is the closed form's: the six samples of margin 0.4 < ε‖w‖ = 0.8
     assert linf.fooling_rate == l2.fooling_rate == 0.5
+
+
+class Constant(nn.Module):
+    """Logits that do not depend on the input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([0.0, 1.0]).expand(x.shape[0], 2) + 0 * x.flatten(1).sum(1, True)
+
+
+@pytest.mark.parametrize("method", ["deepfool", "sgd"])
+def test_a_model_whose_logits_do_not_depend_on_the_input_is_an_error(method: str) -> None:
+    """No step is ever taken, v = 0 fools nothing: a fooling rate of 0 (the best score) and
+    category 1 would measure nothing (design §10)."""
+    x = samples(margins(5, 5), seed=3)
+    for metric in (UAPFoolingRate(), RobustnessCategory()):
+        ctx = make_context(Constant(), x, torch.ones(10, dtype=torch.long))
+        with pytest.raises(MetricError, match=r"universal perturbation .* is v = 0"):
+            run_metric(metric, ctx, method=method, max_passes=2)
 
 
 def test_stops_at_one_minus_delta() -> None:

@@ -13,13 +13,21 @@ from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hooki
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.figures import ImageGrid
-from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult, work_units
+from robaudit.metric import (
+    Gathered,
+    IncludedParams,
+    SampleMetric,
+    Unit,
+    UnitResult,
+    included,
+    work_units,
+)
 from robaudit.ops.deepfool import deepfool_unit
 from robaudit.ops.perclass import GALLERY_SAMPLES, gallery
 from robaudit.ops.projections import lp_norm
 
 
-class DeepFoolParams(MetricParams):
+class DeepFoolParams(IncludedParams):
     norm: Literal["l2", "linf"] = Field("l2", description="the perturbation's norm")
     overshoot: float = Field(0.02, ge=0, le=1, description="the paper's overshoot η")
     candidates: int = Field(
@@ -48,7 +56,10 @@ class DeepFoolMinDistortion(SampleMetric):
     correctly classified samples alone is in ``details``). Iterates are clipped to the model's
     input range (see :mod:`robaudit.ops.deepfool`); a sample that DeepFool does not move
     across a boundary within ``max_iter`` steps (e.g. pinned by the box) has no r(x): it is
-    left out of the mean (NaN in ``samples``) and counted in ``details.success_rate``.
+    left out of the mean (NaN in ``samples``) and counted in ``details.success_rate``. So is
+    a sample with ‖x‖ = 0 (an all-zero image): its ρ = ‖r‖/0 is undefined, whatever r is
+    (``details.zero_inputs``). ``details.included`` counts the samples the mean rests on; below
+    ``min_included`` of the split the check is error (design §10).
     The DeepFool run is cached per (model, split, norm, overshoot, candidates, max_iter) and
     work unit, and shared with the checks that use the boundary points (e.g. curvature).
     DeepFool moves each sample on its own, so the metric is per sample and shards (design §8).
@@ -64,13 +75,15 @@ class DeepFoolMinDistortion(SampleMetric):
         result = deepfool_unit(ctx, unit, **self._options(params))
         x = ctx.data().x[unit.indices].to(result.perturbation.device)
         size = lp_norm(result.perturbation, params.norm)
-        rho = size / lp_norm(x, params.norm).clamp_min(1e-12)
-        ok = result.converged
+        scale = lp_norm(x, params.norm)
+        rho = size / scale.clamp_min(torch.finfo(scale.dtype).tiny)
+        ok = result.converged & (scale > 0)
         logits = ctx.unit_logits(unit)
         correct = logits.argmax(dim=1) == ctx.data().y[unit.indices].to(logits.device)
         return UnitResult(
             {"rho": torch.where(ok, rho, torch.full_like(rho, float("nan"))).double().cpu(),
-             "norm": size.cpu(), "converged": ok.cpu(), "iterations": result.iterations.cpu(),
+             "norm": size.cpu(), "converged": result.converged.cpu(),
+             "zero": (scale == 0).cpu(), "iterations": result.iterations.cpu(),
              "correct": correct.cpu()},
             {"gallery": self.gallery(ctx, params)} if unit.index == 0 else {},
         )
@@ -78,10 +91,16 @@ class DeepFoolMinDistortion(SampleMetric):
     def reduce(self, params: DeepFoolParams, gathered: Gathered) -> MetricResult:
         arrays = gathered.arrays
         rho, converged = arrays["rho"], arrays["converged"].astype(bool)
+        zero = arrays["zero"].astype(bool)
         if not converged.any():
             raise MetricError(
                 f"DeepFool moved no sample across a boundary within {params.max_iter} steps"
             )
+        if zero.all():
+            raise MetricError("every audit sample is all zeros (‖x‖ = 0): the relative "
+                              "distortion ‖r‖/‖x‖ is undefined")
+        share = included(int(np.isfinite(rho).sum()), len(rho), params.min_included,
+                         "samples (DeepFool converged and ‖x‖ > 0)")
         correct = arrays["correct"].astype(bool)
         # the norms were float32: their mean is taken in float32, as on the whole split
         size = torch.from_numpy(arrays["norm"]).float()
@@ -93,6 +112,8 @@ class DeepFoolMinDistortion(SampleMetric):
             details={
                 "mean_norm": float(size[torch.from_numpy(converged)].mean()),
                 "success_rate": float(converged.mean()),
+                "zero_inputs": int(zero.sum()),
+                "included": share,
                 "mean_iterations": float(iterations.mean()),
                 "max_iterations": int(iterations.max()),
                 "rho_correct": float(np.nanmean(rho[correct])) if correct.any() else float("nan"),
@@ -101,7 +122,7 @@ class DeepFoolMinDistortion(SampleMetric):
             figures=[
                 Histogram(
                     title=f"DeepFool relative distortion ‖r‖/‖x‖ ({params.norm})",
-                    values=tuple(float(v) for v in rho[converged]),
+                    values=tuple(float(v) for v in rho[np.isfinite(rho)]),
                     xlabel="ρ = ‖r(x)‖ / ‖x‖",
                     markers={"mean": value},
                 ),

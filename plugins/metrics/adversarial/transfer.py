@@ -12,6 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError
+from robaudit.metric import IncludedParams, included
 from robaudit.model import ModelUnderAudit
 from robaudit.ops.deepfool import deepfool_split
 from robaudit.ops.sampling import per_sample_randn, sample_seeds
@@ -19,7 +20,7 @@ from robaudit.ops.stats import wilson_interval
 from robaudit.ops.uap import perturb, predictions
 
 
-class TransferParams(MetricParams):
+class TransferParams(IncludedParams):
     source: str = Field(description="the model (a name of the spec's `models:`) on which the "
                                     "adversarial examples are made")
     magnify: float | None = Field(
@@ -73,7 +74,13 @@ class TransferRate(Metric):
       the source classifies correctly and on which DeepFool converged (the label changed). The
       zero perturbations of the source's own errors and the unmoved points of a DeepFool that
       did not converge are no adversarial distortion and would bias σ low. With no such
-      sample σ = 0 (``av_stddev`` 0; the noise errors are then the clean errors).
+      sample there is no adversarial example and no σ: the check is error (a noise baseline
+      at σ = 0 is the clean error, not a baseline; design §10).
+    - Left out: a sample the source classifies correctly but DeepFool did not move across
+      a boundary has no adversarial example; it stays in the value at its unconverged
+      iterate (a weaker attack there) and is counted in ``details.included`` (examples made
+      of the samples the source classifies correctly); below ``min_included`` the check is
+      error.
     - Memory: the audit split is processed one batch (``batch_size``) at a time, keeping
       per-sample results only; σ needs every sample's example, so the noise takes a second
       pass. Each sample's noise comes from its own seed, drawn from the check's generator
@@ -121,7 +128,20 @@ class TransferRate(Metric):
         target_wrong, src_wrong = torch.cat(target_parts), torch.cat(src_parts)
         stddev = torch.cat(stddev_parts)
         made = src_correct & boundary.converged
-        sigma = float(stddev[made].mean()) if bool(made.any()) else 0.0
+        if not bool(src_correct.any()):
+            raise MetricError(f"the source model {params.source!r} misclassifies every audit "
+                              f"sample: no adversarial example can be made on it, and the "
+                              f"noise baseline has no stddev")
+        if not bool(made.any()):
+            raise MetricError(
+                f"DeepFool made no adversarial example on the source model {params.source!r}: "
+                f"it moved none of the {int(src_correct.sum())} samples the source classifies "
+                f"correctly across a boundary within {params.max_iter} steps (a source whose "
+                f"logits do not depend on its input, or pinned by the input box)")
+        share = included(int(made.sum()), int(src_correct.sum()), params.min_included,
+                         "samples the source classifies correctly with an adversarial "
+                         "example made (DeepFool converged)")
+        sigma = float(stddev[made].mean())
 
         # Pass 2, per batch: Gaussian noise of stddev σ (needs every sample's stddev first).
         seeds = sample_seeds(ctx.generator, len(data))
@@ -148,6 +168,7 @@ class TransferRate(Metric):
                 "conditional_transfer_rate": (
                     float(target_wrong[both].double().mean()) if bool(both.any()) else None),
                 "av_stddev": sigma,
+                "included": share,
                 "noise_error": float(torch.cat(noise_target).double().mean()),
                 "noise_source_error": float(torch.cat(noise_src).double().mean()),
                 "deepfool_converged": float(boundary.converged[src_correct].double().mean())

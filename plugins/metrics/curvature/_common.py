@@ -1,11 +1,14 @@
 """What the curvature metrics share (Fawzi et al. 2018, section 3): params, the boundary points
 taken from the shared DeepFool cache (of a work unit, design §8, or of the first points of the
-reference split), the Hessian operator for the chosen ``hvp`` method, the guard against a silent
-zero exact Hessian, the shared high-curvature subspace S, and what a check's fit holds.
+reference split), the Hessian operator for the chosen ``hvp`` method, the guard against a
+Hessian that is (numerically) zero at every point whatever the ``hvp`` method (design §10: a flat
+boundary has no curvature to compare, rank or threshold), the shared high-curvature subspace S,
+and what a check's fit holds.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -13,10 +16,9 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field, PositiveFloat
 
-from robaudit import MetricParams
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError, ParamError
-from robaudit.metric import Unit
+from robaudit.metric import IncludedParams, Unit, included
 from robaudit.ops.curvature import (
     MarginHessian,
     default_step,
@@ -28,9 +30,14 @@ from robaudit.ops.deepfool import DeepFoolResult, deepfool, deepfool_split, deep
 
 Steps = PositiveFloat | Annotated[list[PositiveFloat], Field(min_length=1)] | None
 
+#: Curvatures |κ| at most this many float epsilons per unit of the method's length scale are
+#: numerically zero (:func:`flat_floor`).
+ZERO_EPSILONS = 64.0
 
-class CurvatureParams(MetricParams):
-    """Parameters shared by the curvature metrics."""
+
+class CurvatureParams(IncludedParams):
+    """Parameters shared by the curvature metrics (``min_included``: the least share of the
+    asked points whose DeepFool converged, design §10)."""
 
     hvp: Literal["finite_difference", "exact", "softplus"] = Field(
         "finite_difference",
@@ -169,22 +176,25 @@ class CurvatureFit:
     """What every work unit of a curvature check shares (its fit, design §8): the audit
     split's name, dimension d and dtype (e.g. "float32"), the steps h, random directions
     drawn from the check's generator (common to every point), the shared subspace S at each
-    step when the check uses one, and with ``hvp: softplus`` the clean accuracies of the
-    network and of its Softplus copy on the audit split."""
+    step when the check uses one, with ``hvp: softplus`` the clean accuracies of the
+    network and of its Softplus copy on the audit split, and at each step the largest |κ|
+    that is numerically zero (:func:`flat_floor`)."""
 
     split: str
     dimension: int
     dtype: str
     steps: tuple[float, ...]
+    floors: tuple[float, ...]
     draws: dict[str, torch.Tensor] = field(default_factory=dict)
     subspaces: tuple[SharedSubspace, ...] = ()
     accuracy: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """What a reduce reports of the fit: the split, d, the dtype, the steps, the
-        accuracies."""
+        """What a reduce reports of the fit: the split, d, the dtype, the steps, their zero
+        floors, the accuracies."""
         return {"split": self.split, "dimension": self.dimension, "dtype": self.dtype,
-                "steps": list(self.steps), "accuracy": dict(self.accuracy)}
+                "steps": list(self.steps), "floors": list(self.floors),
+                "accuracy": dict(self.accuracy)}
 
 
 def curvature_fit(ctx: AuditContext, params: CurvatureParams, draws: dict[str, torch.Tensor],
@@ -193,9 +203,10 @@ def curvature_fit(ctx: AuditContext, params: CurvatureParams, draws: dict[str, t
     x = ctx.data().x
     d = int(x[0].numel())
     accuracy = softplus_accuracy(ctx, params.beta) if params.hvp == "softplus" else {}
-    return CurvatureFit(ctx.split, d, str(x.dtype).removeprefix("torch."),
-                        tuple(params.steps(d, ctx.model.input_range)), draws, subspaces,
-                        accuracy)
+    steps = tuple(params.steps(d, ctx.model.input_range))
+    floors = tuple(flat_floor(params, h, x.dtype, d, ctx.model.input_range) for h in steps)
+    return CurvatureFit(ctx.split, d, str(x.dtype).removeprefix("torch."), steps, floors,
+                        draws, subspaces, accuracy)
 
 
 def leading_deepfool(ctx: AuditContext, params: CurvatureParams, split: str, count: int
@@ -235,15 +246,60 @@ def hessians(ctx: AuditContext, params: CurvatureParams, z: torch.Tensor, own: t
             method=method, h=h if h > 0 else 1.0, chunk=ctx.batch_size)
 
 
-def require_nonzero(params: CurvatureParams, values: torch.Tensor) -> None:
-    """An exact Hessian that is 0 at every point is a piecewise-linear network, not a flat
-    boundary: raise instead of reporting a silent 0."""
-    if params.hvp == "exact" and bool((values == 0).all()):
-        raise MetricError(
-            "hvp: exact gives a Hessian of F that is exactly 0 at every boundary point: the "
-            "network is piecewise linear (ReLU, max-pool), whose exact Hessian is zero almost "
-            "everywhere, so its curvature is not measured this way; use hvp: finite_difference "
-            "(curvature at the scale h) or hvp: softplus (ReLU replaced by Softplus(beta))")
+def flat_floor(params: CurvatureParams, h: float, dtype: torch.dtype, dim: int,
+               input_range: tuple[float, float]) -> float:
+    """The largest |κ| that is indistinguishable from 0: :data:`ZERO_EPSILONS` float epsilons of
+    the data's dtype per unit of the method's length scale. With finite differences the scale
+    is the step h (rounding in ∇F(z ± h v) gives |κ| of order ε/h, and a linear model gives
+    exactly 0); with the exact methods it is the diagonal of the input box (max − min)·√d, so
+    a boundary is flat when its radius of curvature exceeds the box's diagonal / (64 ε)."""
+    eps = torch.finfo(dtype).eps
+    if params.hvp == "finite_difference":
+        return ZERO_EPSILONS * eps / h
+    low, high = input_range
+    diagonal = (high - low) * math.sqrt(dim)
+    return ZERO_EPSILONS * eps / diagonal if math.isfinite(diagonal) else 0.0
+
+
+def flat_reason(params: CurvatureParams, h: float, floor: float, points: int) -> str:
+    """Why a Hessian that is numerically zero at every point is not measured, for each ``hvp``
+    method, naming what to try instead."""
+    zero = (f"gives a projected Hessian of F that is (numerically) zero at every one of the "
+            f"{points} boundary points (every |κ| ≤ {floor:.3g})")
+    if params.hvp == "exact":
+        return (f"hvp: exact {zero}: the network is piecewise linear (ReLU, LeakyReLU, "
+                f"max-pool) or linear, and such a network's exact Hessian is zero almost "
+                f"everywhere, so its curvature is not measured this way; use hvp: "
+                f"finite_difference (curvature at the scale h) or, for ReLU, hvp: softplus "
+                f"(ReLU replaced by Softplus(beta))")
+    if params.hvp == "softplus":
+        return (f"hvp: softplus (beta {params.beta:g}) {zero}: softplus replaces only ReLU "
+                f"(torch.relu, F.relu, nn.ReLU), so a network that is piecewise linear through "
+                f"other operations (LeakyReLU, PReLU, Hardtanh, max-pool) or linear stays "
+                f"piecewise linear and its Hessian zero; use hvp: finite_difference "
+                f"(curvature at the scale h)")
+    return (f"hvp: finite_difference at step h = {h:.6g} {zero}: the input gradients at "
+            f"z ± h·v are equal, so the decision boundary is flat at that scale (a linear "
+            f"model, or no kink of a piecewise-linear network within h of the boundary) and "
+            f"there is no curvature to measure; try a larger h (a list of h gives the value "
+            f"at each)")
+
+
+def require_curved(params: CurvatureParams, values: torch.Tensor, floor: float, h: float,
+                   points: int) -> None:
+    """MetricError when every curvature in ``values`` (any shape, the converged points' only;
+    NaN ignored) is at most ``floor`` in magnitude: a Hessian that is zero at every point, for
+    any ``hvp`` method, is not a flat boundary to report as curvature 0 (design §10)."""
+    finite = values[torch.isfinite(values)]
+    if finite.numel() == 0 or float(finite.abs().max()) <= floor:
+        raise MetricError(flat_reason(params, h, floor, points))
+
+
+def point_share(params: CurvatureParams, used: int, asked: int) -> dict[str, Any]:
+    """``details.included`` of the boundary points a value rests on (MetricError below
+    ``min_included``, design §10)."""
+    return included(used, asked, params.min_included,
+                    "boundary points (DeepFool converged and the curvature defined)")
 
 
 def softplus_accuracy(ctx: AuditContext, beta: float) -> dict[str, float]:
@@ -321,7 +377,10 @@ def check_subspace(ctx: AuditContext, params: SubspaceParams) -> None:
 def shared_subspace(ctx: AuditContext, params: SubspaceParams, h: float) -> SharedSubspace:
     """The top ``subspace`` left singular vectors of M, the matrix whose columns are the
     ``directions`` principal directions of largest |κ| at each of the first ``fit`` converged
-    reference boundary points. Accumulated as M Mᵀ (d × d), so memory does not grow with the
+    reference boundary points. A point whose principal curvatures are all numerically zero
+    (:func:`flat_floor`) has no principal directions and is left out of M, counted like a
+    DeepFool that did not converge (below ``min_included`` of the ``fit`` points asked the
+    check is error). Accumulated as M Mᵀ (d × d), so memory does not grow with the
     number of points; its eigendecomposition is cached without ``subspace``, so checks that
     keep different numbers of directions share one fit. Lanczos start vectors come from a
     generator seeded with the spec's seed, so that every check with the same fit params
@@ -333,18 +392,26 @@ def shared_subspace(ctx: AuditContext, params: SubspaceParams, h: float) -> Shar
         generator = torch.Generator().manual_seed(ctx.run_seed)
         start = torch.randn(d, generator=generator, dtype=torch.float64)
         gram = torch.zeros(d, d, dtype=torch.float64, device=ctx.device)
+        floor = flat_floor(params, h, pts.z.dtype, d, ctx.model.input_range)
         found = []
         for op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
             values, vectors = principal(op, params, params.directions, start)
-            found.append(values.abs().max())
+            size = values.abs().amax(dim=1)
+            found.append(size.cpu())
             top = values.abs().topk(min(params.directions, values.shape[1]), dim=1).indices
             chosen = vectors.gather(2, top[:, None, :].expand(-1, d, -1)).double()
+            chosen = chosen * (size > floor).double()[:, None, None]  # flat: no direction
             gram += (chosen @ chosen.transpose(1, 2)).sum(0)
-        require_nonzero(params, torch.stack(found))
+        sizes = torch.cat(found)
+        require_curved(params, sizes, floor, h, len(pts))
         eigenvalues, eigenvectors = torch.linalg.eigh(gram.cpu())
-        return eigenvalues.flip(0), eigenvectors.flip(1), len(pts), pts.excluded
+        return (eigenvalues.flip(0), eigenvectors.flip(1), int((sizes > floor).sum()),
+                pts.considered)
 
     key = ("curvature_fit", ctx.model.name, ctx.reference, h, *params.fit_key())
-    eigenvalues, eigenvectors, fit, excluded = ctx.cache.get_or_compute(key, compute)
+    eigenvalues, eigenvectors, fit, considered = ctx.cache.get_or_compute(key, compute)
+    included(fit, considered, params.min_included,
+             f"reference boundary points of the fit ({ctx.reference!r}: DeepFool converged, "
+             f"curvature not zero)")
     singular = eigenvalues[: params.subspace].clamp_min(0).sqrt()
-    return SharedSubspace(eigenvectors[:, : params.subspace], singular, fit, excluded)
+    return SharedSubspace(eigenvectors[:, : params.subspace], singular, fit, considered - fit)

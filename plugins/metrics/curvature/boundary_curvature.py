@@ -20,8 +20,9 @@ from robaudit.plugins.metrics.curvature._common import (
     check_points,
     curvature_fit,
     hessians,
+    point_share,
     principal,
-    require_nonzero,
+    require_curved,
     require_points,
     spectrum_width,
     step_label,
@@ -52,9 +53,13 @@ class BoundaryCurvature(SampleMetric):
     and counted). details: the averaged sorted spectrum of the ``k`` smallest and largest
     principal curvatures (the paper's figure), the fraction of points with negative mean
     curvature, and with a list of ``h`` the value at each h (the first h gives ``value``; a
-    ReLU network's curvature depends on h). Neither higher nor lower is better in the
-    paper's sense; ``higher_is_better`` marks a flatter-or-convex boundary as better, so a
-    ``min`` threshold bounds how concave the boundary may be near the data.
+    ReLU network's curvature depends on h); ``included``, the converged points used of the
+    first ``points`` (below ``min_included`` the check is error). A Hessian that is
+    numerically zero at every point, whatever ``hvp`` (a linear model; a piecewise-linear
+    network with ``exact``, or with ``softplus`` when its kinks are not ReLUs), is an error
+    naming the method and what to try, not a curvature of 0 (design §10). Neither higher
+    nor lower is better in the paper's sense; ``higher_is_better`` marks a flatter-or-convex
+    boundary as better, so a ``min`` threshold bounds how concave the boundary may be near the data.
 
     Per sample, so it shards (design §8): its fit (:class:`CurvatureFit`, once, broadcast) is
     the random directions and the Lanczos start from the check's generator; each work unit
@@ -105,6 +110,8 @@ class BoundaryCurvature(SampleMetric):
         fit, arrays = gathered.fit, gathered.arrays
         converged = arrays["converged"].astype(bool)
         require_points(fit, params, converged)
+        points = int(converged.sum())
+        share = point_share(params, points, len(converged))
         d = fit["dimension"]
         per_h: list[dict[str, Any]] = []
         first: dict[str, Any] = {}
@@ -112,7 +119,7 @@ class BoundaryCurvature(SampleMetric):
             mean = torch.from_numpy(arrays[f"mean_{i}"][converged])
             lows = torch.from_numpy(arrays[f"low_{i}"][converged])
             highs = torch.from_numpy(arrays[f"high_{i}"][converged])
-            require_nonzero(params, torch.cat([lows, highs]))
+            require_curved(params, torch.cat([lows, highs]), fit["floors"][i], h, points)
             row = {
                 "h": step_label(params, h),
                 "value": float(mean.mean()),
@@ -123,12 +130,12 @@ class BoundaryCurvature(SampleMetric):
             per_h.append(row)
             if not first:
                 first = {"low": lows.mean(0), "high": highs.mean(0)}
-        points = int(converged.sum())
         low = [round(float(v), 6) for v in first["low"]]
         high = [round(float(v), 6) for v in first["high"]]
         details: dict[str, Any] = {
             "points": points,
             "excluded": len(converged) - points,
+            "included": share,
             "hvp": params.hvp,
             "h": per_h[0]["h"],
             "dimension": d,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -20,7 +21,8 @@ from robaudit.plugins.metrics.curvature._common import (
     check_points,
     curvature_fit,
     hessians,
-    require_nonzero,
+    point_share,
+    require_curved,
     require_points,
     step_label,
     unit_boundary_points,
@@ -45,6 +47,34 @@ def roc(negative: np.ndarray, positive: np.ndarray) -> tuple[float, np.ndarray, 
     return float(np.trapezoid(tpr, fpr)), fpr, tpr
 
 
+def paired_auc_interval(negative: np.ndarray, positive: np.ndarray, level: float = 0.95
+                        ) -> tuple[float, float]:
+    """Normal-approximation interval of the ROC AUC of ``positive`` over ``negative`` scores
+    that come in pairs (row i of each from the same sample: a clean point and its perturbed
+    copy). DeLong, DeLong & Clarke-Pearson (1988) structural components V10_i = P(positive_i >
+    a negative), V01_i = P(a positive > negative_i) (ties ½); the AUC is a U-statistic of the
+    n pairs, whose first-order variance is Var(V10_i + V01_i)/n, DeLong's Var(V10)/n +
+    Var(V01)/n plus the pairs' covariance term. Clipped to [0, 1]."""
+    n = len(positive)
+    if n != len(negative) or n < 2:
+        raise ValueError("the interval needs at least 2 pairs of scores")
+    above = (positive[:, None] > negative[None, :]) + 0.5 * (positive[:, None] == negative[None, :])
+    v10, v01 = above.mean(axis=1), above.mean(axis=0)
+    auc = float(v10.mean())
+    from scipy import stats  # lazily: importing scipy.stats costs 0.6 s at start-up
+
+    half = float(stats.norm.ppf(0.5 + level / 2)) * math.sqrt(np.var(v10 + v01, ddof=1) / n)
+    return max(0.0, auc - half), min(1.0, auc + half)
+
+
+def recover(by_class: torch.Tensor, floor: float) -> torch.Tensor:
+    """The recovered label argmax_i ρ_i of each row of ``by_class`` (n, L), or −1 where another
+    class's ρ_i is within ``floor`` of the largest: a tie is not decided by index."""
+    best = by_class.max(dim=1)
+    tied = (by_class >= best.values[:, None] - floor).sum(dim=1) > 1
+    return torch.where(tied, -1, best.indices)
+
+
 class CurvatureDetection(SampleMetric):
     """ROC AUC of detecting DeepFool-perturbed samples by their average boundary curvature.
 
@@ -55,7 +85,9 @@ class CurvatureDetection(SampleMetric):
     ρ_i = (1/T) Σ_j v_jᵀ G_{F_i} v_j with v_j uniform on the unit sphere (``T`` of them, common
     to every sample, from the check's generator), ρ = the mean of ρ_i over the L − 1 other
     classes (the paper's 1/(LT) differs by the constant L/(L − 1)). Perturbed when ρ ≥ ``t``;
-    the recovered label is argmax_i ρ_i.
+    the recovered label is argmax_i ρ_i. A tie for the largest ρ_i (within the step's zero
+    floor, e.g. two classes whose boundaries are equally flat) is not decided by class index:
+    the label counts as not recovered (``details.label_ties``, the share of such ties).
 
     The clean samples are the first ``points`` audit samples whose DeepFool converged, the
     perturbed ones their DeepFool points x + r(x) (the shared cache). value: the ROC AUC of ρ
@@ -63,7 +95,11 @@ class CurvatureDetection(SampleMetric):
     details: the detection and false-alarm rates at ``t``, the label-recovery accuracy (the
     recovered label of a perturbed sample equals the clean prediction, over every perturbed
     sample; the paper reports 92 / 88 / 74 % on ImageNet models at t = 0), the mean ρ of each
-    kind and the fraction of clean samples with ρ < 0. The ROC curve is a figure.
+    kind and the fraction of clean samples with ρ < 0, ``included`` (the converged points
+    used of the first ``points``; below ``min_included`` the check is error). ci: the paired
+    DeLong interval of the AUC (:func:`paired_auc_interval`; clean and perturbed scores come
+    from the same samples). A Hessian numerically zero at every point, whatever ``hvp``
+    (ρ = 0 everywhere, AUC ½ by ties), is an error (design §10). The ROC curve is a figure.
 
     Per sample, so it shards (design §8): its fit (:class:`CurvatureFit`, once, broadcast) is
     the T directions v_j from the check's generator; each work unit takes DeepFool and ρ at
@@ -96,25 +132,32 @@ class CurvatureDetection(SampleMetric):
         arrays["converged"][rows] = True
         arrays["own"][rows] = pts.own.numpy()
         for i, h in enumerate(fitted.steps):
-            clean, adversarial, recovered = (np.full(len(unit), np.nan) for _ in range(3))
+            clean, adversarial, recovered, size = (np.full(len(unit), np.nan) for _ in range(4))
             if len(pts):
-                clean[rows] = self._scores(ctx, params, pts.x, h, fitted.draws["units"])[0]
+                clean_rho, clean_by_class = self._scores(ctx, params, pts.x, h,
+                                                         fitted.draws["units"])
                 adv_rho, adv_by_class = self._scores(ctx, params, pts.z, h,
                                                      fitted.draws["units"])
-                adversarial[rows] = adv_rho.numpy()
-                recovered[rows] = adv_by_class.argmax(dim=1).numpy()
+                clean[rows], adversarial[rows] = clean_rho.numpy(), adv_rho.numpy()
+                recovered[rows] = recover(adv_by_class, fitted.floors[i]).numpy()
+                magnitude = torch.cat([clean_by_class, adv_by_class], dim=1).abs()
+                size[rows] = magnitude.masked_fill(torch.isinf(magnitude), 0.0).amax(1).numpy()
             arrays.update({f"clean_{i}": clean, f"perturbed_{i}": adversarial,
-                           f"recovered_{i}": recovered})
+                           f"recovered_{i}": recovered, f"size_{i}": size})
         return UnitResult(arrays)
 
     def reduce(self, params: DetectionParams, gathered: Gathered) -> MetricResult:
         fit, arrays = gathered.fit, gathered.arrays
         converged = arrays["converged"].astype(bool)
         require_points(fit, params, converged)
+        points = int(converged.sum())
+        share = point_share(params, points, len(converged))
         own = torch.from_numpy(arrays["own"][converged])
         per_h: list[dict[str, Any]] = []
         first: dict[str, Any] = {}
         for i, h in enumerate(fit["steps"]):
+            require_curved(params, torch.from_numpy(arrays[f"size_{i}"][converged]),
+                           fit["floors"][i], h, points)
             clean_rho = torch.from_numpy(arrays[f"clean_{i}"][converged])
             adv_rho = torch.from_numpy(arrays[f"perturbed_{i}"][converged])
             recovered = torch.from_numpy(arrays[f"recovered_{i}"][converged])
@@ -125,17 +168,18 @@ class CurvatureDetection(SampleMetric):
                 "detection_rate": float((adv_rho >= params.t).double().mean()),
                 "false_alarm_rate": float((clean_rho >= params.t).double().mean()),
                 "label_recovery": float((recovered == own).double().mean()),
+                "label_ties": float((recovered == -1).double().mean()),
                 "mean_rho_clean": float(clean_rho.mean()),
                 "mean_rho_perturbed": float(adv_rho.mean()),
                 "clean_negative_fraction": float((clean_rho < 0).double().mean()),
             }
             per_h.append(row)
             if not first:
-                first = {"fpr": fpr, "tpr": tpr}
-        points = int(converged.sum())
+                first = {"fpr": fpr, "tpr": tpr, "ci": paired_auc_interval(
+                    clean_rho.numpy(), adv_rho.numpy()) if points >= 2 else None}
         details: dict[str, Any] = {"points": points, "excluded": len(converged) - points,
-                                   "hvp": params.hvp, "t": params.t, "T": params.T,
-                                   **per_h[0]}
+                                   "included": share, "hvp": params.hvp, "t": params.t,
+                                   "T": params.T, **per_h[0]}
         if len(per_h) > 1:
             details["by_h"] = per_h
         if params.hvp == "softplus":
@@ -143,6 +187,7 @@ class CurvatureDetection(SampleMetric):
         fpr, tpr = first["fpr"], first["tpr"]
         return MetricResult(
             value=per_h[0]["auc"],
+            ci=first["ci"],
             details=details,
             figures=[LinePlot(
                 title=f"Curvature detection ROC (AUC {per_h[0]['auc']:.3f}, h {per_h[0]['h']})",
@@ -174,7 +219,6 @@ class CurvatureDetection(SampleMetric):
                                   others[sl].reshape(-1), h):
                 forms.append(quadratic_forms(op, units.to(op.gradient)).mean(1).double().cpu())
             values = torch.cat(forms).view(-1, classes - 1)
-            require_nonzero(params, values)
             by_class[sl] = by_class[sl].scatter(1, others[sl], values)
         rho = by_class.masked_fill(torch.isinf(by_class), 0.0).sum(1) / (classes - 1)
         return rho, by_class

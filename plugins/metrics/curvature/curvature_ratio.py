@@ -22,7 +22,8 @@ from robaudit.plugins.metrics.curvature._common import (
     check_subspace,
     curvature_fit,
     hessians,
-    require_nonzero,
+    point_share,
+    require_curved,
     require_points,
     shared_subspace,
     step_label,
@@ -36,17 +37,23 @@ class CurvatureRatioParams(SubspaceParams):
 
 
 def ratios(ctx: AuditContext, params: CurvatureRatioParams, h: float, basis: torch.Tensor,
-           gaussian: torch.Tensor, pts: BoundaryPoints) -> torch.Tensor:
+           gaussian: torch.Tensor, pts: BoundaryPoints, floor: float
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """ρ_i(z) = |u_iᵀ P H P u_i| / mean_v |vᵀ P H P v| at the boundary points ``pts``: (n, m),
-    with ``gaussian`` (T, d) made unit (uniform on the sphere) and common to all points."""
+    with ``gaussian`` (T, d) made unit (uniform on the sphere) and common to all points; NaN
+    at a point whose denominator is at most ``floor`` (flat along random directions: 0/0 or a
+    ratio of rounding noise). Also the largest curvature magnitude seen at each point (n,)."""
     units = gaussian / gaussian.norm(dim=1, keepdim=True)
     rows = [torch.zeros(0, basis.shape[1], dtype=torch.float64)]
+    sizes = [torch.zeros(0, dtype=torch.float64)]
     for op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
-        shared = quadratic_forms(op, basis.T.to(op.gradient)).abs()
+        shared = quadratic_forms(op, basis.T.to(op.gradient)).abs().double().cpu()
         random = quadratic_forms(op, units.to(op.gradient)).abs().mean(1, keepdim=True)
-        require_nonzero(params, torch.cat([shared, random], dim=1))
-        rows.append((shared / random.clamp_min(1e-30)).double().cpu())
-    return torch.cat(rows)
+        random = random.double().cpu()
+        rho = shared / random.clamp_min(1e-300)
+        rows.append(torch.where(random > floor, rho, float("nan")))
+        sizes.append(torch.cat([shared, random], dim=1).amax(dim=1))
+    return torch.cat(rows), torch.cat(sizes)
 
 
 class CurvatureRatio(SampleMetric):
@@ -63,8 +70,12 @@ class CurvatureRatio(SampleMetric):
     m-dimensional subspace and flat elsewhere gives d/m; a uniformly curved one 1.
     samples: ρ at the maximising i per point (NaN where DeepFool did not converge).
     details: the ρ_i curve (the paper's figure), the singular values of M, with a list of
-    ``h`` the value at each h. The fit is cached per run and shared with
-    ``curvature_subspace_vulnerability`` (Lanczos start from the spec's seed).
+    ``h`` the value at each h, ``included`` (the points used of the first ``points``: a point
+    whose DeepFool did not converge, or whose curvature along random directions is
+    numerically zero so that ρ is 0/0, is left out; below ``min_included`` the check is
+    error). A Hessian numerically zero at every point, whatever ``hvp`` (e.g. a linear
+    model), is an error, not the best score 0 (design §10). The fit is cached per run and
+    shared with ``curvature_subspace_vulnerability`` (Lanczos start from the spec's seed).
 
     Per sample, so it shards (design §8): its fit (:class:`CurvatureFit`, once, broadcast) is
     the shared subspace at each h on the reference split and the random directions v from the
@@ -105,8 +116,10 @@ class CurvatureRatio(SampleMetric):
         arrays["converged"][rows] = True
         for i, (h, fit) in enumerate(zip(fitted.steps, fitted.subspaces, strict=True)):
             rho = np.full((len(unit), fit.basis.shape[1]), np.nan)
-            rho[rows] = ratios(ctx, params, h, fit.basis, fitted.draws["gaussian"], pts).numpy()
-            arrays[f"rho_{i}"] = rho
+            size = np.full(len(unit), np.nan)
+            rho[rows], size[rows] = (a.numpy() for a in ratios(
+                ctx, params, h, fit.basis, fitted.draws["gaussian"], pts, fitted.floors[i]))
+            arrays.update({f"rho_{i}": rho, f"size_{i}": size})
         return UnitResult(arrays)
 
     def reduce(self, params: CurvatureRatioParams, gathered: Gathered) -> MetricResult:
@@ -116,17 +129,22 @@ class CurvatureRatio(SampleMetric):
         per_h: list[dict[str, Any]] = []
         first: dict[str, Any] = {}
         for i, h in enumerate(fit["steps"]):
-            rho = torch.from_numpy(arrays[f"rho_{i}"][converged])
-            curve = rho.mean(0)
+            require_curved(params, torch.from_numpy(arrays[f"size_{i}"][converged]),
+                           fit["floors"][i], h, int(converged.sum()))
+            defined = np.isfinite(arrays[f"rho_{i}"]).all(axis=1)
+            share = point_share(params, int(defined.sum()), len(converged))
+            curve = torch.from_numpy(arrays[f"rho_{i}"][defined]).mean(0)
             best = int(curve.argmax())
             per_h.append({"h": step_label(params, h), "value": float(curve[best]),
-                          "argmax": best + 1, "rho_last": float(curve[-1])})
+                          "argmax": best + 1, "rho_last": float(curve[-1]),
+                          "included": share})
             if not first:
                 first = {"curve": curve, "best": best}
-        curve, points = first["curve"], int(converged.sum())
+        curve, points = first["curve"], per_h[0]["included"]["used"]
         details: dict[str, Any] = {
             "points": points,
             "excluded": len(converged) - points,
+            "included": per_h[0]["included"],
             "fit_points": fit["fit_points"],
             "fit_excluded": fit["fit_excluded"],
             "hvp": params.hvp,

@@ -12,6 +12,7 @@ from pydantic import Field
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError
+from robaudit.metric import IncludedParams, included
 from robaudit.ops.classgroups import ClassGroups
 from robaudit.ops.paths import PathResult, find_paths
 from robaudit.ops.stats import wilson_interval
@@ -20,7 +21,7 @@ from robaudit.ops.targeted import targeted_deepfool
 Scenario = Literal["data", "adversarial", "noise"]
 
 
-class ConnectivityParams(MetricParams):
+class ConnectivityParams(IncludedParams):
     pairs: int = Field(100, ge=1, le=100_000,
                        description="pairs per scenario (the paper: 1000)")
     scenarios: list[Scenario] = Field(
@@ -70,7 +71,11 @@ class RegionConnectivity(Metric):
     from the samples of the classes with at least 2 samples (a class with fewer is listed in
     ``details.skipped_classes`` and never drawn). A pair whose x₂ the targeted step cannot
     move into k̂ within ``max_iter`` steps has no second point: it is counted in
-    ``details`` (``unreached``) and left out of the fraction (NaN in ``samples``). Validity is
+    ``details`` (``unreached``; ``included``, the pairs used of those asked, per scenario
+    and in all) and left out of the fraction (NaN in ``samples``). Those are the hard pairs,
+    so a scenario whose included share is below ``min_included`` makes the check error
+    (design §10). The ``adversarial`` scenario needs a sample of another predicted class:
+    with a single predicted class it is an error. Validity is
     sampled at spacing ``step`` × ‖x₁ − x₂‖: the paper's 10⁻⁴ costs about 10⁴ forward passes
     per straight pair; the default 10⁻² misses only excursions out of the region shorter than
     1% of the pair's distance. The search is bounded by ``max_depth`` and ``max_anchors``;
@@ -100,6 +105,11 @@ class RegionConnectivity(Metric):
         eligible = groups.eligible(2)
         if eligible.numel() == 0:
             raise MetricError("no predicted class has 2 audit samples: no pair to connect")
+        if "adversarial" in params.scenarios and int((groups.counts > 0).sum()) < 2:
+            only = int(groups.counts.argmax())
+            raise MetricError(
+                f"every audit sample is predicted as class {only}: the adversarial scenario "
+                f"has no sample of another class to move into it (leave it out of scenarios)")
         lo, hi = ctx.model.input_range
         draws = []
         for scenario in params.scenarios:
@@ -129,7 +139,9 @@ class RegionConnectivity(Metric):
             found = PathResult.concat([p[1] for p in parts])
             reached = torch.isfinite(connected)
             samples.append(connected)
-            rows[scenario] = _summary(found, reached, connected)
+            rows[scenario] = {**_summary(found, reached, connected), "included": included(
+                int(reached.sum()), params.pairs, params.min_included,
+                f"{scenario} pairs (second point moved into the class)")}
             ratios.append(found.ratio[found.found & reached])
             anchors.append(found.anchors[found.found & reached])
         per_pair = torch.cat(samples).numpy()
@@ -145,6 +157,8 @@ class RegionConnectivity(Metric):
             details={
                 "scenarios": [{"scenario": k, **v} for k, v in rows.items()],
                 "pairs": int(usable.size),
+                "included": included(int(usable.size), per_pair.size, params.min_included,
+                                     "pairs (second point moved into the class)"),
                 "skipped_classes": (groups.counts == 1).nonzero().squeeze(1).tolist(),
                 "mean_ratio_minus_1": (float(np.mean(all_ratios) - 1) if all_ratios.size
                                        else float("nan")),

@@ -11,11 +11,12 @@ from pydantic import Field
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError, ParamError
+from robaudit.metric import IncludedParams, included
 from robaudit.ops.classgroups import ClassGroups
 from robaudit.ops.stats import wilson_interval
 
 
-class ConvexityParams(MetricParams):
+class ConvexityParams(IncludedParams):
     k: list[Annotated[int, Field(ge=2)]] = Field(
         [2, 3, 5, 10, 20], min_length=1,
         description="numbers of points combined (each ≥ 2 and at most the size of every "
@@ -41,8 +42,10 @@ class RegionConvexity(Metric):
     and per class and k.
 
     Choices: a class with fewer than 2 audit samples is listed in ``details.skipped_classes``
-    and skipped; a k larger than the size of a class with 2 or more samples is a located spec
-    error found before the run (:meth:`check_data`). The sets and weights are drawn per
+    and skipped (its samples are counted in ``details.included``, the audit samples of the
+    classes combined; below ``min_included`` the check is error, design §10); a k larger
+    than the size of a class with 2 or more samples is a located spec error found before the
+    run (:meth:`check_data`). The sets and weights are drawn per
     combination from the check's generator; the combinations are classified ``batch_size`` at
     a time.
 
@@ -75,6 +78,8 @@ class RegionConvexity(Metric):
             raise MetricError("no predicted class has 2 audit samples: nothing to combine")
         if max(params.k) > int(groups.counts[eligible].min()):
             raise MetricError("k is larger than a predicted class (see check_data)")
+        share = included(int(groups.counts[eligible].sum()), len(data), params.min_included,
+                         "audit samples (in a predicted class of at least 2)")
         indices, weights, owners, sizes = [], [], [], []
         for cls in eligible:
             members = groups.members(cls)
@@ -115,6 +120,7 @@ class RegionConvexity(Metric):
                 "by_k": [{"k": k, "fraction": f} for k, f in zip(params.k, by_k, strict=True)],
                 "by_class": table,
                 "skipped_classes": (groups.counts == 1).nonzero().squeeze(1).tolist(),
+                "included": share,
             },
             figures=[LinePlot(
                 title="Convex combinations of k same-class points still in the class",

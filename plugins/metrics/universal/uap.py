@@ -82,7 +82,8 @@ def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
     parameters shares one fit. The subset and then the fit's random order come from one
     generator seeded with the spec's seed (``ctx.run_seed``): a check's own seed and
     generator derive from the check id, so a fit drawn from them could not be shared between
-    checks (nor reproduced by a check run alone). Both splits must be non-empty."""
+    checks (nor reproduced by a check run alone). Both splits must be non-empty, and a fit
+    that ends at v = 0 (no step was ever taken) is a MetricError (design §10)."""
     if len(ctx.data()) == 0 or len(ctx.data(ctx.reference)) == 0:
         raise MetricError("a universal perturbation needs a non-empty audit and reference split")
     mua = ctx.model
@@ -110,7 +111,16 @@ def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
         return fit_uap_sgd(mua.logits, x, step=params.step, clamp=params.clamp, **common)
 
     key = ("uap", mua.name, ctx.reference, *params.fit_key())
-    return ctx.cache.get_or_compute(key, compute)
+    fit = ctx.cache.get_or_compute(key, compute)
+    if not bool(fit.perturbation.any()):
+        step = ("no DeepFool step converged" if params.method == "deepfool"
+                else "every loss gradient was zero")
+        raise MetricError(
+            f"the universal perturbation fitted on {ctx.reference!r} is v = 0: {step} at any "
+            f"of its samples (a model whose logits do not depend on its input, or one pinned "
+            f"by the input box), so no perturbation was tried and a fooling rate of 0 would "
+            f"measure nothing")
+    return fit
 
 
 def unit_fooled(ctx: AuditContext, unit: Unit, delta: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 import robaudit
 from robaudit import hookimpl
 from robaudit.context import ProgressFactory, ProgressTask
-from robaudit.results import AuditResult, CheckResult, jsonable
+from robaudit.results import AuditResult, CheckResult, detail_warnings, jsonable
 from robaudit.session import AuditPlan
 from robaudit.text import printable
 from robaudit.threads import thread_setting
@@ -199,6 +199,8 @@ class ConsoleReporter:
             f"{safe(name)}[dim]{dots}[/] [{style}]{WORDS[result.outcome]:<7}[/] "
             f"{safe(result.message)}{ci} [dim]\\[{result.duration_s:.2f}s][/]"
         )
+        for warning in detail_warnings(result.details):
+            self.console.print(f"    [yellow]WARNING[/] {safe(warning)}")
         if self.verbosity > 0:
             self.print_details(result)
 

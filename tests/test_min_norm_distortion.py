@@ -89,3 +89,24 @@ def test_shards_like_one_process(linear: tuple[nn.Linear, torch.Tensor]) -> None
         a, b = getattr(whole, part.name), getattr(sharded, part.name)
         assert (np.array_equal(a, b, equal_nan=True) if isinstance(a, np.ndarray)
                 else a == b), part.name
+
+
+def test_fab_run_is_shared_with_autoattack(linear: tuple[nn.Linear, torch.Tensor],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """autoattack_accuracy's FAB-T run is cached per unit; min_norm_distortion with the same
+    norm, steps and targets reads it instead of running FAB again."""
+    from robaudit.ops import fab
+    from robaudit.plugins.metrics.adversarial.autoattack import AutoAttackAccuracy
+
+    model, x = linear
+    y = model(x).argmax(dim=1)
+    ctx = make_context(model, x, y, input_range=WIDE, batch_size=10)
+    calls = []
+    real = fab.fab_targeted
+    monkeypatch.setattr(fab, "fab_targeted", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run_metric(AutoAttackAccuracy(), ctx, eps=0.3, norm="l2", version="custom",
+               attacks=["fab-t"], steps=10, targets=2)
+    assert len(calls) == 3  # one per unit of 10
+    result = run_metric(MinNormDistortion(), ctx, norm="l2", attacks=["fab"], steps=10,
+                        targets=2)
+    assert len(calls) == 3 and result.details["smallest_by"] == {"fab": N}

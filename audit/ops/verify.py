@@ -27,15 +27,17 @@ def verified(
     """Per sample, whether ``points`` is a valid adversarial example of ``x`` (label ``y``):
     finite, within ``eps`` in ``norm`` (any distance when ``eps`` is None), inside
     ``input_range``, and misclassified by a fresh forward pass. Also returns the margin
-    z_y − max_{j≠y} z_j at ``points`` from that pass (negative when misclassified)."""
+    z_y − max_{j≠y} z_j at ``points`` from that pass (negative when misclassified; inf for a
+    point outside the budget or the box, which is no attack point at all)."""
     with torch.no_grad():
         logits = logits_fn(points)
     other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
     margin = logits.gather(1, y[:, None]).squeeze(1) - other
-    ok = (logits.argmax(dim=1) != y) & torch.isfinite(points.flatten(1)).all(dim=1)
+    inside = torch.isfinite(points.flatten(1)).all(dim=1)
     if eps is not None:
-        ok &= lp_norm(points - x, norm) <= eps * (1 + BUDGET_SLACK)
+        inside &= lp_norm(points - x, norm) <= eps * (1 + BUDGET_SLACK)
     if input_range is not None:
         flat = points.flatten(1)
-        ok &= (flat >= input_range[0]).all(dim=1) & (flat <= input_range[1]).all(dim=1)
-    return ok, margin
+        inside &= (flat >= input_range[0]).all(dim=1) & (flat <= input_range[1]).all(dim=1)
+    margin = torch.where(inside, margin, torch.full_like(margin, float("inf")))
+    return inside & (logits.argmax(dim=1) != y), margin

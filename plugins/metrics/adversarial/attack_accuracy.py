@@ -48,6 +48,12 @@ def _preflight(ctx: AuditContext) -> list[dict[str, str]]:
                           data.y[:PREFLIGHT_SAMPLES].to(ctx.device), ctx.model.input_range)
 
 
+def _preflight_details(gathered: Gathered, params: PreflightParams) -> dict[str, Any]:
+    """``details.preflight`` (and ``warnings``) from the fit's findings; raises under
+    ``preflight: error`` when there is one."""
+    return preflight_details(gathered.fit.get("preflight", []), params.preflight)
+
+
 def _accuracy_result(gathered: Gathered, figures: list[Figure], **details: object
                      ) -> MetricResult:
     """Robust accuracy from the per-sample 0/1 correctness ``robust`` (the first level's
@@ -147,7 +153,7 @@ class FGSMAccuracy(SampleMetric):
 
     def reduce(self, params: FGSMParams, gathered: Gathered) -> MetricResult:
         return _accuracy_result(gathered, [gathered.extras[0]["gallery"]], eps=params.eps,
-                                **preflight_details(gathered.fit["preflight"], params.preflight))
+                                **_preflight_details(gathered, params))
 
     def floor(self, ctx: AuditContext, params: FGSMParams) -> Floor:
         n = len(ctx.data())
@@ -234,7 +240,7 @@ class PGDAccuracy(SampleMetric):
         eps, step = levels[0], params.step_size or 2.5 * levels[0] / params.steps
         return _accuracy_result(gathered, figures, eps=eps, step_size=step,
                                 **({"curve": curve} if curve else {}),
-                                **preflight_details(gathered.fit["preflight"], params.preflight))
+                                **_preflight_details(gathered, params))
 
     def _robust(self, ctx: AuditContext, params: PGDParams, eps: float, x: torch.Tensor,
                 y: torch.Tensor, clean: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:

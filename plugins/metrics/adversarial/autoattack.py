@@ -93,8 +93,10 @@ class AutoAttackAccuracy(SampleMetric):
     re-checked by a fresh forward pass, inside the budget and the input box, before it
     counts. value: robust accuracy (a clean misclassification is not robust). samples:
     per-sample 0/1; ci: Wilson. details: ``cascade`` (the robust accuracy after each attack,
-    in order), ``broken_by`` (how many points each attack broke), ``margin`` (the per-point
-    lowest margin z_y − max z_j any attack reached: its quantiles), ``curve`` for an eps list.
+    in order, and how many points it broke), ``points`` (per point, at the first eps: the
+    attack that broke it, or robust / misclassified, and its best loss, the lowest margin
+    z_y − max_{j≠y} z_j that any attack's verified point reached; NaN where none ran),
+    ``margin`` (that margin's quantiles), ``curve`` for an eps list.
 
     Random starts and Square's draws come from per-sample seeds drawn by ``fit``, so the
     check shards (design §8); FAB-T's run is cached per work unit and shared with
@@ -153,7 +155,10 @@ class AutoAttackAccuracy(SampleMetric):
                 a in WHITE_BOX for a in plan.attacks[:-1]):
             white = cascade[-2]["robust_accuracy"] if len(cascade) > 1 else clean_accuracy
             found += black_box_finding(white, cascade[-1]["robust_accuracy"], "square")
+        names = ["misclassified", "robust", *plan.attacks]
         margins = arrays["margin"][:, 0]
+        points = [{"sample": i, "broken_by": names[int(code) + 1], "margin": float(m)}
+                  for i, (code, m) in enumerate(zip(broken, margins, strict=True))]
         attacked = margins[np.isfinite(margins)]
         quantiles = ({f"q{int(q * 100)}": float(np.quantile(attacked, q))
                       for q in (0.1, 0.5, 0.9)} if attacked.size else {})
@@ -161,7 +166,7 @@ class AutoAttackAccuracy(SampleMetric):
             np.ascontiguousarray(arrays["robust"][:, 0]), arrays["label"], figures,
             clean_accuracy=clean_accuracy, eps=levels[0], norm=params.norm,
             version=params.version, attacks=list(plan.attacks), cascade=cascade,
-            margin=quantiles, **({"curve": curve} if curve else {}),
+            margin=quantiles, points=points, **({"curve": curve} if curve else {}),
             **preflight_details(found, params.preflight))
 
     def floor(self, ctx: AuditContext, params: AutoAttackParams) -> Floor:

@@ -21,6 +21,7 @@ default attacks at ``eps``. Columns: wall time, time relative to robaudit's, rob
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,10 +170,13 @@ def main() -> None:
                        ("art", lambda: art_row(model, x, y, args.eps))):
         if name == "art" and (args.no_art or args.tiny):
             continue
+        if importlib.util.find_spec(name) is None:
+            print(f"{name} is not installed: its row is left out")
+            continue
         try:
             rows.append(peer())
-        except ImportError:
-            print(f"{name} is not installed: its row is left out")
+        except Exception as error:  # a peer's failure is reported, not the bench's
+            print(f"{name} failed, its row is left out: {error!r}")
     rows += distortion_rows(model, x, args.steps)
 
     table = Table(title=f"AutoAttack on the digits ResNet (shipped weights), {len(x)} test "

@@ -25,6 +25,7 @@ from torch import nn
 
 from robaudit.errors import MetricError
 from robaudit.metric import MetricResult
+from robaudit.ops.apgd import checkpoints, dlr_loss
 from robaudit.ops.autoattack import protocol
 from robaudit.ops.verify import verified
 from robaudit.plugins.metrics.adversarial.attack_accuracy import PGDAccuracy
@@ -175,6 +176,17 @@ def test_masked_gradients_pgd_fooled_autoattack_not(tmp_path: object) -> None:
         run_metric(AutoAttackAccuracy(), make_context(model, x, y, input_range=WIDE),
                    eps=eps, version="custom", attacks=["apgd-ce"], steps=5,
                    preflight="error")
+
+
+def test_apgd_checkpoints_and_dlr_invariance() -> None:
+    """The paper's checkpoints for 100 iterations (p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87,
+    0.93, 0.99), and DLR's invariance to shifting and scaling the logits (section 4)."""
+    assert checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    z = torch.randn(7, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.arange(7) % 6
+    t = (y + 1) % 6
+    for target in (None, t):
+        assert torch.allclose(dlr_loss(3.0 * z + 5.0, y, target), dlr_loss(z, y, target))
 
 
 def test_versions_and_custom_attacks() -> None:

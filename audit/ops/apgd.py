@@ -49,7 +49,7 @@ def checkpoints(steps: int) -> list[int]:
     p = [0.0, 0.22]
     while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({math.ceil(q * steps) for q in p})
+    return sorted({math.ceil(round(q * steps, 9)) for q in p})  # round: 0.41 · 100 is 41
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None

@@ -107,8 +107,9 @@ def autoattack(
     margin = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
     columns: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     with torch.no_grad():
-        ranked = logits_fn(x).scatter(1, y[:, None], float("-inf")).argsort(
-            dim=1, descending=True)[:, : min(plan.targets, _classes(logits_fn, x) - 1)]
+        logits = logits_fn(x)
+    ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(
+        dim=1, descending=True)[:, : min(plan.targets, logits.shape[1] - 1)]
     fab_result: list[MinNormResult] = []
     for column, eps in sorted(enumerate(levels), key=lambda item: item[1]):
         for index, name in enumerate(plan.attacks):
@@ -131,11 +132,6 @@ def autoattack(
                            torch.where(clean, margin, torch.full_like(margin, float("nan"))))
     parts = [columns[c] for c in range(len(levels))]
     return Cascade(*(torch.stack([p[i] for p in parts], dim=1) for i in range(3)))
-
-
-def _classes(logits_fn: LogitsFn, x: torch.Tensor) -> int:
-    with torch.no_grad():
-        return int(logits_fn(x[:1]).shape[1])
 
 
 def _runs(name: str, plan: Protocol, ranked: torch.Tensor) -> range:

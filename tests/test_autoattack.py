@@ -104,11 +104,17 @@ def test_never_below_the_true_robust_accuracy(
     model, x, y = linear
     ctx = make_context(model, x, y, input_range=WIDE, batch_size=16)
     levels = [0.05, 0.2, 0.4, 0.8]
-    for attacks in (["square"], ["fab-t"], ["apgd-t"]):
-        result = run_metric(AutoAttackAccuracy(), ctx, eps=levels, version="custom",
+    for attacks, norm in ((["square"], "linf"), (["square"], "l2"), (["fab-t"], "linf"),
+                          (["apgd-t"], "l2")):
+        result = run_metric(AutoAttackAccuracy(), ctx, eps=levels, norm=norm, version="custom",
                             attacks=attacks, **QUICK)
         for row in result.details["curve"]:
-            assert row["accuracy"] >= exact_robust(model, x, y, row["eps"], "linf").mean()
+            exact = exact_robust(model, x, y, row["eps"], norm).mean()
+            clean = result.details["clean_accuracy"]
+            assert row["accuracy"] >= exact
+            # each attack alone breaks at least half of what can be broken at the largest eps
+            if row["eps"] == levels[-1]:
+                assert clean - row["accuracy"] >= (clean - exact) / 2, (attacks, norm)
 
 
 def test_verification_rejects_what_the_budget_box_or_model_refuse() -> None:

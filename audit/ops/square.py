@@ -112,7 +112,7 @@ def square(
     stripes = start_signs.reshape(n, channels, 1, width).expand(n, channels, height, width)
     dim = channels * height * width
     scale = eps if norm == "linf" else eps / math.sqrt(dim)
-    delta = (scale * stripes).to(x.device, x.dtype).clone()
+    delta = scale * stripes.to(x.device, x.dtype)  # ±scale exactly in x's precision
 
     def evaluate(rows: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         candidate = clip_to_box(image[rows] + d, input_range)

@@ -80,6 +80,13 @@ class AuditResult:
         return "skipped"
 
 
+def detail_warnings(details: Mapping[str, Any]) -> list[str]:
+    """The warnings a metric put in ``details.warnings`` (a list of strings, e.g. the attack
+    preflight's findings), which the console, HTML and Markdown reports show with the check."""
+    found = details.get("warnings")
+    return [str(w) for w in found] if isinstance(found, (list, tuple)) else []
+
+
 def jsonable(value: Any) -> Any:
     """``value`` as plain JSON data: non-finite floats -> None, array-likes -> lists."""
     if value is None or isinstance(value, (bool, str)):

@@ -38,7 +38,7 @@ from robaudit.plugins.reporters._summary import (
     strict_failures,
     summary_outcomes,
 )
-from robaudit.results import AuditResult, CheckResult, jsonable
+from robaudit.results import AuditResult, CheckResult, detail_warnings, jsonable
 from robaudit.session import AuditPlan
 from robaudit.text import interval as interval_text
 from robaudit.text import printable
@@ -216,6 +216,8 @@ class ConsoleReporter:
             f"{safe(name)}[dim]{dots}[/] [{style}]{WORDS[result.outcome]:<8}[/] "
             f"{safe(result.message)}{ci} [dim]\\[{result.duration_s:.2f}s][/]"
         )
+        for warning in detail_warnings(result.details):
+            self.console.print(f"    [yellow]WARNING[/] {safe(warning)}")
         if self.verbosity > 0:
             self.print_details(result)
 

@@ -40,7 +40,14 @@ from robaudit.errors import UsageError
 from robaudit.figures import Histogram
 from robaudit.gate import decided_by
 from robaudit.reportpath import ensure_writable, write_atomic
-from robaudit.results import OUTCOMES, AuditResult, CheckResult, Outcome, jsonable
+from robaudit.results import (
+    OUTCOMES,
+    AuditResult,
+    CheckResult,
+    Outcome,
+    detail_warnings,
+    jsonable,
+)
 
 TEMPLATE = "report.html.j2"
 MAX_ROWS = 200  # rows shown of a details table
@@ -323,6 +330,7 @@ def check_view(check: CheckResult, anchor: str, info: MetricInfo | None = None
         "scalars": scalars,  # the table of scalar details, beside the params
         "tables": tables,  # lists of records and matrices, full width below
         "plots": plots(check),
+        "warnings": detail_warnings(check.details),
     }
 
 

@@ -25,7 +25,7 @@ from robaudit.errors import UsageError
 from robaudit.gate import decided_by
 from robaudit.plugins.reporters._summary import closing_line
 from robaudit.reportpath import ensure_writable, write_atomic
-from robaudit.results import AuditResult, CheckResult
+from robaudit.results import AuditResult, CheckResult, detail_warnings
 from robaudit.text import interval, printable
 
 #: the variable that GitHub Actions sets to the job summary's file
@@ -97,6 +97,14 @@ def render_markdown(results: list[AuditResult]) -> str:
         lines += [f"- {outcome_text(c.outcome)} **{escape(c.id)}**"
                   f"{f' ({escape(r.audit)})' if len(results) > 1 else ''}: {escape(c.message)}"
                   for r, c in bad]
+        lines += ["", "</details>", ""]
+    warned = [(r, c, w) for r in results for c in ordered(r.checks)
+              for w in detail_warnings(c.details)]
+    if warned:
+        lines += ["<details><summary>Warnings</summary>", ""]
+        lines += [f"- {ICONS['warned']} **{escape(c.id)}**"
+                  f"{f' ({escape(r.audit)})' if len(results) > 1 else ''}: {escape(w)}"
+                  for r, c, w in warned]
         lines += ["", "</details>", ""]
     lines += [f"**{closing_line(results)}**", ""]
     return "\n".join(lines)

@@ -11,7 +11,8 @@ per-sample seeds that ``fit`` draws for the whole split, and the first unit make
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, ClassVar, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -23,6 +24,13 @@ from robaudit.figures import Figure
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.attacks import fgsm, pgd
 from robaudit.ops.perclass import GALLERY_SAMPLES, accuracy_result, gallery
+from robaudit.ops.preflight import (
+    PREFLIGHT_DOC,
+    PREFLIGHT_SAMPLES,
+    PreflightParams,
+    model_findings,
+    preflight_details,
+)
 from robaudit.ops.sampling import per_sample_randn, sample_seeds
 
 Positive = Annotated[float, Field(gt=0)]
@@ -31,6 +39,19 @@ NonNegative = Annotated[float, Field(ge=0)]
 
 def _levels(value: float | Sequence[float]) -> list[float]:
     return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+
+
+def _preflight(ctx: AuditContext) -> list[dict[str, str]]:
+    """The preflight's model findings on the first audit samples (:mod:`robaudit.ops.preflight`)."""
+    data = ctx.data()
+    return model_findings(ctx.model.logits, data.x[:PREFLIGHT_SAMPLES].to(ctx.device),
+                          data.y[:PREFLIGHT_SAMPLES].to(ctx.device), ctx.model.input_range)
+
+
+def _preflight_details(gathered: Gathered, params: PreflightParams) -> dict[str, Any]:
+    """``details.preflight`` (and ``warnings``) from the fit's findings; raises under
+    ``preflight: error`` when there is one."""
+    return preflight_details(gathered.fit.get("preflight", []), params.preflight)
 
 
 def _accuracy_result(gathered: Gathered, figures: list[Figure], **details: object
@@ -87,7 +108,7 @@ def _unit_result(unit: Unit, y: torch.Tensor, clean: torch.Tensor, robust: list[
     )
 
 
-class FGSMParams(MetricParams):
+class FGSMParams(PreflightParams):
     eps: float = Field(
         0.1, gt=0,
         description="ℓ∞ budget in input units (Goodfellow et al. use 0.25 on [0, 1] MNIST; "
@@ -111,7 +132,14 @@ class FGSMAccuracy(SampleMetric):
     source: ClassVar[str] = "Goodfellow et al. 2015, section 4 (FGSM)"
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
-    def per_sample(self, ctx: AuditContext, params: FGSMParams, unit: Unit, fitted: None
+    def fit(self, ctx: AuditContext, params: FGSMParams) -> list[dict[str, str]]:
+        """The preflight's model findings."""
+        return _preflight(ctx)
+
+    def fit_summary(self, fitted: list[dict[str, str]]) -> dict[str, Any]:
+        return {"preflight": fitted}
+
+    def per_sample(self, ctx: AuditContext, params: FGSMParams, unit: Unit, fitted: Any
                    ) -> UnitResult:
         x, y, clean = _clean_unit(ctx, unit)
         robust = clean.clone()
@@ -124,7 +152,8 @@ class FGSMAccuracy(SampleMetric):
                 ctx.model.logits, x, y, params.eps, input_range=ctx.model.input_range)))
 
     def reduce(self, params: FGSMParams, gathered: Gathered) -> MetricResult:
-        return _accuracy_result(gathered, [gathered.extras[0]["gallery"]], eps=params.eps)
+        return _accuracy_result(gathered, [gathered.extras[0]["gallery"]], eps=params.eps,
+                                **_preflight_details(gathered, params))
 
     def floor(self, ctx: AuditContext, params: FGSMParams) -> Floor:
         n = len(ctx.data())
@@ -132,7 +161,7 @@ class FGSMAccuracy(SampleMetric):
                      note="clean and adversarial forward passes, one input gradient")
 
 
-class PGDParams(MetricParams):
+class PGDParams(PreflightParams):
     eps: Positive | Annotated[list[Positive], Field(min_length=1)] = Field(
         0.1, description="radius of the ℓp ball, in input units; a list gives the accuracy "
                          "curve, the value at the first")
@@ -145,6 +174,14 @@ class PGDParams(MetricParams):
     )
     random_start: bool = Field(True, description="start at a uniform point of the ball")
     restarts: int = Field(1, ge=1, le=1000, description="independent random starts")
+
+
+@dataclass(frozen=True)
+class PGDFit:
+    """PGD's per-sample seeds of the random starts and the preflight's model findings."""
+
+    seeds: torch.Tensor
+    preflight: list[dict[str, str]]
 
 
 class PGDAccuracy(SampleMetric):
@@ -171,13 +208,19 @@ class PGDAccuracy(SampleMetric):
     source: ClassVar[str] = "Madry et al. 2018, section 2 (PGD)"
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
-    def fit(self, ctx: AuditContext, params: PGDParams) -> torch.Tensor:
+    def fit(self, ctx: AuditContext, params: PGDParams) -> PGDFit:
         """The random starts' seeds, (restarts, N): restart-major, so that the first
-        restarts' seeds do not depend on ``restarts``; the same seeds at every eps of a list."""
-        return sample_seeds(ctx.generator, params.restarts, len(ctx.data()))
+        restarts' seeds do not depend on ``restarts``; the same seeds at every eps of a list.
+        And the preflight's model findings."""
+        seeds = sample_seeds(ctx.generator, params.restarts, len(ctx.data()))
+        return PGDFit(seeds, _preflight(ctx))
 
-    def per_sample(self, ctx: AuditContext, params: PGDParams, unit: Unit, seeds: torch.Tensor
+    def fit_summary(self, fitted: PGDFit) -> dict[str, Any]:
+        return {"preflight": fitted.preflight}
+
+    def per_sample(self, ctx: AuditContext, params: PGDParams, unit: Unit, fitted: PGDFit
                    ) -> UnitResult:
+        seeds = fitted.seeds
         x, y, clean = _clean_unit(ctx, unit)
         levels = _levels(params.eps)
         robust = [self._robust(ctx, params, eps, x, y, clean, seeds[:, unit.indices])
@@ -196,7 +239,8 @@ class PGDAccuracy(SampleMetric):
         figures.append(gathered.extras[0]["gallery"])
         eps, step = levels[0], params.step_size or 2.5 * levels[0] / params.steps
         return _accuracy_result(gathered, figures, eps=eps, step_size=step,
-                                **({"curve": curve} if curve else {}))
+                                **({"curve": curve} if curve else {}),
+                                **_preflight_details(gathered, params))
 
     def _robust(self, ctx: AuditContext, params: PGDParams, eps: float, x: torch.Tensor,
                 y: torch.Tensor, clean: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
@@ -280,6 +324,10 @@ class NoiseAccuracy(SampleMetric):
     def floor(self, ctx: AuditContext, params: NoiseParams) -> Floor:
         return Floor(forward=(1 + len(_levels(params.sigma))) * len(ctx.data()),
                      note="clean and noisy forward passes (at every sigma)")
+
+
+FGSMAccuracy.__doc__ = f"{FGSMAccuracy.__doc__}\n    Preflight:\n{PREFLIGHT_DOC}\n"
+PGDAccuracy.__doc__ = f"{PGDAccuracy.__doc__}\n    Preflight:\n{PREFLIGHT_DOC}\n"
 
 
 @hookimpl

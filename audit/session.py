@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import platform
+import reprlib
 import time
 import traceback
 from collections.abc import Callable
@@ -34,7 +35,13 @@ from robaudit.errors import (
     UsageError,
 )
 from robaudit.gate import VerdictError, verdict
-from robaudit.guard import CheckTimeout, deadline, shielded, terminate_as_interrupt
+from robaudit.guard import (
+    CheckTimeout,
+    Terminated,
+    deadline,
+    shielded,
+    terminate_as_interrupt,
+)
 from robaudit.identity import data_fingerprint, model_identity
 from robaudit.metric import Floor, MetricResult, SampleMetric, on_cpu
 from robaudit.model import ModelUnderAudit
@@ -124,6 +131,16 @@ def within(bounds: tuple[float, float] | None, low: float, high: float) -> tuple
     if bounds is None:
         return (low, high)
     return (min(max(low, bounds[0]), bounds[1]), max(min(high, bounds[1]), bounds[0]))
+
+
+def result_or_failure(check: Check, computed: object) -> MetricResult | Failure:
+    """What a metric returned, checked before it is judged or sent: a :class:`MetricResult`
+    (or the :class:`Failure` of computing it); anything else, such as a bare float, is the
+    check's error, so that the check is reported rather than lost."""
+    if isinstance(computed, (MetricResult, Failure)):
+        return computed
+    return Failure(f"{check.metric.name} returned {type(computed).__name__} "
+                   f"({reprlib.repr(computed)}), not a MetricResult")
 
 
 def environment(device: torch.device) -> dict[str, str]:
@@ -358,6 +375,7 @@ class Session:
         common = {"id": check.id, "metric": check.metric.name, "expect": check.expect,
                   "params": params, "tags": check.tags,
                   "higher_is_better": check.metric.higher_is_better}
+        computed = result_or_failure(check, computed)
         if isinstance(computed, Failure):
             return CheckResult(outcome="error", value=None, ci=None, details={},
                                message=computed.message, duration_s=duration,
@@ -429,10 +447,15 @@ class Session:
 
     def check_model_outputs(self, plan: AuditPlan, base: AuditContext) -> None:
         """Block every check that uses the model's outputs when they are not finite on the
-        audit split (one forward pass, the one the run caches for the checks)."""
+        audit split, or when the model raises on it (one forward pass, the one the run caches
+        for the checks); the checks that read only the weights still run."""
         users = [c for c in plan.checks if c.metric.uses_data and c.id not in plan.blocked]
         if users:
-            problem = non_finite_outputs(base.model, base.logits())
+            try:
+                problem = non_finite_outputs(base.model, base.logits())
+            except (Exception, SystemExit) as exc:  # e.g. a model that fails on large batches
+                problem = (f"the model raised on the audit split (batch_size "
+                           f"{base.batch_size}): {type(exc).__name__}: {exc}")
             if problem is not None:
                 plan.blocked.update(dict.fromkeys((c.id for c in users), problem))
 
@@ -570,7 +593,8 @@ class Session:
         try:
             if isinstance(metric, SampleMetric):
                 return {check.id: self.guarded(check, lambda: on_cpu(metric.fit(ctx, params)))}
-            computed = self.guarded(check, lambda: metric.compute(ctx, params))
+            computed = result_or_failure(
+                check, self.guarded(check, lambda: metric.compute(ctx, params)))
             if isinstance(computed, Failure):
                 share.error = computed
             else:
@@ -659,9 +683,11 @@ class Session:
                             break
                     finally:
                         result.duration_s = time.perf_counter() - started
-            except (KeyboardInterrupt, PeerFailure):
+            except (KeyboardInterrupt, PeerFailure) as exc:
+                stopped = self.world.failure or (exc.reason if isinstance(exc, Terminated)
+                                                 else None)
                 for result in results:
-                    result.interrupted, result.stopped = True, self.world.failure
+                    result.interrupted, result.stopped = True, stopped
                 code = EXIT_INTERNAL if self.world.failure else EXIT_INTERRUPTED
             finally:
                 self.write_reports(results)

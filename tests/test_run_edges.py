@@ -1,0 +1,97 @@
+"""Issue #19 (the run's own edges) and #20 (the interrupted outcome): a model that raises on
+the audit split, a metric that returns a bare float, SIGTERM and SIGHUP: the affected checks are
+``error`` or the run is ``interrupted``, the reports are written, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, ROOT, TOY_HEADER
+
+from robaudit.errors import EXIT_FAILED, EXIT_INTERRUPTED
+from robaudit.guard import Terminated, shielded
+
+
+def checks(*lines: str) -> str:
+    return TOY_HEADER + "checks:\n" + "".join(f"  - {line}\n" for line in lines)
+
+
+def test_a_metric_that_returns_a_bare_float_is_that_checks_error(write_spec, robaudit_main,
+                                                                 tmp_path):
+    spec = write_spec(checks("{id: before, metric: constant}", "{id: bare, metric: bare_float}",
+                             "{id: after, metric: constant}"))
+    code, out, err = robaudit_main("run", spec, "--json", tmp_path / "r.json")
+    assert code == EXIT_FAILED, out + err
+    report = json.loads((tmp_path / "r.json").read_text())
+    outcomes = {c["id"]: (c["outcome"], c["message"]) for c in report["checks"]}
+    assert outcomes["before"][0] == outcomes["after"][0] == "passed"
+    assert outcomes["bare"] == ("error", "bare_float returned float (0.5), not a MetricResult")
+    assert "Traceback" not in out + err
+
+
+def test_a_model_that_raises_on_the_split_errors_the_checks_that_read_it(write_spec,
+                                                                         robaudit_main,
+                                                                         tmp_path):
+    """The model answers the one-sample fit check but raises on a batch of the split (as
+    running out of memory would): the checks that use its outputs are ``error`` with the
+    reason, a check that reads only the weights runs, the reports are written, exit 1."""
+    spec = write_spec(checks("{id: accuracy, metric: clean_accuracy}",
+                             "{id: weights, metric: parameter_count}").replace(
+        "toy_model.py:linear", "toy_model.py:small_batches"))
+    code, out, err = robaudit_main("run", spec, "--json", tmp_path / "r.json")
+    assert code == EXIT_FAILED, out + err
+    report = json.loads((tmp_path / "r.json").read_text())
+    outcomes = {c["id"]: (c["outcome"], c["message"]) for c in report["checks"]}
+    assert outcomes["weights"][0] == "passed"
+    assert outcomes["accuracy"] == (
+        "error", "the model raised on the audit split (batch_size 256): RuntimeError: out of "
+                 "memory on a batch of 64")
+    assert "Traceback" not in out + err and "INTERNAL ERROR" not in err
+
+
+def _spawn(spec: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(FIXTURES), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "robaudit", "run", str(spec), "-p", "toy_plugin", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+@pytest.mark.parametrize("sig, says", [(signal.SIGTERM, "terminated (SIGTERM)"),
+                                       (signal.SIGHUP, "hangup (SIGHUP)")])
+def test_a_terminated_run_is_interrupted_and_says_by_what(write_spec, tmp_path, sig, says):
+    """SIGTERM (a cancelled CI job) and SIGHUP (a closed terminal): exit 2, the JSON's
+    top-level outcome ``interrupted`` (not the ``passed`` of the check that finished), the
+    signal named on the console and in ``stopped``."""
+    marker = tmp_path / "started"
+    spec = write_spec(checks("{id: quick, metric: constant}",
+                             f"{{id: slow, metric: wait, params: {{seconds: 60, marker: "
+                             f"'{marker}'}}}}"))
+    report = tmp_path / "r.json"
+    proc = _spawn(spec, "--json", str(report))
+    limit = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < limit:
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, out + err
+    assert "Traceback" not in err
+    assert f"!!! {says}: the run stopped !!!" in out
+    assert "KeyboardInterrupt" not in out
+    data = json.loads(report.read_text())
+    assert data["outcome"] == "interrupted" and data["interrupted"] is True
+    assert data["stopped"] == says
+    assert [c["id"] for c in data["checks"]] == ["quick"]
+    assert data["summary"]["passed"] == 1
+
+
+def test_a_hangup_while_reports_are_written_waits_for_them():
+    with pytest.raises(Terminated, match="SIGHUP"), shielded():
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.05)

@@ -9,7 +9,7 @@ import reprlib
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +22,7 @@ from robaudit.baseline import Baseline, Delta, compare_values, load_baseline
 from robaudit.context import AuditContext, DataSplit, RunCache, silent_progress
 from robaudit.datafit import input_problems, model_problems, non_finite_outputs
 from robaudit.diskcache import DiskStore, run_salt
-from robaudit.distributed import PeerFailure, World
+from robaudit.distributed import POLL_S, PeerFailure, World
 from robaudit.errors import (
     EXIT_FAILED,
     EXIT_INTERNAL,
@@ -51,8 +51,8 @@ from robaudit.results import AuditResult, CheckResult, Outcome
 from robaudit.selection import keyword_matches, marker_matches
 from robaudit.sharding import (
     Failure,
+    Inbox,
     Share,
-    decode_share,
     encode_share,
     reduce_shares,
     run_units,
@@ -170,6 +170,10 @@ class Session:
         self.baseline: Baseline | None = load_baseline(baseline) if baseline else None
         #: what plugins raised in reporting hooks; the run goes on, the exit code says so
         self.hook_failures: list[str] = []
+        #: in a process group: the running plan's inbox, result, run seed and data fingerprint
+        self.inbox: tuple[Inbox, AuditResult, int, str | None] | None = None
+        #: how many plans have started in a process group (names each plan's posts)
+        self.plans_started = 0
 
     def counts_as_failure(self, outcome: Outcome) -> bool:
         """``failed`` and ``error``, and ``warned`` under ``--strict``."""
@@ -538,18 +542,31 @@ class Session:
         rendezvous store), so that they run in parallel and balance; a ``--shard`` runs the
         whole checks of the tasks k ≡ I (mod N) and fits every sample metric itself;
         (2) every fit sent to every process; (3) this process's units of each sample metric.
-        Then rank 0 gathers the shares and judges each check in plan order (a ``--shard``
-        keeps its shares for ``robaudit merge``)."""
+        In a group each process posts its share of a check as soon as it is done
+        (:class:`robaudit.sharding.Inbox`) and rank 0 judges each check once every share of it
+        has arrived, so that a run cut short still reports every check that finished; the
+        report lists the checks in plan order. A ``--shard`` keeps its shares for
+        ``robaudit merge``."""
         world = self.world
         todo = [check for check in plan.checks if check.id not in plan.blocked]
         shares = {check.id: Share() for check in todo}
         tasks = task_groups(todo)
         fits: dict[str, Any] = {}
+        inbox = Inbox(world, str(self.plans_started), plan.checks)
         if world.grouped:
+            self.inbox = (inbox, result, base.run_seed, plan.data_identity.get("fingerprint"))
+            self.plans_started += 1
+            for check in plan.checks:
+                if check.id in plan.blocked and world.reports:
+                    self.record(result, self.combine(check, [], plan.blocked[check.id],
+                                                     base.run_seed, None))
             for index in world.claim(len(tasks)):
                 for check in tasks[index]:
                     fits.update(self.owned_work(check, self.check_context(check, base),
                                                 shares[check.id]))
+                    if not isinstance(check.metric, SampleMetric):
+                        inbox.post(check, shares[check.id])
+                self.take_in()
             fits = {cid: fit for part in world.all_gather(fits) for cid, fit in part.items()}
         else:
             for index, task in enumerate(tasks):
@@ -564,25 +581,37 @@ class Session:
                 world.check()
                 self.unit_work(check, self.check_context(check, base), fits[check.id],
                                shares[check.id])
-        encoded = {cid: encode_share(share) for cid, share in shares.items()}
+                if world.grouped:
+                    inbox.post(check, shares[check.id])
+                    self.take_in()
         if world.sharded:
+            encoded = {cid: encode_share(share) for cid, share in shares.items()}
             result.shard = shard_record(plan, self.overrides(), world, encoded)
             for check in plan.checks:
                 if not self.record(result, shard_placeholder(check, shares.get(check.id),
                                                              plan.blocked.get(check.id), world)):
                     return False
             return True
-        gathered = world.gather(encoded)
-        if gathered is None:  # not rank 0: rank 0 reports
-            return True
-        fingerprint = plan.data_identity.get("fingerprint")
-        for check in plan.checks:
-            parts = [decode_share(part[check.id]) for part in gathered if check.id in part]
-            # every check is recorded: the other processes have run this plan's work, and
-            # they go on to the next spec whatever --maxfail says (it does not stop them)
-            self.record(result, self.combine(check, parts, plan.blocked.get(check.id),
-                                             base.run_seed, fingerprint))
+        # every check is recorded: the other processes have run this plan's work, and they
+        # go on to the next spec whatever --maxfail says (it does not stop them)
+        while world.reports and len(result.checks) < len(plan.checks):
+            world.check()
+            time.sleep(POLL_S)
+            self.take_in()
+        self.inbox = None
         return True
+
+    def take_in(self) -> None:
+        """Rank 0: judge and record the checks of the running plan whose shares have all
+        arrived (in plan order, so the report's order is the plan's)."""
+        if self.inbox is None or not self.world.reports:
+            return
+        inbox, result, seed, fingerprint = self.inbox
+        taken = {check.id for check in result.checks}
+        for check, parts in inbox.ready(taken):
+            self.record(result, self.combine(check, parts, None, seed, fingerprint))
+        order = {check.id: i for i, check in enumerate(inbox.checks)}
+        result.checks.sort(key=lambda c: order.get(c.id, -1))
 
     def owned_work(self, check: Check, ctx: AuditContext, share: Share) -> dict[str, Any]:
         """Phase 1 of :meth:`run_shares` for a check this process owns: a whole check is
@@ -684,6 +713,10 @@ class Session:
                     finally:
                         result.duration_s = time.perf_counter() - started
             except (KeyboardInterrupt, PeerFailure) as exc:
+                if isinstance(exc, Terminated):  # a launcher stopping the group for a failure?
+                    self.world.blame()
+                with suppress(Exception):  # the checks that finished on other processes
+                    self.take_in()
                 stopped = self.world.failure or (exc.reason if isinstance(exc, Terminated)
                                                  else None)
                 for result in results:

@@ -10,6 +10,7 @@ k ≡ rank (mod world). Shares are gathered to the reporting process and concate
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -158,6 +159,39 @@ def decode_share(data: dict[str, Any]) -> Share:
         duration_s=float(data["duration_s"]),
         unit_count=int(data["unit_count"]),
     )
+
+
+class Inbox:
+    """The shares of one plan's checks as the processes of a group post them (design §8):
+    each process posts its share of a check as soon as its part is done (a whole check when it
+    is computed, a sample check's units when they are), and rank 0 takes each check in once it
+    is complete: a whole check from the process that ran it, a sample check from every process.
+    So rank 0 holds every finished check however the run ends."""
+
+    def __init__(self, world: World, topic: str, checks: list[Check]) -> None:
+        self.world, self.topic = world, topic
+        self.checks = checks
+        self.parts: dict[str, dict[int, Share]] = {check.id: {} for check in checks}
+
+    def post(self, check: Check, share: Share) -> None:
+        """Send this process's share of ``check`` to rank 0."""
+        self.world.post(f"{self.topic}/{check.id}", json.dumps(encode_share(share)))
+
+    def ready(self, taken: set[str]) -> list[tuple[Check, list[Share]]]:
+        """The complete checks not in ``taken``, in plan order, each with its shares."""
+        complete = []
+        for check in self.checks:
+            if check.id in taken:
+                continue
+            parts = self.parts[check.id]
+            for rank in range(self.world.size):
+                if rank not in parts:
+                    text = self.world.posted(f"{self.topic}/{check.id}", rank)
+                    if text is not None:
+                        parts[rank] = decode_share(json.loads(text))
+            if len(parts) == self.world.size or (parts and not shards_samples(check.metric)):
+                complete.append((check, [parts[rank] for rank in sorted(parts)]))
+        return complete
 
 
 def spec_digest(plan: AuditPlan, overrides: list[str]) -> str:

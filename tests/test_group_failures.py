@@ -67,6 +67,7 @@ def test_a_dead_rank_stops_rank_zero_blocked_in_one_long_call(tmp_path: Path) ->
     assert time.monotonic() - start < SILENCE_S + 50, "waited for the long call to return"
     assert procs[0].returncode == EXIT_INTERNAL, err
     assert DEAD in err and "Traceback" not in err
+    assert f"!!! {DEAD}" in out  # the console's closing words
     checks, outcome, stopped = finished_and_stopped(tmp_path / "r0.json")
     assert checks == ["quick_a", "quick_b"] and outcome == "interrupted"
     assert stopped.startswith(DEAD)

@@ -19,7 +19,14 @@ import torch
 
 import robaudit
 from robaudit.baseline import Baseline, Delta, compare_values, load_baseline
-from robaudit.context import AuditContext, DataSplit, RunCache, silent_progress
+from robaudit.context import (
+    AuditContext,
+    DataSplit,
+    KeepAlive,
+    ProgressFactory,
+    RunCache,
+    silent_progress,
+)
 from robaudit.datafit import input_problems, model_problems, non_finite_outputs
 from robaudit.diskcache import DiskStore, run_salt
 from robaudit.distributed import POLL_S, PeerFailure, World
@@ -174,6 +181,8 @@ class Session:
         self.inbox: tuple[Inbox, AuditResult, int, str | None] | None = None
         #: how many plans have started in a process group (names each plan's posts)
         self.plans_started = 0
+        #: the progress displays of the prepared plans (their threads end with the run)
+        self.keepalives: list[KeepAlive] = []
 
     def counts_as_failure(self, outcome: Outcome) -> bool:
         """``failed`` and ``error``, and ``warned`` under ``--strict``."""
@@ -332,7 +341,10 @@ class Session:
 
     # -- running ---------------------------------------------------------------------------
     def check_context(self, check: Check, base: AuditContext) -> AuditContext:
-        """The context of one check: the run's, with the check's own seed and generator."""
+        """The context of one check: the run's, with the check's own seed and generator; the
+        previous check's progress task is forgotten."""
+        if isinstance(base.progress, KeepAlive):
+            base.progress.forget()
         seed = check_seed(base.seed, check.id)
         torch.manual_seed(seed)
         return AuditContext(
@@ -483,7 +495,7 @@ class Session:
             reference=spec.model.data.reference, batch_size=spec.model.data.batch_size,
             device=plan.device, seed=seed, generator=torch.Generator().manual_seed(seed),
             run_seed=seed, models=models, cache=RunCache(self.disk_store(plan, models, splits)),
-            progress=self.hook.robaudit_progress(options=self.options) or silent_progress,
+            progress=self.progress(),
         )
         self.check_params_against_data(plan, base)
         self.check_model_outputs(plan, base)
@@ -495,6 +507,15 @@ class Session:
                               "reference_is_split": plan.reference_is_split,
                               "fingerprint": data_fingerprint(splits[data.split])}
         return base
+
+    def progress(self) -> ProgressFactory:
+        """The reporters' progress display, kept alive between a long step's advances
+        (:class:`robaudit.context.KeepAlive`), or nothing when none displays progress."""
+        shown = self.hook.robaudit_progress(options=self.options)
+        if shown is None:
+            return silent_progress
+        self.keepalives.append(KeepAlive(shown))
+        return self.keepalives[-1]
 
     def disk_store(self, plan: AuditPlan, models: dict[str, ModelUnderAudit],
                    splits: dict[str, DataSplit]) -> DiskStore | None:
@@ -723,6 +744,8 @@ class Session:
                     result.interrupted, result.stopped = True, stopped
                 code = EXIT_INTERNAL if self.world.failure else EXIT_INTERRUPTED
             finally:
+                for keepalive in self.keepalives:
+                    keepalive.close()
                 self.write_reports(results)
         return results, self.exit_code(results, code)
 

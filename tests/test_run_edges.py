@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, ROOT, TOY_HEADER
 
+from robaudit.context import KeepAlive
 from robaudit.errors import EXIT_FAILED, EXIT_INTERRUPTED
 from robaudit.guard import Terminated, shielded
 
@@ -95,3 +96,82 @@ def test_a_hangup_while_reports_are_written_waits_for_them():
     with pytest.raises(Terminated, match="SIGHUP"), shielded():
         os.kill(os.getpid(), signal.SIGHUP)
         time.sleep(0.05)
+
+
+SLOW_UNIT = '''
+"""A sample metric whose single unit blocks for ``pause`` seconds without advancing."""
+import time
+from typing import ClassVar
+
+import numpy as np
+
+from robaudit import MetricParams, MetricResult, hookimpl
+from robaudit.metric import SampleMetric, UnitResult
+
+
+class SlowUnitParams(MetricParams):
+    pause: float = 1.0
+
+
+class SlowUnit(SampleMetric):
+    """One unit, one long call."""
+
+    name: ClassVar[str] = "slow_unit"
+    Params: ClassVar[type[MetricParams]] = SlowUnitParams
+    higher_is_better: ClassVar[bool] = True
+    source: ClassVar[str] = "tests"
+
+    def per_sample(self, ctx, params, unit, fitted):
+        time.sleep(params.pause)
+        return UnitResult({"one": np.ones(len(unit))})
+
+    def reduce(self, params, gathered):
+        return MetricResult(value=float(gathered.arrays["one"].mean()))
+
+
+@hookimpl
+def robaudit_register_metrics(register):
+    register(SlowUnit())
+'''
+
+
+def test_a_long_single_unit_prints_heartbeats_while_it_runs(write_spec, robaudit_main,
+                                                            tmp_path, monkeypatch):
+    """The 64 toy samples are one unit of 256: the units task stays at 0/1 for the whole
+    check, and the log still gets lines while it runs (each one second at most, the
+    keep-alive's period), not only once it has ended."""
+    (tmp_path / "slow_unit_plugin.py").write_text(SLOW_UNIT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = write_spec(checks("{id: one_unit, metric: slow_unit, params: {pause: 2.6}}"))
+    code, out, _ = robaudit_main("run", spec, "-p", "slow_unit_plugin", "--heartbeat", "0.5")
+    assert code == 0, out
+    during = [line for line in out.splitlines()
+              if line.startswith("  ... one_unit: slow_unit units 0/1 (0%)")]
+    assert 1 <= len(during) <= 3, out
+
+
+def test_keepalive_ticks_the_task_used_last_until_the_check_ends():
+    ticks: list[tuple[str, float]] = []
+
+    class Task:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def advance(self, amount: float = 1) -> None:
+            ticks.append((self.name, amount))
+
+    keep = KeepAlive(lambda total, description: Task(description), period=0.01)
+    outer = keep(4, "outer")
+    keep(2, "inner")  # started inside a unit: now the task used last
+    time.sleep(0.1)
+    assert ("inner", 0) in ticks and ("outer", 0) not in ticks
+    outer.advance()
+    ticks.clear()
+    time.sleep(0.1)
+    assert ("outer", 0) in ticks and ("inner", 0) not in ticks
+    keep.forget()  # the check ended
+    time.sleep(0.03)
+    ticks.clear()
+    time.sleep(0.1)
+    keep.close()
+    assert ticks == []

@@ -62,37 +62,43 @@ class KeepAlive:
     that runs for minutes (``sphere_deformation`` on large images is one unit of 50 spheres),
     a solver between two iterations. A daemon thread advances the task used last by 0 every
     ``period`` seconds, so that the reporter's heartbeat (rate limited by the reporter) goes
-    on between two real advances; the runner calls :meth:`forget` when a check starts, so a
-    finished check's task is never shown for the next one. Tasks started inside a unit
-    (``ctx.progress`` in :meth:`SampleMetric.per_sample`) become the task used last."""
+    on between two real advances. A task that reached its total is done and no longer shown
+    (the task used before it is, e.g. the units task around a task started inside a unit with
+    ``ctx.progress``); the runner calls :meth:`forget` when a check starts, so a check's task is
+    never shown for the next one."""
 
     def __init__(self, inner: ProgressFactory, period: float = KEEPALIVE_S) -> None:
         self.inner, self.period = inner, period
         self._lock = threading.Lock()
-        self._current: ProgressTask | None = None
+        self._live: list[_KeptTask] = []  # the unfinished tasks, the one used last at the end
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __call__(self, total: float, description: str) -> ProgressTask:
-        task = self.inner(total, description)
+        task = _KeptTask(self, self.inner(total, description), total)
         with self._lock:
-            self._current = task
+            self._live.append(task)
         if self._thread is None:
             self._thread = threading.Thread(target=self._tick, daemon=True,
                                             name="robaudit-keepalive")
             self._thread.start()
-        return _KeptTask(self, task)
+        return task
 
-    def advance(self, task: ProgressTask, amount: float) -> None:
-        """Advance ``task`` (from the metric's thread), which becomes the task used last."""
+    def advance(self, task: _KeptTask, amount: float) -> None:
+        """Advance ``task`` (from the metric's thread): it becomes the task used last, or
+        leaves the live tasks when it reaches its total."""
         with self._lock:
-            self._current = task
-            task.advance(amount)
+            task.done += amount
+            task.task.advance(amount)
+            if task in self._live:
+                self._live.remove(task)
+            if task.done < task.total:
+                self._live.append(task)
 
     def forget(self) -> None:
         """A new check starts: no task is running until it starts one."""
         with self._lock:
-            self._current = None
+            self._live.clear()
 
     def close(self) -> None:
         """Stop the thread (the run is over)."""
@@ -101,16 +107,17 @@ class KeepAlive:
     def _tick(self) -> None:
         while not self._stop.wait(self.period):
             with self._lock, suppress(Exception):  # a display that fails stops nothing
-                if self._current is not None:
-                    self._current.advance(0)
+                if self._live:
+                    self._live[-1].task.advance(0)
 
 
 class _KeptTask:
-    def __init__(self, keeper: KeepAlive, task: ProgressTask) -> None:
-        self.keeper, self.task = keeper, task
+    def __init__(self, keeper: KeepAlive, task: ProgressTask, total: float) -> None:
+        self.keeper, self.task, self.total = keeper, task, total
+        self.done = 0.0
 
     def advance(self, amount: float = 1) -> None:
-        self.keeper.advance(self.task, amount)
+        self.keeper.advance(self, amount)
 
 
 class RunCache:

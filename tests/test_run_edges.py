@@ -150,7 +150,7 @@ def test_a_long_single_unit_prints_heartbeats_while_it_runs(write_spec, robaudit
     assert 1 <= len(during) <= 3, out
 
 
-def test_keepalive_ticks_the_task_used_last_until_the_check_ends():
+def test_keepalive_ticks_the_unfinished_task_used_last_until_the_check_ends():
     ticks: list[tuple[str, float]] = []
 
     class Task:
@@ -160,18 +160,21 @@ def test_keepalive_ticks_the_task_used_last_until_the_check_ends():
         def advance(self, amount: float = 1) -> None:
             ticks.append((self.name, amount))
 
+    def ticked(seconds: float = 0.1) -> set[str]:
+        ticks.clear()
+        time.sleep(seconds)
+        return {name for name, amount in ticks if amount == 0}
+
     keep = KeepAlive(lambda total, description: Task(description), period=0.01)
-    outer = keep(4, "outer")
-    keep(2, "inner")  # started inside a unit: now the task used last
-    time.sleep(0.1)
-    assert ("inner", 0) in ticks and ("outer", 0) not in ticks
-    outer.advance()
-    ticks.clear()
-    time.sleep(0.1)
-    assert ("outer", 0) in ticks and ("inner", 0) not in ticks
-    keep.forget()  # the check ended
-    time.sleep(0.03)
-    ticks.clear()
-    time.sleep(0.1)
+    units = keep(2, "units")
+    inner = keep(3, "inner")  # started inside a unit: now the task used last
+    assert ticked() == {"inner"}
+    inner.advance(3)  # done: the units task around it is shown again
+    assert ticked() == {"units"}
+    units.advance()
+    units.advance()  # every unit done: nothing left to show
+    assert ticked() == set()
+    keep(5, "next check")
+    keep.forget()  # a check starts
+    assert ticked() == set()
     keep.close()
-    assert ticks == []

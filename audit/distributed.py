@@ -258,17 +258,6 @@ class World:
         dist.all_gather_object(out, value)
         return out
 
-    def gather(self, value: Any) -> list[Any] | None:
-        """Every process's ``value`` in rank order on rank 0, None elsewhere."""
-        if not self.grouped:
-            return [value]
-        import torch.distributed as dist
-
-        self._arrive()
-        out: list[Any] | None = [None] * self.size if self.rank == 0 else None
-        dist.gather_object(value, out, dst=0)
-        return out
-
     def close(self) -> None:
         """Stop the watcher (telling rank 0 that this process is done, not gone) and leave
         the process group."""

@@ -3,8 +3,9 @@
 
 The plan does not depend on the number of processes: units are the fixed, batch-aligned slices
 of :func:`~robaudit.metric.work_units`, and process ``rank`` of ``world`` takes the units
-k ≡ rank (mod world). Shares are gathered to the reporting process and concatenated in unit
-(= sample) order, so that the reduction sees exactly what one process would have seen.
+k ≡ rank (mod world). Shares reach the reporting process (posted as each is done,
+:class:`Inbox`, or in shard reports) and are concatenated in unit (= sample) order, so that the
+reduction sees exactly what one process would have seen.
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ from robaudit.errors import UsageError
 POLL_S = 0.05
 #: how long a failed process waits for rank 0 to have said so before it exits (seconds)
 ACK_S = 10.0
+#: how long it lingers after that, so that rank 0 (which exits once it has said so) ends first
+#: and its exit code is the one a launcher observes first (seconds)
+LINGER_S = 2.0
 #: how long a process waits at a rendezvous before giving up on the others (seconds)
 RENDEZVOUS_S = 24 * 3600.0
 #: how long rank 0 waits for a sign of life from a process before it counts it as gone (s)
@@ -107,8 +110,9 @@ class World:
     # -- failures -----------------------------------------------------------------------------
     def fail(self, message: str) -> None:
         """Tell the other processes that this one failed, and (rank ≠ 0) wait until rank 0
-        has said so, so that a launcher that stops the group on the first exit does not cut
-        rank 0's message short. Rank 0 says its own failure itself."""
+        has said so (and :data:`LINGER_S` more), so that a launcher that stops the group on
+        the first exit does not cut rank 0's message short. Rank 0 says its own failure
+        itself."""
         if not self.grouped:
             return
         try:
@@ -118,6 +122,7 @@ class World:
                 self._store.set("robaudit/said", "1")
             else:
                 self._store.wait(["robaudit/said"], timedelta(seconds=ACK_S))
+                time.sleep(LINGER_S)
         except Exception:  # the store may be gone with the process that hosted it
             pass
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import robaudit
 from robaudit.context import AuditContext
+from robaudit.errors import MetricError
 from robaudit.metric import (
     Metric,
     MetricResult,
@@ -27,7 +28,7 @@ from robaudit.metric import (
     work_units,
 )
 from robaudit.results import CheckResult
-from robaudit.wire import decode, digest, encode
+from robaudit.wire import WireError, decode, digest, encode
 
 if TYPE_CHECKING:
     from robaudit.distributed import World
@@ -98,7 +99,11 @@ def run_units(metric: SampleMetric, ctx: AuditContext, params: Any, fitted: Any,
     share = Share(fit_digest=digest(fitted), fit_summary=metric.fit_summary(fitted),
                   unit_count=len(every))
     for unit in units:
-        share.units[unit.index] = metric.per_sample(ctx, params, unit, fitted)
+        done = metric.per_sample(ctx, params, unit, fitted)
+        if not isinstance(done, UnitResult):
+            raise MetricError(f"{metric.name}.per_sample returned {type(done).__name__}, "
+                              "not a UnitResult")
+        share.units[unit.index] = done
         task.advance()
     return share
 
@@ -175,8 +180,15 @@ class Inbox:
         self.parts: dict[str, dict[int, Share]] = {check.id: {} for check in checks}
 
     def post(self, check: Check, share: Share) -> None:
-        """Send this process's share of ``check`` to rank 0."""
-        self.world.post(f"{self.topic}/{check.id}", json.dumps(encode_share(share)))
+        """Send this process's share of ``check`` to rank 0; a share that cannot be encoded
+        (a metric's details of a type the wire does not carry) is sent as its error."""
+        try:
+            encoded = encode_share(share)
+        except WireError as exc:
+            encoded = encode_share(Share(
+                error=Failure(f"the result could not be sent between processes: {exc}"),
+                duration_s=share.duration_s, unit_count=share.unit_count))
+        self.world.post(f"{self.topic}/{check.id}", json.dumps(encoded))
 
     def ready(self, taken: set[str]) -> list[tuple[Check, list[Share]]]:
         """The complete checks not in ``taken``, in plan order, each with its shares."""

@@ -11,13 +11,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import FIXTURES, ROOT, TOY_HEADER
+from toy_plugin import Constant
 
 from robaudit.context import KeepAlive
 from robaudit.errors import EXIT_FAILED, EXIT_INTERRUPTED
 from robaudit.guard import Terminated, shielded
+from robaudit.metric import MetricResult
+from robaudit.sharding import Inbox, Share
 
 
 def checks(*lines: str) -> str:
@@ -178,3 +182,41 @@ def test_keepalive_ticks_the_unfinished_task_used_last_until_the_check_ends():
     keep.forget()  # a check starts
     assert ticked() == set()
     keep.close()
+
+
+def test_a_bare_float_is_the_shares_error_not_a_crash(write_spec, robaudit_main, tmp_path):
+    """Under --shard the whole check's result is encoded for merge: a bare float is its
+    share's error (it used to crash the encoding)."""
+    spec = write_spec(checks("{id: bare, metric: bare_float}"))
+    code, out, err = robaudit_main("run", spec, "--shard", "0/2", "--json", tmp_path / "s.json")
+    assert code == EXIT_FAILED, out + err
+    (check,) = json.loads((tmp_path / "s.json").read_text())["checks"]
+    assert check["outcome"] == "error"
+    assert check["message"] == "shard 0/2: bare_float returned float (0.5), not a MetricResult"
+
+
+def test_a_share_the_wire_cannot_carry_reaches_rank_zero_as_its_error():
+    class Board:
+        """A process group's store, for one process."""
+
+        size = 1
+
+        def __init__(self) -> None:
+            self.posts: dict[str, str] = {}
+
+        def post(self, topic: str, value: str) -> None:
+            self.posts[topic] = value
+
+        def posted(self, topic: str, rank: int) -> str | None:
+            return self.posts.get(topic)
+
+    check = SimpleNamespace(id="odd", metric=Constant())
+    inbox = Inbox(Board(), "0", [check])  # type: ignore[arg-type]
+    assert inbox.ready(set()) == []  # nothing posted yet
+    inbox.post(check, Share(result=MetricResult(value=1.0, details={"x": object()}),
+                            duration_s=1.5))
+    ((ready, (share,)),) = inbox.ready(set())
+    assert ready is check and share.result is None and share.duration_s == 1.5
+    assert share.error.message == ("the result could not be sent between processes: cannot "
+                                   "encode a object")
+    assert inbox.ready({"odd"}) == []

@@ -60,9 +60,9 @@ from robaudit.sharding import (
     Failure,
     Inbox,
     Share,
-    encode_share,
     reduce_shares,
     run_units,
+    sendable,
     shard_placeholder,
     shard_record,
     task_groups,
@@ -606,7 +606,7 @@ class Session:
                     inbox.post(check, shares[check.id])
                     self.take_in()
         if world.sharded:
-            encoded = {cid: encode_share(share) for cid, share in shares.items()}
+            encoded = {cid: sendable(share) for cid, share in shares.items()}
             result.shard = shard_record(plan, self.overrides(), world, encoded)
             for check in plan.checks:
                 if not self.record(result, shard_placeholder(check, shares.get(check.id),

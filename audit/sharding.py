@@ -147,6 +147,17 @@ def encode_share(share: Share) -> dict[str, Any]:
     }
 
 
+def sendable(share: Share) -> dict[str, Any]:
+    """:func:`encode_share`, or when the share holds what the wire does not carry (a metric's
+    details of another type), the encoded share of that error."""
+    try:
+        return encode_share(share)
+    except WireError as exc:
+        return encode_share(Share(
+            error=Failure(f"the result could not be sent between processes: {exc}"),
+            duration_s=share.duration_s, unit_count=share.unit_count))
+
+
 def decode_share(data: dict[str, Any]) -> Share:
     """The share :func:`encode_share` encoded (raises WireError, KeyError or TypeError on
     data it did not write)."""
@@ -182,13 +193,7 @@ class Inbox:
     def post(self, check: Check, share: Share) -> None:
         """Send this process's share of ``check`` to rank 0; a share that cannot be encoded
         (a metric's details of a type the wire does not carry) is sent as its error."""
-        try:
-            encoded = encode_share(share)
-        except WireError as exc:
-            encoded = encode_share(Share(
-                error=Failure(f"the result could not be sent between processes: {exc}"),
-                duration_s=share.duration_s, unit_count=share.unit_count))
-        self.world.post(f"{self.topic}/{check.id}", json.dumps(encoded))
+        self.world.post(f"{self.topic}/{check.id}", json.dumps(sendable(share)))
 
     def ready(self, taken: set[str]) -> list[tuple[Check, list[Share]]]:
         """The complete checks not in ``taken``, in plan order, each with its shares."""

@@ -16,7 +16,7 @@ from conftest import ROOT
 from test_scale_out import env, free_port, torchrun, write_toy
 
 from robaudit.distributed import SILENCE_S
-from robaudit.errors import EXIT_INTERNAL, EXIT_INTERRUPTED
+from robaudit.errors import EXIT_INTERNAL
 
 #: two quick whole checks, then two that block rank 0 for two minutes and kill rank 1: the
 #: processes take the tasks in this order, so both quick checks finish before anything dies
@@ -74,8 +74,8 @@ def test_a_dead_rank_stops_rank_zero_blocked_in_one_long_call(tmp_path: Path) ->
 
 
 def test_a_cancelled_torchrun_is_terminated_not_a_failure(tmp_path: Path) -> None:
-    """SIGTERM to torchrun (a cancelled CI job) reaches every process: rank 0 exits 2 and
-    says "terminated", with the checks that finished; no process is blamed."""
+    """SIGTERM to torchrun (a cancelled CI job) reaches every process: rank 0 says
+    "terminated", with the checks that finished; no process is blamed."""
     marker = tmp_path / "started"
     spec = write_toy(tmp_path, f"""\
   - {{id: quick, metric: constant}}
@@ -94,8 +94,7 @@ def test_a_cancelled_torchrun_is_terminated_not_a_failure(tmp_path: Path) -> Non
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=90)
     assert "!!! terminated (SIGTERM): the run stopped !!!" in out, out[-2000:] + err[-3000:]
-    assert f"exitcode  : {EXIT_INTERRUPTED}" in err or proc.returncode != 0
-    assert "failed" not in out.split("!!!")[1] and DEAD not in err
+    assert proc.returncode != 0 and "ERROR rank" not in err
     checks, outcome, stopped = finished_and_stopped(tmp_path / "r.json")
     assert checks == ["quick"] and outcome == "interrupted"
     assert stopped == "terminated (SIGTERM)"

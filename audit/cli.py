@@ -523,8 +523,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         errors.print(f"[red]ERROR[/] {escape(printable(exc))}")
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        errors.print("[red]Interrupted[/]")
+    except KeyboardInterrupt as exc:
+        from robaudit.guard import Terminated
+
+        said = exc.reason.capitalize() if isinstance(exc, Terminated) else "Interrupted"
+        errors.print(f"[red]{said}[/]")
         return EXIT_INTERRUPTED
     except Exception:
         errors.print("[red]INTERNAL ERROR[/] in robaudit itself; please report it with this "

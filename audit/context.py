@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -49,6 +51,73 @@ class _SilentTask:
 def silent_progress(total: float, description: str) -> ProgressTask:
     """The progress factory used when nothing displays progress (``-q``, a pipe, a test)."""
     return _SilentTask()
+
+
+#: how often :class:`KeepAlive` tells the running progress task that the work goes on (s)
+KEEPALIVE_S = 1.0
+
+
+class KeepAlive:
+    """A progress factory around a reporter's, for steps that advance rarely: one work unit
+    that runs for minutes (``sphere_deformation`` on large images is one unit of 50 spheres),
+    a solver between two iterations. A daemon thread advances the task used last by 0 every
+    ``period`` seconds, so that the reporter's heartbeat (rate limited by the reporter) goes
+    on between two real advances. A task that reached its total is done and no longer shown
+    (the task used before it is, e.g. the units task around a task started inside a unit with
+    ``ctx.progress``); the runner calls :meth:`forget` when a check starts, so a check's task is
+    never shown for the next one."""
+
+    def __init__(self, inner: ProgressFactory, period: float = KEEPALIVE_S) -> None:
+        self.inner, self.period = inner, period
+        self._lock = threading.Lock()
+        self._live: list[_KeptTask] = []  # the unfinished tasks, the one used last at the end
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, total: float, description: str) -> ProgressTask:
+        task = _KeptTask(self, self.inner(total, description), total)
+        with self._lock:
+            self._live.append(task)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._tick, daemon=True,
+                                            name="robaudit-keepalive")
+            self._thread.start()
+        return task
+
+    def advance(self, task: _KeptTask, amount: float) -> None:
+        """Advance ``task`` (from the metric's thread): it becomes the task used last, or
+        leaves the live tasks when it reaches its total."""
+        with self._lock:
+            task.done += amount
+            task.task.advance(amount)
+            if task in self._live:
+                self._live.remove(task)
+            if task.done < task.total:
+                self._live.append(task)
+
+    def forget(self) -> None:
+        """A new check starts: no task is running until it starts one."""
+        with self._lock:
+            self._live.clear()
+
+    def close(self) -> None:
+        """Stop the thread (the run is over)."""
+        self._stop.set()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.period):
+            with self._lock, suppress(Exception):  # a display that fails stops nothing
+                if self._live:
+                    self._live[-1].task.advance(0)
+
+
+class _KeptTask:
+    def __init__(self, keeper: KeepAlive, task: ProgressTask, total: float) -> None:
+        self.keeper, self.task, self.total = keeper, task, total
+        self.done = 0.0
+
+    def advance(self, amount: float = 1) -> None:
+        self.keeper.advance(self, amount)
 
 
 class RunCache:
@@ -99,7 +168,8 @@ class AuditContext:
                 (then move them) so results do not depend on the device.
     run_seed    the spec's seed itself: seed work that several checks share through ``cache``
                 (e.g. a universal perturbation) from it, so it is the same for each of them.
-    progress    starts a progress task; cheap when nothing is displayed.
+    progress    starts a progress task; cheap when nothing is displayed; usable anywhere in
+                a check, inside a work unit too (a long unit's steps then show in the log).
     cache       the per-run :class:`RunCache`.
     """
 

@@ -6,7 +6,15 @@ with CUDA ``cpu:gloo,cuda:nccl`` with one device per process (``cuda:LOCAL_RANK`
 travel as objects over the CPU backend. Collectives are entered only once every process has
 arrived (counted in the rendezvous store), so a process that failed never leaves the others
 waiting in one: a failure is written to the store, a watcher thread in every process sees it
-within a fraction of a second, and the run ends (rank 0 says why, exit code 3).
+within a fraction of a second, and the run ends (rank 0 says why, exit code 3). The watcher
+stops the main thread with a real SIGINT, so that a check blocked in one long call (a sleep,
+a read) ends then too, not when the call returns.
+
+Each process posts its share of a check to the store as soon as that share is done
+(:meth:`World.post`), so that rank 0 has every finished check whenever the run ends. A
+launcher that stops the whole group when one process dies (torchrun's agent SIGTERMs the others
+a tenth of a second later) would make rank 0 say "terminated": on a termination signal rank 0
+first looks for a process that failed or whose heart stopped (:meth:`World.blame`).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -27,10 +36,16 @@ from robaudit.errors import UsageError
 POLL_S = 0.05
 #: how long a failed process waits for rank 0 to have said so before it exits (seconds)
 ACK_S = 10.0
+#: how long it lingers after that, so that rank 0 (which exits once it has said so) ends first
+#: and its exit code is the one a launcher observes first (seconds)
+LINGER_S = 2.0
 #: how long a process waits at a rendezvous before giving up on the others (seconds)
 RENDEZVOUS_S = 24 * 3600.0
 #: how long rank 0 waits for a sign of life from a process before it counts it as gone (s)
 SILENCE_S = 10.0
+#: after a termination signal, how long rank 0 watches the others' hearts for one that stopped
+#: (torchrun signals the group within a monitor interval, 0.1 s, of a process's death)
+GONE_S = 2.0
 
 
 class PeerFailure(Exception):
@@ -95,8 +110,9 @@ class World:
     # -- failures -----------------------------------------------------------------------------
     def fail(self, message: str) -> None:
         """Tell the other processes that this one failed, and (rank ≠ 0) wait until rank 0
-        has said so, so that a launcher that stops the group on the first exit does not cut
-        rank 0's message short. Rank 0 says its own failure itself."""
+        has said so (and :data:`LINGER_S` more), so that a launcher that stops the group on
+        the first exit does not cut rank 0's message short. Rank 0 says its own failure
+        itself."""
         if not self.grouped:
             return
         try:
@@ -106,6 +122,7 @@ class World:
                 self._store.set("robaudit/said", "1")
             else:
                 self._store.wait(["robaudit/said"], timedelta(seconds=ACK_S))
+                time.sleep(LINGER_S)
         except Exception:  # the store may be gone with the process that hosted it
             pass
 
@@ -122,6 +139,39 @@ class World:
         if self.failure is not None:
             raise PeerFailure(self.failure)
 
+    def blame(self) -> str | None:
+        """After this process got a termination signal (SIGTERM, SIGHUP): the failure of
+        another process that made the launcher stop the group, else None (the signal was for
+        the whole run, e.g. a cancelled job). A process that said it failed, or whose heart
+        does not beat for :data:`GONE_S` without having finished, is the cause; it is kept in
+        :attr:`failure`."""
+        if self.failure is not None or not self.grouped:
+            return self.failure
+        failure = None
+        try:
+            before = self._beats(self._store)
+            end = time.monotonic() + GONE_S
+            while failure is None and time.monotonic() < end:
+                failure = self._read_failure(self._store)
+                time.sleep(POLL_S)
+            if failure is None:
+                after = self._beats(self._store)
+                dead = [rank for rank, beats in after.items() if beats == before[rank]
+                        and not self._store.check([f"robaudit/done/{rank}"])]
+                if dead:
+                    failure = (f"rank {dead[0]} stopped without a word (no sign of life when "
+                               "the launcher stopped the run: killed, out of memory, or "
+                               "crashed)")
+        except Exception:  # the store is gone: nothing tells who failed
+            return None
+        self.failure = failure
+        return failure
+
+    def _beats(self, store: Any) -> dict[int, int]:
+        """Every other process's heartbeat count."""
+        return {rank: int(store.add(f"robaudit/alive/{rank}", 0))
+                for rank in range(self.size) if rank != self.rank}
+
     def _read_failure(self, store: Any) -> str | None:
         if int(store.add("robaudit/failures", 0)) == 0:
             return None
@@ -134,7 +184,8 @@ class World:
     def _watch(self, store: Any) -> None:
         """The watcher thread: beats this process's heart in the store; on another process's
         failure, or (rank 0) a process whose heart stopped for :data:`SILENCE_S` (killed, out
-        of memory), it interrupts the main thread."""
+        of memory), it interrupts the main thread (unless :meth:`blame` found the cause
+        first)."""
         seen = [-1] * self.size
         changed = [time.monotonic()] * self.size
         while not self._stop.wait(POLL_S):
@@ -146,8 +197,9 @@ class World:
             except Exception:
                 failure = "the run's rendezvous store is gone (a process ended)"
             if failure is not None:
-                self.failure = failure
-                _thread.interrupt_main()
+                if self.failure is None:
+                    self.failure = failure
+                    interrupt_main()
                 return
 
     def _silent(self, store: Any, seen: list[int], changed: list[float]) -> str | None:
@@ -160,6 +212,18 @@ class World:
                 return (f"rank {rank} stopped without a word (no sign of life for "
                         f"{SILENCE_S:.0f} s: killed, out of memory, or crashed)")
         return None
+
+    # -- results as they finish ----------------------------------------------------------------
+    def post(self, topic: str, value: str) -> None:
+        """Leave this process's ``value`` under ``topic`` in the store, for rank 0."""
+        self._store.set(f"robaudit/post/{topic}/{self.rank}", value)
+
+    def posted(self, topic: str, rank: int) -> str | None:
+        """What process ``rank`` posted under ``topic``, or None (not yet)."""
+        key = f"robaudit/post/{topic}/{rank}"
+        if not self._store.check([key]):
+            return None
+        return bytes(self._store.get(key)).decode()
 
     # -- collectives ----------------------------------------------------------------------------
     def _arrive(self) -> None:
@@ -199,17 +263,6 @@ class World:
         dist.all_gather_object(out, value)
         return out
 
-    def gather(self, value: Any) -> list[Any] | None:
-        """Every process's ``value`` in rank order on rank 0, None elsewhere."""
-        if not self.grouped:
-            return [value]
-        import torch.distributed as dist
-
-        self._arrive()
-        out: list[Any] | None = [None] * self.size if self.rank == 0 else None
-        dist.gather_object(value, out, dst=0)
-        return out
-
     def close(self) -> None:
         """Stop the watcher (telling rank 0 that this process is done, not gone) and leave
         the process group."""
@@ -221,6 +274,16 @@ class World:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def interrupt_main() -> None:
+    """Raise KeyboardInterrupt in the main thread as SIGINT does: a real signal, so that a
+    blocking call there (a sleep, a read) returns at once (``_thread.interrupt_main`` only
+    takes effect once the call has returned)."""
+    if hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+    else:  # Windows
+        _thread.interrupt_main()
 
 
 def launched() -> bool:

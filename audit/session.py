@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import platform
+import reprlib
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,10 +20,17 @@ import torch
 import robaudit
 from robaudit.baseline import Baseline, Delta, NotComparable, compare_values, load_baseline
 from robaudit.cachekey import model_salt, run_salt
-from robaudit.context import AuditContext, DataSplit, RunCache, silent_progress
+from robaudit.context import (
+    AuditContext,
+    DataSplit,
+    KeepAlive,
+    ProgressFactory,
+    RunCache,
+    silent_progress,
+)
 from robaudit.datafit import input_problems, model_problems, non_finite_outputs
 from robaudit.diskcache import DiskStore
-from robaudit.distributed import PeerFailure, World
+from robaudit.distributed import POLL_S, PeerFailure, World
 from robaudit.errors import (
     EXIT_FAILED,
     EXIT_INTERNAL,
@@ -35,7 +43,13 @@ from robaudit.errors import (
     UsageError,
 )
 from robaudit.gate import VerdictError, verdict
-from robaudit.guard import CheckTimeout, deadline, shielded, terminate_as_interrupt
+from robaudit.guard import (
+    CheckTimeout,
+    Terminated,
+    deadline,
+    shielded,
+    terminate_as_interrupt,
+)
 from robaudit.identity import data_fingerprint, model_identity
 from robaudit.metric import Floor, MetricResult, SampleMetric, on_cpu
 from robaudit.model import ModelUnderAudit
@@ -45,11 +59,11 @@ from robaudit.results import AuditResult, CheckResult, Outcome
 from robaudit.selection import keyword_matches, marker_matches
 from robaudit.sharding import (
     Failure,
+    Inbox,
     Share,
-    decode_share,
-    encode_share,
     reduce_shares,
     run_units,
+    sendable,
     shard_placeholder,
     shard_record,
     task_groups,
@@ -127,6 +141,16 @@ def within(bounds: tuple[float, float] | None, low: float, high: float) -> tuple
     return (min(max(low, bounds[0]), bounds[1]), max(min(high, bounds[1]), bounds[0]))
 
 
+def result_or_failure(check: Check, computed: object) -> MetricResult | Failure:
+    """What a metric returned, checked before it is judged or sent: a :class:`MetricResult`
+    (or the :class:`Failure` of computing it); anything else, such as a bare float, is the
+    check's error, so that the check is reported rather than lost."""
+    if isinstance(computed, (MetricResult, Failure)):
+        return computed
+    return Failure(f"{check.metric.name} returned {type(computed).__name__} "
+                   f"({reprlib.repr(computed)}), not a MetricResult")
+
+
 def environment(device: torch.device) -> dict[str, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -154,6 +178,12 @@ class Session:
         self.baseline: Baseline | None = load_baseline(baseline) if baseline else None
         #: what plugins raised in reporting hooks; the run goes on, the exit code says so
         self.hook_failures: list[str] = []
+        #: in a process group: the running plan's inbox, result, run seed and data fingerprint
+        self.inbox: tuple[Inbox, AuditResult, int, str | None] | None = None
+        #: how many plans have started in a process group (names each plan's posts)
+        self.plans_started = 0
+        #: the progress displays of the prepared plans (their threads end with the run)
+        self.keepalives: list[KeepAlive] = []
 
     def counts_as_failure(self, outcome: Outcome) -> bool:
         """``failed`` and ``error``, and ``warned`` under ``--strict``."""
@@ -312,7 +342,10 @@ class Session:
 
     # -- running ---------------------------------------------------------------------------
     def check_context(self, check: Check, base: AuditContext) -> AuditContext:
-        """The context of one check: the run's, with the check's own seed and generator."""
+        """The context of one check: the run's, with the check's own seed and generator; the
+        previous check's progress task is forgotten."""
+        if isinstance(base.progress, KeepAlive):
+            base.progress.forget()
         seed = check_seed(base.seed, check.id)
         torch.manual_seed(seed)
         return AuditContext(
@@ -359,6 +392,7 @@ class Session:
         common = {"id": check.id, "metric": check.metric.name, "expect": check.expect,
                   "params": params, "tags": check.tags,
                   "higher_is_better": check.metric.higher_is_better}
+        computed = result_or_failure(check, computed)
         if isinstance(computed, Failure):
             return CheckResult(outcome="error", value=None, ci=None, details={},
                                message=computed.message, duration_s=duration,
@@ -437,10 +471,15 @@ class Session:
 
     def check_model_outputs(self, plan: AuditPlan, base: AuditContext) -> None:
         """Block every check that uses the model's outputs when they are not finite on the
-        audit split (one forward pass, the one the run caches for the checks)."""
+        audit split, or when the model raises on it (one forward pass, the one the run caches
+        for the checks); the checks that read only the weights still run."""
         users = [c for c in plan.checks if c.metric.uses_data and c.id not in plan.blocked]
         if users:
-            problem = non_finite_outputs(base.model, base.logits())
+            try:
+                problem = non_finite_outputs(base.model, base.logits())
+            except (Exception, SystemExit) as exc:  # e.g. a model that fails on large batches
+                problem = (f"the model raised on the audit split (batch_size "
+                           f"{base.batch_size}): {type(exc).__name__}: {exc}")
             if problem is not None:
                 plan.blocked.update(dict.fromkeys((c.id for c in users), problem))
 
@@ -464,7 +503,7 @@ class Session:
             reference=spec.model.data.reference, batch_size=spec.model.data.batch_size,
             device=plan.device, seed=seed, generator=torch.Generator().manual_seed(seed),
             run_seed=seed, models=models, cache=RunCache(self.disk_store(plan, models, splits)),
-            progress=self.hook.robaudit_progress(options=self.options) or silent_progress,
+            progress=self.progress(),
         )
         self.check_params_against_data(plan, base)
         self.check_model_outputs(plan, base)
@@ -476,6 +515,15 @@ class Session:
                               "reference_is_split": plan.reference_is_split,
                               "fingerprint": data_fingerprint(splits[data.split])}
         return base
+
+    def progress(self) -> ProgressFactory:
+        """The reporters' progress display, kept alive between a long step's advances
+        (:class:`robaudit.context.KeepAlive`), or nothing when none displays progress."""
+        shown = self.hook.robaudit_progress(options=self.options)
+        if shown is None:
+            return silent_progress
+        self.keepalives.append(KeepAlive(shown))
+        return self.keepalives[-1]
 
     def disk_store(self, plan: AuditPlan, models: dict[str, ModelUnderAudit],
                    splits: dict[str, DataSplit]) -> DiskStore | None:
@@ -528,18 +576,31 @@ class Session:
         rendezvous store), so that they run in parallel and balance; a ``--shard`` runs the
         whole checks of the tasks k ≡ I (mod N) and fits every sample metric itself;
         (2) every fit sent to every process; (3) this process's units of each sample metric.
-        Then rank 0 gathers the shares and judges each check in plan order (a ``--shard``
-        keeps its shares for ``robaudit merge``)."""
+        In a group each process posts its share of a check as soon as it is done
+        (:class:`robaudit.sharding.Inbox`) and rank 0 judges each check once every share of it
+        has arrived, so that a run cut short still reports every check that finished; the
+        report lists the checks in plan order. A ``--shard`` keeps its shares for
+        ``robaudit merge``."""
         world = self.world
         todo = [check for check in plan.checks if check.id not in plan.blocked]
         shares = {check.id: Share() for check in todo}
         tasks = task_groups(todo)
         fits: dict[str, Any] = {}
+        inbox = Inbox(world, str(self.plans_started), plan.checks)
         if world.grouped:
+            self.inbox = (inbox, result, base.run_seed, plan.data_identity.get("fingerprint"))
+            self.plans_started += 1
+            for check in plan.checks:
+                if check.id in plan.blocked and world.reports:
+                    self.record(result, self.combine(check, [], plan.blocked[check.id],
+                                                     base.run_seed, None))
             for index in world.claim(len(tasks)):
                 for check in tasks[index]:
                     fits.update(self.owned_work(check, self.check_context(check, base),
                                                 shares[check.id]))
+                    if not isinstance(check.metric, SampleMetric):
+                        inbox.post(check, shares[check.id])
+                self.take_in()
             fits = {cid: fit for part in world.all_gather(fits) for cid, fit in part.items()}
         else:
             for index, task in enumerate(tasks):
@@ -554,27 +615,39 @@ class Session:
                 world.check()
                 self.unit_work(check, self.check_context(check, base), fits[check.id],
                                shares[check.id])
-        encoded = {cid: encode_share(share) for cid, share in shares.items()}
+                if world.grouped:
+                    inbox.post(check, shares[check.id])
+                    self.take_in()
         if world.sharded:
             selection = {"keyword": getattr(self.options, "keyword", None),
                          "markexpr": getattr(self.options, "markexpr", None)}
+            encoded = {cid: sendable(share) for cid, share in shares.items()}
             result.shard = shard_record(plan, self.overrides(), world, encoded, selection)
             for check in plan.checks:
                 if not self.record(result, shard_placeholder(check, shares.get(check.id),
                                                              plan.blocked.get(check.id), world)):
                     return False
             return True
-        gathered = world.gather(encoded)
-        if gathered is None:  # not rank 0: rank 0 reports
-            return True
-        fingerprint = plan.data_identity.get("fingerprint")
-        for check in plan.checks:
-            parts = [decode_share(part[check.id]) for part in gathered if check.id in part]
-            # every check is recorded: the other processes have run this plan's work, and
-            # they go on to the next spec whatever --maxfail says (it does not stop them)
-            self.record(result, self.combine(check, parts, plan.blocked.get(check.id),
-                                             base.run_seed, fingerprint))
+        # every check is recorded: the other processes have run this plan's work, and they
+        # go on to the next spec whatever --maxfail says (it does not stop them)
+        while world.reports and len(result.checks) < len(plan.checks):
+            world.check()
+            time.sleep(POLL_S)
+            self.take_in()
+        self.inbox = None
         return True
+
+    def take_in(self) -> None:
+        """Rank 0: judge and record the checks of the running plan whose shares have all
+        arrived (in plan order, so the report's order is the plan's)."""
+        if self.inbox is None or not self.world.reports:
+            return
+        inbox, result, seed, fingerprint = self.inbox
+        taken = {check.id for check in result.checks}
+        for check, parts in inbox.ready(taken):
+            self.record(result, self.combine(check, parts, None, seed, fingerprint))
+        order = {check.id: i for i, check in enumerate(inbox.checks)}
+        result.checks.sort(key=lambda c: order.get(c.id, -1))
 
     def owned_work(self, check: Check, ctx: AuditContext, share: Share) -> dict[str, Any]:
         """Phase 1 of :meth:`run_shares` for a check this process owns: a whole check is
@@ -585,7 +658,8 @@ class Session:
         try:
             if isinstance(metric, SampleMetric):
                 return {check.id: self.guarded(check, lambda: on_cpu(metric.fit(ctx, params)))}
-            computed = self.guarded(check, lambda: metric.compute(ctx, params))
+            computed = result_or_failure(
+                check, self.guarded(check, lambda: metric.compute(ctx, params)))
             if isinstance(computed, Failure):
                 share.error = computed
             else:
@@ -675,11 +749,19 @@ class Session:
                             break
                     finally:
                         result.duration_s = time.perf_counter() - started
-            except (KeyboardInterrupt, PeerFailure):
+            except (KeyboardInterrupt, PeerFailure) as exc:
+                if isinstance(exc, Terminated):  # a launcher stopping the group for a failure?
+                    self.world.blame()
+                with suppress(Exception):  # the checks that finished on other processes
+                    self.take_in()
+                stopped = self.world.failure or (exc.reason if isinstance(exc, Terminated)
+                                                 else None)
                 for result in results:
-                    result.interrupted, result.stopped = True, self.world.failure
+                    result.interrupted, result.stopped = True, stopped
                 code = EXIT_INTERNAL if self.world.failure else EXIT_INTERRUPTED
             finally:
+                for keepalive in self.keepalives:
+                    keepalive.close()
                 self.write_reports(results)
         return results, self.exit_code(results, code)
 

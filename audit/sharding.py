@@ -3,18 +3,21 @@
 
 The plan does not depend on the number of processes: units are the fixed, batch-aligned slices
 of :func:`~robaudit.metric.work_units`, and process ``rank`` of ``world`` takes the units
-k ≡ rank (mod world). Shares are gathered to the reporting process and concatenated in unit
-(= sample) order, so that the reduction sees exactly what one process would have seen.
+k ≡ rank (mod world). Shares reach the reporting process (posted as each is done,
+:class:`Inbox`, or in shard reports) and are concatenated in unit (= sample) order, so that the
+reduction sees exactly what one process would have seen.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import robaudit
 from robaudit.context import AuditContext
+from robaudit.errors import MetricError
 from robaudit.metric import (
     Metric,
     MetricResult,
@@ -25,7 +28,7 @@ from robaudit.metric import (
     work_units,
 )
 from robaudit.results import CheckResult
-from robaudit.wire import decode, digest, encode
+from robaudit.wire import WireError, decode, digest, encode
 
 if TYPE_CHECKING:
     from robaudit.distributed import World
@@ -96,7 +99,11 @@ def run_units(metric: SampleMetric, ctx: AuditContext, params: Any, fitted: Any,
     share = Share(fit_digest=digest(fitted), fit_summary=metric.fit_summary(fitted),
                   unit_count=len(every))
     for unit in units:
-        share.units[unit.index] = metric.per_sample(ctx, params, unit, fitted)
+        done = metric.per_sample(ctx, params, unit, fitted)
+        if not isinstance(done, UnitResult):
+            raise MetricError(f"{metric.name}.per_sample returned {type(done).__name__}, "
+                              "not a UnitResult")
+        share.units[unit.index] = done
         task.advance()
     return share
 
@@ -140,6 +147,17 @@ def encode_share(share: Share) -> dict[str, Any]:
     }
 
 
+def sendable(share: Share) -> dict[str, Any]:
+    """:func:`encode_share`, or when the share holds what the wire does not carry (a metric's
+    details of another type), the encoded share of that error."""
+    try:
+        return encode_share(share)
+    except WireError as exc:
+        return encode_share(Share(
+            error=Failure(f"the result could not be sent between processes: {exc}"),
+            duration_s=share.duration_s, unit_count=share.unit_count))
+
+
 def decode_share(data: dict[str, Any]) -> Share:
     """The share :func:`encode_share` encoded (raises WireError, KeyError or TypeError on
     data it did not write)."""
@@ -158,6 +176,40 @@ def decode_share(data: dict[str, Any]) -> Share:
         duration_s=float(data["duration_s"]),
         unit_count=int(data["unit_count"]),
     )
+
+
+class Inbox:
+    """The shares of one plan's checks as the processes of a group post them (design §8):
+    each process posts its share of a check as soon as its part is done (a whole check when it
+    is computed, a sample check's units when they are), and rank 0 takes each check in once it
+    is complete: a whole check from the process that ran it, a sample check from every process.
+    So rank 0 holds every finished check however the run ends."""
+
+    def __init__(self, world: World, topic: str, checks: list[Check]) -> None:
+        self.world, self.topic = world, topic
+        self.checks = checks
+        self.parts: dict[str, dict[int, Share]] = {check.id: {} for check in checks}
+
+    def post(self, check: Check, share: Share) -> None:
+        """Send this process's share of ``check`` to rank 0; a share that cannot be encoded
+        (a metric's details of a type the wire does not carry) is sent as its error."""
+        self.world.post(f"{self.topic}/{check.id}", json.dumps(sendable(share)))
+
+    def ready(self, taken: set[str]) -> list[tuple[Check, list[Share]]]:
+        """The complete checks not in ``taken``, in plan order, each with its shares."""
+        complete = []
+        for check in self.checks:
+            if check.id in taken:
+                continue
+            parts = self.parts[check.id]
+            for rank in range(self.world.size):
+                if rank not in parts:
+                    text = self.world.posted(f"{self.topic}/{check.id}", rank)
+                    if text is not None:
+                        parts[rank] = decode_share(json.loads(text))
+            if len(parts) == self.world.size or (parts and not shards_samples(check.metric)):
+                complete.append((check, [parts[rank] for rank in sorted(parts)]))
+        return complete
 
 
 def spec_digest(plan: AuditPlan, overrides: list[str]) -> str:

@@ -1,4 +1,5 @@
-"""The JSON report (``--json PATH``): design.md §5, key for key and in that order, then its
+"""The JSON report (``--json PATH``): design.md §5, key for key and in that order (the
+``outcome`` of an interrupted run is ``interrupted``, design §5 and §10), then its
 extensions: ``interrupted`` (whether the run was cut short; ``stopped`` says why when it was not
 Ctrl-C, e.g. another process of a torchrun group failed), ``model`` (the factory or
 TorchScript path, the weights and their sha256, the parameter count) and ``data`` (the source,
@@ -65,7 +66,7 @@ def audit_json(result: AuditResult) -> dict[str, Any]:
         "robaudit": robaudit.__version__,
         "audit": result.audit,
         "spec": result.spec,
-        "outcome": result.outcome,
+        "outcome": "interrupted" if result.interrupted else result.outcome,
         "summary": result.summary(),
         "duration_s": jsonable(result.duration_s),
         "seed": result.seed,

@@ -17,7 +17,12 @@ from torch import nn
 from robaudit.errors import MetricError
 from robaudit.ops.preflight import FINDINGS, black_box_finding, model_findings
 from robaudit.plugins.metrics.adversarial.attack_accuracy import FGSMAccuracy, PGDAccuracy
+from robaudit.plugins.metrics.adversarial.autoattack import AutoAttackAccuracy
+from robaudit.plugins.metrics.adversarial.deepfool_distortion import DeepFoolMinDistortion
 from robaudit.plugins.metrics.adversarial.min_norm import MinNormDistortion
+from robaudit.plugins.metrics.adversarial.transfer import TransferRate
+from robaudit.plugins.metrics.universal.robustness_category import RobustnessCategory
+from robaudit.plugins.metrics.universal.uap import UAPFoolingRate
 from robaudit.testing import make_context, run_metric
 
 D, N = 5, 30
@@ -105,7 +110,40 @@ def test_findings_reach_details_and_error_mode() -> None:
     assert result.details["preflight"] == [] and "warnings" not in result.details
 
 
+#: every attack-based check (design §6: accuracy under attack, distortion, UAP, transfer)
+ATTACK_CHECKS = [
+    (FGSMAccuracy(), {"eps": 0.1}),
+    (PGDAccuracy(), {"eps": 0.1, "steps": 3}),
+    (AutoAttackAccuracy(), {"eps": 0.1, "version": "fast"}),
+    (MinNormDistortion(), {"attacks": ["deepfool"]}),
+    (DeepFoolMinDistortion(), {}),
+    (UAPFoolingRate(), {"eps": 0.5, "max_passes": 1}),
+    (RobustnessCategory(), {"eps": 0.5, "max_passes": 1}),
+    (TransferRate(), {"source": "source"}),
+]
+
+
+@pytest.mark.parametrize(("metric", "params"), ATTACK_CHECKS,
+                         ids=[m.name for m, _ in ATTACK_CHECKS])
+def test_every_attack_check_runs_the_preflight(metric: object, params: dict) -> None:
+    """A softmax model is flagged by every attack-based check, and ``preflight: error``
+    makes the finding the check's error (for transfer, the source model is the one whose
+    gradients the attack uses)."""
+    torch.manual_seed(0)
+    model = frozen(Softmax())
+    x, y = data(model)
+    clean = frozen(nn.Linear(D, 3))
+
+    def context() -> object:
+        if metric.name == "transfer_rate":
+            return make_context(clean, x, y, input_range=BOX, models={"source": model})
+        return make_context(model, x, y, input_range=BOX)
+
+    with pytest.raises(MetricError, match="preflight probabilities"):
+        run_metric(metric, context(), **params, preflight="error")
+
+
 def test_metrics_doc_explains_every_finding() -> None:
-    for metric in (FGSMAccuracy(), PGDAccuracy(), MinNormDistortion()):
+    for metric, _ in ATTACK_CHECKS:
         for name in FINDINGS:
             assert f"``{name}``" in (type(metric).__doc__ or "")

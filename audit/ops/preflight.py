@@ -12,7 +12,7 @@ on the batch size or the number of processes).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,10 @@ from robaudit.errors import MetricError
 from robaudit.metric import MetricParams
 from robaudit.ops.attacks import pgd
 from robaudit.ops.sampling import sample_seeds
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
+    from robaudit.model import ModelUnderAudit
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -118,6 +122,17 @@ def model_findings(logits_fn: LogitsFn, x: torch.Tensor, y: torch.Tensor,
                                                  f"(the whole box) leaves {robust:.0%} of the "
                                                  "correct samples robust"))
     return found
+
+
+def audit_findings(ctx: AuditContext, model: ModelUnderAudit | None = None
+                   ) -> list[dict[str, str]]:
+    """:func:`model_findings` of ``model`` (default: the audited one; the model an attack
+    runs on) on the first :data:`PREFLIGHT_SAMPLES` samples of the audit split: what every
+    attack-based check runs once, in its ``fit``."""
+    model = model or ctx.model
+    data = ctx.data()
+    return model_findings(model.logits, data.x[:PREFLIGHT_SAMPLES].to(ctx.device),
+                          data.y[:PREFLIGHT_SAMPLES].to(ctx.device), model.input_range)
 
 
 def black_box_finding(white_box_robust: float, final_robust: float, attack: str

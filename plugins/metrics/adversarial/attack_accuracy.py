@@ -26,9 +26,8 @@ from robaudit.ops.attacks import fgsm, pgd
 from robaudit.ops.perclass import GALLERY_SAMPLES, accuracy_result, gallery
 from robaudit.ops.preflight import (
     PREFLIGHT_DOC,
-    PREFLIGHT_SAMPLES,
     PreflightParams,
-    model_findings,
+    audit_findings,
     preflight_details,
 )
 from robaudit.ops.sampling import per_sample_randn, sample_seeds
@@ -37,15 +36,8 @@ Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
 
 
-def _levels(value: float | Sequence[float]) -> list[float]:
+def eps_levels(value: float | Sequence[float]) -> list[float]:
     return [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
-
-
-def _preflight(ctx: AuditContext) -> list[dict[str, str]]:
-    """The preflight's model findings on the first audit samples (:mod:`robaudit.ops.preflight`)."""
-    data = ctx.data()
-    return model_findings(ctx.model.logits, data.x[:PREFLIGHT_SAMPLES].to(ctx.device),
-                          data.y[:PREFLIGHT_SAMPLES].to(ctx.device), ctx.model.input_range)
 
 
 def _preflight_details(gathered: Gathered, params: PreflightParams) -> dict[str, Any]:
@@ -64,7 +56,7 @@ def _accuracy_result(gathered: Gathered, figures: list[Figure], **details: objec
         clean_accuracy=float(torch.from_numpy(gathered.arrays["clean"]).mean()), **details)
 
 
-def _curve(name: str, levels: list[float], robust: np.ndarray, title: str
+def accuracy_curve(name: str, levels: list[float], robust: np.ndarray, title: str
            ) -> tuple[list[dict[str, float]], list[Figure]]:
     """``details.curve`` and its plot, in increasing level, when more than one level was
     asked for (``robust``: per-sample 0/1, a column per level)."""
@@ -134,7 +126,7 @@ class FGSMAccuracy(SampleMetric):
 
     def fit(self, ctx: AuditContext, params: FGSMParams) -> list[dict[str, str]]:
         """The preflight's model findings."""
-        return _preflight(ctx)
+        return audit_findings(ctx)
 
     def fit_summary(self, fitted: list[dict[str, str]]) -> dict[str, Any]:
         return {"preflight": fitted}
@@ -213,7 +205,7 @@ class PGDAccuracy(SampleMetric):
         restarts' seeds do not depend on ``restarts``; the same seeds at every eps of a list.
         And the preflight's model findings."""
         seeds = sample_seeds(ctx.generator, params.restarts, len(ctx.data()))
-        return PGDFit(seeds, _preflight(ctx))
+        return PGDFit(seeds, audit_findings(ctx))
 
     def fit_summary(self, fitted: PGDFit) -> dict[str, Any]:
         return {"preflight": fitted.preflight}
@@ -222,7 +214,7 @@ class PGDAccuracy(SampleMetric):
                    ) -> UnitResult:
         seeds = fitted.seeds
         x, y, clean = _clean_unit(ctx, unit)
-        levels = _levels(params.eps)
+        levels = eps_levels(params.eps)
         robust = [self._robust(ctx, params, eps, x, y, clean, seeds[:, unit.indices])
                   for eps in levels]
         eps, step = levels[0], params.step_size or 2.5 * levels[0] / params.steps
@@ -233,8 +225,8 @@ class PGDAccuracy(SampleMetric):
                 input_range=ctx.model.input_range)))
 
     def reduce(self, params: PGDParams, gathered: Gathered) -> MetricResult:
-        levels = _levels(params.eps)
-        curve, figures = _curve("eps", levels, gathered.arrays["robust"],
+        levels = eps_levels(params.eps)
+        curve, figures = accuracy_curve("eps", levels, gathered.arrays["robust"],
                                 f"PGD {params.norm} accuracy against eps")
         figures.append(gathered.extras[0]["gallery"])
         eps, step = levels[0], params.step_size or 2.5 * levels[0] / params.steps
@@ -260,7 +252,7 @@ class PGDAccuracy(SampleMetric):
         return robust
 
     def floor(self, ctx: AuditContext, params: PGDParams) -> Floor:
-        n = len(ctx.data()) * len(_levels(params.eps))
+        n = len(ctx.data()) * len(eps_levels(params.eps))
         return Floor(forward=n * (1 + params.restarts), gradient=n * params.steps * params.restarts,
                      note="every step of every restart (at every eps) on a sample that "
                           "survives them all")
@@ -300,7 +292,7 @@ class NoiseAccuracy(SampleMetric):
     def per_sample(self, ctx: AuditContext, params: NoiseParams, unit: Unit,
                    seeds: torch.Tensor) -> UnitResult:
         x, y, clean = _clean_unit(ctx, unit)
-        levels = _levels(params.sigma)
+        levels = eps_levels(params.sigma)
         correct = [ctx.model.predict(self._noisy(ctx, params, sigma, x, seeds[unit.indices])) == y
                    for sigma in levels]
         return _unit_result(unit, y, clean, correct, lambda: _gallery(
@@ -308,8 +300,8 @@ class NoiseAccuracy(SampleMetric):
             lambda x, y: self._noisy(ctx, params, levels[0], x, seeds[:len(x)])))
 
     def reduce(self, params: NoiseParams, gathered: Gathered) -> MetricResult:
-        levels = _levels(params.sigma)
-        curve, figures = _curve("sigma", levels, gathered.arrays["robust"],
+        levels = eps_levels(params.sigma)
+        curve, figures = accuracy_curve("sigma", levels, gathered.arrays["robust"],
                                 "accuracy against Gaussian noise sigma")
         figures.append(gathered.extras[0]["gallery"])
         return _accuracy_result(gathered, figures, sigma=levels[0],
@@ -322,7 +314,7 @@ class NoiseAccuracy(SampleMetric):
         return noisy.clamp(*ctx.model.input_range) if params.clip else noisy
 
     def floor(self, ctx: AuditContext, params: NoiseParams) -> Floor:
-        return Floor(forward=(1 + len(_levels(params.sigma))) * len(ctx.data()),
+        return Floor(forward=(1 + len(eps_levels(params.sigma))) * len(ctx.data()),
                      note="clean and noisy forward passes (at every sigma)")
 
 

@@ -25,14 +25,13 @@ from robaudit.ops.fab import fab_unit
 from robaudit.ops.perclass import accuracy_result
 from robaudit.ops.preflight import (
     PREFLIGHT_DOC,
-    PREFLIGHT_SAMPLES,
     PreflightParams,
+    audit_findings,
     black_box_finding,
-    model_findings,
     preflight_details,
 )
 from robaudit.ops.sampling import sample_seeds
-from robaudit.plugins.metrics.adversarial.attack_accuracy import _curve, _levels
+from robaudit.plugins.metrics.adversarial.attack_accuracy import accuracy_curve, eps_levels
 
 Positive = Annotated[float, Field(gt=0)]
 
@@ -112,11 +111,9 @@ class AutoAttackAccuracy(SampleMetric):
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def fit(self, ctx: AuditContext, params: AutoAttackParams) -> AutoAttackFit:
-        data = ctx.data()
-        found = model_findings(ctx.model.logits, data.x[:PREFLIGHT_SAMPLES].to(ctx.device),
-                               data.y[:PREFLIGHT_SAMPLES].to(ctx.device), ctx.model.input_range)
-        return AutoAttackFit(sample_seeds(ctx.generator, _plan(params).seed_rows, len(data)),
-                             found)
+        return AutoAttackFit(
+            sample_seeds(ctx.generator, _plan(params).seed_rows, len(ctx.data())),
+            audit_findings(ctx))
 
     def fit_summary(self, fitted: AutoAttackFit) -> dict[str, Any]:
         return {"preflight": fitted.preflight}
@@ -128,7 +125,7 @@ class AutoAttackAccuracy(SampleMetric):
         clean = (logits.argmax(dim=1) == ctx.data().y[unit.indices]).to(ctx.device)
         plan = _plan(params)
         cascade = autoattack(
-            ctx.model.logits, x, y, clean, levels=_levels(params.eps), norm=params.norm,
+            ctx.model.logits, x, y, clean, levels=eps_levels(params.eps), norm=params.norm,
             plan=plan, seeds=fitted.seeds[:, unit.indices], input_range=ctx.model.input_range,
             fab=lambda: fab_unit(ctx, unit, norm=params.norm, steps=plan.steps,
                                  targets=plan.targets))
@@ -138,9 +135,9 @@ class AutoAttackAccuracy(SampleMetric):
 
     def reduce(self, params: AutoAttackParams, gathered: Gathered) -> MetricResult:
         arrays = gathered.arrays
-        levels = _levels(params.eps)
+        levels = eps_levels(params.eps)
         plan = _plan(params)
-        curve, figures = _curve("eps", levels, arrays["robust"],
+        curve, figures = accuracy_curve("eps", levels, arrays["robust"],
                                 f"AutoAttack {params.norm} accuracy against eps")
         broken = arrays["broken_by"][:, 0]
         total = len(broken)
@@ -170,7 +167,7 @@ class AutoAttackAccuracy(SampleMetric):
             **preflight_details(found, params.preflight))
 
     def floor(self, ctx: AuditContext, params: AutoAttackParams) -> Floor:
-        n = len(ctx.data()) * len(_levels(params.eps))
+        n = len(ctx.data()) * len(eps_levels(params.eps))
         plan = _plan(params)
         return Floor(forward=2 * n, gradient=n * plan.steps * plan.restarts,
                      note="APGD-CE's steps on every point (a robust point also pays every "

@@ -24,10 +24,11 @@ from robaudit.metric import (
 )
 from robaudit.ops.deepfool import deepfool_unit
 from robaudit.ops.perclass import GALLERY_SAMPLES, gallery
+from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams, audit_findings, preflight_details
 from robaudit.ops.projections import lp_norm
 
 
-class DeepFoolParams(IncludedParams):
+class DeepFoolParams(IncludedParams, PreflightParams):
     norm: Literal["l2", "linf"] = Field("l2", description="the perturbation's norm")
     overshoot: float = Field(0.02, ge=0, le=1, description="the paper's overshoot η")
     candidates: int = Field(
@@ -70,7 +71,7 @@ class DeepFoolMinDistortion(SampleMetric):
     higher_is_better: ClassVar[bool] = True
     source: ClassVar[str] = "Moosavi-Dezfooli et al. 2016, section 4.1 (DeepFool ρ_adv)"
 
-    def per_sample(self, ctx: AuditContext, params: DeepFoolParams, unit: Unit, fitted: None
+    def per_sample(self, ctx: AuditContext, params: DeepFoolParams, unit: Unit, fitted: Any
                    ) -> UnitResult:
         result = deepfool_unit(ctx, unit, **self._options(params))
         x = ctx.data().x[unit.indices].to(result.perturbation.device)
@@ -87,6 +88,13 @@ class DeepFoolMinDistortion(SampleMetric):
              "correct": correct.cpu()},
             {"gallery": self.gallery(ctx, params)} if unit.index == 0 else {},
         )
+
+    def fit(self, ctx: AuditContext, params: DeepFoolParams) -> list[dict[str, str]]:
+        """The preflight's model findings (:mod:`robaudit.ops.preflight`)."""
+        return audit_findings(ctx)
+
+    def fit_summary(self, fitted: list[dict[str, str]]) -> dict[str, Any]:
+        return {"preflight": fitted}
 
     def reduce(self, params: DeepFoolParams, gathered: Gathered) -> MetricResult:
         arrays = gathered.arrays
@@ -118,6 +126,8 @@ class DeepFoolMinDistortion(SampleMetric):
                 "max_iterations": int(iterations.max()),
                 "rho_correct": float(np.nanmean(rho[correct])) if correct.any() else float("nan"),
                 "samples": len(rho),
+                **preflight_details(list(gathered.fit.get("preflight", [])),
+                                    params.preflight),
             },
             figures=[
                 Histogram(
@@ -159,3 +169,7 @@ class DeepFoolMinDistortion(SampleMetric):
 @hookimpl
 def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
     register(DeepFoolMinDistortion())
+
+
+DeepFoolMinDistortion.__doc__ = (f"{DeepFoolMinDistortion.__doc__}\n    Preflight:\n"
+                                 f"{PREFLIGHT_DOC}\n")

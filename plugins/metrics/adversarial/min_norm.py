@@ -17,9 +17,8 @@ from robaudit.ops.fab import fab_unit
 from robaudit.ops.fmn import fmn
 from robaudit.ops.preflight import (
     PREFLIGHT_DOC,
-    PREFLIGHT_SAMPLES,
     PreflightParams,
-    model_findings,
+    audit_findings,
     preflight_details,
 )
 from robaudit.ops.projections import lp_norm
@@ -64,9 +63,7 @@ class MinNormDistortion(SampleMetric):
                              "2021 (FMN); Croce & Hein 2020 (FAB)")
 
     def fit(self, ctx: AuditContext, params: MinNormParams) -> list[dict[str, str]]:
-        data = ctx.data()
-        return model_findings(ctx.model.logits, data.x[:PREFLIGHT_SAMPLES].to(ctx.device),
-                              data.y[:PREFLIGHT_SAMPLES].to(ctx.device), ctx.model.input_range)
+        return audit_findings(ctx)
 
     def fit_summary(self, fitted: list[dict[str, str]]) -> dict[str, Any]:
         return {"preflight": fitted}

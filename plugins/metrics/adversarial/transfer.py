@@ -15,12 +15,13 @@ from robaudit.errors import MetricError
 from robaudit.metric import IncludedParams, included
 from robaudit.model import ModelUnderAudit
 from robaudit.ops.deepfool import deepfool_split
+from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams, audit_findings, preflight_details
 from robaudit.ops.sampling import per_sample_randn, sample_seeds
 from robaudit.ops.stats import wilson_interval
 from robaudit.ops.uap import perturb, predictions
 
 
-class TransferParams(IncludedParams):
+class TransferParams(IncludedParams, PreflightParams):
     source: str = Field(description="the model (a name of the spec's `models:`) on which the "
                                     "adversarial examples are made")
     magnify: float | None = Field(
@@ -142,6 +143,8 @@ class TransferRate(Metric):
                          "samples the source classifies correctly with an adversarial "
                          "example made (DeepFool converged)")
         sigma = float(stddev[made].mean())
+        # the attack runs on the source: its gradients are the ones that must not be masked
+        preflight = preflight_details(audit_findings(ctx, src), params.preflight)
 
         # Pass 2, per batch: Gaussian noise of stddev σ (needs every sample's stddev first).
         seeds = sample_seeds(ctx.generator, len(data))
@@ -173,6 +176,7 @@ class TransferRate(Metric):
                 "noise_source_error": float(torch.cat(noise_src).double().mean()),
                 "deepfool_converged": float(boundary.converged[src_correct].double().mean())
                 if bool(src_correct.any()) else None,
+                **preflight,
             },
         )
 
@@ -202,3 +206,7 @@ class TransferRate(Metric):
 @hookimpl
 def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
     register(TransferRate())
+
+
+TransferRate.__doc__ = (f"{TransferRate.__doc__}\n    Preflight (of the source model, on which "
+                        f"the attack runs):\n{PREFLIGHT_DOC}\n")

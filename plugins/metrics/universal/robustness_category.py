@@ -14,6 +14,7 @@ from robaudit.context import AuditContext
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.attacks import pgd
 from robaudit.ops.deepfool import deepfool_unit
+from robaudit.ops.preflight import PREFLIGHT_DOC, audit_findings, preflight_details
 from robaudit.ops.projections import lp_norm
 from robaudit.ops.sampling import sample_seeds
 from robaudit.ops.uap import UAPFit, random_lp_noise
@@ -53,6 +54,7 @@ class CategoryFitted:
 
     fit: UAPFit
     seeds: torch.Tensor
+    preflight: list[dict[str, str]]
 
 
 class RobustnessCategory(SampleMetric):
@@ -118,10 +120,11 @@ class RobustnessCategory(SampleMetric):
 
     def fit(self, ctx: AuditContext, params: CategoryParams) -> CategoryFitted:
         return CategoryFitted(fitted_uap(ctx, params),
-                              sample_seeds(ctx.generator, len(ctx.data()), 2))
+                              sample_seeds(ctx.generator, len(ctx.data()), 2),
+                              audit_findings(ctx))
 
     def fit_summary(self, fitted: CategoryFitted) -> dict[str, Any]:
-        return {"uap_passes": fitted.fit.passes}
+        return {"uap_passes": fitted.fit.passes, "preflight": fitted.preflight}
 
     def per_sample(self, ctx: AuditContext, params: CategoryParams, unit: Unit,
                    fitted: CategoryFitted) -> UnitResult:
@@ -159,6 +162,8 @@ class RobustnessCategory(SampleMetric):
                 "tolerance": params.tolerance,
                 "category_name": CATEGORY_NAMES[category],
                 "uap_passes": gathered.fit["uap_passes"],
+                **preflight_details(list(gathered.fit.get("preflight", [])),
+                                    params.preflight),
             },
         )
 
@@ -193,3 +198,6 @@ class RobustnessCategory(SampleMetric):
 @hookimpl
 def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
     register(RobustnessCategory())
+
+
+RobustnessCategory.__doc__ = f"{RobustnessCategory.__doc__}\n    Preflight:\n{PREFLIGHT_DOC}\n"

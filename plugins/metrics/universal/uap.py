@@ -15,6 +15,7 @@ from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.deepfool import deepfool_unit
+from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams, audit_findings, preflight_details
 from robaudit.ops.projections import lp_norm
 from robaudit.ops.sampling import sample_seeds
 from robaudit.ops.stats import wilson_interval
@@ -26,7 +27,7 @@ DEFAULT_EPS = {"linf": 0.1, "l2": 0.4}
 TOP_SINGULAR_VALUES = 10
 
 
-class UAPFitParams(MetricParams):
+class UAPFitParams(PreflightParams):
     """The parameters of a universal-perturbation fit (shared by every metric that fits one)."""
 
     eps: float = Field(
@@ -157,6 +158,7 @@ class UAPFitted:
     random_state: torch.Tensor
     fit_samples: int
     held_out: bool
+    preflight: list[dict[str, str]]
 
 
 class UAPFoolingRate(SampleMetric):
@@ -251,6 +253,7 @@ class UAPFoolingRate(SampleMetric):
             random_state=ctx.generator.get_state(),
             fit_samples=min(params.fit_limit, len(ctx.data(ctx.reference))),
             held_out=not ctx.reference_is_split,
+            preflight=audit_findings(ctx),
         )
 
     def fit_summary(self, fitted: UAPFitted) -> dict[str, Any]:
@@ -263,6 +266,7 @@ class UAPFoolingRate(SampleMetric):
             "perturbation_norm": fitted.size,
             "perturbation": fitted.fit.perturbation.detach().cpu().numpy(),
             "random_state": fitted.random_state.numpy(),
+            "preflight": fitted.preflight,
         }
 
     def per_sample(self, ctx: AuditContext, params: UAPFitParams, unit: Unit,
@@ -308,6 +312,7 @@ class UAPFoolingRate(SampleMetric):
                     normals, TOP_SINGULAR_VALUES),
                 "random_singular_values": normalised_singular_values(
                     random_dirs, TOP_SINGULAR_VALUES),
+                **preflight_details(list(fit.get("preflight", [])), params.preflight),
             },
             figures=[ImagePlot(
                 title="universal perturbation v",
@@ -333,3 +338,6 @@ class UAPFoolingRate(SampleMetric):
 @hookimpl
 def robaudit_register_metrics(register: Callable[[Metric], None]) -> None:
     register(UAPFoolingRate())
+
+
+UAPFoolingRate.__doc__ = f"{UAPFoolingRate.__doc__}\n    Preflight:\n{PREFLIGHT_DOC}\n"

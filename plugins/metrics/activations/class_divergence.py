@@ -20,6 +20,7 @@ from robaudit.ops.activations import (
     bernoulli_kl,
     bernoulli_probabilities,
     check_layer_names,
+    divergence_interval,
     layer_statistics,
     linear_sites,
 )
@@ -27,6 +28,10 @@ from robaudit.plugins.metrics.activations._patterns import PatternParams
 
 
 class DivergenceParams(PatternParams):
+    bootstrap: int = Field(
+        200, ge=20, le=100_000,
+        description="parametric bootstrap draws of the class counts behind the 95% interval",
+    )
     ood: str | None = Field(
         None, min_length=1,
         description="a split of the loaded data taken as out-of-distribution: the KL between "
@@ -52,6 +57,14 @@ class ClassDivergence(Metric):
     the in-distribution class to the same class in that split and back (Figures 13–14), and
     the layer rows their means.
 
+    Interval: a 95% interval of each layer's mean KL by the parametric bootstrap of the
+    model the metric itself assumes (:func:`robaudit.ops.activations.divergence_interval`:
+    every class's count of every interaction redrawn as a binomial, ``bootstrap`` times; the
+    basic bootstrap interval, which removes the upward bias of a KL estimated from counts).
+    With several layers, whose estimates are correlated, the interval of their mean is the
+    mean of their intervals (exact if they move together, wider otherwise). The draws come
+    from the check's generator. ``by: ci`` works on it.
+
     Runs whole on one process: its statistics are per class and layer over the whole split
     (design §8).
     """
@@ -73,6 +86,7 @@ class ClassDivergence(Metric):
         ood_stats = (layer_statistics(ctx, sites, "interactions", params.ood,
                                       count_bias=params.count_bias) if params.ood else None)
         values, layers, figures = [], [], []
+        intervals: list[tuple[float, float]] = []
         matrices: dict[str, object] = {}
         entropies: dict[str, object] = {}
         ood: dict[str, object] = {}
@@ -88,10 +102,14 @@ class ClassDivergence(Metric):
             entropy = bernoulli_entropy(p)
             off = ~torch.eye(len(present), dtype=torch.bool)
             values.append(float(kl[off].mean()))
+            intervals.append(divergence_interval(
+                interactions.significant[present], interactions.samples[present],
+                params.smoothing, params.bootstrap, ctx.generator))
             labels = tuple(str(c) for c in present.tolist())
             layer: dict[str, object] = {
                 "layer": site.label, "classes": [int(c) for c in present],
-                "mean_kl": values[-1], "mean_entropy": float(entropy.mean())}
+                "mean_kl": values[-1], "mean_kl_ci": list(intervals[-1]),
+                "mean_entropy": float(entropy.mean())}
             matrices[site.label] = [[float(v) for v in row] for row in kl]
             entropies[site.label] = [float(v) for v in entropy]
             shown = kl.clone()
@@ -110,7 +128,10 @@ class ClassDivergence(Metric):
         details: dict[str, object] = {"layers": layers, "kl": matrices, "entropy": entropies}
         if ood_stats is not None:
             details["ood"] = ood
-        return MetricResult(value=sum(values) / len(values), details=details, figures=figures)
+        ci = (sum(low for low, _ in intervals) / len(intervals),
+              sum(high for _, high in intervals) / len(intervals))
+        return MetricResult(value=sum(values) / len(values), ci=ci, details=details,
+                            figures=figures)
 
     def floor(self, ctx: AuditContext, params: DivergenceParams) -> Floor:
         n = len(ctx.data()) + (len(ctx.data(params.ood)) if params.ood else 0)

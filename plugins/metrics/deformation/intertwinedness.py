@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
-from robaudit.errors import ParamError
+from robaudit.errors import MetricError, ParamError
 from robaudit.ops.neighbors import chunk_rows, pair_distances, scan_neighbours
 
 #: Default radii as quantiles of the audit-to-reference distances (see the docstring).
@@ -100,6 +100,12 @@ class Intertwinedness(Metric):
       scalar distances. What grows with the audit size is the per-sample ITW_n (one value per
       entry of ``ns``) and ITW_r (one per radius).
 
+    Undefined is an error, never a number (design §10): when every audit and reference
+    sample has the same features (dead feature units, a model that ignores its input), every
+    feature distance is 0, so the n nearest would be decided by the samples' order and the
+    feature ITW_n would be the label share of the first reference samples: the check is
+    error naming the cause. Likewise when every input is the same.
+
     Runs whole on one process: each sample's value needs its neighbours among the whole
     split (design §8).
     """
@@ -126,6 +132,8 @@ class Intertwinedness(Metric):
         largest = max([*ns, params.n])
         feats, _ = ctx.features()
         ref_feats, _ = ctx.features(ctx.reference)
+        for space, (mine, theirs) in (("input", (data.x, ref.x)), ("feature", (feats, ref_feats))):
+            _check_varies(space, mine.flatten(1), theirs.flatten(1))
         device = ctx.device
         labels, ref_labels = data.y.to(device), ref.y.to(device)
         num_classes = int(max(labels.max(), ref_labels.max())) + 1
@@ -250,6 +258,18 @@ class Intertwinedness(Metric):
         extra = 0 if _same_split(ctx) else len(ctx.data(ctx.reference))
         return Floor(forward=len(ctx.data()) + extra,
                      note="features of the audit and reference splits, one forward pass each")
+
+
+def _check_varies(space: str, audit: torch.Tensor, reference: torch.Tensor) -> None:
+    """MetricError when every audit and reference row of a space is the same vector: every
+    distance is 0 and the nearest neighbours would be decided by index."""
+    first = audit[:1]
+    if bool((audit == first).all()) and bool((reference == first.to(reference.device)).all()):
+        cause = (" (g(x) is constant: dead units, or a model that ignores its input)"
+                 if space == "feature" else "")
+        raise MetricError(f"every audit and reference sample has the same {space} vector"
+                          f"{cause}: every {space}-space distance is 0, so the nearest "
+                          "neighbours would be decided by the samples' order")
 
 
 def _same_split(ctx: AuditContext) -> bool:

@@ -160,21 +160,3 @@ def test_noise_accuracy_matches_the_gaussian_tail_of_a_linear_model(binary) -> N
     sd = np.sqrt(expected * (1 - expected) / big_x.shape[0])
     assert abs(result.value - expected) < 4 * sd
     assert result.ci is not None and result.ci[0] < expected < result.ci[1]
-
-
-def test_clean_accuracy_leaves_out_tied_top_logits() -> None:
-    """Logits (x₀, x₁, −1): a sample with x₀ = x₁ has no prediction (argmax would say 0)."""
-    from robaudit.errors import MetricError
-
-    class Tie(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.cat([x, -torch.ones(len(x), 1)], dim=1)
-
-    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.2, 0.9], [0.8, 0.1], [0.5, 0.5]])
-    y = torch.tensor([0, 1, 0, 0, 0])
-    result = run_metric(CleanAccuracy(), make_context(Tie(), x, y))
-    assert result.value == 3 / 4 and result.details["included"]["used"] == 4
-    with pytest.raises(MetricError, match="every audit sample's largest logit is tied"):
-        run_metric(CleanAccuracy(), make_context(Tie(), torch.full((4, 2), 0.3), y[:4]))
-    with pytest.raises(MetricError, match=r"only 3 of 5 samples \(the others' largest logit"):
-        run_metric(CleanAccuracy(), make_context(Tie(), x[[0, 1, 2, 4, 4]], y))

@@ -371,3 +371,35 @@ def test_mean_pairwise_kl_is_the_mean_off_diagonal_kl():
         kl = bernoulli_kl(p[batch], p[batch])
         expected = kl[~torch.eye(4, dtype=torch.bool)].mean()
         assert float(mean_pairwise_kl(p)[batch]) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_by_ci_works_on_class_divergence_and_is_refused_on_manifold_entanglement(
+        write_spec, robaudit_main):
+    spec = write_spec("""\
+        audit: toy audit
+        model:
+          factory: toy_model.py:linear
+        data:
+          source: toy
+        checks:
+          - metric: class_divergence
+            params: {bootstrap: 50}
+            expect: {min: 0.0, by: ci}
+        """)
+    code, out, err = robaudit_main("run", spec)
+    assert code == 0, out + err
+    spec = write_spec("""\
+        audit: toy audit
+        model:
+          factory: toy_model.py:linear
+        data:
+          source: toy
+        checks:
+          - metric: manifold_entanglement
+            expect: {max: 0.5, by: ci}
+        """)
+    code, out, err = robaudit_main("run", spec)
+    assert code == 4
+    assert "`by: ci` needs an interval, and manifold_entanglement gives none" in out + err
+    code, out, err = robaudit_main("metrics", "manifold_entanglement")
+    assert "No confidence interval" in out

@@ -422,47 +422,6 @@ def bernoulli_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return ((negative_entropy[:, None] - cross) / p.shape[1]).clamp_min(0.0)  # rounding
 
 
-def mean_pairwise_kl(p: torch.Tensor) -> torch.Tensor:
-    """The mean of KL(P_a ‖ P_b) (nats per unit) over ordered pairs of rows a ≠ b of ``p``
-    (... × C × K, C ≥ 2), batched over the leading dimensions: the mean of
-    :func:`bernoulli_kl`'s off-diagonal."""
-    classes, units = p.shape[-2], p.shape[-1]
-    log_p, log_q = p.log(), (1 - p).log()
-    # Σ_a Σ_b KL(a ‖ b) = C·Σ_a (−H_a) − Σ_a Σ_b cross(a, b), and cross sums factorise
-    negative_entropy = (p * log_p + (1 - p) * log_q).sum(dim=(-2, -1))
-    cross = (p.sum(-2) * log_p.sum(-2) + (1 - p).sum(-2) * log_q.sum(-2)).sum(-1)
-    return (classes * negative_entropy - cross) / (classes * (classes - 1) * units)
-
-
-def divergence_interval(counts: torch.Tensor, samples: torch.Tensor, smoothing: float,
-                        draws: int, generator: torch.Generator, level: float = 0.95
-                        ) -> tuple[float, float]:
-    """A ``level`` interval of :func:`mean_pairwise_kl` of the smoothed class probabilities
-    (Khaitan 2024, §2.2), by the parametric bootstrap of the model the metric assumes:
-    each class's count of each interaction is redrawn as Binomial(n_c, k/n_c), independently
-    (the paper's independent units), ``draws`` times. The interval is the basic bootstrap
-    (2θ̂ − q_high, 2θ̂ − q_low), not the percentile one: a KL estimated from counts is biased
-    upwards by the sampling noise (about K/n of the classes in relative terms), and the
-    replicates, biased the same way around θ̂, carry that bias back out. Clamped at 0 (a KL is
-    never negative). ``counts`` C × ..., ``samples`` C, every class with samples; the draws
-    are made about 2²² numbers at a time."""
-    n = samples.double()[:, None]
-    k = counts.flatten(1).double()
-    value = float(mean_pairwise_kl((k + smoothing) / (n + 2 * smoothing)))
-    observed = (k / n).clamp(0.0, 1.0)
-    step = max(1, CHUNK_ELEMENTS // k.numel())
-    replicates = []
-    for start in range(0, draws, step):
-        size = min(step, draws - start)
-        drawn = torch.binomial(n.expand_as(k).expand(size, -1, -1).contiguous(),
-                               observed.expand(size, -1, -1).contiguous(), generator=generator)
-        replicates.append(mean_pairwise_kl((drawn + smoothing) / (n + 2 * smoothing)))
-    tail = (1 - level) / 2
-    low, high = torch.quantile(torch.cat(replicates),
-                               torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-    return max(0.0, 2 * value - high), max(0.0, 2 * value - low)
-
-
 def bernoulli_log_likelihood(sig: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """Log-likelihood (nats per unit) of each sample's 0/1 pattern ``sig`` (B × K) under the
     independent Bernoulli distribution of its own row of ``p`` (B × K)."""

@@ -180,8 +180,8 @@ def _table() -> dict[str, dict[str, Any]]:
         "clean_accuracy": third,
         "fgsm_accuracy": robust_constant, "pgd_accuracy": robust_constant,
         "noise_accuracy": robust_constant,
-        # the inputs (all > 0) are on, the hidden layer as the case makes it
-        "interaction_significance": Value(1 / 9),  # only the bias column of each row
+        "interaction_significance": Error("no weight·activation product of input of 2 is "
+                                          "significant"),  # only the bias column of each row
         "class_divergence": Value(0.0), "adversarial_likelihood": Value(0.0),
         "rank_order_spearman": Error("same feature vector.*constant"),
         "sphere_deformation": Error("min distance 0.*k is infinite"),
@@ -218,13 +218,13 @@ def _table() -> dict[str, dict[str, Any]]:
         },
         "constant_logits": {
             **constant,
-            "activation_sparsity": Value(1.0),  # inputs and hidden units (0.3) all on
+            "activation_sparsity": Value(1.0),  # the inputs (all > 0) and hidden units (0.3)
             "manifold_entanglement": Value(1.0),  # every class the same one-dimensional span
             "lipschitz_bound": Value(0.0),
         },
         "dead_relu": {
             **constant,
-            "activation_sparsity": Value(DIM / (DIM + HIDDEN)),  # inputs on, hidden units off
+            "activation_sparsity": Error("no unit of input of 2 is active"),  # a dead layer
             "manifold_entanglement": Error("rank 0 at input of 2"),
         },
         "leaky_exact": {name: Error(HESSIAN_ZERO) for name in (

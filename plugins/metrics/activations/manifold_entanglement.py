@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -93,6 +93,7 @@ class ManifoldEntanglement(Metric):
                  else linear_sites(ctx.model, None))
         stats = layer_statistics(ctx, sites, "gram", max_dim=params.max_dim)
         values, layers, figures = [], [], []
+        shares: list[dict[str, Any]] = []
         rank_tables: dict[str, object] = {}
         overlaps: dict[str, object] = {}
         for site, gram in zip(sites, stats, strict=True):
@@ -105,6 +106,7 @@ class ManifoldEntanglement(Metric):
                                   f"samples each; {site.label} has {len(usable)}")
             share = included(len(usable), len(present), params.min_included,
                              "classes (the others have fewer than 2 samples)")
+            shares.append(share)
             factors = {c: gram_factor(gram.gram[c]) for c in usable}
             ranks = {c: stacked_rank([factors[c]], params.tol) for c in usable}
             dead = [c for c in usable if ranks[c] == 0]
@@ -140,8 +142,7 @@ class ManifoldEntanglement(Metric):
                 ylabels=tuple(f"{c} (r={ranks[c]})" for c in usable),
                 colorbar="(r_a + r_b − r_ab) / min(r_a, r_b)"))
         return MetricResult(value=sum(values) / len(values),
-                            details={"included": min((layer["included"] for layer in layers),
-                                                     key=lambda inc: inc["share"]),
+                            details={"included": min(shares, key=lambda inc: inc["share"]),
                                      "layers": layers, "ranks": rank_tables,
                                      "overlap": overlaps},
                             figures=figures)

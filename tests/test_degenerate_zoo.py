@@ -3,9 +3,14 @@
 The metrics come from the plugin manager, so a metric added later is run here without anyone
 listing it. Each (metric, case) gives its analytic value or is an ``error`` whose message
 names the cause; never a number that happens to be the best score. ``EXPECTED`` holds the
-answer known for the built-in metrics; a metric without a row there (a new one) must still
-return a finite value inside its ``value_range`` and, on the input-independent cases, not the
-best end of it, or raise a :class:`MetricError` with a message.
+answer known for the built-in metrics: analytic (the isometry's rank order 1), or computed
+independently from the model and the data (``BRUTE``: accuracy, activation frequencies,
+significant interactions by loops, the Lipschitz product), or an error whose message must
+match the cause. A (metric, case) without an entry (a new metric, or a case whose value has no
+closed form) must return a finite value inside the metric's ``value_range`` and, on the
+input-independent cases, not the best end of it; an error there fails the test. On a
+constant classifier a robust accuracy of 1/3 (its clean accuracy), a fooling rate of 0 or a
+convexity of 1 are true, so those rows accept the value or an error naming the cause.
 
 Cases (3 classes, 6 inputs in [0, 1], 24 audit and 24 reference samples, float64):
 - ``linear``: g an isometry (orthonormal columns), no nonlinearity: feature distances are the
@@ -28,6 +33,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_activation_ops import brute_significance
 from torch import nn
 
 from robaudit.errors import MetricError
@@ -168,12 +174,42 @@ STILL_INPUT = "depend|gradient|constant|no step|converge|tied|boundary|dead|zero
 HESSIAN_ZERO = r"Hessian|hessian|curvature.*(0|zero)|zero.*curvature|flat|linear"
 
 
-def accuracy_of(x: torch.Tensor, y: torch.Tensor, model: nn.Module) -> float:
+def accuracy_of(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return float((model(x).argmax(1) == y).double().mean())
 
 
+def sparsity_of(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The inputs of the two nn.Linear: x and the hidden activations, > 0, pooled per unit."""
+    with torch.no_grad():
+        hidden = model[1](model[0](x))
+    return float(torch.cat([(x > 0).double().mean(0), (hidden > 0).double().mean(0)]).mean())
+
+
+def interactions_of(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> float:
+    """§2.1 by the loops of tests/test_activation_ops.py on the last nn.Linear."""
+    with torch.no_grad():
+        hidden = model[1](model[0](x)).numpy()
+    head = model[2]
+    return float(brute_significance(hidden, head.weight.detach().numpy(),
+                                    head.bias.detach().numpy(), True).mean())
+
+
+def lipschitz_of(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The product of the linear layers' largest singular values (the identity in between)."""
+    return float(np.prod([torch.linalg.matrix_norm(m.weight.detach(), 2).item()
+                          for m in model if isinstance(m, nn.Linear)]))
+
+
+#: Answers computed independently from the model and the data, by name.
+BRUTE = {"accuracy": accuracy_of, "sparsity": sparsity_of, "interactions": interactions_of,
+         "lipschitz": lipschitz_of}
+
+
 def _table() -> dict[str, dict[str, Any]]:
+    # on every case unless its row says otherwise
+    brute = {"clean_accuracy": Value("accuracy"), "activation_sparsity": Value("sparsity"),
+             "interaction_significance": Value("interactions")}
     third = Value(1 / 3)
     robust_constant = Either(third, Error(STILL_INPUT))  # no perturbation moves the output
     constant = {
@@ -206,11 +242,10 @@ def _table() -> dict[str, dict[str, Any]]:
     one = {name: unreachable for name in (
         "deepfool_min_distortion", "boundary_curvature", "curvature_ratio",
         "curvature_detection", "curvature_subspace_vulnerability")}
-    return {
+    table = {
         "linear": {
             "rank_order_spearman": Value(1.0), "sphere_deformation": Value(1.0, 1e-6),
             "intertwinedness": Value(lambda r: r.details["input_itw_n"]),
-            "clean_accuracy": Value("accuracy"),
             "boundary_curvature": Either(Value(0.0, 1e-6), Error(HESSIAN_ZERO)),
             "curvature_ratio": Error(HESSIAN_ZERO), "curvature_detection": Error(HESSIAN_ZERO),
             "curvature_subspace_vulnerability": Error(HESSIAN_ZERO),
@@ -234,9 +269,9 @@ def _table() -> dict[str, dict[str, Any]]:
                       "lbfgs_min_distortion": Error("L-BFGS failed to reach the target")},
         "duplicates": {
             "rank_order_spearman": Value(1.0), "sphere_deformation": Value(1.0, 1e-6),
-            "clean_accuracy": Value("accuracy"),
         },
     }
+    return {case.name: {**brute, **table.get(case.name, {})} for case in CASES}
 
 
 EXPECTED = _table()
@@ -279,12 +314,6 @@ def _runs() -> list[Any]:
     return runs
 
 
-def _lipschitz(model: nn.Module) -> float:
-    """The product of the linear layers' largest singular values (the identity in between)."""
-    return float(np.prod([torch.linalg.matrix_norm(m.weight.detach(), 2).item()
-                          for m in model if isinstance(m, nn.Linear)]))
-
-
 @pytest.mark.parametrize("name,case", _runs())
 def test_every_metric_gives_its_analytic_value_or_names_the_cause(name: str, case: Case) -> None:
     metric = METRICS[name]
@@ -325,10 +354,8 @@ def _check_value(name: str, metric: Metric, case: Case, result: MetricResult,
                 "on its input: give its analytic value in EXPECTED or make it an error")
         return
     target = expected.expected
-    if target == "accuracy":
-        target = accuracy_of(x, y, model)
-    elif target == "lipschitz":
-        target = _lipschitz(model)
+    if isinstance(target, str):
+        target = BRUTE[target](model, x, y)
     elif callable(target):
         target = target(result)
     assert result.value == pytest.approx(target, abs=expected.tol), f"{name} on {case.name}"

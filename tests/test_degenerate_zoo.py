@@ -229,9 +229,9 @@ def _table() -> dict[str, dict[str, Any]]:
         "boundary_curvature": Error(STILL_INPUT), "curvature_ratio": Error(STILL_INPUT),
         "curvature_detection": Error(STILL_INPUT),
         "curvature_subspace_vulnerability": Error(STILL_INPUT),
-        "region_connectivity": Error(STILL_INPUT),
-        # true of a constant classifier: its one region is the whole space, and no
-        # perturbation changes its output (its clean accuracy is what gives it away)
+        "region_connectivity": Either(Value(1.0), Error(STILL_INPUT)),
+        # true of a constant classifier: its one region is the whole space (connected and
+        # convex), and no perturbation changes its output (its clean accuracy gives it away)
         "region_convexity": Either(Value(1.0), Error(STILL_INPUT)),
         "uap_fooling_rate": Either(Value(0.0), Error(STILL_INPUT)),
         "robustness_category": Either(Value(1.0), Error(STILL_INPUT)),

@@ -11,9 +11,13 @@ import torch
 from test_activation_ops import brute_significance
 from torch import nn
 
-from robaudit.errors import ParamError
+from robaudit.errors import MetricError, ParamError
+from robaudit.ops.activations import bernoulli_kl
 from robaudit.plugins.metrics.activations.activation_sparsity import ActivationSparsity
-from robaudit.plugins.metrics.activations.adversarial_likelihood import AdversarialLikelihood
+from robaudit.plugins.metrics.activations.adversarial_likelihood import (
+    AdversarialLikelihood,
+    _same_norm_noise,
+)
 from robaudit.plugins.metrics.activations.class_divergence import ClassDivergence
 from robaudit.plugins.metrics.activations.interaction_significance import (
     InteractionSignificance,
@@ -106,8 +110,12 @@ def test_a_class_with_too_few_samples_for_a_rank_is_reported():
     keep = torch.cat([torch.arange(0, 80), torch.tensor([80])])  # class 2: one sample
     small = torch.cat([torch.arange(0, 40), torch.arange(40, 45)])  # class 1: 5 < 12 units
     model = nn.Sequential(nn.Linear(12, 3)).double()
-    result = run_metric(ManifoldEntanglement(), make_context(model, x[keep], y[keep]))
+    with pytest.raises(MetricError, match=r"only 2 of 3 classes \(the others have fewer than 2"):
+        run_metric(ManifoldEntanglement(), make_context(model, x[keep], y[keep]))
+    result = run_metric(ManifoldEntanglement(), make_context(model, x[keep], y[keep]),
+                        min_included=0.6)
     assert result.details["layers"][0]["too_few_samples"] == [2]
+    assert result.details["included"] == {"used": 2, "asked": 3, "share": 2 / 3}
     result = run_metric(ManifoldEntanglement(), make_context(model, x[small], y[small]))
     assert result.details["layers"][0]["undersampled"] == [1]
 
@@ -208,17 +216,69 @@ def _likelihood_setting():
 
 
 def test_adversarial_likelihood_clean_part_equals_a_numpy_computation():
+    """The distributions come from the reference split and score the audit split."""
     model, x, y = _likelihood_setting()
-    result = run_metric(AdversarialLikelihood(), make_context(model, x, y), eps=0.05, steps=5)
-    with torch.no_grad():
-        h = model[1](model[0](x)).numpy()
-    sig = brute_significance(h, model[2].weight.detach().numpy(), model[2].bias.detach().numpy(),
-                             True).reshape(90, -1)
-    labels = y.numpy()
-    p = np.stack([(sig[labels == c].sum(0) + 0.5) / (30 + 1.0) for c in range(3)])
+    reference = torch.rand(60, 8, generator=torch.Generator().manual_seed(2))
+    ref_y = torch.arange(60) % 3
+    result = run_metric(AdversarialLikelihood(),
+                        make_context(model, x, y, reference=(reference, ref_y)),
+                        eps=0.05, steps=5)
+
+    def patterns(inputs: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            h = model[1](model[0](inputs)).numpy()
+        return brute_significance(h, model[2].weight.detach().numpy(),
+                                  model[2].bias.detach().numpy(), True).reshape(len(h), -1)
+
+    sig, ref_sig = patterns(x), patterns(reference)
+    labels, ref_labels = y.numpy(), ref_y.numpy()
+    p = np.stack([(ref_sig[ref_labels == c].sum(0) + 0.5) / (20 + 1.0) for c in range(3)])
     ll = np.mean(sig * np.log(p[labels]) + (1 - sig) * np.log(1 - p[labels]), axis=1)
     assert result.details["clean_log_likelihood"] == pytest.approx(ll.mean(), abs=1e-12)
+    assert result.details["in_sample"] is False and result.details["fit_split"] == "train"
     assert np.isfinite(result.samples).all()
+    same = run_metric(AdversarialLikelihood(), make_context(model, x, y), eps=0.05, steps=5)
+    assert same.details["in_sample"] is True
+    # in-sample, a sample's own pattern raises its likelihood
+    assert same.details["clean_log_likelihood"] > result.details["clean_log_likelihood"]
+
+
+def test_likelihood_noise_control_has_the_attacks_norm():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 4, generator=g)
+    delta = torch.randn(6, 3, 4, generator=g) * torch.linspace(0.01, 0.1, 6).view(6, 1, 1)
+    seeds = torch.arange(6)
+    for norm, order in (("linf", float("inf")), ("l2", 2.0)):
+        noisy = _same_norm_noise(x, delta, norm, seeds, (-10.0, 10.0))
+        torch.testing.assert_close(torch.linalg.vector_norm((noisy - x).flatten(1), order, dim=1),
+                                   torch.linalg.vector_norm(delta.flatten(1), order, dim=1))
+        again = _same_norm_noise(x[2:], delta[2:], norm, seeds[2:], (-10.0, 10.0))
+        torch.testing.assert_close(again, noisy[2:])  # a sample's noise is its own seed's
+
+
+def test_on_an_input_independent_model_attack_and_noise_drop_nothing():
+    """The head reads a dead ReLU: patterns do not depend on the input, so the drop is 0
+    under both, and the noise control says the same as the attack."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.fill_(-1.0)
+        model[2].bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
+    _, x, y = _likelihood_setting()
+    result = run_metric(AdversarialLikelihood(), make_context(model, x, y), eps=0.1, steps=3)
+    assert result.value == 0.0 and result.details["noise_drop"] == 0.0
+
+
+def test_audit_samples_of_a_class_missing_from_the_reference_are_left_out():
+    model, x, y = _likelihood_setting()
+    keep = y != 2
+    ctx = make_context(model, x, y, reference=(x[keep], y[keep]))
+    with pytest.raises(MetricError, match=r"only 60 of 90 audit samples \(the others' class "
+                                          "has no reference samples"):
+        run_metric(AdversarialLikelihood(), ctx, eps=0.05, steps=2)
+    result = run_metric(AdversarialLikelihood(), ctx, eps=0.05, steps=2, min_included=0.5)
+    assert result.details["included"]["used"] == 60 and len(result.samples) == 60
+    assert [row["class"] for row in result.details["classes"]] == [0, 1]
 
 
 def test_a_vanishing_attack_leaves_the_likelihood_unchanged():
@@ -258,3 +318,52 @@ def test_a_misspelt_layer_in_a_spec_is_a_located_error_listing_close_names(write
     code, out, err = robaudit_main("run", spec)
     assert code == 4
     assert "checks.0.params.layers: no module named 'Flaten'; closest: 0 (Flatten)" in out + err
+
+
+def test_a_class_of_dead_units_has_no_rank_and_is_an_error_not_overlap_zero():
+    """Every ReLU dead on class 1 (its inputs all negative): rank 0, overlap 0/0."""
+    x, y, _ = planted()
+    x = x.float().abs()
+    x[y == 1] = -x[y == 1]
+    model = ReluNet(12, classes=3)
+    with pytest.raises(MetricError, match=r"class\(es\) 1 have rank 0 at input of head"):
+        run_metric(ManifoldEntanglement(), make_context(model, x, y))
+    assert not ManifoldEntanglement.has_interval  # the docstring says why
+
+
+def test_class_divergence_with_rare_interactions_is_biased_by_many_standard_errors():
+    """Why class_divergence has no interval: counts drawn from known Bernoullis (3 classes,
+    200 interactions with p < 0.05, 45 samples a class) give a plug-in KL far above the KL of
+    the probabilities it estimates (smoothed as the estimate is), by many times its spread."""
+    g = torch.Generator().manual_seed(0)
+    classes, k, n = 3, 200, 45
+    p = 0.05 * torch.rand(classes, k, generator=g, dtype=torch.float64)
+
+    def mean_kl(q: torch.Tensor) -> float:
+        return float(bernoulli_kl(q, q)[~torch.eye(classes, dtype=torch.bool)].mean())
+
+    truth = mean_kl((n * p + 0.5) / (n + 1.0))
+    draws = [mean_kl((torch.binomial(torch.full((classes, k), float(n), dtype=torch.float64), p,
+                                     generator=g) + 0.5) / (n + 1.0)) for _ in range(200)]
+    assert (np.mean(draws) - truth) > 5 * np.std(draws)
+    assert not ClassDivergence.has_interval and not ManifoldEntanglement.has_interval
+
+
+def test_by_ci_is_a_spec_error_on_both_and_the_metrics_page_says_why(write_spec,
+                                                                     robaudit_main):
+    for metric, reason in (("class_divergence", "biased"), ("manifold_entanglement", "rank")):
+        spec = write_spec(f"""\
+            audit: toy audit
+            model:
+              factory: toy_model.py:linear
+            data:
+              source: toy
+            checks:
+              - metric: {metric}
+                expect: {{max: 0.5, by: ci}}
+            """)
+        code, out, err = robaudit_main("run", spec)
+        assert code == 4
+        assert f"`by: ci` needs an interval, and {metric} gives none" in out + err
+        code, out, err = robaudit_main("metrics", metric)
+        assert "No confidence interval" in out and reason in out

@@ -246,7 +246,8 @@ checks:
 """)
     code, out, _ = robaudit_main("run", spec, "--collect-only")
     assert code == 0 and not marker.exists()
-    assert "acc (clean_accuracy) {}" in out and "floor: 64 forward + 0 gradient" in out
+    assert 'acc (clean_accuracy) {"min_included": 0.8}' in out
+    assert "floor: 64 forward + 0 gradient" in out
     assert '"seconds": 60.0' in out and "cost not stated" in out
     assert "2 checks collected" in out
     code, out, _ = robaudit_main("run", spec, "--collect-only", "-k", "nothing")

@@ -79,3 +79,24 @@ def test_floor_and_bad_params() -> None:
     for bad in ({"eps": 0}, {"eps": -1.0}, {"epsilon": 0.1}):
         with pytest.raises(ValidationError):
             FgsmOutputChange.Params.model_validate(bad)
+
+
+def test_samples_without_a_gradient_are_left_out_and_none_is_an_error():
+    """ReLU then a head: a sample with every input negative has a dead layer, a zero
+    gradient, no FGSM step; its change of 0 says nothing."""
+    from robaudit.errors import MetricError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ReLU(), nn.Linear(3, 3))
+    live = torch.rand(8, 3) + 0.5
+    dead = -torch.rand(2, 3) - 0.5
+    y = torch.arange(10) % 3
+    ctx = make_context(model, torch.cat([live, dead]), y, input_range=(-2.0, 2.0))
+    result = run_metric(FgsmOutputChange(), ctx, eps=0.1)
+    assert result.details["included"] == {"used": 8, "asked": 10, "share": 0.8}
+    alone = run_metric(FgsmOutputChange(), make_context(model, live, y[:8],
+                                                        input_range=(-2.0, 2.0)), eps=0.1)
+    np.testing.assert_allclose(result.samples, alone.samples)
+    with pytest.raises(MetricError, match="loss gradient is 0 at every audit sample"):
+        run_metric(FgsmOutputChange(), make_context(model, dead, y[:2],
+                                                    input_range=(-2.0, 2.0)), eps=0.1)

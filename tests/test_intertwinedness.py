@@ -264,3 +264,31 @@ def test_result_does_not_depend_on_the_batch_size(monkeypatch) -> None:
     for other in results[1:]:
         assert np.array_equal(other.samples, results[0].samples)
         assert other.details == results[0].details
+
+
+def test_a_nearest_neighbour_tied_across_labels_is_left_out():
+    """The reference holds one point twice, labelled 0 and 1: for an audit sample on it, its
+    nearest (n = 1) is whichever copy comes first, so ITW_1 is the order's choice."""
+    from robaudit.errors import MetricError
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(10, 3, generator=g) * 10
+    ref[1] = ref[0]
+    ref_y = torch.tensor([0, 1, 0, 1, 2, 0, 1, 2, 0, 1])
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(3))
+        model[0].bias.zero_()
+    far = ref[2:] + 0.01  # each next to its own reference point
+    for copies, code in ((1, None), (2, "error")):
+        x = torch.cat([ref[:1].repeat(copies, 1), far[:4]])
+        y = torch.cat([torch.zeros(copies, dtype=torch.long), ref_y[2:6]])
+        ctx = make_context(model, x, y, reference=(ref, ref_y))
+        if code == "error":
+            with pytest.raises(MetricError, match=r"only 4 of 6 samples \(the others' 1-th"):
+                run_metric(Intertwinedness(), ctx, n=1, ns=[1, 2])
+            continue
+        result = run_metric(Intertwinedness(), ctx, n=1, ns=[1, 2])
+        assert result.details["ties"] == {"input": 1, "feature": 1}
+        assert result.details["included"]["used"] == 4
+        assert result.value == 1.0  # the four others sit on a point of their own label

@@ -94,3 +94,22 @@ def test_value_does_not_depend_on_the_batch_size(monkeypatch):
                           pairs=30, trials=40) for size in (7, 64, 450)]
     for other in results[1:]:
         assert np.array_equal(other.samples, results[0].samples)
+
+
+def test_trials_whose_pairs_are_all_copies_are_left_out_and_counted():
+    """20 copies of one point and 2 others: a trial of 3 pairs all among the copies has every
+    distance 0 in both spaces, so no r_s (about (190/231)³ ≈ 56% of trials)."""
+    from robaudit.errors import MetricError
+
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(3, 4, generator=g)
+    x = torch.cat([points[:1].repeat(20, 1), points[1:]])
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    ctx = make_context(model, x, torch.zeros(22, dtype=torch.long))
+    with pytest.raises(MetricError, match=r"trials \(the others have all-equal distances"):
+        run_metric(RankOrderSpearman(), ctx, pairs=3, trials=400)
+    result = run_metric(RankOrderSpearman(), ctx, pairs=3, trials=400, min_included=0.2)
+    share = result.details["included"]["share"]
+    assert abs(share - (1 - (190 / 231) ** 3)) < 0.08
+    assert len(result.samples) == result.details["included"]["used"]
+    assert np.isfinite(result.samples).all()

@@ -142,3 +142,17 @@ def test_k_grows_with_the_points_and_defaults_to_the_papers_n() -> None:
     small = run_metric(SphereDeformation(), make_context(model, x, y), samples=10, points=120)
     assert [row["points"] for row in small.details["k_by_points"]] == [50, 100, 120]
     assert small.details["k_by_points"][-1]["mean"] == pytest.approx(small.value)
+
+
+def test_spheres_that_g_collapses_are_left_out_and_counted():
+    """g = ReLU: a sphere of radius 1 around a centre at −10 maps wholly onto g(x) = 0
+    (k = 0/0); around a centre at +10 g is the identity (k = 1)."""
+    x = torch.tensor([[10.0, 10.0]] * 4 + [[-10.0, -10.0]] * 2)
+    model = nn.Sequential(nn.ReLU(), nn.Linear(2, 2))
+    ctx = make_context(model, x, torch.zeros(6, dtype=torch.long), input_range=(-20.0, 20.0))
+    with pytest.raises(MetricError, match=r"only 4 of 6 spheres \(the others have a point"):
+        run_metric(SphereDeformation(), ctx, points=50, samples=6)
+    result = run_metric(SphereDeformation(), ctx, points=50, samples=6, min_included=0.5)
+    assert result.value == pytest.approx(1.0, abs=1e-5)  # float32 distances near 10
+    assert result.details["included"] == {"used": 4, "asked": 6, "share": 4 / 6}
+    assert result.details["degenerate"] == 2

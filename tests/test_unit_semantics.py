@@ -108,3 +108,23 @@ def test_units_or_top_beyond_the_data_are_param_errors() -> None:
     with pytest.raises(ParamError) as info:
         run_metric(UnitSemantics(), ctx, top=51)
     assert info.value.key == "top"
+
+
+def test_a_unit_whose_top_set_ties_across_labels_is_left_out():
+    """Unit 0 is positive on one sample only: its top 3 hold that sample and two of the
+    zeros, chosen by index among samples of both labels; unit 1 ranks every sample."""
+    from robaudit.errors import MetricError
+
+    n = 12
+    x = torch.zeros(n, 2)
+    x[0, 0] = 1.0
+    x[:, 1] = torch.linspace(0, 1, n)
+    y = (torch.arange(n) >= n // 2).long()
+    model = nn.Sequential(nn.ReLU(), nn.Linear(2, 2))
+    ctx = make_context(model, x, y)
+    with pytest.raises(MetricError, match=r"only 1 of 2 unit directions \(the others tie at"):
+        run_metric(UnitSemantics(), ctx, units=2, top=3)
+    result = run_metric(UnitSemantics(), ctx, units=2, top=3, min_included=0.5)
+    assert result.value == 1.0  # unit 1's top 3 are the last three samples, label 1
+    tied = {row["direction"]: row["tied"] for row in result.details["directions"]}
+    assert tied["unit 0"] and not tied["unit 1"]

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.errors import MetricError
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.activations import (
     UnitStats,
@@ -40,7 +41,10 @@ class ActivationSparsity(SampleMetric):
     layer: its mean frequency, the share of units always on (frequency 1) and never on (0),
     and the histogram of frequencies (``bins`` equal bins of [0, 1]); one histogram figure per
     layer. "Active" is > 0 after the module, so for a layer that is not followed by a ReLU a
-    negative value counts as off. Counts are sums over samples, so it is per sample and
+    negative value counts as off. No best score on a dead layer (design §10): a named layer
+    with no unit active on any audit sample (every ReLU dead, or a model that ignores its
+    input and sits at 0 there) would count as perfectly sparse; the check is error naming it.
+    Counts are sums over samples, so it is per sample and
     shards (design §8): each work unit counts its samples' active units
     (:func:`robaudit.ops.activations.unit_statistics`) and the counts are summed; its fit is
     only the number of classes and the layers' names.
@@ -78,6 +82,9 @@ class ActivationSparsity(SampleMetric):
         for i, label in enumerate(gathered.fit["layers"]):
             active = sum(np.asarray(extra["active"][i], dtype=np.int64)
                          for extra in gathered.extras)
+            if not active.any():
+                raise MetricError(f"no unit of {label} is active on any of the {samples} audit "
+                                  "samples (a dead layer): its sparsity is not the network's")
             frequency = torch.from_numpy(active).double() / max(1, samples)
             pooled.append(frequency)
             counts = torch.histogram(frequency, bins=edges).hist

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.errors import MetricError
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.activations import (
     InteractionStats,
@@ -49,6 +50,11 @@ class InteractionSignificance(SampleMetric):
     details per layer and class: the mean fraction and the histogram of per-interaction
     significance frequencies within the class (the paper's binned proportions, Figure 10),
     drawn as one curve per class.
+
+    No best score on a dead layer (design §10): when no weight·activation product of a layer
+    is significant on any audit sample (its input is 0 everywhere: every unit before it
+    dead; or its weights are 0), only the bias column can be, the layer's output is its bias
+    and the fraction is as small as it can be; the check is error naming the layer.
 
     Per sample, so it shards (design §8): each work unit reads its samples' fractions and
     per-class counts (:func:`robaudit.ops.activations.unit_statistics`), and the counts are
@@ -93,6 +99,10 @@ class InteractionSignificance(SampleMetric):
             fractions.append(torch.from_numpy(gathered.arrays[f"fraction_{i}"]))
             significant = torch.from_numpy(sum(np.asarray(e["significant"][i], dtype=np.int64)
                                                for e in gathered.extras))
+            if not bool(significant[..., :-1].any()):
+                raise MetricError(f"no weight·activation product of {label} is significant on "
+                                  "any audit sample (its input is 0 everywhere: dead units "
+                                  "before it; or its weights are 0): only the bias column is")
             samples = sum(np.asarray(e["samples"][i], dtype=np.int64) for e in gathered.extras)
             series = {}
             for c in range(samples.size):

@@ -12,10 +12,11 @@ from pydantic import Field
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
-from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
+from robaudit.errors import MetricError
+from robaudit.metric import Gathered, IncludedParams, SampleMetric, Unit, UnitResult, included
 
 
-class FgsmChangeParams(MetricParams):
+class FgsmChangeParams(IncludedParams):
     eps: float = Field(
         2.0 / 256.0, gt=0,
         description="FGSM step in input units; default 2/256, the paper's ε = 2 on its "
@@ -41,6 +42,13 @@ class FgsmOutputChange(SampleMetric):
     component gives sign 0 (no step along it), as torch.sign. The gradient is that of the
     summed per-sample losses, so each sample's step depends on its own loss only (the model
     is in eval mode): the metric is per sample and shards (design §8).
+
+    Undefined is an error, never the best value (design §10): a sample whose loss gradient is
+    exactly 0 gets no FGSM step, so its change of 0 says nothing about the output's
+    robustness (a model whose output does not depend on its input, dead units, a saturated
+    softmax). Such samples are left out of the mean, counted in ``details.included``; when
+    every sample has a zero gradient, or fewer than ``min_included`` remain, the check is
+    error with that cause.
     """
 
     name: ClassVar[str] = "fgsm_output_change"
@@ -68,16 +76,24 @@ class FgsmOutputChange(SampleMetric):
             pred, pred_adv = logits.argmax(dim=1), logits_adv.argmax(dim=1)
             return UnitResult({
                 "change": (p - p_adv).abs().sum(dim=1).double().cpu(),
+                "stepped": (grad.flatten(1) != 0).any(dim=1).cpu(),
                 "flipped": (pred != pred_adv).cpu(),
                 "correct": (pred == y).cpu(),
                 "correct_adv": (pred_adv == y).cpu(),
             })
 
     def reduce(self, params: FgsmChangeParams, gathered: Gathered) -> MetricResult:
-        samples = gathered.arrays["change"]
+        stepped = gathered.arrays["stepped"] > 0
+        if not stepped.any():
+            raise MetricError("the loss gradient is 0 at every audit sample (the output does "
+                              "not depend on the input there): FGSM takes no step, and an "
+                              "output change of 0 would measure nothing")
+        share = included(int(stepped.sum()), stepped.size, params.min_included,
+                         "samples (the others have a zero loss gradient: no FGSM step)")
+        samples = gathered.arrays["change"][stepped]
 
         def mean(name: str) -> float:
-            return float(torch.from_numpy(gathered.arrays[name]).mean())
+            return float(torch.from_numpy(gathered.arrays[name][stepped]).mean())
 
         return MetricResult(
             value=float(samples.mean()),
@@ -88,6 +104,7 @@ class FgsmOutputChange(SampleMetric):
                 "accuracy": mean("correct"),
                 "fgsm_accuracy": mean("correct_adv"),
                 "max_change": float(samples.max()),
+                "included": share,
             },
         )
 

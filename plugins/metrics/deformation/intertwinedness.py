@@ -11,7 +11,8 @@ from pydantic import Field, model_validator
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
-from robaudit.errors import ParamError
+from robaudit.errors import MetricError, ParamError
+from robaudit.metric import IncludedParams, included
 from robaudit.ops.neighbors import chunk_rows, pair_distances, scan_neighbours
 
 #: Default radii as quantiles of the audit-to-reference distances (see the docstring).
@@ -22,7 +23,7 @@ DEFAULT_MAX_N = 1000
 QUANTILE_PAIRS = 200_000
 
 
-class IntertwinednessParams(MetricParams):
+class IntertwinednessParams(IncludedParams):
     n: int = Field(10, ge=1, description="the n of ITW_n whose feature-space mean is the value")
     ns: list[int] | None = Field(
         None, min_length=1,
@@ -100,6 +101,16 @@ class Intertwinedness(Metric):
       scalar distances. What grows with the audit size is the per-sample ITW_n (one value per
       entry of ``ns``) and ITW_r (one per radius).
 
+    Undefined is an error, never a number (design §10): when every audit and reference
+    sample has the same features (dead feature units, a model that ignores its input), every
+    feature distance is 0, so the n nearest would be decided by the samples' order and the
+    feature ITW_n would be the label share of the first reference samples: the check is
+    error naming the cause. Likewise when every input is the same. A sample whose n-th and
+    (n+1)-th nearest are at exactly the same distance, one of its own label and the other not
+    (copies of one point under two labels), has an ITW_n set by the reference's order: it is
+    left out of the value, counted in ``details.included`` (below ``min_included`` the check
+    is error); ``details.ties`` counts such samples in each space.
+
     Runs whole on one process: each sample's value needs its neighbours among the whole
     split (design §8).
     """
@@ -124,8 +135,11 @@ class Intertwinedness(Metric):
         ns = (sorted(set(params.ns)) if params.ns is not None
               else _default_ns(min(available, DEFAULT_MAX_N)))
         largest = max([*ns, params.n])
+        scanned = largest + 1 if available > largest else largest  # one more: boundary ties
         feats, _ = ctx.features()
         ref_feats, _ = ctx.features(ctx.reference)
+        for space, (mine, theirs) in (("input", (data.x, ref.x)), ("feature", (feats, ref_feats))):
+            _check_varies(space, mine.flatten(1), theirs.flatten(1))
         device = ctx.device
         labels, ref_labels = data.y.to(device), ref.y.to(device)
         num_classes = int(max(labels.max(), ref_labels.max())) + 1
@@ -135,22 +149,25 @@ class Intertwinedness(Metric):
         divisor = torch.tensor(columns, device=device, dtype=torch.float64)
         task = ctx.progress(2, "intertwinedness (input and feature space)")
         per_n: dict[str, dict[int, torch.Tensor]] = {}
+        ties: dict[str, torch.Tensor] = {}
         itw_r: dict[str, list[float]] = {}
         empty: dict[str, list[int]] = {}
         radii_used: dict[str, list[float]] = {}
         duplicates = 0
         for space, (queries, reference) in spaces.items():
             radii = self._radii(ctx, params, space, queries, reference, exclude)
-            fractions, ratios, empties = [], [], []
+            fractions, ratios, empties, tied = [], [], [], []
             query_chunk, reference_chunk = _chunks(ctx.batch_size, queries[0].numel(),
                                                    reference.shape[0], largest)
             for block in scan_neighbours(
-                queries, reference, largest, labels=ref_labels, radii=radii,
+                queries, reference, scanned, labels=ref_labels, radii=radii,
                 num_classes=num_classes, exclude=exclude, device=device,
                 query_chunk=query_chunk, reference_chunk=reference_chunk,
             ):
                 own_labels = labels[block.start : block.stop]
-                same = (ref_labels[block.indices] == own_labels[:, None]).double()
+                same = ref_labels[block.indices] == own_labels[:, None]
+                tied.append(_boundary_tie(block.distances, same, params.n))
+                same = same[:, :largest].double()
                 fractions.append(same.cumsum(dim=1)[:, [m - 1 for m in columns]] / divisor)
                 if space == "input":
                     nearest = reference[block.indices[:, 0].cpu()].flatten(1).to(device)
@@ -165,12 +182,17 @@ class Intertwinedness(Metric):
                 empties.append((total == 0).sum(dim=0))
             table = torch.cat(fractions)
             per_n[space] = {m: table[:, i] for i, m in enumerate(columns)}
+            ties[space] = torch.cat(tied).cpu()
             itw_r[space] = [float(v) for v in torch.cat(ratios).nanmean(dim=0).cpu()]
             empty[space] = [int(v) for v in torch.stack(empties).sum(dim=0).cpu()]
             radii_used[space] = radii
             task.advance(1)
 
-        samples = per_n["feature"][params.n].cpu().numpy()
+        decided = ~ties["feature"]
+        share = included(int(decided.sum()), decided.numel(), params.min_included,
+                         f"samples (the others' {params.n}-th nearest in feature space ties "
+                         "with the next across labels)")
+        samples = per_n["feature"][params.n].cpu()[decided].numpy()
         curve_n = {s: [float(per_n[s][m].mean()) for m in ns] for s in spaces}
         n_table = [{"n": m, "input": curve_n["input"][i], "feature": curve_n["feature"][i]}
                    for i, m in enumerate(ns)]
@@ -190,6 +212,8 @@ class Intertwinedness(Metric):
                 "reference_samples": len(ref),
                 "leave_one_out": same_split,
                 "duplicates": duplicates,
+                "included": share,
+                "ties": {space: int(ties[space].sum()) for space in spaces},
                 "itw_n_curve": n_table,
                 "itw_r_curve": r_table,
             },
@@ -250,6 +274,31 @@ class Intertwinedness(Metric):
         extra = 0 if _same_split(ctx) else len(ctx.data(ctx.reference))
         return Floor(forward=len(ctx.data()) + extra,
                      note="features of the audit and reference splits, one forward pass each")
+
+
+def _boundary_tie(distances: torch.Tensor, same: torch.Tensor, n: int) -> torch.Tensor:
+    """Per query: whether its n-th and (n+1)-th nearest are at the same distance and the
+    neighbours at that distance mix its own label and others (so ITW_n is the order's
+    choice). ``distances`` and ``same`` (own label or not) are Q × k, nearest first; with
+    k = n there is no (n+1)-th and no tie."""
+    if distances.shape[1] <= n:
+        return torch.zeros(distances.shape[0], dtype=torch.bool, device=distances.device)
+    boundary = distances[:, n - 1 : n]
+    group = distances[:, : n + 1] == boundary
+    own = same[:, : n + 1]
+    return (group[:, n] & (group & own).any(dim=1) & (group & ~own).any(dim=1))
+
+
+def _check_varies(space: str, audit: torch.Tensor, reference: torch.Tensor) -> None:
+    """MetricError when every audit and reference row of a space is the same vector: every
+    distance is 0 and the nearest neighbours would be decided by index."""
+    first = audit[:1]
+    if bool((audit == first).all()) and bool((reference == first.to(reference.device)).all()):
+        cause = (" (g(x) is constant: dead units, or a model that ignores its input)"
+                 if space == "feature" else "")
+        raise MetricError(f"every audit and reference sample has the same {space} vector"
+                          f"{cause}: every {space}-space distance is 0, so the nearest "
+                          "neighbours would be decided by the samples' order")
 
 
 def _same_split(ctx: AuditContext) -> bool:

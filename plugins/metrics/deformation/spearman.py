@@ -11,11 +11,12 @@ from pydantic import Field
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError
+from robaudit.metric import IncludedParams, included
 from robaudit.ops.neighbors import chunk_rows, pair_distances
 from robaudit.ops.stats import spearman
 
 
-class SpearmanParams(MetricParams):
+class SpearmanParams(IncludedParams):
     pairs: int = Field(100, ge=3, description="pairs per trial (the paper's n = 100)")
     trials: int = Field(
         1000, ge=1, le=1_000_000,
@@ -40,6 +41,13 @@ class RankOrderSpearman(Metric):
     (:func:`robaudit.ops.neighbors.pair_distances`, about batch_size × max(D, 4096) values),
     never an N×N matrix nor the gathered inputs of every pair.
 
+    Undefined is an error, never a number (design §10): when every audit sample has the same
+    features (a network whose feature units are all dead, or that ignores its input) or the
+    same input, one space's distances are all 0 and their rank order is undefined: the check
+    is error naming the space. A trial whose distances are all equal in one space (e.g. its
+    pairs are copies of one sample) has no r_s and is left out, counted in
+    ``details.included`` (below ``min_included`` the check is error).
+
     Runs whole on one process: its unit of work is a trial of random pairs across the whole
     split, not a sample (design §8).
     """
@@ -56,6 +64,14 @@ class RankOrderSpearman(Metric):
         if n < 2:
             raise MetricError(f"rank_order_spearman needs at least 2 samples, the split has {n}")
         feats, _ = ctx.features()
+        for space, values in (("input", data.x), ("feature", feats)):
+            flat = values.flatten(1)
+            if bool((flat == flat[:1]).all()):
+                cause = (" (g(x) is constant: dead units, or a model that ignores its input)"
+                         if space == "feature" else "")
+                raise MetricError(f"every audit sample has the same {space} vector{cause}: "
+                                  f"all {space}-space distances are 0 and their rank order is "
+                                  "undefined")
         first = torch.randint(0, n, (params.trials, params.pairs), generator=ctx.generator)
         offset = torch.randint(1, n, (params.trials, params.pairs), generator=ctx.generator)
         second = (first + offset) % n
@@ -72,12 +88,15 @@ class RankOrderSpearman(Metric):
                                        chunk=chunk_rows(ctx.batch_size, feats.shape[1]))
             values.append(spearman(d_input, d_feature))
             task.advance(a.shape[0])
-        r_s = torch.cat(values).cpu().numpy()
+        every = torch.cat(values).cpu()
+        share = included(int(torch.isfinite(every).sum()), every.numel(), params.min_included,
+                         "trials (the others have all-equal distances in a space)")
+        r_s = every[torch.isfinite(every)].numpy()
         return MetricResult(
             value=float(r_s.mean()),
             samples=r_s,
             details={"std": float(r_s.std()), "min": float(r_s.min()), "max": float(r_s.max()),
-                     "feature_dim": int(feats.shape[1])},
+                     "feature_dim": int(feats.shape[1]), "included": share},
         )
 
     def floor(self, ctx: AuditContext, params: SpearmanParams) -> Floor:

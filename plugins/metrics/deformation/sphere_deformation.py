@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError
-from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
+from robaudit.metric import Gathered, IncludedParams, SampleMetric, Unit, UnitResult, included
 from robaudit.ops import sampling
 
 #: The paper's n: points per sphere in Figures 3(a) and 4(a) (r = 1).
@@ -23,7 +23,7 @@ PAPER_POINTS = 1000
 PREFIXES = (50, 100, 200, 500, 1000)
 
 
-class SphereParams(MetricParams):
+class SphereParams(IncludedParams):
     radius: float | list[float] = Field(
         1.0, description="sphere radius r, or a list of radii (Appendix B sweeps 0.01 … 100); "
                          "the value is reported at the first"
@@ -88,8 +88,11 @@ class SphereDeformation(SampleMetric):
     default: the metric is about the map g, not about valid inputs; ``clip: true`` clamps
     them to ``input_range`` (they then no longer lie exactly on the sphere). A sample whose
     smallest d_i is 0 (g collapses a direction completely, e.g. a dead ReLU layer) has an
-    infinite k: it is left out of the mean and counted as ``degenerate`` in details; if every
-    sample is degenerate the check errors.
+    infinite k (0/0 when g is constant on the whole sphere): it is left out of the mean and
+    counted as ``degenerate`` in details and in ``details.included`` (spheres used of those
+    drawn); if every sample is degenerate the check errors with that cause, and below
+    ``min_included`` it is error too (design §10): the mean of the spheres g does not
+    collapse is not the deformation of g.
     """
 
     name: ClassVar[str] = "sphere_deformation"
@@ -159,6 +162,9 @@ class SphereDeformation(SampleMetric):
                 f"sphere_deformation: g maps some sphere direction of every sample onto g(x) "
                 f"(min distance 0) at r = {radii[0]}; k is infinite"
             )
+        share = included(int(finite[0].sum()), finite.shape[1], params.min_included,
+                         f"spheres (the others have a point that g maps onto g(x) at "
+                         f"r = {radii[0]}: k infinite)")
         rows = []
         for j, radius in enumerate(radii):
             values = k[j][finite[j]]
@@ -182,6 +188,7 @@ class SphereDeformation(SampleMetric):
             samples=samples,
             details={"radius": radii[0], "median": rows[0]["median"], "std": rows[0]["std"],
                      "degenerate": rows[0]["degenerate"], "samples": int(k.shape[1]),
+                     "included": share,
                      "points": params.points, "radii": rows,
                      "k_by_points": [
                          {"points": count,

@@ -13,12 +13,13 @@ from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
 from robaudit.errors import MetricError, ParamError
 from robaudit.figures import ImageGrid
+from robaudit.metric import IncludedParams, included
 
 #: Random subsets of ``top`` audit samples drawn for the chance level of purity.
 CHANCE_DRAWS = 200
 
 
-class UnitSemanticsParams(MetricParams):
+class UnitSemanticsParams(IncludedParams):
     units: int = Field(10, ge=1, le=100_000,
                        description="unit directions e_i inspected, and as many random directions")
     top: int = Field(8, ge=1, le=10_000,
@@ -52,6 +53,15 @@ class UnitSemantics(Metric):
     forward pass; ``units`` larger than the number of non-constant units, or ``top`` larger
     than the split, is a located spec error (:meth:`check_data`).
 
+    Ties decided by index are no answer (design §10): a direction whose ``top``-th largest
+    ⟨g(x), u⟩ equals the next one on samples of different labels (e.g. a ReLU unit positive
+    on fewer than ``top`` samples, the rest tied at 0) has no top set of its own, only the
+    samples' order; it is left out,
+    and the unit directions used are counted in ``details.included`` (below ``min_included``
+    the check is error; random directions tied so are left out of ``random_purity``). A
+    feature layer with no unit that varies on the audit split (dead units, a model that
+    ignores its input) is error with that cause.
+
     Runs whole on one process: it ranks the whole split's samples by each unit (design §8).
     """
 
@@ -67,7 +77,7 @@ class UnitSemantics(Metric):
             raise ParamError("top", f"{params.top} top images asked for, but the audit split "
                                     f"has {n} samples")
         live = int(_varying(ctx.features()[0]).numel())
-        if params.units > live:
+        if 0 < live < params.units:  # none varying: the model's fault, an error in compute
             raise ParamError("units", f"{params.units} units asked for, but the feature layer "
                                       f"has {live} units that vary on the audit split")
 
@@ -75,6 +85,10 @@ class UnitSemantics(Metric):
         data = ctx.data()
         feats, _ = ctx.features()
         varying = _varying(feats).cpu()
+        if varying.numel() == 0:
+            raise MetricError("no unit of the feature layer varies on the audit split (dead "
+                              "units, or a model that ignores its input): no direction ranks "
+                              "the images")
         if varying.numel() < params.units:
             raise MetricError(f"the feature layer has {varying.numel()} units that vary on the "
                               f"audit split, fewer than units = {params.units}")
@@ -84,15 +98,19 @@ class UnitSemantics(Metric):
         random = torch.randn(params.units, dim, generator=ctx.generator, dtype=torch.float64)
         random = random / random.norm(dim=1, keepdim=True)
         labels = data.y.cpu()
-        unit_top = feats[:, units.to(feats.device)].topk(params.top, dim=0).indices.T.cpu()
-        scores = feats.double() @ random.T.to(feats.device)
-        random_top = scores.topk(params.top, dim=0).indices.T.cpu()
+        unit_top, unit_tied = _top(feats[:, units.to(feats.device)], params.top, labels)
+        random_top, random_tied = _top(feats.double() @ random.T.to(feats.device), params.top,
+                                       labels)
+        share = included(int((~unit_tied).sum()), params.units, params.min_included,
+                         f"unit directions (the others tie at their top-{params.top} "
+                         "boundary: their top images would be chosen by index)")
         unit_purity, unit_label = _purity(labels[unit_top])
         random_purity, random_label = _purity(labels[random_top])
         chance_sets = torch.stack([torch.randperm(len(data), generator=ctx.generator)[:params.top]
                                    for _ in range(CHANCE_DRAWS)])
         chance, _ = _purity(labels[chance_sets])
-        value = float(unit_purity.mean())
+        value = float(unit_purity[~unit_tied].mean())
+        untied_random = random_purity[~random_tied]
         figures = []
         if data.x.dim() in (3, 4) and params.shown > 0:
             for kind, top, purity, label, names in (
@@ -111,18 +129,24 @@ class UnitSemantics(Metric):
                 ))
         return MetricResult(
             value=value,
-            samples=unit_purity.numpy(),
+            samples=unit_purity[~unit_tied].numpy(),
             details={
-                "random_purity": float(random_purity.mean()),
+                "random_purity": (float(untied_random.mean()) if untied_random.numel()
+                                  else float("nan")),
+                "included": share,
+                "random_tied": int(random_tied.sum()),
                 "chance_purity": float(chance.mean()),
                 "feature_dim": int(dim),
                 "constant_units": int(dim - varying.numel()),
                 "directions": [
-                    *({"direction": f"unit {int(u)}", "purity": float(p), "label": int(lab)}
-                      for u, p, lab in zip(units, unit_purity, unit_label, strict=True)),
-                    *({"direction": f"random {i}", "purity": float(p), "label": int(lab)}
-                      for i, (p, lab) in enumerate(zip(random_purity, random_label,
-                                                       strict=True))),
+                    *({"direction": f"unit {int(u)}", "purity": float(p), "label": int(lab),
+                       "tied": bool(t)}
+                      for u, p, lab, t in zip(units, unit_purity, unit_label, unit_tied,
+                                              strict=True)),
+                    *({"direction": f"random {i}", "purity": float(p), "label": int(lab),
+                       "tied": bool(t)}
+                      for i, (p, lab, t) in enumerate(zip(random_purity, random_label,
+                                                          random_tied, strict=True))),
                 ],
             },
             figures=figures,
@@ -135,6 +159,22 @@ class UnitSemantics(Metric):
 def _varying(feats: torch.Tensor) -> torch.Tensor:
     """The indices of the feature units that are not constant over the split."""
     return ((feats.amax(dim=0) - feats.amin(dim=0)) > 0).nonzero().squeeze(1)
+
+
+def _top(scores: torch.Tensor, top: int, labels: torch.Tensor
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column of ``scores`` (N, R): the indices of its ``top`` largest (R, top), and
+    whether the ``top``-th largest ties with the next among samples of different labels, so
+    that the samples' order rather than the scores would set the purity (a tie among copies
+    of one label changes nothing)."""
+    taken = min(top + 1, scores.shape[0])
+    values, indices = scores.topk(taken, dim=0)
+    tied = torch.zeros(scores.shape[1], dtype=torch.bool)
+    if taken > top:
+        for r in (values[top - 1] == values[top]).nonzero().flatten().tolist():
+            at_boundary = (scores[:, r] == values[top - 1, r]).cpu()
+            tied[r] = labels[at_boundary].unique().numel() > 1
+    return indices[:top].T.cpu(), tied
 
 
 def _purity(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

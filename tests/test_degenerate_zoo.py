@@ -172,6 +172,8 @@ DEFINED = None  # a finite value inside the value range; its size is the family 
 
 STILL_INPUT = "depend|gradient|constant|no step|converge|tied|boundary|dead|zero|flat"
 HESSIAN_ZERO = r"Hessian|hessian|curvature.*(0|zero)|zero.*curvature|flat|linear"
+CURVATURE = ("boundary_curvature", "curvature_ratio", "curvature_detection",
+             "curvature_subspace_vulnerability")
 
 
 def accuracy_of(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -229,7 +231,8 @@ def _table() -> dict[str, dict[str, Any]]:
         "boundary_curvature": Error(STILL_INPUT), "curvature_ratio": Error(STILL_INPUT),
         "curvature_detection": Error(STILL_INPUT),
         "curvature_subspace_vulnerability": Error(STILL_INPUT),
-        "region_connectivity": Either(Value(1.0), Error(STILL_INPUT)),
+        "region_connectivity": Either(Value(1.0), Error(f"{STILL_INPUT}|predicted as class")),
+        "min_norm_distortion": Error(STILL_INPUT),
         # true of a constant classifier: its one region is the whole space (connected and
         # convex), and no perturbation changes its output (its clean accuracy gives it away)
         "region_convexity": Either(Value(1.0), Error(STILL_INPUT)),
@@ -242,14 +245,14 @@ def _table() -> dict[str, dict[str, Any]]:
     one = {name: unreachable for name in (
         "deepfool_min_distortion", "boundary_curvature", "curvature_ratio",
         "curvature_detection", "curvature_subspace_vulnerability")}
+    # a linear model's boundaries are flat: zero curvature, or an error saying so
+    flat = {name: Error(HESSIAN_ZERO) for name in CURVATURE}
+    flat["boundary_curvature"] = Either(Value(0.0, 1e-6), Error(HESSIAN_ZERO))
     table = {
         "linear": {
             "rank_order_spearman": Value(1.0), "sphere_deformation": Value(1.0, 1e-6),
             "intertwinedness": Value(lambda r: r.details["input_itw_n"]),
-            "boundary_curvature": Either(Value(0.0, 1e-6), Error(HESSIAN_ZERO)),
-            "curvature_ratio": Error(HESSIAN_ZERO), "curvature_detection": Error(HESSIAN_ZERO),
-            "curvature_subspace_vulnerability": Error(HESSIAN_ZERO),
-            "lipschitz_bound": Value("lipschitz"),
+            **flat, "lipschitz_bound": Value("lipschitz"),
         },
         "constant_logits": {
             **constant,
@@ -262,35 +265,27 @@ def _table() -> dict[str, dict[str, Any]]:
             "activation_sparsity": Error("no unit of input of 2 is active"),  # a dead layer
             "manifold_entanglement": Error("rank 0 at input of 2"),
         },
-        "leaky_exact": {name: Error(HESSIAN_ZERO) for name in (
-            "boundary_curvature", "curvature_ratio", "curvature_detection",
-            "curvature_subspace_vulnerability")},
+        # softplus replaces only ReLU: the LeakyReLU network stays piecewise linear
+        **{f"leaky_{hvp}": {name: Error(HESSIAN_ZERO) for name in CURVATURE}
+           for hvp in ("exact", "softplus")},
+        # finite differences see the kinks near some boundary points only: the shared
+        # directions' fit may rest on too few of them (details.included, min_included)
+        "leaky_finite_difference": {name: Either(DEFINED, Error("could be used"))
+                                    for name in ("curvature_ratio",
+                                                 "curvature_subspace_vulnerability")},
         "one_class": {**one, "clean_accuracy": Value(1 / 3), "region_convexity": Value(1.0),
-                      "lbfgs_min_distortion": Error("L-BFGS failed to reach the target")},
-        "duplicates": {
-            "rank_order_spearman": Value(1.0), "sphere_deformation": Value(1.0, 1e-6),
+                      "lbfgs_min_distortion": Error("L-BFGS failed to reach the target"),
+                      "min_norm_distortion": Error("boundaries lie outside the box"),
+                      "region_connectivity": Error("every audit sample is predicted as "
+                                                   "class 0")},
+        "duplicates": {  # the isometry again: its boundaries are flat too
+            "rank_order_spearman": Value(1.0), "sphere_deformation": Value(1.0, 1e-6), **flat,
         },
     }
     return {case.name: {**brute, **table.get(case.name, {})} for case in CASES}
 
 
 EXPECTED = _table()
-
-#: Parametrisations that fail only because of metrics another branch is fixing; the marks go
-#: when it is merged (strict: a pass shows the mark is stale).
-CURV, MODELS = "fixed on branch curv", "branch models"
-ELSEWHERE: dict[tuple[str, str], str] = {
-    # 0/0 on a flat boundary reported as a number (curvature_ratio 0.0 is its best value)
-    ("curvature_ratio", "linear"): CURV, ("curvature_detection", "linear"): CURV,
-    ("curvature_subspace_vulnerability", "linear"): CURV,
-    # "raise search_steps or max_iter" on a model no input moves
-    ("lbfgs_min_distortion", "constant_logits"): CURV,
-    ("lbfgs_min_distortion", "dead_relu"): CURV,
-    # IndexError in ClassGroups.draw_outside when a split's predictions miss a class
-    **{("region_connectivity", case): CURV for case in (
-        "constant_logits", "dead_relu", "one_class")},
-}
-
 
 def _params(name: str, metric: Metric, case: Case) -> dict[str, Any]:
     fields = metric.Params.model_fields
@@ -307,10 +302,7 @@ def _runs() -> list[Any]:
         for case in CASES:
             if case.hvp not in (None, HVPS[0]) and "hvp" not in fields:
                 continue  # the hvp variants only where the metric has the param
-            marks = []
-            if (name, case.name) in ELSEWHERE:
-                marks.append(pytest.mark.xfail(strict=True, reason=ELSEWHERE[name, case.name]))
-            runs.append(pytest.param(name, case, id=f"{name}-{case.name}", marks=marks))
+            runs.append(pytest.param(name, case, id=f"{name}-{case.name}"))
     return runs
 
 

@@ -245,8 +245,9 @@ class LBFGSMinDistortion(Metric):
         if failure_rate > params.max_failures:
             raise MetricError(
                 f"L-BFGS failed to reach the target on {failure_rate:.0%} of the problems "
-                f"(more than max_failures = {params.max_failures:g}); raise search_steps or "
-                f"max_iter"
+                f"(more than max_failures = {params.max_failures:g}); "
+                + self._why_failed(ctx, sample[~torch.from_numpy(found)], target[
+                    ~torch.from_numpy(found)])
             )
         scored = np.where(found, distortion, (bound / dim).sqrt().numpy())
         value = float(scored.mean())
@@ -272,6 +273,26 @@ class LBFGSMinDistortion(Metric):
                 markers={"mean (failures at the box bound)": value},
             )],
         )
+
+    @staticmethod
+    def _why_failed(ctx: AuditContext, sample: torch.Tensor, target: torch.Tensor) -> str:
+        """The likely cause of the failures, from the first failed problems: a target logit
+        margin whose input gradient is 0 everywhere (the output does not depend on the
+        input), else the search's budget or the box."""
+        rows = slice(0, 64)
+        x = ctx.data().x[sample[rows]].to(ctx.device).requires_grad_(True)
+        with torch.enable_grad():
+            logits = ctx.model.logits(x)
+            own = logits.argmax(dim=1)
+            index = torch.arange(len(x), device=logits.device)
+            margin = logits[index, target[rows].to(logits.device)] - logits[index, own]
+            (grad,) = torch.autograd.grad(margin.sum(), x)
+        if bool((grad.flatten(1) == 0).all()):
+            return ("the gradient of the target logit margin is 0 at every failed problem: the "
+                    "model's output does not depend on its input there (constant logits, dead "
+                    "units)")
+        return ("raise search_steps or max_iter, or the target classes cannot be reached "
+                "inside the input box")
 
     def floor(self, ctx: AuditContext, params: LBFGSParams) -> Floor:
         n = len(ctx.data())

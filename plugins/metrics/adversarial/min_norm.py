@@ -11,6 +11,7 @@ from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
+from robaudit.errors import MetricError
 from robaudit.metric import Gathered, IncludedParams, SampleMetric, Unit, UnitResult, included
 from robaudit.ops.deepfool import deepfool_unit
 from robaudit.ops.fab import fab_unit
@@ -108,6 +109,11 @@ class MinNormDistortion(SampleMetric):
         arrays = gathered.arrays
         rho, norms, best = arrays["rho"], arrays["norm"], arrays["best"]
         found = np.isfinite(rho)
+        if not found.any():
+            raise MetricError(
+                f"none of {', '.join(params.attacks)} changed the prediction of any of the "
+                f"{len(rho)} points inside the input box: the model's prediction does not "
+                "depend on its input, or its boundaries lie outside the box")
         share = included(int(found.sum()), len(rho), params.min_included)
         value = float(np.nanmean(rho))
         deepfool = arrays["deepfool"]

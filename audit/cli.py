@@ -147,12 +147,15 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
                            "torchvision, gaussian_mixture or a plugin's")
     init.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                       help="an option of the data source, e.g. path=data.npz (repeatable)")
+    init.add_argument("--split", metavar="NAME",
+                      help="the split to audit (default: test, else val, else validation)")
     init.add_argument("--input-range", nargs=2, type=float, default=(0.0, 1.0),
                       metavar=("LOW", "HIGH"), help="the valid input box (default 0 1)")
     init.add_argument("--name", help="the audit's name (default: from the file name)")
     init.add_argument("--out", default="robaudit.yaml", help="where to write the spec")
     init.add_argument("--measure", action="store_true",
-                      help="run the checks once and set thresholds from the measured values")
+                      help="run the checks once and set each threshold at the passing-side end "
+                           "of the check's 95%% interval")
     init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     compare = sub.add_parser("compare", parents=[common],
                              help="compare two JSON reports check by check")
@@ -376,9 +379,11 @@ def _dispatch(argv: list[str], console: Console) -> int:
     if options.command == "plugins":
         return _cmd_plugins(plugins, console)
     if options.command == "init":
-        from robaudit.init import write_starter
+        from robaudit.init import MARGIN_RULE, write_starter
 
         out = write_starter(options, plugins)
+        if options.measure:
+            console.print(f"thresholds from the measured values: {escape(MARGIN_RULE)}")
         console.print(f"wrote {escape(str(out))}; check it with `robaudit validate {out}` and "
                       f"run it with `robaudit run {out}`")
         return EXIT_OK

@@ -234,6 +234,7 @@ class SpecFile(pytest.File):
         from robaudit.session import Session
 
         self.runner = Session(robaudit_plugins(self.config), session_options(self.config))
+        self.runner.warn = lambda message: warnings.warn(RobauditWarning(message), stacklevel=1)
         try:
             [spec] = self.runner.load([str(self.path)])
             self.plan = self.runner.plan(spec)

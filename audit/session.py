@@ -21,7 +21,7 @@ from robaudit.baseline import Baseline, Delta, compare_values, load_baseline
 from robaudit.cachekey import model_salt, run_salt
 from robaudit.context import AuditContext, DataSplit, RunCache, silent_progress
 from robaudit.datafit import input_problems, model_problems, non_finite_outputs
-from robaudit.diskcache import DiskStore
+from robaudit.diskcache import DiskStore, warn_on_console
 from robaudit.distributed import PeerFailure, World
 from robaudit.errors import (
     EXIT_FAILED,
@@ -74,6 +74,8 @@ class AuditPlan:
     threads             torch's CPU threads for this spec (``--threads``, else
                         :func:`robaudit.threads.default_threads` for its model).
     processes           how the run's processes share the work ("" for one process).
+    warnings            what the run warns of about its set-up (a factory without weights),
+                        also written into ``model_identity`` (JSON ``model.warnings``).
     """
 
     spec: AuditSpec
@@ -88,6 +90,7 @@ class AuditPlan:
     threads: int = 1
     #: how the run's processes share the work (design §8): "" for one process
     processes: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 def check_seed(seed: int, check_id: str) -> int:
@@ -154,6 +157,8 @@ class Session:
         self.baseline: Baseline | None = load_baseline(baseline) if baseline else None
         #: what plugins raised in reporting hooks; the run goes on, the exit code says so
         self.hook_failures: list[str] = []
+        #: how a warning about the run's set-up is shown (the pytest plugin: a pytest warning)
+        self.warn: Callable[[str], None] = warn_on_console
 
     def counts_as_failure(self, outcome: Outcome) -> bool:
         """``failed`` and ``error``, and ``warned`` under ``--strict``."""
@@ -231,6 +236,11 @@ class Session:
             if module is None:
                 raise UsageError("no plugin could load this model entry")
             normalize = (entry.normalize.mean, entry.normalize.std) if entry.normalize else None
+            if entry.factory is not None and entry.weights is None:
+                plan.warnings.append(f"{plan.spec.path}: {key}: factory {entry.factory} has no "
+                                     "`weights`: unless it loads trained weights itself, this "
+                                     "audits its random initialisation")
+                self.warn(plan.warnings[-1])
             return ModelUnderAudit(module, input_range=entry.input_range, normalize=normalize,
                                    features=entry.features, device=plan.device, name=key)
         except UsageError as exc:
@@ -463,6 +473,8 @@ class Session:
         self.check_model_outputs(plan, base)
         plan.model_identity = model_identity(spec.model.model, spec.base_dir,
                                              models["model"].module)
+        if plan.warnings:
+            plan.model_identity["warnings"] = list(plan.warnings)
         data = spec.model.data
         plan.data_identity = {"source": data.source, "split": data.split,
                               "reference": data.reference, "sizes": dict(plan.data_summary),

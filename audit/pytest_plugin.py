@@ -11,17 +11,24 @@ itself.
 
 Outcomes: ``passed`` passes; ``failed`` is a pytest failure whose message is robaudit's
 ("0.31 < min 0.5") with the interval; ``error`` (the metric raised, timed out or was blocked
-before running) is a pytest error, as is a spec whose model or data cannot be set up; an
+before running) is a pytest error (raised in the call phase, where the check computes, and
+counted as an error by :func:`pytest_report_teststatus`; pytest's JUnit XML writes it as a
+``<failure>``), as is a spec whose model or data cannot be set up (in setup); an
 invalid spec is a collection error that names the file, key and problem; ``skipped`` skips and
 ``warned`` passes with a :class:`RobauditWarning`. The value, threshold, interval and metric of
 each check are recorded as the item's user properties (``<properties>`` in pytest's JUnit XML).
 
-The runner is robaudit's own :class:`robaudit.session.Session`: each spec is loaded and planned
-when it is collected (nothing heavy), and prepared (models built, data loaded, params checked
-against the data) once, when its first selected check runs; every check then runs in its own
-context (its seed depends on the spec's seed and its id alone, as in ``robaudit run``) and
-shares the spec's per-run cache. ``--robaudit-set KEY=VALUE``, ``--robaudit-device`` and
-``--robaudit-timeout`` are ``robaudit run``'s ``--set``, ``--device`` and ``--timeout``.
+The runner is robaudit's own :class:`robaudit.session.Session`, set up as ``robaudit run``
+sets it up (:mod:`robaudit.runsetup`: OpenMP's passive waiting, SIGTERM as Ctrl-C, each spec's
+checks on the threads chosen for its model): each spec is loaded and planned when it is
+collected (nothing heavy), and prepared (models built, data loaded, params checked against the
+data) once, in the setup of its first selected check; every check then computes in its call
+phase (what ``--durations`` shows) in its own context (its seed depends on the spec's seed and
+its id alone, as in ``robaudit run``) and shares the spec's per-run cache.
+``--robaudit-set KEY=VALUE``, ``--robaudit-device``, ``--robaudit-timeout``,
+``--robaudit-threads``, ``--robaudit-baseline`` and ``--robaudit-cache-dir`` are ``robaudit
+run``'s ``--set``, ``--device``, ``--timeout``, ``--threads``, ``--baseline`` and
+``--cache-dir``.
 
 robaudit's plugins load as in ``robaudit run`` (built-ins, then the ``robaudit`` entry points);
 besides, every module registered with pytest that implements a robaudit hook (``-p NAME``, a

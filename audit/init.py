@@ -301,8 +301,15 @@ def inspect(draft_path: Path, spec: dict[str, Any], plugins: Any, options: argpa
     draft = write_draft(draft_path, spec, plugins)
     if options.split is None:
         data = draft.model.data
-        names = list(plugins.data_sources[data.source].load(draft.source_options,
-                                                            draft.base_dir, draft.model.seed))
+        try:
+            names = list(plugins.data_sources[data.source].load(draft.source_options,
+                                                                draft.base_dir, draft.model.seed))
+        except UsageError as exc:  # as the run reports it (Session.load_data)
+            raise UsageError(f"{draft.path}: {exc}") from None
+        except Exception as exc:
+            raise UsageError(draft.locate(("data",), f"the {data.source!r} source could not "
+                                                     f"load the data: {type(exc).__name__}: "
+                                                     f"{exc}")) from None
         split = audit_split(names)
         if split != data.split:
             spec["data"]["split"] = split

@@ -131,8 +131,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if missing:
         raise pytest.UsageError(f"--robaudit: no such spec file: {', '.join(missing)}")
     config.args.extend(str(s) for s in specs)
-    if specs or config.stash[_SPECS]:  # bad run options are a usage error at once
-        check_session_options(session_options(config))
+    check_session_options(session_options(config))  # a usage error at once, not per spec
 
 
 def check_session_options(options: argparse.Namespace) -> None:

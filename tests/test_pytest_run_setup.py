@@ -168,7 +168,7 @@ def test_a_cache_dir_gets_the_shared_work(audit_dir):  # noqa: F811
 ])
 def test_bad_run_options_are_usage_errors(audit_dir, option, value, expected):  # noqa: F811
     (audit_dir.path / "a_file").write_text("")
-    (audit_dir.path / "gate.yaml").write_text(spec_text())
-    result = run(audit_dir, "gate.yaml", option, value)
+    (audit_dir.path / "robaudit_gate.yaml").write_text(spec_text())  # found by its name
+    result = run(audit_dir, option, value)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert expected in result.stderr.str()

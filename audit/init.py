@@ -315,6 +315,8 @@ def inspect(draft_path: Path, spec: dict[str, Any], plugins: Any, options: argpa
             spec["data"]["split"] = split
             draft = write_draft(draft_path, spec, plugins)
     session = Session(plugins, argparse.Namespace(overrides=[]))
+    warned: list[str] = []
+    session.warn = warned.append  # said in the written file, which names no draft
     plan = session.plan(draft)
     low, high = options.input_range
     with ExitStack() as stack:
@@ -327,6 +329,9 @@ def inspect(draft_path: Path, spec: dict[str, Any], plugins: Any, options: argpa
                  "a feature layer g(x) (the input of the last nn.Linear): deformation "
                  "checks included" if features else
                  "no feature layer g(x) (no nn.Linear): deformation checks left out"]
+        if warned:
+            facts.append("a factory without `weights` (no --weights): unless it loads trained "
+                         "weights itself, this audits its random initialisation")
         chosen = [p for p in proposals(low, high) if features or not p.needs_features]
         measures: list[Measured | None] = [None] * len(chosen)
         if options.measure:

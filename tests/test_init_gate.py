@@ -106,6 +106,7 @@ def test_train_and_val_folders_audit_val_and_split_chooses(toy_dir):
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"8 audit samples (split {split!r})" in out.read_text()
         assert f"split: {split}" in out.read_text()
+        assert "(no --weights): unless it loads trained weights itself" in out.read_text()
 
 
 def test_data_without_a_split_to_audit_asks_for_split(toy_dir):

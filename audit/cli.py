@@ -13,6 +13,7 @@ import traceback
 import types
 import typing
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -153,12 +154,15 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
                            "torchvision, gaussian_mixture or a plugin's")
     init.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                       help="an option of the data source, e.g. path=data.npz (repeatable)")
+    init.add_argument("--split", metavar="NAME",
+                      help="the split to audit (default: test, else val, else validation)")
     init.add_argument("--input-range", nargs=2, type=float, default=(0.0, 1.0),
                       metavar=("LOW", "HIGH"), help="the valid input box (default 0 1)")
     init.add_argument("--name", help="the audit's name (default: from the file name)")
     init.add_argument("--out", default="robaudit.yaml", help="where to write the spec")
     init.add_argument("--measure", action="store_true",
-                      help="run the checks once and set thresholds from the measured values")
+                      help="run the checks once and set each threshold at the passing-side end "
+                           "of the check's 95%% interval")
     init.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     compare = sub.add_parser("compare", parents=[common],
                              help="compare two JSON reports check by check")
@@ -396,9 +400,11 @@ def _dispatch(argv: list[str], console: Console) -> int:
     if options.command == "plugins":
         return _cmd_plugins(plugins, console)
     if options.command == "init":
-        from robaudit.init import write_starter
+        from robaudit.init import MARGIN_RULE, write_starter
 
         out = write_starter(options, plugins)
+        if options.measure:
+            console.print(f"thresholds from the measured values: {escape(MARGIN_RULE)}")
         console.print(f"wrote {escape(str(out))}; check it with `robaudit validate {out}` and "
                       f"run it with `robaudit run {out}`")
         return EXIT_OK
@@ -422,7 +428,11 @@ def _dispatch(argv: list[str], console: Console) -> int:
         _print_hook_failures(session)
         return code
     if options.command == "run" and not options.collect_only:
-        return _cmd_run(plugins, options)
+        from robaudit.runsetup import start_run
+
+        with ExitStack() as setup:
+            start_run(options, setup)  # the setup the pytest plugin makes too
+            return _cmd_run(plugins, options)
     session = Session(plugins, options)
     if options.command == "validate":
         for spec in session.load(options.specs):
@@ -439,27 +449,12 @@ def _dispatch(argv: list[str], console: Console) -> int:
 
 
 def _check_run_options(options: argparse.Namespace) -> None:
-    if options.timeout is not None and not (0 < options.timeout < float("inf")):
-        raise UsageError(f"--timeout {options.timeout}: expected a positive number of seconds")
-    if options.threads is not None and options.threads < 1:
-        raise UsageError(f"--threads {options.threads}: expected a positive number")
-    if options.cache_dir:
-        _check_cache_dir(Path(options.cache_dir))
+    from robaudit.runsetup import check_options
+
+    check_options(options)
     if options.shard is not None and getattr(options, "json_path", None) is None:
         raise UsageError(f"--shard {options.shard}: a shard writes its share into its JSON "
                          "report: give --json PATH (then `robaudit merge` the shards' reports)")
-
-
-def _check_cache_dir(folder: Path) -> None:
-    """``--cache-dir`` must name a folder or a path where one can be made: the nearest part of
-    it that exists must be a folder."""
-    for part in (folder, *folder.parents):
-        if part.exists():
-            if not part.is_dir():
-                what = "names a file" if part == folder else f"is inside {part}, a file"
-                raise UsageError(f"--cache-dir {folder}: {what}; expected a folder (created "
-                                 "if missing) to keep the cache in")
-            return
 
 
 def _cmd_run(plugins: Plugins, options: argparse.Namespace) -> int:

@@ -11,17 +11,24 @@ itself.
 
 Outcomes: ``passed`` passes; ``failed`` is a pytest failure whose message is robaudit's
 ("0.31 < min 0.5") with the interval; ``error`` (the metric raised, timed out or was blocked
-before running) is a pytest error, as is a spec whose model or data cannot be set up; an
+before running) is a pytest error (raised in the call phase, where the check computes, and
+counted as an error by :func:`pytest_report_teststatus`; pytest's JUnit XML writes it as a
+``<failure>``), as is a spec whose model or data cannot be set up (in setup); an
 invalid spec is a collection error that names the file, key and problem; ``skipped`` skips and
 ``warned`` passes with a :class:`RobauditWarning`. The value, threshold, interval and metric of
 each check are recorded as the item's user properties (``<properties>`` in pytest's JUnit XML).
 
-The runner is robaudit's own :class:`robaudit.session.Session`: each spec is loaded and planned
-when it is collected (nothing heavy), and prepared (models built, data loaded, params checked
-against the data) once, when its first selected check runs; every check then runs in its own
-context (its seed depends on the spec's seed and its id alone, as in ``robaudit run``) and
-shares the spec's per-run cache. ``--robaudit-set KEY=VALUE``, ``--robaudit-device`` and
-``--robaudit-timeout`` are ``robaudit run``'s ``--set``, ``--device`` and ``--timeout``.
+The runner is robaudit's own :class:`robaudit.session.Session`, set up as ``robaudit run``
+sets it up (:mod:`robaudit.runsetup`: OpenMP's passive waiting, SIGTERM as Ctrl-C, each spec's
+checks on the threads chosen for its model): each spec is loaded and planned when it is
+collected (nothing heavy), and prepared (models built, data loaded, params checked against the
+data) once, in the setup of its first selected check; every check then computes in its call
+phase (what ``--durations`` shows) in its own context (its seed depends on the spec's seed and
+its id alone, as in ``robaudit run``) and shares the spec's per-run cache.
+``--robaudit-set KEY=VALUE``, ``--robaudit-device``, ``--robaudit-timeout``,
+``--robaudit-threads``, ``--robaudit-baseline`` and ``--robaudit-cache-dir`` are ``robaudit
+run``'s ``--set``, ``--device``, ``--timeout``, ``--threads``, ``--baseline`` and
+``--cache-dir``.
 
 robaudit's plugins load as in ``robaudit run`` (built-ins, then the ``robaudit`` entry points);
 besides, every module registered with pytest that implements a robaudit hook (``-p NAME``, a
@@ -83,6 +90,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="override the specs' device: auto, cpu, cuda, cuda:N")
     group.addoption("--robaudit-timeout", type=float, default=None, metavar="S",
                     help="seconds a check may run before it is an error")
+    group.addoption("--robaudit-threads", type=int, default=None, metavar="N",
+                    help="CPU threads for torch while a check runs, as `robaudit run --threads` "
+                         "(default: chosen for each spec's model)")
+    group.addoption("--robaudit-baseline", default=None, metavar="REPORT.json",
+                    help="compare each check with the same check of an earlier JSON report, "
+                         "as `robaudit run --baseline` (`expect.regression` gates on it)")
+    group.addoption("--robaudit-cache-dir", default=None, metavar="DIR",
+                    help="keep shared work in DIR between runs, as `robaudit run --cache-dir`")
+
+
+def audits_named(early_config: pytest.Config, args: list[str]) -> bool:
+    """Whether the command line names an audit: ``--robaudit SPEC`` or a YAML file argument."""
+    named = [arg.split("::")[0] for arg in args if not arg.startswith("-")]
+    return bool(early_config.known_args_namespace.robaudit) or any(
+        Path(arg).suffix in (".yaml", ".yml") for arg in named)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) -> None:
+    """A session that names an audit waits passively in OpenMP, as ``robaudit run`` does: chosen
+    here, before the conftests (which may import torch) are loaded. A session that names none
+    is left alone (an audit found later by its file name chooses then, if torch is not imported
+    yet: :func:`robaudit.runsetup.start_run`)."""
+    if audits_named(early_config, args):
+        from robaudit.runsetup import wait_passively
+
+        wait_passively()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -97,6 +131,23 @@ def pytest_configure(config: pytest.Config) -> None:
     if missing:
         raise pytest.UsageError(f"--robaudit: no such spec file: {', '.join(missing)}")
     config.args.extend(str(s) for s in specs)
+    check_session_options(session_options(config))  # a usage error at once, not per spec
+
+
+def check_session_options(options: argparse.Namespace) -> None:
+    """The run options (:func:`robaudit.runsetup.check_options`) and the baseline report, as
+    pytest usage errors naming the ``--robaudit-*`` option."""
+    from robaudit.errors import UsageError
+    from robaudit.runsetup import check_options
+
+    try:
+        check_options(options)
+        if options.baseline:
+            from robaudit.baseline import load_baseline
+
+            load_baseline(options.baseline)
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc).replace("--", "--robaudit-", 1)) from None
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> SpecFile | None:
@@ -113,13 +164,23 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> SpecFile |
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """A check's error or a spec that cannot be set up, raised in setup, is shown as robaudit's
-    message (pytest would show the plugin's traceback)."""
+    """A spec that cannot be set up (raised in setup) or a check's error (raised in the call)
+    is shown as robaudit's message (pytest would show the plugin's traceback)."""
     report = yield
-    if (isinstance(item, CheckItem) and call.when == "setup" and call.excinfo is not None
+    if (isinstance(item, CheckItem) and call.excinfo is not None
             and isinstance(call.excinfo.value, (CheckError, SpecProblem))):
         report.longrepr = item.repr_failure(call.excinfo)
     return report
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
+                             ) -> tuple[str, str, str] | None:
+    """A check that could not compute is computed in the call phase (so that ``--durations``
+    puts its time there), yet it is robaudit's ``error``: counted and shown as a pytest error."""
+    if (report.when == "call" and report.failed
+            and ("robaudit_outcome", "error") in report.user_properties):
+        return "error", "E", "ERROR"
+    return None
 
 
 def robaudit_modules(config: pytest.Config) -> list[str]:
@@ -140,6 +201,11 @@ def robaudit_modules(config: pytest.Config) -> list[str]:
 def robaudit_plugins(config: pytest.Config) -> Plugins:
     """robaudit's plugins, loaded once per test session (at the first spec collected)."""
     if _PLUGINS not in config.stash:
+        from robaudit.runsetup import start_run
+
+        setup = ExitStack()  # what the run set up, undone when the test session ends
+        config.add_cleanup(setup.close)
+        start_run(session_options(config), setup)  # before torch loads, where it still can
         from robaudit.pluginmanager import load_plugins
 
         plugins = load_plugins(extra=robaudit_modules(config))
@@ -156,6 +222,9 @@ def session_options(config: pytest.Config) -> argparse.Namespace:
         overrides=list(config.getoption("robaudit_set")),
         device=config.getoption("robaudit_device"), seed=None,
         timeout=config.getoption("robaudit_timeout"),
+        threads=config.getoption("robaudit_threads"),
+        baseline=config.getoption("robaudit_baseline"),
+        cache_dir=config.getoption("robaudit_cache_dir"),
         keyword=None, markexpr=None, maxfail=0, verbose=0, quiet=0,
     )
 
@@ -171,6 +240,7 @@ class SpecFile(pytest.File):
         from robaudit.session import Session
 
         self.runner = Session(robaudit_plugins(self.config), session_options(self.config))
+        self.runner.warn = lambda message: warnings.warn(RobauditWarning(message), stacklevel=1)
         try:
             [spec] = self.runner.load([str(self.path)])
             self.plan = self.runner.plan(spec)
@@ -215,8 +285,10 @@ class SpecFile(pytest.File):
 
 
 class CheckItem(pytest.Item):
-    """One check. Setup prepares the spec (once) and computes the check, so that a check
-    robaudit calls ``error`` is a pytest error; the call judges it against its threshold."""
+    """One check. Setup prepares the spec (once: building models and loading data is the
+    spec's fixture), so that a spec that cannot be prepared is a pytest error; the call computes
+    the check on the threads chosen for the spec's model, as ``robaudit run`` does, and judges
+    it against its threshold."""
 
     def __init__(self, *, check: Check, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -233,11 +305,17 @@ class CheckItem(pytest.Item):
         return self.parent
 
     def setup(self) -> None:
+        self.spec_file.base()
+
+    def runtest(self) -> None:
+        from robaudit.runsetup import plan_threads
+
         spec_file = self.spec_file
-        base = spec_file.base()
-        runner = spec_file.runner
-        self.result = result = runner.run_check(self.check, runner.check_context(self.check, base),
-                                                spec_file.plan.blocked.get(self.check.id))
+        base, plan, runner = spec_file.base(), spec_file.plan, spec_file.runner
+        with plan_threads(plan.threads):
+            self.result = result = runner.run_check(
+                self.check, runner.check_context(self.check, base), plan.blocked.get(self.check.id),
+                plan.data_identity.get("fingerprint"))
         for key, value in (("metric", result.metric), ("value", result.value),
                            ("threshold", _threshold(result.expect)), ("ci", result.ci),
                            ("robaudit_outcome", result.outcome)):
@@ -245,10 +323,6 @@ class CheckItem(pytest.Item):
                 self.user_properties.append((key, value))
         if result.outcome == "error":
             raise CheckError(result.message)
-
-    def runtest(self) -> None:
-        result = self.result
-        assert result is not None
         if result.outcome == "failed":
             raise CheckFailed(_with_ci(result))
         if result.outcome == "skipped":

@@ -29,7 +29,7 @@ from robaudit.context import (
     silent_progress,
 )
 from robaudit.datafit import input_problems, model_problems, non_finite_outputs
-from robaudit.diskcache import DiskStore
+from robaudit.diskcache import DiskStore, warn_on_console
 from robaudit.distributed import POLL_S, PeerFailure, World
 from robaudit.errors import (
     EXIT_FAILED,
@@ -88,6 +88,8 @@ class AuditPlan:
     threads             torch's CPU threads for this spec (``--threads``, else
                         :func:`robaudit.threads.default_threads` for its model).
     processes           how the run's processes share the work ("" for one process).
+    warnings            what the run warns of about its set-up (a factory without weights),
+                        also written into ``model_identity`` (JSON ``model.warnings``).
     """
 
     spec: AuditSpec
@@ -102,6 +104,7 @@ class AuditPlan:
     threads: int = 1
     #: how the run's processes share the work (design §8): "" for one process
     processes: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 def check_seed(seed: int, check_id: str) -> int:
@@ -184,6 +187,8 @@ class Session:
         self.plans_started = 0
         #: the progress displays of the prepared plans (their threads end with the run)
         self.keepalives: list[KeepAlive] = []
+        #: how a warning about the run's set-up is shown (the pytest plugin: a pytest warning)
+        self.warn: Callable[[str], None] = warn_on_console
 
     def counts_as_failure(self, outcome: Outcome) -> bool:
         """``failed`` and ``error``, and ``warned`` under ``--strict``."""
@@ -261,6 +266,11 @@ class Session:
             if module is None:
                 raise UsageError("no plugin could load this model entry")
             normalize = (entry.normalize.mean, entry.normalize.std) if entry.normalize else None
+            if entry.factory is not None and entry.weights is None:
+                plan.warnings.append(f"{plan.spec.path}: {key}: factory {entry.factory} has no "
+                                     "`weights`: unless it loads trained weights itself, this "
+                                     "audits its random initialisation")
+                self.warn(plan.warnings[-1])
             return ModelUnderAudit(module, input_range=entry.input_range, normalize=normalize,
                                    features=entry.features, device=plan.device, name=key)
         except UsageError as exc:
@@ -509,6 +519,8 @@ class Session:
         self.check_model_outputs(plan, base)
         plan.model_identity = model_identity(spec.model.model, spec.base_dir,
                                              models["model"].module)
+        if plan.warnings:
+            plan.model_identity["warnings"] = list(plan.warnings)
         data = spec.model.data
         plan.data_identity = {"source": data.source, "split": data.split,
                               "reference": data.reference, "sizes": dict(plan.data_summary),

@@ -140,14 +140,19 @@ def test_junitxml_has_a_testcase_per_check_with_properties(audit_dir):
     run(audit_dir, "--junitxml", "out.xml")
     suite = ET.parse(audit_dir.path / "out.xml").getroot().find("testsuite")
     assert suite is not None
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("4", "1", "1")
+    # the check that could not compute ran in the call phase: pytest's JUnit writes a call
+    # that raised as <failure>; its message and robaudit_outcome say it is robaudit's error
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("4", "2", "0")
     cases = {case.get("name"): case for case in suite.iter("testcase")}
     assert list(cases) == ["good", "bad", "kaboom", "acc"]
     props = {p.get("name"): p.get("value") for p in cases["bad"].iter("property")}
     assert props == {"metric": "constant", "value": "0.2", "threshold": ">= 0.5",
                      "robaudit_outcome": "failed"}
     assert cases["bad"].find("failure").get("message") == "constant: 0.2 < min 0.5"
-    assert "kaboom in the metric" in cases["kaboom"].find("error").get("message")
+    kaboom = cases["kaboom"].find("failure").get("message")
+    assert kaboom.startswith("boom could not compute:") and "kaboom in the metric" in kaboom
+    assert ("robaudit_outcome", "error") in {(p.get("name"), p.get("value"))
+                                             for p in cases["kaboom"].iter("property")}
 
 
 def test_two_specs_are_each_prepared_once(audit_dir):

@@ -17,7 +17,6 @@ units instead (:func:`unit_statistics`): the counts of the units sum to the spli
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,11 +52,6 @@ class Site:
 
 
 # -- naming layers ------------------------------------------------------------------------------
-def module_names(model: ModelUnderAudit) -> list[str]:
-    """The dotted names of the model's submodules, as ``named_modules`` gives them."""
-    return [name for name, _ in model.module.named_modules() if name]
-
-
 def check_layer_names(model: ModelUnderAudit, names: Sequence[str] | None, key: str = "layers",
                       linear: bool = False) -> None:
     """Raise :class:`ParamError` for a name that is not a submodule of the model (listing the
@@ -428,8 +422,3 @@ def bernoulli_log_likelihood(sig: torch.Tensor, p: torch.Tensor) -> torch.Tensor
     sig = sig.double()
     return (sig * p.log() + (1 - sig) * (1 - p).log()).mean(dim=1)
 
-
-def finite_mean(values: torch.Tensor) -> float:
-    """The mean of the finite entries (NaN when there is none)."""
-    finite = values[torch.isfinite(values)]
-    return float(finite.mean()) if finite.numel() else math.nan

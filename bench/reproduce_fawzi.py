@@ -1,7 +1,7 @@
 """Reproduce the curvature findings of Fawzi et al. (CVPR 2018, sections 3 and 4) with
 robaudit's curvature metrics, on CPU in minutes.
 
-    python bench/reproduce_fawzi.py [--out docs/fawzi] [--models digits cnn32]
+    python bench/reproduce_fawzi.py [--out docs/fawzi] [--models digits cnn32] [--limit N]
 
 Models (the paper's CIFAR-10 / ImageNet networks are replaced by what runs offline here):
 
@@ -184,8 +184,12 @@ def time_lanczos(ctx: AuditContext, rates: Throughput, points: int, k: int) -> d
     return {"seconds": seconds, "hvps": curv.hvps, "floor": gradients / rates.gradient}
 
 
-def settings(names: list[str]) -> list[Setting]:
+def settings(names: list[str], limit: int | None = None) -> list[Setting]:
+    """The models to measure; ``limit`` keeps the first ``limit`` test samples (a smoke run)."""
     digits = digits_splits()
+    if limit is not None:
+        test = digits["test"]
+        digits["test"] = DataSplit(test.x[:limit], test.y[:limit])
     out = []
     if "digits" in names:
         model = digits_resnet()
@@ -335,12 +339,13 @@ def main() -> None:
     parser.add_argument("--out", default="docs/fawzi")
     parser.add_argument("--models", nargs="+", default=["digits", "cnn32"],
                         choices=["digits", "cnn32"])
+    parser.add_argument("--limit", type=int, help="audit only the first N test samples")
     args = parser.parse_args()
     command = " ".join(["python", *sys.argv])
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for s in settings(args.models):
+    for s in settings(args.models, args.limit):
         start = time.perf_counter()
         measure(s)
         print(f"{s.name}: measured in {time.perf_counter() - start:.1f} s", flush=True)

@@ -1,6 +1,6 @@
 """Reproduce the activation-pattern findings of Khaitan (2024) with robaudit's metrics, on CPU.
 
-    python bench/reproduce_khaitan.py [--out docs/khaitan] [--bench]
+    python bench/reproduce_khaitan.py [--out docs/khaitan] [--bench] [--epochs N]
 
 The paper's CIFAR10 experiments (§3) are replaced by the scikit-learn 8×8 digits and its
 modified AlexNet (Appendix A) by ``robaudit.zoo.khaitan_alexnet``. The three zoo entries are
@@ -64,15 +64,16 @@ PGD = {"eps": 0.1, "steps": 20}
 TOLS = (1e-3, 1e-2, 1e-1)
 
 
-def trained(name: str) -> tuple[nn.Module, dict[str, float]]:
-    """The zoo network ``name`` trained with its recipe (seed 0), cached under bench/.cache."""
-    path = CACHE / f"{name}.pt"
+def trained(name: str, epochs: int | None = None) -> tuple[nn.Module, dict[str, float]]:
+    """The zoo network ``name`` trained with its recipe (seed 0; at most ``epochs`` when
+    given), cached under bench/.cache."""
+    path = CACHE / (f"{name}.pt" if epochs is None else f"{name}_e{epochs}.pt")
     info: dict[str, float] = {}
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         (CACHE / ".gitignore").write_text("*\n")  # checkpoints stay out of git
         start = time.perf_counter()
-        info = train_model(name, path, seed=0)
+        info = train_model(name, path, seed=0, epochs=epochs)
         info["seconds"] = round(time.perf_counter() - start, 1)
     model = digits_alexnet()
     model.load_state_dict(torch.load(path, weights_only=True))
@@ -317,13 +318,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "khaitan")
     parser.add_argument("--bench", action="store_true", help="time each check against its floor")
+    parser.add_argument("--epochs", type=int,
+                        help="train each network at most this many epochs (a smoke run: the "
+                             "verdicts then mean nothing)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
     splits = ZOO["khaitan_alexnet"].data()
     results, accuracies, trained_info = {}, {}, {}
     for label, name in NETWORKS.items():
-        model, info = trained(name)
+        model, info = trained(name, args.epochs)
         trained_info[label] = info
         labels = ZOO[name].data()["train"]
         accuracies[label] = (accuracy(model, labels.x, labels.y),

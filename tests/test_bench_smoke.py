@@ -118,3 +118,26 @@ def test_reproduce_ghorbani(tmp_path: Path) -> None:
     assert "`python bench/reproduce_ghorbani.py --seeds 1 --depths 1" in text
     assert "| 1 | after |" in text and (tmp_path / "figures.png").stat().st_size > 1000
     assert len(re.findall(r"\*\*(yes|no)\*\*|: \*\*depth", text)) >= 6
+
+
+def test_reproduce_regions(tmp_path: Path) -> None:
+    bench("reproduce_regions.py", "--pairs", "1", "--paper-step-pairs", "1", "--out", tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "`python bench/reproduce_regions.py --pairs 1 --paper-step-pairs 1" in text
+    assert text.count("| data | ") == 4  # a row per connectivity part
+    for png in ("convexity.png", "paths.png", "units.png", "random_directions.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_reproduce_fawzi(tmp_path: Path) -> None:
+    bench("reproduce_fawzi.py", "--models", "digits", "--limit", "24", "--out", tmp_path)
+    text = (tmp_path / "digits.md").read_text()
+    assert "`python bench/reproduce_fawzi.py --models digits --limit 24" in text
+    assert "| curvature_detection" in text and (tmp_path / "digits.png").stat().st_size > 1000
+
+
+def test_reproduce_khaitan(tmp_path: Path) -> None:
+    bench("reproduce_khaitan.py", "--epochs", "1", "--out", tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "`python bench/reproduce_khaitan.py --epochs 1" in text
+    assert "reproduces" in text and (tmp_path / "figures.png").stat().st_size > 1000

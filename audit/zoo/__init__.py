@@ -87,10 +87,12 @@ ZOO: dict[str, ZooEntry] = _collect()
 
 
 def train_model(
-    name: str, out: Path | str, seed: int = 0, progress: ProgressFactory | None = None
+    name: str, out: Path | str, seed: int = 0, progress: ProgressFactory | None = None,
+    epochs: int | None = None,
 ) -> dict[str, float]:
-    """Build the zoo model ``name``, train it with its recipe and ``seed``, save its float32
-    ``state_dict`` to ``out`` (``torch.save``; loads with ``weights_only=True``) and return
+    """Build the zoo model ``name``, train it with its recipe and ``seed`` (for at most
+    ``epochs`` when given: a quick run; an untrained entry stays untrained), save its float32 ``state_dict`` to
+    ``out`` (``torch.save``; loads with ``weights_only=True``) and return
     {"train_accuracy", "test_accuracy", "seconds", "parameters"}."""
     if name not in ZOO:
         raise UsageError(f"zoo: unknown model {name!r}; known: {', '.join(sorted(ZOO))}")
@@ -105,7 +107,7 @@ def train_model(
         network,
         train.x,
         train.y,
-        epochs=entry.epochs,
+        epochs=entry.epochs if epochs is None else min(epochs, entry.epochs),
         lr=entry.lr,
         batch_size=entry.batch_size,
         seed=seed,

@@ -91,8 +91,8 @@ def train_model(
     epochs: int | None = None,
 ) -> dict[str, float]:
     """Build the zoo model ``name``, train it with its recipe and ``seed`` (for at most
-    ``epochs`` when given: a quick run; an untrained entry stays untrained), save its float32 ``state_dict`` to
-    ``out`` (``torch.save``; loads with ``weights_only=True``) and return
+    ``epochs`` when given: a quick run; an untrained entry stays untrained), save its float32
+    ``state_dict`` to ``out`` (``torch.save``; loads with ``weights_only=True``) and return
     {"train_accuracy", "test_accuracy", "seconds", "parameters"}."""
     if name not in ZOO:
         raise UsageError(f"zoo: unknown model {name!r}; known: {', '.join(sorted(ZOO))}")

@@ -256,3 +256,46 @@ def test_an_output_without_logits_is_a_located_error(tmp_path, robaudit_main):
         """)
     code, _, err = robaudit_main("run", spec(tmp_path, "bad", "factory: plain.py:build\n"))
     assert code == 4 and "model:" in err and "returned dict; expected logits" in err
+
+
+def test_init_writes_each_kind(tmp_path, robaudit_main):
+    """``robaudit init --model KIND:VALUE`` writes a spec of that source that validates."""
+    import yaml
+
+    pytest.importorskip("timm")
+    save_tiny_vit(tmp_path / "vit")
+    write_data(tmp_path)
+    net = SmallCNN().eval()
+    program = torch.export.export(net, (torch.rand(2, 3, 16, 16),),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, tmp_path / "cnn.pt2")
+    kinds = {"torchvision:shufflenet_v2_x0_5": {"torchvision": "shufflenet_v2_x0_5"},
+             "timm:test_resnet": {"timm": "test_resnet"},
+             f"huggingface:{tmp_path / 'vit'}": {"huggingface": "vit"},
+             f"{tmp_path / 'cnn.pt2'}": {"export": "cnn.pt2"}}
+    for i, (model, entry) in enumerate(kinds.items()):
+        out = tmp_path / f"init{i}.yaml"
+        code, _, err = robaudit_main("init", "--model", model, "--data", "npz",
+                                     "--data-option", "path=data.npz", "--out", out)
+        assert code == 0, err
+        text = out.read_text()
+        written = yaml.safe_load(text)["model"]
+        assert {k: written[k] for k in entry} == entry
+        assert robaudit_main("validate", out)[0] == 0
+        if "huggingface" in entry:
+            assert "mean [0.4, 0.5, 0.6], std [0.2, 0.25, 0.3]" in text
+            assert "input size: 16×16" in text
+
+
+def test_init_points_torchscript_users_to_export(tmp_path, robaudit_main):
+    write_data(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(768, 3))).save(
+            str(tmp_path / "m.ts"))
+    out = tmp_path / "ts.yaml"
+    code, _, err = robaudit_main("init", "--model", tmp_path / "m.ts", "--data", "npz",
+                                 "--data-option", "path=data.npz", "--out", out)
+    assert code == 0, err
+    assert "TorchScript is deprecated upstream" in out.read_text()
+    assert "`export: PATH`" in out.read_text()

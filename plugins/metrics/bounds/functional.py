@@ -1,0 +1,162 @@
+"""Lipschitz constants of the functions and tensor methods a traced forward pass calls
+(``torch.flatten``, ``F.relu``, ``x + shortcut``, ``torch.cat``, …), for ``lipschitz_bound``.
+
+Each is an :class:`OpBound`: how the op's L2 Lipschitz constant (with respect to the network's
+input) follows from those of its input-dependent arguments. Szegedy et al. (2014, §4.3) bound
+a network layer by layer; a residual sum a(x) + b(x) is L(a) + L(b) by the triangle
+inequality, a concatenation [a(x); b(x)] is √(L(a)² + L(b)²), and element-wise activations are
+their largest slope. A product of two input-dependent tensors (attention's softmax(QKᵀ)V,
+gating) has no global Lipschitz constant (Kim, Papamakarios & Mnih 2021, "The Lipschitz
+constant of self-attention", Theorem 3.1): that is an error, never a number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.fx import Node
+
+from robaudit.errors import MetricError
+
+#: The largest slope of GELU, Φ(x) + xφ(x), attained where φ(x)(2 − x²) = 0, i.e. x = √2.
+GELU_MAX_SLOPE = 0.5 * (1 + math.erf(1.0)) + math.sqrt(2) * math.exp(-1.0) / math.sqrt(2 * math.pi)
+
+#: Ops that only move, select or retype entries (norm 1, exact): reshapes and indexing.
+MOVES = frozenset({"flatten", "view", "reshape", "contiguous", "permute", "transpose", "t",
+                   "squeeze", "unsqueeze", "getitem", "clone", "float", "to", "type_as",
+                   "chunk", "split", "unbind", "narrow", "movedim", "swapaxes", "pos",
+                   "identity"})
+
+#: Element-wise activations and their largest slope (exact constants).
+SLOPES: dict[str, float] = {"relu": 1.0, "relu_": 1.0, "relu6": 1.0, "tanh": 1.0,
+                            "hardtanh": 1.0, "softplus": 1.0, "sigmoid": 0.25,
+                            "gelu": GELU_MAX_SLOPE, "hardswish": 1.5,
+                            "hardsigmoid": 1.0 / 6.0, "neg": 1.0, "abs": 1.0}
+
+#: Ops whose result does not depend on the input's values (shapes): constants.
+SHAPE_QUERIES = frozenset({"size", "dim", "numel", "getattr", "shape"})
+
+#: Products of tensors: with two input-dependent factors, no global bound exists.
+PRODUCTS = frozenset({"matmul", "bmm", "mm", "einsum", "baddbmm", "scaled_dot_product_attention",
+                      "mul", "mul_", "imul"})
+
+SUMS = frozenset({"add", "add_", "iadd", "sub", "sub_", "isub"})
+CONCATS = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack"})
+
+
+@dataclass(frozen=True)
+class OpBound:
+    """An op's Lipschitz rule: ``combine`` maps the constants of its input-dependent arguments
+    (in ``node.all_input_nodes`` order) to the op's; ``factor`` is the constant of a one-input
+    op (for the per-layer table), None for ops that combine several inputs."""
+
+    name: str
+    combine: Callable[[Sequence[float]], float]
+    factor: float | None
+    exact: bool = True
+
+
+def op_name(node: Node) -> str:
+    """``"flatten"`` for ``torch.flatten`` and ``x.flatten``, ``"add"`` for ``operator.add``:
+    the method's or the function's name."""
+    target = node.target
+    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
+
+
+def live_args(node: Node, live: Callable[[Node], bool]) -> list[Node]:
+    """The input-dependent nodes among ``node``'s arguments, in order, each as often as it
+    occurs (``x + x`` has two)."""
+    found: list[Node] = []
+    torch.fx.node.map_arg((node.args, node.kwargs),
+                          lambda a: found.append(a) if live(a) else None)
+    return found
+
+
+def _scale(factor: float, exact: bool = True, name: str = "") -> OpBound:
+    return OpBound(name, lambda ls: factor * ls[0], factor, exact)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def op_bound(node: Node, live: Callable[[Node], bool], shape: Callable[[Node], tuple[int, ...]],
+             constant: Callable[[Node], torch.Tensor | None]) -> OpBound | None:
+    """The rule of a ``call_function`` / ``call_method`` node that depends on the input, or
+    None when there is none; ``combine`` takes the constants of :func:`live_args`.
+    ``live(arg)``: whether an argument depends on the input;
+    ``shape(node)``: a node's output shape (batch of one); ``constant(node)``: the tensor a
+    ``get_attr`` node holds."""
+    name = op_name(node)
+    args = [*node.args, *node.kwargs.values()]
+    inputs = live_args(node, live)
+    if name in MOVES:
+        return _scale(1.0, name=name)
+    if name in ("dropout", "dropout1d", "dropout2d", "alpha_dropout", "feature_alpha_dropout"):
+        training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
+        if training is not False:
+            raise MetricError(
+                f"lipschitz_bound: {name} at fx node {node.name!r} may drop units "
+                f"(training={training!r}); pass training=self.training so that eval mode "
+                "turns it off")
+        return _scale(1.0, name=name)
+    if name in SLOPES:
+        return _scale(SLOPES[name], name=name)
+    if name in ("leaky_relu", "leaky_relu_"):
+        slope = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
+        return _scale(max(1.0, abs(float(slope))), name=name)
+    if name == "elu":
+        alpha = node.kwargs.get("alpha", node.args[1] if len(node.args) > 1 else 1.0)
+        return _scale(max(1.0, abs(float(alpha))), name=name)
+    if name == "softmax":
+        # softmax's Jacobian diag(p) − ppᵀ has norm ≤ 1 (Gao & Pavel 2017, Proposition 4)
+        return _scale(1.0, exact=False, name=name)
+    if name in SUMS:
+        second = abs(float(node.kwargs.get("alpha", 1.0)))  # torch.add(a, b, alpha=2)
+        weights = [1.0 if a is node.args[0] else second for a in inputs]
+        return OpBound(name, lambda ls: sum(w * v for w, v in zip(weights, ls, strict=True)),
+                       1.0 if len(inputs) == 1 else None)
+    if name in CONCATS:
+        return OpBound(name, lambda ls: math.sqrt(sum(v * v for v in ls)),
+                       1.0 if len(inputs) == 1 else None)
+    if name in PRODUCTS or name in ("truediv", "div", "div_", "itruediv"):
+        if len(inputs) > 1 or name == "scaled_dot_product_attention":
+            raise MetricError(
+                f"lipschitz_bound: {name} at fx node {node.name!r} multiplies two tensors that "
+                "both depend on the input (as attention's softmax(QKᵀ)V or a gate does); such a"
+                " product has no global Lipschitz bound (Kim et al. 2021, Theorem 3.1), so no "
+                "upper bound of the network exists to report")
+        numbers = [a for a in args if _number(a)]
+        if len(numbers) == 1 and name in ("mul", "mul_", "imul"):
+            return _scale(abs(float(numbers[0])), name=name)
+        if len(numbers) == 1 and node.args[0] in inputs and numbers[0] != 0:
+            return _scale(1.0 / abs(float(numbers[0])), name=name)
+        return None
+    if name == "mean":
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        if dims is None:
+            return None
+        size = shape(node.args[0])
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        if any(d % len(size) == 0 for d in dims):
+            return None  # a mean over the batch mixes samples
+        count = math.prod(size[d] for d in dims)
+        return _scale(1.0 / math.sqrt(count), name=name)
+    if name == "adaptive_avg_pool2d":
+        out = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
+        if out not in (1, (1, 1), [1, 1]):
+            return None
+        height, width = shape(node.args[0])[-2:]
+        return _scale(1.0 / math.sqrt(height * width), name=name)
+    if name == "linear" and node.args[0] in inputs:
+        weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        tensor = constant(weight) if isinstance(weight, Node) else None
+        if tensor is None:
+            return None
+        return _scale(float(torch.linalg.matrix_norm(tensor.detach().double(), ord=2)),
+                      name=name)
+    return None

@@ -64,6 +64,7 @@ from robaudit.plugins.metrics.bounds.functional import (
     op_bound,
     op_name,
 )
+from robaudit.plugins.metrics.bounds.local import local_lower_bound
 
 Row = dict[str, Any]
 """One row of the per-layer table: layer, type, input, size, stride, bound, exact, in_product."""
@@ -385,17 +386,23 @@ def _shape_of(node: torch.fx.Node) -> tuple[int, ...]:
     return tuple(int(n) for n in meta.shape)
 
 
+def _input_text(node: torch.fx.Node) -> str:
+    """A node's shape for the table (one sample), or "" for a tuple of tensors."""
+    meta = node.meta.get("tensor_meta")
+    return _shape_text(meta.shape[1:]) if hasattr(meta, "shape") else ""
+
+
 def _node_op(site: LayerSite, graph_module: torch.fx.GraphModule, node: torch.fx.Node,
              live: set[torch.fx.Node]) -> _Op | None:
     """The :class:`_Op` of a node that depends on the input; None for a shape query."""
     inputs = live_args(node, live.__contains__)
     if node.op == "call_module":
+        sub = graph_module.get_submodule(str(node.target))
+        bound = site.recurse(sub, str(node.target))
         if len(inputs) != 1 or node.args[:1] != (inputs[0],):
             raise MetricError(
                 f"lipschitz_bound: module {_show(_join(site.path, str(node.target)))} takes "
                 f"{len(inputs)} input-dependent arguments; rules bound one-input modules")
-        sub = graph_module.get_submodule(str(node.target))
-        bound = site.recurse(sub, str(node.target))
         return _Op(bound, lambda ls, v=bound.value: v * ls[0], bound.value, str(node.target))
     name = op_name(node)
     if name in SHAPE_QUERIES:
@@ -420,7 +427,7 @@ def _node_op(site: LayerSite, graph_module: torch.fx.GraphModule, node: torch.fx
     rows: tuple[Row, ...] = ()
     if rule.factor is not None:
         rows = ({"layer": _join(site.path, node.name), "type": name,
-                 "input": _shape_text(_shape_of(inputs[0])[1:]), "size": "", "stride": "",
+                 "input": _input_text(inputs[0]), "size": "", "stride": "",
                  "bound": rule.factor, "exact": rule.exact, "in_product": True},)
     return _Op(LayerBound(rule.factor or 0.0, rows), rule.combine, rule.factor, name)
 
@@ -435,13 +442,19 @@ def _common_prefix(names: Sequence[str]) -> str:
     return ".".join(common)
 
 
+def _is_block(members: list[torch.fx.Node], ops: dict[torch.fx.Node, _Op]) -> bool:
+    return len(members) > 1 or ops[members[0]].factor is None
+
+
 def _segment(site: LayerSite, start: torch.fx.Node, members: list[torch.fx.Node],
-             ops: dict[torch.fx.Node, _Op], live: set[torch.fx.Node]) -> LayerBound:
+             ops: dict[torch.fx.Node, _Op], live: set[torch.fx.Node], alone: bool
+             ) -> LayerBound:
     """The factor of the graph between two cut nodes: a single one-input op's bound, or a
     block (several paths from ``start`` to the last member, e.g. a residual sum) whose constant
-    is propagated from L(start) = 1 through the members."""
+    is propagated from L(start) = 1 through the members. A block is named by the modules in
+    it, or by the traced module when it is that module's only block (``alone``)."""
     last = members[-1]
-    if len(members) == 1 and ops[last].factor is not None:
+    if not _is_block(members, ops):
         return ops[last].parts
     local = {start: 1.0}
     for node in members:
@@ -451,8 +464,10 @@ def _segment(site: LayerSite, start: torch.fx.Node, members: list[torch.fx.Node]
     prefix = _common_prefix(modules) if len(modules) > 1 else ""
     kind = ("residual" if set(names) & SUMS else "concatenation" if set(names) & CONCATS
             else "block")
-    row: Row = {"layer": _join(site.path, prefix or f"{members[0].name}…{last.name}"),
-                "type": kind, "input": _shape_text(_shape_of(start)[1:]), "size": "",
+    name = (_join(site.path, prefix) if prefix else site.path or "(network)" if alone
+            else _join(site.path, f"{members[0].name}…{last.name}"))
+    row: Row = {"layer": name,
+                "type": kind, "input": _input_text(start), "size": "",
                 "stride": "", "bound": local[last], "exact": False, "in_product": True}
     inner = tuple({**r, "in_product": False} for n in members for r in ops[n].parts.rows)
     return LayerBound(local[last], (*inner, row))
@@ -488,7 +503,8 @@ def traced_bound(site: LayerSite) -> LayerBound:
                           "depend on its input")
     order = [n for n in nodes if n in ops]
     pending = {n: sum(1 for u in n.users if u in ops) for n in [source, *order]}
-    open_nodes, start, members, factors = {source}, source, [], []
+    open_nodes, start, members = {source}, source, []
+    segments: list[tuple[torch.fx.Node, list[torch.fx.Node]]] = []
     for node in order:
         members.append(node)
         for arg in set(live_args(node, live.__contains__)):
@@ -498,11 +514,13 @@ def traced_bound(site: LayerSite) -> LayerBound:
         if pending[node] > 0:
             open_nodes.add(node)
         if node is logits or open_nodes == {node}:
-            factors.append(_segment(site, start, members, ops, live))
+            segments.append((start, members))
             start, members = node, []
         if node is logits:
             break
-    return site.chain(factors)
+    alone = sum(_is_block(members, ops) for _, members in segments) == 1
+    return site.chain([_segment(site, start, members, ops, live, alone)
+                       for start, members in segments])
 
 
 # -- rules: layers with weights ------------------------------------------------------------
@@ -771,6 +789,14 @@ class LipschitzParams(MetricParams):
                             description="power iteration: most steps per layer")
     tol: float = Field(1e-6, gt=0.0, lt=1.0,
                        description="power iteration: stop at this relative change")
+    lower_points: int = Field(32, ge=0, description="local lower bound: audit points searched "
+                                                     "(0: none)")
+    lower_iterations: int = Field(20, ge=1, le=10_000,
+                                  description="local lower bound: power iterations of JᵀJ "
+                                              "per point")
+    ascent_steps: int = Field(10, ge=0, le=10_000,
+                              description="local lower bound: gradient-ascent steps on the "
+                                          "difference quotient per point")
 
 
 class LipschitzBound(Metric):
@@ -835,6 +861,7 @@ class LipschitzBound(Metric):
             "method": params.method,
             "input_shape": _shape_text(data.x.shape[1:]),
         }
+        details.update(self.lower_details(ctx, params, bound.value))
         figure = LinePlot(
             title="Upper Lipschitz bound per layer (log10)",
             x=tuple(float(i) for i in range(1, len(factors) + 1)),
@@ -844,9 +871,31 @@ class LipschitzBound(Metric):
         )
         return MetricResult(value=bound.value, details=details, figures=[figure])
 
+    def lower_details(self, ctx: AuditContext, params: LipschitzParams, upper: float
+                      ) -> dict[str, Any]:
+        """The local lower bound (:mod:`.local`) on the first ``lower_points`` audit samples
+        and the upper bound's ratio to it (None when the logits do not move)."""
+        if params.lower_points == 0:
+            return {}
+        x = ctx.data().x[: params.lower_points].to(ctx.device)
+        low, high = ctx.model.input_range
+        radius = 0.01 * (high - low) * math.sqrt(x[0].numel())
+        lower = local_lower_bound(ctx.model.logits, x, iterations=params.lower_iterations,
+                                  steps=params.ascent_steps, radius=radius,
+                                  batch_size=ctx.batch_size, generator=ctx.generator)
+        if not math.isfinite(lower.value):
+            return {"lower_bound": None, "lower_bound_note": "the logits are not finite "
+                                                             "around the audit points"}
+        return {"lower_bound": lower.value, "lower_bound_points": lower.points,
+                "lower_bound_sample": lower.sample,
+                "bound_over_lower": upper / lower.value if lower.value > 0 else None}
+
     def floor(self, ctx: AuditContext, params: LipschitzParams) -> Floor:
-        return Floor(forward=1, note="weights only: one forward of a zero input records the "
-                                     "layers' input shapes")
+        points = min(params.lower_points, len(ctx.data()))
+        return Floor(forward=1, gradient=points * (2 * params.lower_iterations + 1
+                                                   + params.ascent_steps + 1),
+                     note="one forward of a zero input records the layers' input shapes; "
+                          "the local lower bound differentiates around the audit points")
 
 
 @hookimpl

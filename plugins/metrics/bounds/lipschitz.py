@@ -3,9 +3,16 @@
 The bound is composed module by module by **rules** looked up by module type (through the MRO,
 so a subclass matches its base's rule unless it overrides ``forward``). Built-in rules cover
 linear and convolution layers, batch norm, robaudit's ``Normalize``, pooling, the common
-activations, ``nn.Sequential`` (the product of its children), robaudit's zoo ``BasicBlock`` and
-torchvision's ``BasicBlock``, ``Bottleneck`` and ``ResNet``. A module whose type has no rule
-makes the check error, naming the module.
+activations, LayerNorm, ``nn.Sequential`` (the product of its children), robaudit's zoo
+``BasicBlock`` and torchvision's ``BasicBlock``, ``Bottleneck`` and ``ResNet``.
+
+A module whose type has no rule is traced with torch.fx (modules with a rule are the leaves),
+so custom modules built from known layers, and the functions and tensor methods they call
+(``torch.flatten``, ``F.relu``, ``x + shortcut``, ``torch.cat``, a spatial ``mean``), need no
+rule: :mod:`.functional` bounds the functions, and the graph is cut at the nodes that every path
+to the logits passes through into factors and blocks (a residual sum is L(branch) + L(shortcut)
+by the triangle inequality). An op without a rule, a module that cannot be traced, and
+attention (no global Lipschitz bound exists) make the check error, naming the op or module.
 
 Adding a rule (plugin authors)
 ------------------------------
@@ -828,10 +835,16 @@ class LipschitzBound(Metric):
       (separable, ‖P_h‖·‖P_w‖).
     - Residual blocks relu(branch(x) + shortcut(x)): L(branch) + L(shortcut), i.e.
       1 + L(branch) for an identity shortcut (the block's own row is the product factor).
-    - Any module without a rule is an error naming it; rules are added with
-      :func:`register_rule` (module docstring).
+    - Modules without a rule are traced (module docstring); an op without a rule and
+      attention (softmax(QKᵀ)V is not globally Lipschitz, Kim et al. 2021) are errors naming
+      it; rules are added with :func:`register_rule`. LayerNorm: max|γ|/√ε (an upper bound);
+      GELU: its largest slope 1.1289; softmax: 1.
+    - Beside the bound, details give a local lower bound (:mod:`.local`): the largest
+      ‖J(x)‖₂ (power iteration) or difference quotient (gradient ascent) found around the
+      first ``lower_points`` audit points, and ``bound_over_lower``, the upper bound's ratio
+      to it: how loose the product of layer norms is on this network.
 
-    Runs whole on one process: it reads the weights, not the samples (design §8).
+    Runs whole on one process: it reads the weights and a few audit points (design §8).
     """
 
     name: ClassVar[str] = "lipschitz_bound"

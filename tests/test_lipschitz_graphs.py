@@ -221,3 +221,18 @@ def test_an_op_without_a_rule_names_it_and_how_to_register():
     with pytest.raises(MetricError, match=r"no Lipschitz rule for operation 'cumsum'.*"
                                           r"register_rule\(Cumulative, rule\)"):
         network_bound(Cumulative().eval(), (4,))
+
+
+def test_an_exported_program_has_the_bound_of_its_module():
+    """``export: PATH`` models: the aten ops of the program are bounded by the same rules."""
+    from robaudit.plugins.loaders.models import ExportedClassifier
+
+    torch.manual_seed(4)
+    net = randomize(FunctionalResNet(), 5).float()
+    program = torch.export.export(net, (torch.rand(2, 1, 6, 6),),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    exported = network_bound(ExportedClassifier(program.module()), (1, 6, 6), options=EXACT)
+    assert exported.value == pytest.approx(network_bound(net, (1, 6, 6), options=EXACT).value,
+                                           rel=1e-5)
+    assert [r["type"] for r in exported.rows if r["in_product"]][:3] == ["Conv2d", "BatchNorm2d",
+                                                                         "relu"]

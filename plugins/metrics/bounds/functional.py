@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from torch.fx import Node
 
 from robaudit.errors import MetricError
@@ -61,10 +62,70 @@ class OpBound:
 
 
 def op_name(node: Node) -> str:
-    """``"flatten"`` for ``torch.flatten`` and ``x.flatten``, ``"add"`` for ``operator.add``:
-    the method's or the function's name."""
+    """``"flatten"`` for ``torch.flatten``, ``x.flatten`` and ``aten.flatten.using_ints`` (the
+    ops of an exported program), ``"add"`` for ``operator.add``: the method's, the function's
+    or the aten op's name."""
     target = node.target
-    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
+    if isinstance(target, str):
+        return target
+    return getattr(target, "_opname", None) or getattr(target, "__name__", str(target))
+
+
+def _arg(node: Node, index: int, name: str, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def equivalent_layer(node: Node, constant: Callable[[Node], torch.Tensor | None]
+                     ) -> nn.Module | None:
+    """The layer that a convolution, batch-norm or pooling op computes (as exported programs
+    call them, ``aten.conv2d`` …), so that the layer's rule bounds the op; None for other ops
+    and for ops whose weights are not constants of the graph."""
+    name = op_name(node)
+
+    def tensor(index: int, key: str) -> torch.Tensor | None:
+        value = _arg(node, index, key, None)
+        return constant(value) if isinstance(value, Node) else None
+
+    if name == "conv2d":
+        weight = tensor(1, "weight")
+        if weight is None:
+            return None
+        conv = nn.Conv2d(weight.shape[1] * int(_arg(node, 6, "groups", 1)), weight.shape[0],
+                         tuple(weight.shape[2:]), stride=_arg(node, 3, "stride", 1),
+                         padding=_arg(node, 4, "padding", 0),
+                         dilation=_arg(node, 5, "dilation", 1),
+                         groups=int(_arg(node, 6, "groups", 1)), bias=False)
+        conv.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        return conv
+    if name in ("batch_norm", "_native_batch_norm_legit_no_training"):
+        offset = 0 if name == "_native_batch_norm_legit_no_training" else 1
+        weight, var = tensor(1, "weight"), tensor(4, "running_var")
+        training = name == "batch_norm" and _arg(node, 5, "training", True)
+        if var is None or training:
+            return None
+        norm = nn.BatchNorm2d(len(var), eps=float(_arg(node, 6 + offset, "eps", 1e-5)),
+                              affine=weight is not None).eval()
+        norm.running_var.copy_(var.detach())
+        if weight is not None:
+            norm.weight.data.copy_(weight.detach())
+        return norm
+    if name == "max_pool2d":
+        kernel = _arg(node, 1, "kernel_size", None)
+        return nn.MaxPool2d(kernel, _arg(node, 2, "stride", None) or kernel,
+                            _arg(node, 3, "padding", 0), _arg(node, 4, "dilation", 1),
+                            ceil_mode=bool(_arg(node, 5, "ceil_mode", False)))
+    if name == "avg_pool2d":
+        kernel = _arg(node, 1, "kernel_size", None)
+        return nn.AvgPool2d(kernel, _arg(node, 2, "stride", None) or kernel,
+                            _arg(node, 3, "padding", 0), bool(_arg(node, 4, "ceil_mode", False)),
+                            bool(_arg(node, 5, "count_include_pad", True)),
+                            _arg(node, 6, "divisor_override", None))
+    if name == "adaptive_avg_pool2d" and _arg(node, 1, "output_size", None) not in (1, (1, 1),
+                                                                                    [1, 1]):
+        return nn.AdaptiveAvgPool2d(_arg(node, 1, "output_size", None))
+    return None
 
 
 def live_args(node: Node, live: Callable[[Node], bool]) -> list[Node]:

@@ -67,6 +67,7 @@ from robaudit.plugins.metrics.bounds.functional import (
     GELU_MAX_SLOPE,
     SHAPE_QUERIES,
     SUMS,
+    equivalent_layer,
     live_args,
     op_bound,
     op_name,
@@ -393,6 +394,17 @@ def _shape_of(node: torch.fx.Node) -> tuple[int, ...]:
     return tuple(int(n) for n in meta.shape)
 
 
+def _output_shape(node: torch.fx.Node) -> tuple[int, ...]:
+    """A node's output shape; the first tensor's for an op returning several (batch norm's
+    ``_native_batch_norm_legit_no_training``)."""
+    meta = node.meta.get("tensor_meta")
+    if not hasattr(meta, "shape") and isinstance(meta, (tuple, list)) and meta:
+        meta = meta[0]
+    if not hasattr(meta, "shape"):
+        raise MetricError(f"lipschitz_bound: the shape at fx node {node.name!r} is unknown")
+    return tuple(int(n) for n in meta.shape)
+
+
 def _input_text(node: torch.fx.Node) -> str:
     """A node's shape for the table (one sample), or "" for a tuple of tensors."""
     meta = node.meta.get("tensor_meta")
@@ -423,6 +435,12 @@ def _node_op(site: LayerSite, graph_module: torch.fx.GraphModule, node: torch.fx
             value = getattr(value, part)
         return value if isinstance(value, torch.Tensor) else None
 
+    layer = equivalent_layer(node, constant)
+    if layer is not None:
+        shapes = (_shape_of(inputs[0])[1:], _output_shape(node)[1:])
+        site._walk.shapes[id(layer)] = {shapes}
+        bound = site.recurse(layer, node.name)
+        return _Op(bound, lambda ls, v=bound.value: v * ls[0], bound.value, name)
     rule = op_bound(node, live.__contains__, _shape_of, constant)
     if rule is None:
         raise MetricError(

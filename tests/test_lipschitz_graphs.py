@@ -236,3 +236,13 @@ def test_an_exported_program_has_the_bound_of_its_module():
                                            rel=1e-5)
     assert [r["type"] for r in exported.rows if r["in_product"]][:3] == ["Conv2d", "BatchNorm2d",
                                                                          "relu"]
+
+
+@pytest.mark.parametrize(("layer", "function"), [(nn.GELU(), F.gelu), (nn.SiLU(), F.silu),
+                                                 (nn.Hardswish(), F.hardswish)])
+def test_smooth_activations_are_bounded_by_their_largest_slope(layer, function):
+    x = torch.linspace(-8, 8, 160_001, dtype=torch.float64, requires_grad=True)
+    function(x).sum().backward()
+    slope = float(x.grad.max())
+    value = network_bound(layer, (3,), dtype=torch.float64).value
+    assert slope <= value <= slope * (1 + 1e-6)

@@ -26,6 +26,23 @@ from robaudit.errors import MetricError
 #: The largest slope of GELU, Φ(x) + xφ(x), attained where φ(x)(2 − x²) = 0, i.e. x = √2.
 GELU_MAX_SLOPE = 0.5 * (1 + math.erf(1.0)) + math.sqrt(2) * math.exp(-1.0) / math.sqrt(2 * math.pi)
 
+def _silu_max_slope() -> float:
+    """The largest slope of SiLU x·σ(x): its derivative σ(1 + x(1 − σ)) peaks where
+    2 + x(1 − 2σ(x)) = 0, found by bisection on [0, 5] (where that changes sign)."""
+    def sigmoid(t: float) -> float:
+        return 1.0 / (1.0 + math.exp(-t))
+
+    low, high = 0.0, 5.0
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if 2 + mid * (1 - 2 * sigmoid(mid)) > 0 else (low, mid)
+    s = sigmoid(high)
+    return s * (1 + high * (1 - s))
+
+
+#: The largest slope of SiLU (swish), about 1.0998.
+SILU_MAX_SLOPE = _silu_max_slope()
+
 #: Ops that only move, select or retype entries (norm 1, exact): reshapes and indexing.
 MOVES = frozenset({"flatten", "view", "reshape", "contiguous", "permute", "transpose", "t",
                    "squeeze", "unsqueeze", "getitem", "clone", "float", "to", "type_as",
@@ -35,7 +52,7 @@ MOVES = frozenset({"flatten", "view", "reshape", "contiguous", "permute", "trans
 #: Element-wise activations and their largest slope (exact constants).
 SLOPES: dict[str, float] = {"relu": 1.0, "relu_": 1.0, "relu6": 1.0, "tanh": 1.0,
                             "hardtanh": 1.0, "softplus": 1.0, "sigmoid": 0.25,
-                            "gelu": GELU_MAX_SLOPE, "hardswish": 1.5,
+                            "gelu": GELU_MAX_SLOPE, "silu": SILU_MAX_SLOPE, "hardswish": 1.5,
                             "hardsigmoid": 1.0 / 6.0, "neg": 1.0, "abs": 1.0}
 
 #: Ops whose result does not depend on the input's values (shapes): constants.
@@ -189,8 +206,9 @@ def op_bound(node: Node, live: Callable[[Node], bool], shape: Callable[[Node], t
             raise MetricError(
                 f"lipschitz_bound: {name} at fx node {node.name!r} multiplies two tensors that "
                 "both depend on the input (as attention's softmax(QKᵀ)V or a gate does); such a"
-                " product has no global Lipschitz bound (Kim et al. 2021, Theorem 3.1), so no "
-                "upper bound of the network exists to report")
+                " product has no global Lipschitz bound (its slope grows with its inputs; for "
+                "attention, Kim et al. 2021, Theorem 3.1), so no upper bound of the network "
+                "exists to report")
         numbers = [a for a in args if _number(a)]
         if len(numbers) == 1 and name in ("mul", "mul_", "imul"):
             return _scale(abs(float(numbers[0])), name=name)

@@ -66,6 +66,7 @@ from robaudit.plugins.metrics.bounds.functional import (
     CONCATS,
     GELU_MAX_SLOPE,
     SHAPE_QUERIES,
+    SILU_MAX_SLOPE,
     SUMS,
     equivalent_layer,
     live_args,
@@ -783,6 +784,7 @@ def _register_builtin_rules() -> None:
         register_rule(module_type, one)
     register_rule(nn.Sigmoid, _constant_rule(0.25))
     register_rule(nn.GELU, _constant_rule(GELU_MAX_SLOPE))
+    register_rule(nn.SiLU, _constant_rule(SILU_MAX_SLOPE))
     register_rule(nn.Hardswish, _constant_rule(1.5))
     register_rule(nn.Hardsigmoid, _constant_rule(1.0 / 6.0))
     register_rule(nn.LayerNorm, _layernorm_rule)
@@ -856,7 +858,7 @@ class LipschitzBound(Metric):
     - Modules without a rule are traced (module docstring); an op without a rule and
       attention (softmax(QKᵀ)V is not globally Lipschitz, Kim et al. 2021) are errors naming
       it; rules are added with :func:`register_rule`. LayerNorm: max|γ|/√ε (an upper bound);
-      GELU: its largest slope 1.1289; softmax: 1.
+      GELU and SiLU: their largest slopes 1.1289 and 1.0998; softmax: 1.
     - Beside the bound, details give a local lower bound (:mod:`.local`): the largest
       ‖J(x)‖₂ (power iteration) or difference quotient (gradient ascent) found around the
       first ``lower_points`` audit points, and ``bound_over_lower``, the upper bound's ratio

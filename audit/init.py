@@ -138,6 +138,8 @@ def source_facts(entry: dict[str, Any], folder: Path) -> list[str]:
     normalisation and input size, or that TorchScript is deprecated."""
     if "torchscript" in entry:
         return [TORCHSCRIPT_NOTE]
+    if "timm" in entry:
+        return timm_facts(entry["timm"])
     if "huggingface" not in entry:
         return []
     from robaudit.plugins.loaders.models import (
@@ -154,6 +156,21 @@ def source_facts(entry: dict[str, Any], folder: Path) -> list[str]:
     if size:
         facts.append(f"the image processor's input size: {size[0]}×{size[1]}")
     return facts
+
+
+def timm_facts(name: str) -> list[str]:
+    """timm's pretrained configuration of ``name`` (input size, mean and std), for the user
+    to copy into ``normalize`` when their weights were trained with it."""
+    import timm
+
+    config = timm.get_pretrained_cfg(name)
+    if config is None or config.mean is None or config.std is None:
+        return []
+    size = "×".join(map(str, config.input_size))
+    return [f"timm's pretrained configuration of {name}: input {size}, mean "
+            f"{list(config.mean)}, std {list(config.std)}; add `normalize: {{mean: "
+            f"{list(config.mean)}, std: {list(config.std)}}}` if your weights were trained "
+            "with it"]
 
 
 def threshold(value: float, higher_is_better: bool) -> dict[str, float]:

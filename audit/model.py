@@ -101,7 +101,9 @@ class ModelUnderAudit:
                 if not linears:
                     raise MetricError(
                         "this metric needs the feature layer g(x): the model has no nn.Linear, "
-                        "whose input is the default g(x); name a module with `model.features`"
+                        "whose input is the default g(x); name a module with `model.features` "
+                        "(an exported program has no modules to name: audit the nn.Module "
+                        "through `model.factory` to use feature metrics)"
                     )
                 self._site = (linears[-1], True)
         return self._site

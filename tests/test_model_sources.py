@@ -285,6 +285,8 @@ def test_init_writes_each_kind(tmp_path, robaudit_main):
         if "huggingface" in entry:
             assert "mean [0.4, 0.5, 0.6], std [0.2, 0.25, 0.3]" in text
             assert "input size: 16×16" in text
+        if "timm" in entry:
+            assert "timm's pretrained configuration of test_resnet: input 3×160×160" in text
 
 
 def test_init_points_torchscript_users_to_export(tmp_path, robaudit_main):

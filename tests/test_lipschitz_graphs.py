@@ -246,3 +246,17 @@ def test_smooth_activations_are_bounded_by_their_largest_slope(layer, function):
     slope = float(x.grad.max())
     value = network_bound(layer, (3,), dtype=torch.float64).value
     assert slope <= value <= slope * (1 + 1e-6)
+
+
+def test_indexing_that_may_repeat_entries_has_no_rule():
+    class Repeat(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, [0, 0, 1]]
+
+    class Slice(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, 1:, None]
+
+    assert network_bound(Slice(), (4,)).value == 1.0
+    with pytest.raises(MetricError, match="no Lipschitz rule for operation 'getitem'"):
+        network_bound(Repeat(), (4,))

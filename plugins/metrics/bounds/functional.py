@@ -158,6 +158,13 @@ def _scale(factor: float, exact: bool = True, name: str = "") -> OpBound:
     return OpBound(name, lambda ls: factor * ls[0], factor, exact)
 
 
+def _selects(index: Any) -> bool:
+    """Whether an index takes each entry at most once: integers, slices, None, ``...``."""
+    if isinstance(index, tuple):
+        return all(_selects(part) for part in index)
+    return index is None or index is Ellipsis or isinstance(index, (int, slice))
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -172,6 +179,8 @@ def op_bound(node: Node, live: Callable[[Node], bool], shape: Callable[[Node], t
     name = op_name(node)
     args = [*node.args, *node.kwargs.values()]
     inputs = live_args(node, live)
+    if name == "getitem" and not _selects(node.args[1]):
+        return None  # an index list or tensor may repeat entries: √(repeats), not 1
     if name in MOVES:
         return _scale(1.0, name=name)
     if name in ("dropout", "dropout1d", "dropout2d", "alpha_dropout", "feature_alpha_dropout"):

@@ -62,6 +62,27 @@ def same_audit(robaudit_main, a: Path, b: Path) -> dict:
     return first
 
 
+def logits_of(folder: Path, name: str) -> torch.Tensor:
+    """The logits of the data under the spec ``name``.yaml's model, loaded as a run loads it."""
+    import yaml
+
+    from robaudit.model import ModelUnderAudit
+    from robaudit.plugins.loaders.models import robaudit_load_model
+
+    entry = yaml.safe_load((folder / f"{name}.yaml").read_text())["model"]
+    module = robaudit_load_model(config=entry, base_dir=folder)
+    normalize = entry.get("normalize")
+    mua = ModelUnderAudit(module, normalize=(normalize["mean"], normalize["std"])
+                          if normalize else None)
+    x = torch.from_numpy(np.load(folder / "data.npz")["x"])
+    with mua, torch.no_grad():
+        return mua.logits(x)
+
+
+def assert_same_logits(folder: Path, a: str, b: str) -> None:
+    assert torch.equal(logits_of(folder, a), logits_of(folder, b))
+
+
 def factory_file(folder: Path, body: str) -> None:
     (folder / "plain.py").write_text("import torch\nfrom torch import nn\n\n"
                                      + textwrap.dedent(body))
@@ -86,6 +107,7 @@ def test_torchvision_name_with_local_weights(tmp_path, robaudit_main):
                              "weights: rn.pt\n"),
         spec(tmp_path, "plain", "factory: plain.py:build\nweights: rn.pt\n"))
     assert report["model"]["torchvision"] == "shufflenet_v2_x0_5"
+    assert_same_logits(tmp_path, "tv", "plain")
     assert report["model"]["weights_sha256"] is not None
 
 
@@ -123,6 +145,7 @@ def test_timm_model(tmp_path, robaudit_main):
         spec(tmp_path, "timm", "timm: test_resnet\nkwargs: {num_classes: 3}\nweights: t.pt\n"),
         spec(tmp_path, "plain", "factory: plain.py:build\nweights: t.pt\n"))
     assert report["model"]["timm"] == "test_resnet"
+    assert_same_logits(tmp_path, "timm", "plain")
     code, _, err = robaudit_main("run", spec(
         tmp_path, "pre", "timm: test_resnet\nkwargs: {pretrained: true}\n"))
     assert code == 4 and "kwargs.pretrained: robaudit never downloads" in err
@@ -156,6 +179,7 @@ def test_huggingface_folder_uses_the_processor_normalisation(tmp_path, robaudit_
         robaudit_main, spec(tmp_path, "hf", "huggingface: vit\n"),
         spec(tmp_path, "plain", "factory: plain.py:build\n"
                                 "normalize: {mean: [0.4, 0.5, 0.6], std: [0.2, 0.25, 0.3]}\n"))
+    assert_same_logits(tmp_path, "hf", "plain")
     model = report["model"]
     assert model["huggingface"] == "vit"
     assert model["huggingface_config"]["model_type"] == "vit"
@@ -200,6 +224,7 @@ def test_exported_program(tmp_path, robaudit_main):
     report = same_audit(robaudit_main, spec(tmp_path, "ex", "export: cnn.pt2\n"),
                         spec(tmp_path, "plain", "factory: plain.py:build\nweights: cnn.pt\n"))
     assert len(report["model"]["export_sha256"]) == 64
+    assert torch.allclose(logits_of(tmp_path, "ex"), logits_of(tmp_path, "plain"), atol=1e-6)
     fixed = torch.export.export(net, (x,))
     torch.export.save(fixed, tmp_path / "fixed.pt2")
     code, _, err = robaudit_main("run", spec(tmp_path, "fixed", "export: fixed.pt2\n"))
@@ -301,3 +326,19 @@ def test_init_points_torchscript_users_to_export(tmp_path, robaudit_main):
     assert code == 0, err
     assert "TorchScript is deprecated upstream" in out.read_text()
     assert "`export: PATH`" in out.read_text()
+
+
+def test_a_missing_extra_is_named(monkeypatch, tmp_path):
+    import sys
+
+    from robaudit.errors import UsageError
+    from robaudit.plugins.loaders.models import load_huggingface, load_timm
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(UsageError, match=r"timm: needs the timm package: pip install "
+                                         r"'robaudit\[timm\]'"):
+        load_timm("resnet18", {})
+    with pytest.raises(UsageError, match=r"huggingface: needs the transformers package: pip "
+                                         r"install 'robaudit\[hf\]'"):
+        load_huggingface(tmp_path, own_normalize=False)

@@ -50,6 +50,8 @@ def audit_bound(net: nn.Module, shape: tuple[int, ...]) -> tuple[float, dict]:
                         tol=1e-9)
     details = result.details
     assert details["lower_bound"] <= result.value
+    lower_line = result.figures[0].series["local lower bound (whole network)"]
+    assert lower_line[0] == pytest.approx(math.log10(details["lower_bound"]))
     assert details["bound_over_lower"] == pytest.approx(result.value / details["lower_bound"])
     # the lower bound finds at least the local Jacobian norm at the audit points
     local = max(local_jacobian_norm(net, point) for point in x)

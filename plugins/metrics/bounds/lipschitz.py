@@ -895,10 +895,14 @@ class LipschitzBound(Metric):
             "input_shape": _shape_text(data.x.shape[1:]),
         }
         details.update(self.lower_details(ctx, params, bound.value))
+        series = {"layer bound": tuple(logs), "product so far": tuple(cumulative)}
+        if details.get("lower_bound"):
+            series["local lower bound (whole network)"] = (
+                (math.log10(details["lower_bound"]),) * len(factors))
         figure = LinePlot(
             title="Upper Lipschitz bound per layer (log10)",
             x=tuple(float(i) for i in range(1, len(factors) + 1)),
-            series={"layer bound": tuple(logs), "product so far": tuple(cumulative)},
+            series=series,
             xlabel="factor (layer or residual block, in forward order)",
             ylabel="log10 bound",
         )

@@ -373,7 +373,10 @@ def _check_paths(model: dict[str, Any], loc: tuple[str, ...], base: Path,
     for key in ("weights", "torchscript", "export"):
         value = model.get(key)
         if isinstance(value, str) and not (base / value).is_file():
-            problems.add((*loc, key), f"file not found: {base / value}")
+            hint = (" (a local state_dict file: named pretrained weights would download, "
+                    "which robaudit never does)" if key == "weights" and "." not in value
+                    else "")
+            problems.add((*loc, key), f"file not found: {base / value}{hint}")
     folder = model.get("huggingface")
     if isinstance(folder, str) and not (base / folder).is_dir():
         problems.add((*loc, "huggingface"), f"folder not found: {base / folder} (a folder "

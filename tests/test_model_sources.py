@@ -118,6 +118,9 @@ def test_torchvision_never_downloads(tmp_path, robaudit_main):
     assert code == 4
     assert "kwargs.weights: robaudit never downloads" in err and "`weights`" in err
     assert "Traceback" not in err
+    code, _, err = robaudit_main("run", spec(tmp_path, "enum", "torchvision: resnet18\n"
+                                                               "weights: IMAGENET1K_V1\n"))
+    assert code == 4 and "model.weights: file not found" in err and "never does" in err
     code, _, err = robaudit_main("run", spec(tmp_path, "typo", "torchvision: resnet81\n"))
     assert code == 4 and "'resnet81' is not a torchvision" in err and "resnet18" in err
 

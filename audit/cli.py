@@ -147,8 +147,11 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
     init = sub.add_parser("init", parents=[common],
                           help="write a starter spec for your model (it is loaded and inspected)")
     init.add_argument("--model", required=True,
-                      help="`module:callable`, `path/to/file.py:callable` or a TorchScript file")
-    init.add_argument("--weights", help="a state_dict or checkpoint for a factory model")
+                      help="`module:callable`, `path/to/file.py:callable`, torchvision:NAME, "
+                           "timm:NAME, huggingface:DIR, export:PATH (or a .pt2 file) or a "
+                           "TorchScript file (deprecated upstream: prefer export)")
+    init.add_argument("--weights", help="a state_dict or checkpoint for a factory, torchvision "
+                                         "or timm model")
     init.add_argument("--data", default="digits", metavar="SOURCE",
                       help="the data source (default: digits): digits, npz, imagefolder, "
                            "torchvision, gaussian_mixture or a plugin's")

@@ -4,6 +4,7 @@ models or data apart, and to pair a run with its baseline sample by sample."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,52 @@ def data_fingerprint(split: DataSplit) -> str:
     return digest.hexdigest()
 
 
+#: The files of a ``save_pretrained`` folder that hold its weights.
+HF_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+#: What the identity keeps of a Hugging Face ``config.json``: the architecture, and the
+#: revision (the commit of the hub repository it came from, where transformers recorded one).
+HF_CONFIG_KEYS = ("_name_or_path", "_commit_hash", "architectures", "model_type",
+                  "transformers_version")
+
+
+def folder_weights_sha256(folder: Path) -> str:
+    """sha256 over a ``save_pretrained`` folder's weight files (name and content, in name
+    order), so that a sharded checkpoint has one fingerprint too."""
+    digest = hashlib.sha256()
+    for file in sorted(folder.iterdir()):
+        if file.is_file() and file.name.endswith(HF_WEIGHT_SUFFIXES):
+            digest.update(file.name.encode())
+            digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
+
+
+def huggingface_revision(folder: Path) -> dict[str, Any]:
+    """The architecture and revision recorded in the folder's ``config.json``."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {key: config[key] for key in HF_CONFIG_KEYS if key in config}
+
+
 def model_identity(entry: Any, base_dir: Path, network: torch.nn.Module) -> dict[str, Any]:
-    """The model entry as the spec gives it (``factory`` or ``torchscript``), the weights path
-    and its sha256, and the number of parameters."""
-    identity: dict[str, Any] = {}
-    if entry.factory:
-        identity["factory"] = entry.factory
-    else:
-        identity["torchscript"] = entry.torchscript
-        identity["torchscript_sha256"] = file_sha256(base_dir / entry.torchscript)
+    """The model entry's source as the spec gives it (``factory: ...``, ``timm: ...``, …), the
+    sha256 of the file or folder it names (TorchScript, exported program, Hugging Face weights,
+    with the revision in the Hugging Face config), the weights path and its sha256, and the
+    number of parameters."""
+    key, value = entry.source
+    identity: dict[str, Any] = {key: value}
+    if key in ("torchscript", "export"):
+        identity[f"{key}_sha256"] = file_sha256(base_dir / value)
+    if key == "huggingface":
+        identity["huggingface_config"] = huggingface_revision(base_dir / value)
     identity["weights"] = entry.weights
-    identity["weights_sha256"] = file_sha256(base_dir / entry.weights) if entry.weights else None
+    if entry.weights:
+        identity["weights_sha256"] = file_sha256(base_dir / entry.weights)
+    elif key == "huggingface":
+        identity["weights_sha256"] = folder_weights_sha256(base_dir / value)
+    else:
+        identity["weights_sha256"] = None
     identity["parameters"] = sum(p.numel() for p in network.parameters())
     return identity

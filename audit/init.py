@@ -74,17 +74,37 @@ def proposals(low: float, high: float) -> list[Proposal]:
     ]
 
 
+#: ``--model KIND:VALUE`` for the sources named by a prefix; VALUE is a path for those in
+#: ``PATH_SOURCES`` (made relative to the spec's folder), a model name otherwise.
+NAMED_SOURCES = {"torchvision": "torchvision", "timm": "timm", "huggingface": "huggingface",
+                 "hf": "huggingface", "export": "export"}
+PATH_SOURCES = ("huggingface", "export")
+
+#: What the starter spec says about a TorchScript model (deprecated upstream).
+TORCHSCRIPT_NOTE = ("TorchScript is deprecated upstream: save the model with torch.export.save "
+                    "and use `export: PATH` instead")
+
+
 def model_entry(model: str, weights: str | None, out_dir: Path) -> dict[str, Any]:
-    """The ``model`` section: a TorchScript path (``*.pt`` / ``*.ts`` / ``*.pth`` without a
-    colon) or a factory; paths are made relative to the spec's folder."""
+    """The ``model`` section: ``torchvision:NAME``, ``timm:NAME``, ``huggingface:DIR`` (or
+    ``hf:DIR``), ``export:PATH`` or a ``*.pt2`` file, a TorchScript path (``*.pt`` / ``*.ts`` /
+    ``*.pth`` without a colon) or a factory; paths are made relative to the spec's folder."""
     def relative(path: str) -> str:
         return os.path.relpath(Path(path).resolve(), out_dir.resolve())
 
+    prefix, colon, value = model.partition(":")
+    if colon and prefix in NAMED_SOURCES:
+        key = NAMED_SOURCES[prefix]
+        entry = {key: relative(value) if key in PATH_SOURCES else value}
+        if weights and key in ("torchvision", "timm"):
+            entry["weights"] = relative(weights)
+        return entry
     if ":" not in model:
         if not Path(model).is_file():
             raise UsageError(f"init: --model {model}: expected `module:callable`, "
-                             "`path/to/file.py:callable` or an existing TorchScript file")
-        return {"torchscript": relative(model)}
+                             "`path/to/file.py:callable`, torchvision:NAME, timm:NAME, "
+                             "huggingface:DIR, export:PATH or an existing model file")
+        return {"export" if model.endswith(".pt2") else "torchscript": relative(model)}
     file, _, name = model.rpartition(":")
     entry = {"factory": f"{relative(file)}:{name}" if file.endswith(".py") else model}
     if weights:
@@ -194,6 +214,46 @@ def render(spec: dict[str, Any], checks: list[tuple[Proposal, Measured | None]],
         else:
             lines.append(f"    expect: {json.dumps(measured_check.expect)}{note}")
     return "\n".join(lines) + "\n"
+
+
+def source_facts(entry: dict[str, Any], folder: Path) -> list[str]:
+    """What the starter spec says about the model's source: the Hugging Face processor's
+    normalisation and input size, or that TorchScript is deprecated."""
+    if "torchscript" in entry:
+        return [TORCHSCRIPT_NOTE]
+    if "timm" in entry:
+        return timm_facts(entry["timm"])
+    if "huggingface" not in entry:
+        return []
+    from robaudit.plugins.loaders.models import (
+        processor_config,
+        processor_normalize,
+        processor_size,
+    )
+
+    config = processor_config(folder / entry["huggingface"])
+    normalize, size = processor_normalize(config), processor_size(config)
+    facts = [f"normalisation from preprocessor_config.json: mean {normalize[0]}, std "
+             f"{normalize[1]} (set `normalize` to override)" if normalize else
+             "no normalisation in preprocessor_config.json (inputs go to the model as given)"]
+    if size:
+        facts.append(f"the image processor's input size: {size[0]}×{size[1]}")
+    return facts
+
+
+def timm_facts(name: str) -> list[str]:
+    """timm's pretrained configuration of ``name`` (input size, mean and std), for the user
+    to copy into ``normalize`` when their weights were trained with it."""
+    import timm
+
+    config = timm.get_pretrained_cfg(name)
+    if config is None or config.mean is None or config.std is None:
+        return []
+    size = "×".join(map(str, config.input_size))
+    return [f"timm's pretrained configuration of {name}: input {size}, mean "
+            f"{list(config.mean)}, std {list(config.std)}; add `normalize: {{mean: "
+            f"{list(config.mean)}, std: {list(config.std)}}}` if your weights were trained "
+            "with it"]
 
 
 def outwards(value: float, down: bool) -> float:
@@ -329,6 +389,7 @@ def inspect(draft_path: Path, spec: dict[str, Any], plugins: Any, options: argpa
                  "a feature layer g(x) (the input of the last nn.Linear): deformation "
                  "checks included" if features else
                  "no feature layer g(x) (no nn.Linear): deformation checks left out"]
+        facts += source_facts(spec["model"], draft_path.parent)
         if warned:
             facts.append("a factory without `weights` (no --weights): unless it loads trained "
                          "weights itself, this audits its random initialisation")

@@ -23,6 +23,22 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def as_logits(output: object) -> torch.Tensor:
+    """The logits in a model's output (design §3): the output itself when it is a tensor, the
+    first element of a tuple or list, or the ``logits`` of a dict or of an output object (as
+    Hugging Face models return). Anything else is a :class:`UsageError` that says what came."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise UsageError(
+        f"the model returned {type(output).__name__}; expected logits: a tensor, a tuple whose "
+        "first element is one, or a dict or output object with a `logits` tensor")
+
+
 class ModelUnderAudit:
     """Wraps an ``nn.Module`` classifier for the audit.
 
@@ -85,7 +101,9 @@ class ModelUnderAudit:
                 if not linears:
                     raise MetricError(
                         "this metric needs the feature layer g(x): the model has no nn.Linear, "
-                        "whose input is the default g(x); name a module with `model.features`"
+                        "whose input is the default g(x); name a module with `model.features` "
+                        "(an exported program has no modules to name: audit the nn.Module "
+                        "through `model.factory` to use feature metrics)"
                     )
                 self._site = (linears[-1], True)
         return self._site
@@ -118,19 +136,19 @@ class ModelUnderAudit:
 
     # -- the model's outputs ---------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The network's logits for a batch ``x`` in input space."""
-        return self.network(x)
+        """The network's logits for a batch ``x`` in input space (see :func:`as_logits`)."""
+        return as_logits(self.network(x))
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted labels, without building a graph."""
         with torch.no_grad():
-            return self.network(x).argmax(dim=1)
+            return self.logits(x).argmax(dim=1)
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """g(x) flattened to ``(batch, dim)`` and the logits, from a single forward pass."""
         captured: list[torch.Tensor] = []
         with self._capture(captured):
-            logits = self.network(x)
+            logits = self.logits(x)
         return captured[0].flatten(1), logits
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,5 +171,5 @@ class ModelUnderAudit:
         """The number of logits, found with one forward pass on ``example`` (cached)."""
         if self._num_classes is None:
             with torch.no_grad():
-                self._num_classes = int(self.network(example[:1].to(self.device)).shape[1])
+                self._num_classes = int(self.logits(example[:1].to(self.device)).shape[1])
         return self._num_classes

@@ -60,15 +60,31 @@ class NormalizeSpec(_Strict):
         return self
 
 
+#: The keys of a model entry that name where the model comes from (design §3): exactly one.
+MODEL_SOURCES = ("factory", "torchscript", "torchvision", "timm", "huggingface", "export")
+
+
 class ModelSpec(_Strict):
-    """A model entry: ``factory`` (+ ``kwargs``, ``weights``) or ``torchscript``."""
+    """A model entry: exactly one source (:data:`MODEL_SOURCES`), ``kwargs`` and ``weights``
+    for the sources that build a module (``factory``, ``torchvision``, ``timm``)."""
 
     factory: str | None = Field(
         None, description='"package.module:callable" or "path/to/file.py:callable"'
     )
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = Field(None, description="state_dict or checkpoint, relative to the spec")
-    torchscript: str | None = None
+    torchscript: str | None = Field(
+        None, description="a TorchScript file (deprecated upstream: prefer `export`)")
+    torchvision: str | None = Field(
+        None, description="a torchvision classification model name (torchvision.models."
+                          "get_model); `weights` a local state_dict")
+    timm: str | None = Field(
+        None, description="a timm model name (timm.create_model); `weights` a local checkpoint;"
+                          " needs robaudit[timm]")
+    huggingface: str | None = Field(
+        None, description="a folder written by save_pretrained (config.json, weights, "
+                          "preprocessor_config.json); needs robaudit[hf]")
+    export: str | None = Field(None, description="a torch.export program (torch.export.save)")
     input_range: tuple[float, float] = (0.0, 1.0)
     normalize: NormalizeSpec | None = None
     features: str | None = Field(None, description="module whose output is g(x)")
@@ -80,12 +96,23 @@ class ModelSpec(_Strict):
             raise ValueError('expected "module:callable" or "path/to/file.py:callable"')
         return value
 
+    @property
+    def source(self) -> tuple[str, str]:
+        """The source key and its value, e.g. ``("timm", "resnet18")``."""
+        return next((key, value) for key in MODEL_SOURCES
+                    if (value := getattr(self, key)) is not None)
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.factory is None) == (self.torchscript is None):
-            raise ValueError("give exactly one of `factory` or `torchscript`")
-        if self.torchscript is not None and (self.weights or self.kwargs):
-            raise ValueError("`weights` and `kwargs` go with `factory`, not `torchscript`")
+        given = [key for key in MODEL_SOURCES if getattr(self, key) is not None]
+        if len(given) != 1:
+            found = f" (found {', '.join(given)})" if given else ""
+            raise ValueError(f"give exactly one of {', '.join(f'`{k}`' for k in MODEL_SOURCES)}"
+                             f"{found}")
+        builds = ("factory", "torchvision", "timm")
+        if given[0] not in builds and (self.weights or self.kwargs):
+            raise ValueError(f"`weights` and `kwargs` go with `factory`, `torchvision` or "
+                             f"`timm`, not `{given[0]}`")
         low, high = self.input_range
         if not low < high:
             raise ValueError(f"input_range must be [low, high] with low < high, got {low}, {high}")
@@ -344,10 +371,17 @@ def _check_ids(checks: list[CheckSpec]) -> list[str]:
 def _check_paths(model: dict[str, Any], loc: tuple[str, ...], base: Path,
                  problems: _Problems) -> None:
     """The files a model entry (as written) names must exist."""
-    for key in ("weights", "torchscript"):
+    for key in ("weights", "torchscript", "export"):
         value = model.get(key)
         if isinstance(value, str) and not (base / value).is_file():
-            problems.add((*loc, key), f"file not found: {base / value}")
+            hint = (" (a local state_dict file: named pretrained weights would download, "
+                    "which robaudit never does)" if key == "weights" and "." not in value
+                    else "")
+            problems.add((*loc, key), f"file not found: {base / value}{hint}")
+    folder = model.get("huggingface")
+    if isinstance(folder, str) and not (base / folder).is_dir():
+        problems.add((*loc, "huggingface"), f"folder not found: {base / folder} (a folder "
+                                            "written by save_pretrained; nothing is downloaded)")
     factory = model.get("factory")
     if isinstance(factory, str) and factory.rsplit(":", 1)[0].endswith(".py"):
         file = base / factory.rsplit(":", 1)[0]

@@ -175,7 +175,7 @@ class ConsoleReporter:
             + (f", {safe(plan.processes)}" if plan.processes else "")
         )
         model = plan.spec.model.model
-        where = model.factory or model.torchscript
+        where = ": ".join(model.source)
         weights = f" ({model.weights})" if model.weights else ""
         data = plan.spec.model.data
         sizes = ", ".join(f"{k} {v}" for k, v in plan.data_summary.items())

@@ -3,9 +3,16 @@
 The bound is composed module by module by **rules** looked up by module type (through the MRO,
 so a subclass matches its base's rule unless it overrides ``forward``). Built-in rules cover
 linear and convolution layers, batch norm, robaudit's ``Normalize``, pooling, the common
-activations, ``nn.Sequential`` (the product of its children), robaudit's zoo ``BasicBlock`` and
-torchvision's ``BasicBlock``, ``Bottleneck`` and ``ResNet``. A module whose type has no rule
-makes the check error, naming the module.
+activations, LayerNorm, ``nn.Sequential`` (the product of its children), robaudit's zoo
+``BasicBlock`` and torchvision's ``BasicBlock``, ``Bottleneck`` and ``ResNet``.
+
+A module whose type has no rule is traced with torch.fx (modules with a rule are the leaves),
+so custom modules built from known layers, and the functions and tensor methods they call
+(``torch.flatten``, ``F.relu``, ``x + shortcut``, ``torch.cat``, a spatial ``mean``), need no
+rule: :mod:`.functional` bounds the functions, and the graph is cut at the nodes that every path
+to the logits passes through into factors and blocks (a residual sum is L(branch) + L(shortcut)
+by the triangle inequality). An op without a rule, a module that cannot be traced, and
+attention (no global Lipschitz bound exists) make the check error, naming the op or module.
 
 Adding a rule (plugin authors)
 ------------------------------
@@ -43,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.context import AuditContext
@@ -54,6 +62,18 @@ from robaudit.ops.spectral import (
     conv2d_operator,
     power_iteration_norm,
 )
+from robaudit.plugins.metrics.bounds.functional import (
+    CONCATS,
+    GELU_MAX_SLOPE,
+    SHAPE_QUERIES,
+    SILU_MAX_SLOPE,
+    SUMS,
+    equivalent_layer,
+    live_args,
+    op_bound,
+    op_name,
+)
+from robaudit.plugins.metrics.bounds.local import local_lower_bound
 
 Row = dict[str, Any]
 """One row of the per-layer table: layer, type, input, size, stride, bound, exact, in_product."""
@@ -108,11 +128,12 @@ def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def rule_for(module: nn.Module, path: str) -> Rule:
-    """The rule of the nearest class in ``type(module).__mro__`` that has one.
+def rule_for(module: nn.Module, path: str) -> Rule | None:
+    """The rule of the nearest class in ``type(module).__mro__`` that has one; None when
+    there is none (the module's forward is then traced).
 
-    Raises :class:`MetricError` when there is none, or when the module's class inherits the
-    rule but overrides ``forward`` (the rule would describe a different computation)."""
+    Raises :class:`MetricError` when the module's class inherits a rule but overrides
+    ``forward`` (the rule would describe a different computation)."""
     cls = type(module)
     for base in cls.__mro__:
         rule = _RULES.get(base) or _NAMED_RULES.get(_qualified(base))
@@ -126,12 +147,13 @@ def rule_for(module: nn.Module, path: str) -> Rule:
                 f"({cls.__name__}, rule) (see that module's docstring)"
             )
         return rule
-    raise MetricError(
-        f"lipschitz_bound: no Lipschitz rule for module {_show(path)} of type {_qualified(cls)}; "
-        f"add one with robaudit.plugins.metrics.bounds.lipschitz.register_rule("
-        f"{cls.__name__}, rule), "
-        f"where rule(module, site) returns a LayerBound (see that module's docstring)"
-    )
+    return None
+
+
+def has_rule(module: nn.Module) -> bool:
+    """Whether a rule is registered for ``module``'s type or one of its bases."""
+    return any(base in _RULES or _qualified(base) in _NAMED_RULES
+               for base in type(module).__mro__)
 
 
 def _show(path: str) -> str:
@@ -154,6 +176,7 @@ class _Walk:
     shapes: dict[int, set[tuple[tuple[int, ...], tuple[int, ...] | None]]]
     options: BoundOptions
     generator: torch.Generator
+    dtype: torch.dtype = torch.float32
 
 
 @dataclass
@@ -206,9 +229,7 @@ class LayerSite:
 
     def recurse(self, module: nn.Module, name: str) -> LayerBound:
         """The bound of ``module``, a sub-module reached under ``name``."""
-        path = f"{self.path}.{name}" if self.path else name
-        site = LayerSite(module, path, self._walk)
-        return rule_for(module, path)(module, site)
+        return module_bound(module, _join(self.path, name), self._walk)
 
     def leaf(self, value: float, *, size: str = "", stride: str = "", exact: bool = True
              ) -> LayerBound:
@@ -289,9 +310,243 @@ def network_bound(
     device = next((t.device for t in tensors), torch.device("cpu"))
     with _recording(network, shapes), torch.no_grad():
         network(torch.zeros(1, *input_shape, dtype=dtype, device=device))
-    walk = _Walk(shapes, options or BoundOptions(), generator or torch.Generator().manual_seed(0))
-    site = LayerSite(network, "", walk)
-    return rule_for(network, "")(network, site)
+    walk = _Walk(shapes, options or BoundOptions(), generator or torch.Generator().manual_seed(0),
+                 dtype)
+    return module_bound(network, "", walk)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def module_bound(module: nn.Module, path: str, walk: _Walk) -> LayerBound:
+    """The bound of ``module`` at ``path``: by its rule when it has one, else from the graph
+    of its traced forward pass (:func:`traced_bound`)."""
+    site = LayerSite(module, path, walk)
+    rule = rule_for(module, path)
+    return traced_bound(site) if rule is None else rule(module, site)
+
+
+# -- modules without a rule: the traced graph ------------------------------------------------
+
+
+class _RuleTracer(torch.fx.Tracer):
+    """torch.fx tracer that stops at the modules with a rule and traces through all others."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return has_rule(m)
+
+
+@dataclass(frozen=True)
+class _Op:
+    """A node of the traced graph: its bound's rows (``parts``), how its constant follows from
+    those of its input-dependent arguments (``combine``), and its own factor when it has one
+    input-dependent argument (None for sums and concatenations)."""
+
+    parts: LayerBound
+    combine: Callable[[Sequence[float]], float]
+    factor: float | None
+    name: str
+
+
+def _trace(site: LayerSite) -> torch.fx.GraphModule:
+    module = site.module
+    try:
+        graph = _RuleTracer().trace(module)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise MetricError(
+            f"lipschitz_bound: module {_show(site.path)} of type {_qualified(type(module))} has "
+            f"no Lipschitz rule and torch.fx cannot trace its forward ({type(exc).__name__}: "
+            f"{first}); register a rule for it with robaudit.plugins.metrics.bounds.lipschitz."
+            f"register_rule({type(module).__name__}, rule) (see that module's docstring)"
+        ) from None
+    return torch.fx.GraphModule(module, graph)
+
+
+def _logits_node(site: LayerSite, output: torch.fx.Node) -> torch.fx.Node:
+    """The node of the logits among the traced outputs: the output, a tuple's first element,
+    a dict's ``logits`` (as :func:`robaudit.model.as_logits` unwraps them)."""
+    value = output.args[0]
+    if isinstance(value, (tuple, list)) and value:
+        value = value[0]
+    elif isinstance(value, dict):
+        value = value.get("logits")
+    if not isinstance(value, torch.fx.Node):
+        raise MetricError(f"lipschitz_bound: the traced output of module {_show(site.path)} is "
+                          "not a tensor, a tuple of them, nor a dict with `logits`")
+    return value
+
+
+def _ancestors(node: torch.fx.Node) -> set[torch.fx.Node]:
+    seen, stack = {node}, [node]
+    while stack:
+        for parent in stack.pop().all_input_nodes:
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+def _shape_of(node: torch.fx.Node) -> tuple[int, ...]:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        raise MetricError(f"lipschitz_bound: the shape at fx node {node.name!r} is unknown")
+    return tuple(int(n) for n in meta.shape)
+
+
+def _output_shape(node: torch.fx.Node) -> tuple[int, ...]:
+    """A node's output shape; the first tensor's for an op returning several (batch norm's
+    ``_native_batch_norm_legit_no_training``)."""
+    meta = node.meta.get("tensor_meta")
+    if not hasattr(meta, "shape") and isinstance(meta, (tuple, list)) and meta:
+        meta = meta[0]
+    if not hasattr(meta, "shape"):
+        raise MetricError(f"lipschitz_bound: the shape at fx node {node.name!r} is unknown")
+    return tuple(int(n) for n in meta.shape)
+
+
+def _input_text(node: torch.fx.Node) -> str:
+    """A node's shape for the table (one sample), or "" for a tuple of tensors."""
+    meta = node.meta.get("tensor_meta")
+    return _shape_text(meta.shape[1:]) if hasattr(meta, "shape") else ""
+
+
+def _node_op(site: LayerSite, graph_module: torch.fx.GraphModule, node: torch.fx.Node,
+             live: set[torch.fx.Node]) -> _Op | None:
+    """The :class:`_Op` of a node that depends on the input; None for a shape query."""
+    inputs = live_args(node, live.__contains__)
+    if node.op == "call_module":
+        sub = graph_module.get_submodule(str(node.target))
+        bound = site.recurse(sub, str(node.target))
+        if len(inputs) != 1 or node.args[:1] != (inputs[0],):
+            raise MetricError(
+                f"lipschitz_bound: module {_show(_join(site.path, str(node.target)))} takes "
+                f"{len(inputs)} input-dependent arguments; rules bound one-input modules")
+        return _Op(bound, lambda ls, v=bound.value: v * ls[0], bound.value, str(node.target))
+    name = op_name(node)
+    if name in SHAPE_QUERIES:
+        return None
+
+    def constant(attr: torch.fx.Node) -> torch.Tensor | None:
+        if attr.op != "get_attr":
+            return None
+        value = graph_module
+        for part in str(attr.target).split("."):
+            value = getattr(value, part)
+        return value if isinstance(value, torch.Tensor) else None
+
+    layer = equivalent_layer(node, constant)
+    if layer is not None:
+        shapes = (_shape_of(inputs[0])[1:], _output_shape(node)[1:])
+        site._walk.shapes[id(layer)] = {shapes}
+        bound = site.recurse(layer, node.name)
+        return _Op(bound, lambda ls, v=bound.value: v * ls[0], bound.value, name)
+    rule = op_bound(node, live.__contains__, _shape_of, constant)
+    if rule is None:
+        raise MetricError(
+            f"lipschitz_bound: no Lipschitz rule for operation {name!r} (fx node "
+            f"{node.name!r}: {node.format_node()}) in module {_show(site.path)} of type "
+            f"{_qualified(type(site.module))}; register a rule for that module with "
+            f"robaudit.plugins.metrics.bounds.lipschitz.register_rule("
+            f"{type(site.module).__name__}, rule) (see that module's docstring)")
+    rows: tuple[Row, ...] = ()
+    if rule.factor is not None:
+        rows = ({"layer": _join(site.path, node.name), "type": name,
+                 "input": _input_text(inputs[0]), "size": "", "stride": "",
+                 "bound": rule.factor, "exact": rule.exact, "in_product": True},)
+    return _Op(LayerBound(rule.factor or 0.0, rows), rule.combine, rule.factor, name)
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    parts = [name.split(".") for name in names]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _is_block(members: list[torch.fx.Node], ops: dict[torch.fx.Node, _Op]) -> bool:
+    return len(members) > 1 or ops[members[0]].factor is None
+
+
+def _segment(site: LayerSite, start: torch.fx.Node, members: list[torch.fx.Node],
+             ops: dict[torch.fx.Node, _Op], live: set[torch.fx.Node], alone: bool
+             ) -> LayerBound:
+    """The factor of the graph between two cut nodes: a single one-input op's bound, or a
+    block (several paths from ``start`` to the last member, e.g. a residual sum) whose constant
+    is propagated from L(start) = 1 through the members. A block is named by the modules in
+    it, or by the traced module when it is that module's only block (``alone``)."""
+    last = members[-1]
+    if not _is_block(members, ops):
+        return ops[last].parts
+    local = {start: 1.0}
+    for node in members:
+        local[node] = ops[node].combine([local[a] for a in live_args(node, live.__contains__)])
+    names = [ops[n].name for n in members]
+    modules = [str(n.target) for n in members if n.op == "call_module"]
+    prefix = _common_prefix(modules) if len(modules) > 1 else ""
+    kind = ("residual" if set(names) & SUMS else "concatenation" if set(names) & CONCATS
+            else "block")
+    name = (_join(site.path, prefix) if prefix else site.path or "(network)" if alone
+            else _join(site.path, f"{members[0].name}…{last.name}"))
+    row: Row = {"layer": name,
+                "type": kind, "input": _input_text(start), "size": "",
+                "stride": "", "bound": local[last], "exact": False, "in_product": True}
+    inner = tuple({**r, "in_product": False} for n in members for r in ops[n].parts.rows)
+    return LayerBound(local[last], (*inner, row))
+
+
+def traced_bound(site: LayerSite) -> LayerBound:
+    """The bound of a module without a rule, from its forward pass traced by torch.fx: the
+    modules with a rule are leaves, functions and tensor methods are bounded by
+    :mod:`.functional`. The graph is cut at the nodes that every path from the input to the
+    logits passes through; each piece is a factor (a layer, an op, or a block such as a
+    residual sum bounded by propagation through it), and the bound is their product."""
+    graph_module = _trace(site)
+    module = site.module
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    device = next((t.device for t in tensors), torch.device("cpu"))
+    with torch.no_grad():
+        ShapeProp(graph_module).propagate(
+            torch.zeros(1, *site.input_shape, dtype=site._walk.dtype, device=device))
+    nodes = list(graph_module.graph.nodes)
+    source = next(n for n in nodes if n.op == "placeholder")
+    logits = _logits_node(site, nodes[-1])
+    needed = _ancestors(logits)
+    live, ops = {source}, {}
+    for node in nodes:
+        if (node in needed and node.op in ("call_module", "call_function", "call_method")
+                and any(a in live for a in node.all_input_nodes)):
+            op = _node_op(site, graph_module, node, live)
+            if op is not None:
+                live.add(node)
+                ops[node] = op
+    if logits not in live:
+        raise MetricError(f"lipschitz_bound: the logits of module {_show(site.path)} do not "
+                          "depend on its input")
+    order = [n for n in nodes if n in ops]
+    pending = {n: sum(1 for u in n.users if u in ops) for n in [source, *order]}
+    open_nodes, start, members = {source}, source, []
+    segments: list[tuple[torch.fx.Node, list[torch.fx.Node]]] = []
+    for node in order:
+        members.append(node)
+        for arg in set(live_args(node, live.__contains__)):
+            pending[arg] -= 1
+            if pending[arg] == 0:
+                open_nodes.discard(arg)
+        if pending[node] > 0:
+            open_nodes.add(node)
+        if node is logits or open_nodes == {node}:
+            segments.append((start, members))
+            start, members = node, []
+        if node is logits:
+            break
+    alone = sum(_is_block(members, ops) for _, members in segments) == 1
+    return site.chain([_segment(site, start, members, ops, live, alone)
+                       for start, members in segments])
 
 
 # -- rules: layers with weights ------------------------------------------------------------
@@ -451,6 +706,24 @@ def _prelu_rule(module: nn.PReLU, site: LayerSite) -> LayerBound:
     return site.leaf(max(1.0, float(module.weight.detach().abs().max())))
 
 
+def _layernorm_rule(module: nn.LayerNorm, site: LayerSite) -> LayerBound:
+    """LayerNorm x ↦ γ(x − μ)/√(var + ε) + β: its Jacobian is (I − 11ᵀ/n − uuᵀ)/√(var + ε)
+    scaled by γ, with the bracket a contraction, so the constant is at most max|γ|/√ε
+    (approached by inputs of near-constant entries: LayerNorm is far from 1-Lipschitz)."""
+    gamma = (module.weight.detach().abs().max() if module.weight is not None
+             else torch.tensor(1.0))
+    return site.leaf(float(gamma) / math.sqrt(module.eps), size=_shape_text(
+        module.normalized_shape), exact=False)
+
+
+def _attention_rule(module: nn.Module, site: LayerSite) -> LayerBound:
+    raise MetricError(
+        f"lipschitz_bound: attention {_show(site.path)} ({type(module).__name__}) has no global "
+        "Lipschitz bound: softmax(QKᵀ)V multiplies input-dependent tensors, and dot-product "
+        "self-attention is not Lipschitz (Kim et al. 2021, Theorem 3.1); no upper bound of "
+        "this network exists to report")
+
+
 # -- rules: composition ---------------------------------------------------------------------
 
 
@@ -510,6 +783,12 @@ def _register_builtin_rules() -> None:
                         nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout):
         register_rule(module_type, one)
     register_rule(nn.Sigmoid, _constant_rule(0.25))
+    register_rule(nn.GELU, _constant_rule(GELU_MAX_SLOPE))
+    register_rule(nn.SiLU, _constant_rule(SILU_MAX_SLOPE))
+    register_rule(nn.Hardswish, _constant_rule(1.5))
+    register_rule(nn.Hardsigmoid, _constant_rule(1.0 / 6.0))
+    register_rule(nn.LayerNorm, _layernorm_rule)
+    register_rule(nn.MultiheadAttention, _attention_rule)
     register_rule(nn.LeakyReLU, _leaky_relu_rule)
     register_rule(nn.ELU, _elu_rule)
     register_rule(nn.PReLU, _prelu_rule)
@@ -537,6 +816,14 @@ class LipschitzParams(MetricParams):
                             description="power iteration: most steps per layer")
     tol: float = Field(1e-6, gt=0.0, lt=1.0,
                        description="power iteration: stop at this relative change")
+    lower_points: int = Field(32, ge=0, description="local lower bound: audit points searched "
+                                                     "(0: none)")
+    lower_iterations: int = Field(20, ge=1, le=10_000,
+                                  description="local lower bound: power iterations of JᵀJ "
+                                              "per point")
+    ascent_steps: int = Field(10, ge=0, le=10_000,
+                              description="local lower bound: gradient-ascent steps on the "
+                                          "difference quotient per point")
 
 
 class LipschitzBound(Metric):
@@ -568,10 +855,16 @@ class LipschitzBound(Metric):
       (separable, ‖P_h‖·‖P_w‖).
     - Residual blocks relu(branch(x) + shortcut(x)): L(branch) + L(shortcut), i.e.
       1 + L(branch) for an identity shortcut (the block's own row is the product factor).
-    - Any module without a rule is an error naming it; rules are added with
-      :func:`register_rule` (module docstring).
+    - Modules without a rule are traced (module docstring); an op without a rule and
+      attention (softmax(QKᵀ)V is not globally Lipschitz, Kim et al. 2021) are errors naming
+      it; rules are added with :func:`register_rule`. LayerNorm: max|γ|/√ε (an upper bound);
+      GELU and SiLU: their largest slopes 1.1289 and 1.0998; softmax: 1.
+    - Beside the bound, details give a local lower bound (:mod:`.local`): the largest
+      ‖J(x)‖₂ (power iteration) or difference quotient (gradient ascent) found around the
+      first ``lower_points`` audit points, and ``bound_over_lower``, the upper bound's ratio
+      to it: how loose the product of layer norms is on this network.
 
-    Runs whole on one process: it reads the weights, not the samples (design §8).
+    Runs whole on one process: it reads the weights and a few audit points (design §8).
     """
 
     name: ClassVar[str] = "lipschitz_bound"
@@ -601,18 +894,45 @@ class LipschitzBound(Metric):
             "method": params.method,
             "input_shape": _shape_text(data.x.shape[1:]),
         }
+        details.update(self.lower_details(ctx, params, bound.value))
+        series = {"layer bound": tuple(logs), "product so far": tuple(cumulative)}
+        if details.get("lower_bound"):
+            series["local lower bound (whole network)"] = (
+                (math.log10(details["lower_bound"]),) * len(factors))
         figure = LinePlot(
             title="Upper Lipschitz bound per layer (log10)",
             x=tuple(float(i) for i in range(1, len(factors) + 1)),
-            series={"layer bound": tuple(logs), "product so far": tuple(cumulative)},
+            series=series,
             xlabel="factor (layer or residual block, in forward order)",
             ylabel="log10 bound",
         )
         return MetricResult(value=bound.value, details=details, figures=[figure])
 
+    def lower_details(self, ctx: AuditContext, params: LipschitzParams, upper: float
+                      ) -> dict[str, Any]:
+        """The local lower bound (:mod:`.local`) on the first ``lower_points`` audit samples
+        and the upper bound's ratio to it (None when the logits do not move)."""
+        if params.lower_points == 0:
+            return {}
+        x = ctx.data().x[: params.lower_points].to(ctx.device)
+        low, high = ctx.model.input_range
+        radius = 0.01 * (high - low) * math.sqrt(x[0].numel())
+        lower = local_lower_bound(ctx.model.logits, x, iterations=params.lower_iterations,
+                                  steps=params.ascent_steps, radius=radius,
+                                  batch_size=ctx.batch_size, generator=ctx.generator)
+        if not math.isfinite(lower.value):
+            return {"lower_bound": None, "lower_bound_note": "the logits are not finite "
+                                                             "around the audit points"}
+        return {"lower_bound": lower.value, "lower_bound_points": lower.points,
+                "lower_bound_sample": lower.sample,
+                "bound_over_lower": upper / lower.value if lower.value > 0 else None}
+
     def floor(self, ctx: AuditContext, params: LipschitzParams) -> Floor:
-        return Floor(forward=1, note="weights only: one forward of a zero input records the "
-                                     "layers' input shapes")
+        points = min(params.lower_points, len(ctx.data()))
+        return Floor(forward=1, gradient=points * (2 * params.lower_iterations + 1
+                                                   + params.ascent_steps + 1),
+                     note="one forward of a zero input records the layers' input shapes; "
+                          "the local lower bound differentiates around the audit points")
 
 
 @hookimpl

@@ -11,39 +11,35 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 
-def _admits_bool(annotation: Any) -> bool:
-    """Whether a field of this type may hold ``True`` / ``False``."""
-    if annotation is bool or annotation is Any or annotation is object:
-        return True
+def _admits(annotation: Any, kind: type, plain: Callable[[Any], bool]) -> bool:
+    """Whether a field of this type may hold a value of ``kind``: through ``Annotated``,
+    unions and literals, ``plain`` deciding for a plain type."""
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
-        return _admits_bool(typing.get_args(annotation)[0])
+        return _admits(typing.get_args(annotation)[0], kind, plain)
     if origin in (typing.Union, types.UnionType):
-        return any(_admits_bool(arg) for arg in typing.get_args(annotation))
+        return any(_admits(arg, kind, plain) for arg in typing.get_args(annotation))
     if origin is typing.Literal:
-        return any(isinstance(arg, bool) for arg in typing.get_args(annotation))
-    return False
+        return any(isinstance(arg, kind) for arg in typing.get_args(annotation))
+    return plain(annotation)
+
+
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field of this type may hold ``True`` / ``False``."""
+    return _admits(annotation, bool, lambda plain: plain in (bool, Any, object))
 
 
 def _admits_str(annotation: Any) -> bool:
     """Whether a field of this type may be given as a string: anything but a number (and
     ``None``), so that ``min: "0.9"`` is refused where lax pydantic would read 0.9."""
-    if annotation in (int, float, type(None)):
-        return False
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _admits_str(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return any(_admits_str(arg) for arg in typing.get_args(annotation))
-    if origin is typing.Literal:
-        return any(isinstance(arg, str) for arg in typing.get_args(annotation))
-    return True
+    return _admits(annotation, str, lambda plain: plain not in (int, float, type(None)))
 
 
 def _numeric(text: str) -> bool:

@@ -30,8 +30,9 @@ def checks(*lines: str) -> str:
 
 def test_a_metric_that_returns_a_bare_float_is_that_checks_error(write_spec, robaudit_main,
                                                                  tmp_path):
-    spec = write_spec(checks("{id: before, metric: constant}", "{id: bare, metric: bare_float}",
-                             "{id: after, metric: constant}"))
+    spec = write_spec(checks("{id: before, metric: constant, expect: {min: 0.1}}",
+                             "{id: bare, metric: bare_float}",
+                             "{id: after, metric: constant, expect: {min: 0.1}}"))
     code, out, err = robaudit_main("run", spec, "--json", tmp_path / "r.json")
     assert code == EXIT_FAILED, out + err
     report = json.loads((tmp_path / "r.json").read_text())
@@ -48,7 +49,7 @@ def test_a_model_that_raises_on_the_split_errors_the_checks_that_read_it(write_s
     running out of memory would): the checks that use its outputs are ``error`` with the
     reason, a check that reads only the weights runs, the reports are written, exit 1."""
     spec = write_spec(checks("{id: accuracy, metric: clean_accuracy}",
-                             "{id: weights, metric: parameter_count}").replace(
+                             "{id: weights, metric: parameter_count, expect: {min: 1}}").replace(
         "toy_model.py:linear", "toy_model.py:small_batches"))
     code, out, err = robaudit_main("run", spec, "--json", tmp_path / "r.json")
     assert code == EXIT_FAILED, out + err
@@ -75,7 +76,7 @@ def test_a_terminated_run_is_interrupted_and_says_by_what(write_spec, tmp_path, 
     top-level outcome ``interrupted`` (not the ``passed`` of the check that finished), the
     signal named on the console and in ``stopped``."""
     marker = tmp_path / "started"
-    spec = write_spec(checks("{id: quick, metric: constant}",
+    spec = write_spec(checks("{id: quick, metric: constant, expect: {min: 0.1}}",
                              f"{{id: slow, metric: wait, params: {{seconds: 60, marker: "
                              f"'{marker}'}}}}"))
     report = tmp_path / "r.json"

@@ -57,7 +57,7 @@ def test_size(tmp_path: Path) -> None:
 
 
 def test_run_default() -> None:
-    out = bench("run_default.py", "--threads", "1", "-k", "accuracy or noise",
+    out = bench("run_default.py", "--threads", "1", "-k", "clean_accuracy or noise_accuracy",
                 "--set", "data.limit=32")
     assert re.search(r"accuracy\s+│\s+passed", out) and "noise" in out
     assert "whole audit (set-up included)" in out
@@ -65,7 +65,8 @@ def test_run_default() -> None:
 
 def test_cache(tmp_path: Path) -> None:
     out = tmp_path / "cache.md"
-    bench("cache.py", "-k", "deepfool or accuracy", "--set", "data.limit=32", "--out", out)
+    bench("cache.py", "-k", "deepfool_min or clean_accuracy", "--set", "data.limit=32",
+          "--out", out)
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
     assert any(row.startswith("| deepfool |") for row in rows)
     assert "NO" not in out.read_text()  # the cached run gives identical values and details
@@ -73,8 +74,8 @@ def test_cache(tmp_path: Path) -> None:
 
 def test_threads(tmp_path: Path) -> None:
     out = tmp_path / "threads.md"
-    bench("threads.py", "--repeats", "1", "-k", "accuracy", "--batch", "2", "--settings", "0",
-          "--out", out)
+    bench("threads.py", "--repeats", "1", "-k", "clean_accuracy", "--batch", "1",
+          "--settings", "0", "--out", out)
     text = out.read_text()
     assert text.count("| 1 thread, passive wait |") == 2  # one row in each table
     assert "2 threads" not in text
@@ -94,7 +95,8 @@ def test_screenshot_report(tmp_path: Path) -> None:
     if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
         pytest.skip("no Chromium on this machine (.ci/run installs it)")
     out = bench("screenshot_report.py", "--out", tmp_path, "--height", "800", "--",
-                "-k", "accuracy or noise", "--set", "data.limit=32", "--threads", "1")
+                "-k", "clean_accuracy or noise_accuracy", "--set", "data.limit=32",
+                "--threads", "1")
     pngs = [Path(line.strip()) for line in out.splitlines() if line.strip().endswith(".png")]
     assert (tmp_path / "report.png") in pngs and all(p.stat().st_size > 1000 for p in pngs)
 

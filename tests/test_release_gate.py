@@ -42,14 +42,14 @@ def test_warn_severity_is_reported_and_leaves_the_exit_code(write_spec, tmp_path
 
 
 def test_a_threshold_inside_the_interval_passes_by_value_and_fails_by_ci(tmp_path):
-    _, first, _ = run_default(tmp_path, "first", "-k", "accuracy")
+    _, first, _ = run_default(tmp_path, "first", "-k", "clean_accuracy")
     check = first["checks"][0]
     threshold = (check["ci"][0] + check["value"]) / 2
     key = f"checks.{INDEX['accuracy']}.expect"
-    code, _, _ = run_default(tmp_path, "by_value", "-k", "accuracy",
+    code, _, _ = run_default(tmp_path, "by_value", "-k", "clean_accuracy",
                              "--set", f"{key}.min={threshold}")
     assert code == 0
-    code, data, output = run_default(tmp_path, "by_ci", "-k", "accuracy",
+    code, data, output = run_default(tmp_path, "by_ci", "-k", "clean_accuracy",
                                      "--set", f"{key}.min={threshold}", "--set", f"{key}.by=ci")
     assert code == 1, output
     assert "low end" in data["checks"][0]["message"]
@@ -63,7 +63,7 @@ def test_by_ci_on_a_metric_without_an_interval_is_a_spec_error():
 
 
 def test_baseline_self_delta_zero_a_worse_run_regresses_and_compare_agrees(tmp_path):
-    keyword = ["-k", "noise or accuracy"]
+    keyword = ["-k", "noise_accuracy or clean_accuracy"]
     regression = [f"--set=checks.{INDEX['noise']}.expect.regression=0.02"]
     code, old, _ = run_default(tmp_path, "old", *keyword)
     assert code == 0 and len(old["checks"][0]["samples"]) == 450

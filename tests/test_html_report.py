@@ -145,7 +145,7 @@ def test_accuracy_card_has_no_histogram_and_a_spread_card_has_one():
     spread = check("sp", "passed", samples=tuple(np.linspace(0, 1, 50).tolist()))
     assert html.plots(accuracy) == []
     shown = html.plots(spread)
-    assert [p.title for p in shown] == ["sp: clean_accuracy per audit sample (50 samples)"]
+    assert [p.title for p in shown] == ["sp: the 50 values whose mean is the value"]
     assert shown[0].src
 
 

@@ -304,7 +304,7 @@ def test_html_plots_at_their_own_size_and_histograms_say_what_they_show():
     spread = result("dist", "passed", 0.5, metric="deepfool_min_distortion",
                     samples=tuple(i / 50 for i in range(50)), expect={"min": 0.1})
     [plot] = html.plots(spread)
-    assert plot.title == "dist: deepfool_min_distortion per audit sample (50 samples)"
+    assert plot.title == "dist: the 50 values whose mean is the value"
 
 
 def test_markdown_says_what_decided():

@@ -231,8 +231,8 @@ def plots(check: CheckResult) -> list[Plot]:
     if check.samples and histogram_informs(check.samples, figures):
         figures.insert(0, plotting.samples_histogram(
             check.samples, check.value, check.expect,
-            f"{check.id}: {check.metric} per audit sample ({len(check.samples)} samples)",
-            xlabel=f"{check.metric} of one audit sample"))
+            f"{check.id}: the {len(check.samples)} values whose mean is the value",
+            xlabel=f"{check.metric}, one value (a sample, or a trial of sampled pairs)"))
     rendered = []
     for figure in figures:
         title = str(getattr(figure, "title", type(figure).__name__))

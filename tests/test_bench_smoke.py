@@ -143,3 +143,23 @@ def test_reproduce_khaitan(tmp_path: Path) -> None:
     text = (tmp_path / "results.md").read_text()
     assert "`python bench/reproduce_khaitan.py --epochs 1" in text
     assert "reproduces" in text and (tmp_path / "figures.png").stat().st_size > 1000
+
+
+def test_autoattack() -> None:
+    """``--tiny``: every robaudit row, the torchattacks row when torchattacks is installed,
+    accuracies in [0, 1], AutoAttack never above PGD-20 on the same samples (its first attack
+    is at least as strong)."""
+    values = {}
+    for line in bench("autoattack.py", "--tiny").splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃]", line) if c.strip()]
+        if len(cells) == 6 and cells[0] != "measure":
+            values[(cells[0], cells[1])] = float(cells[4])
+    autoattack = {impl: v for (what, impl), v in values.items() if what.startswith("AutoAttack")}
+    assert set(autoattack) >= {"robaudit (standard)", "robaudit (fast)"}
+    if importlib.util.find_spec("torchattacks") is not None:
+        assert "torchattacks 3.5" in autoattack
+    assert all(0 <= v <= 1 for v in autoattack.values())
+    pgd = next(v for (what, _), v in values.items() if what.startswith("PGD-20"))
+    assert autoattack["robaudit (standard)"] <= pgd
+    assert {impl for (what, impl) in values if what.startswith("median")} == {
+        "DeepFool (robaudit)", "FMN (robaudit)"}

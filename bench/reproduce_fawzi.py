@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as nnf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from provenance import command_line
 from torch import nn
 
 from robaudit.context import AuditContext, DataSplit
@@ -341,7 +342,7 @@ def main() -> None:
                         choices=["digits", "cnn32"])
     parser.add_argument("--limit", type=int, help="audit only the first N test samples")
     args = parser.parse_args()
-    command = " ".join(["python", *sys.argv])
+    command = command_line()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -102,3 +102,24 @@ def test_a_state_that_cannot_be_written_is_a_warning(write_spec, tmp_path, robau
     code, out, err = robaudit_main("run", spec, "--cache-dir", cache, "--lf")
     assert code == 1 and "1 failed, 2 passed" in out
     assert "could not be stored" in err and "Traceback" not in err
+
+
+def test_only_shard_0_records_and_its_placeholders_keep_the_last_outcomes(spec, robaudit_main,
+                                                                          tmp_path):
+    path = state_path(tmp_path / ".robaudit_cache", spec)
+    robaudit_main("run", spec, "--shard", "1/2", "--json", tmp_path / "s1.json")
+    assert not path.exists()  # shard 1 is not rank 0
+    robaudit_main("run", spec)
+    before = json.loads(path.read_text())["outcomes"]
+    code, _, _ = robaudit_main("run", spec, "--shard", "0/2", "--json", tmp_path / "s0.json",
+                               "--set", "checks.1.params.value=0.6")
+    assert code == 0  # a shard's checks are placeholders (`skipped`) until `robaudit merge`
+    assert json.loads(path.read_text())["outcomes"] == before == {
+        "good": "passed", "bad": "failed", "other": "passed"}
+
+
+def test_collect_only_lists_what_lf_would_run(spec, robaudit_main):
+    robaudit_main("run", spec)
+    code, out, _ = robaudit_main("run", spec, "--lf", "--collect-only")
+    assert code == 0 and "run-last-failure: rerun previous 1 failure" in out
+    assert "(1 selected, 2 deselected" in out and "1 checks collected" in out

@@ -123,3 +123,14 @@ def test_collect_only_lists_what_lf_would_run(spec, robaudit_main):
     code, out, _ = robaudit_main("run", spec, "--lf", "--collect-only")
     assert code == 0 and "run-last-failure: rerun previous 1 failure" in out
     assert "(1 selected, 2 deselected" in out and "1 checks collected" in out
+
+
+def test_lf_over_several_specs_skips_the_specs_without_failures(spec, write_spec,
+                                                                robaudit_main):
+    passing = write_spec(TOY_HEADER + "checks:\n  - {id: fine, metric: constant, "
+                         "expect: {min: 0.1}}\n", name="passing.yaml")
+    robaudit_main("run", spec, passing)
+    code, out, _ = robaudit_main("run", spec, passing, "--lf", "-v")
+    assert code == 1 and ran(out) == ["bad"]
+    assert "run-last-failure: rerun previous 1 failure (skipped 1 spec)" in out
+    assert "1 failed, 3 deselected" in out.splitlines()[-1]

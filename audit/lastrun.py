@@ -1,5 +1,6 @@
 """The outcome of each check in the last run of each spec (``run --lf`` / ``--ff``; issue #24),
-kept as pytest's cacheprovider keeps ``lastfailed`` in ``.pytest_cache``.
+kept as pytest's cacheprovider keeps ``lastfailed`` in ``.pytest_cache`` (design §4: the
+command line follows pytest's; §8: rank 0, or shard 0, records).
 
 The state lives in the cache folder: ``--cache-dir DIR`` when given, else ``.robaudit_cache``
 in the working directory (as ``.pytest_cache`` lies in pytest's root folder); one JSON file per

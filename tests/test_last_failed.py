@@ -4,10 +4,13 @@ cacheprovider does, from the state kept in the cache folder."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import TOY_HEADER
+from conftest import FIXTURES, TOY_HEADER
 
 from robaudit.lastrun import state_path
 
@@ -134,3 +137,18 @@ def test_lf_over_several_specs_skips_the_specs_without_failures(spec, write_spec
     assert code == 1 and ran(out) == ["bad"]
     assert "run-last-failure: rerun previous 1 failure (skipped 1 spec)" in out
     assert "1 failed, 3 deselected" in out.splitlines()[-1]
+
+
+def test_lf_under_torchrun_runs_the_same_selection_on_every_rank(spec, robaudit_main, tmp_path):
+    robaudit_main("run", spec)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "robaudit", "run", spec, "--lf", "-v", "--set", "checks.1.params.value=0.6",
+         "-p", "toy_plugin"], capture_output=True, text=True, env=env, cwd=tmp_path,
+        timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert ran(done.stdout) == ["bad"] and "2 processes" in done.stdout
+    outcomes = json.loads(state_path(tmp_path / ".robaudit_cache", spec).read_text())
+    assert outcomes["outcomes"]["bad"] == "passed"

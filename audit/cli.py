@@ -107,6 +107,12 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
                           "versions (see README)")
     run.add_argument("--strict", action="store_true",
                      help="a `warned` check (severity: warn) counts as failed")
+    run.add_argument("--lf", "--last-failed", action="store_true", dest="last_failed",
+                     help="rerun only the checks that failed (or were `error`) in the last "
+                          "run, or all if none did (state in --cache-dir, else "
+                          ".robaudit_cache/)")
+    run.add_argument("--ff", "--failed-first", action="store_true", dest="failed_first",
+                     help="run the checks that failed in the last run first, then the rest")
     run.add_argument("--baseline", metavar="REPORT.json",
                      help="compare each check with the same check of an earlier JSON report "
                           "(`expect.regression` gates on it)")
@@ -339,7 +345,10 @@ def _cmd_collect(session: Session, console: Console, specs: list[str]) -> int:
     model work of each where its metric states a floor (samples through forward passes, and
     through forward and backward passes)."""
     total = 0
-    for plan, floors in session.collect(specs):
+    collected = session.collect(specs)
+    if collected and collected[0][0].rerun:
+        console.print(escape(collected[0][0].rerun))
+    for plan, floors in collected:
         total += len(plan.checks)
         deselected = f", {plan.deselected} deselected" if plan.deselected else ""
         console.print(f"[bold]{escape(printable(plan.spec.path))}[/] — "
@@ -466,6 +475,7 @@ def _cmd_run(plugins: Plugins, options: argparse.Namespace) -> int:
     and why (exit code 3)."""
     import torch
 
+    from robaudit import lastrun
     from robaudit.distributed import PeerFailure, join
     from robaudit.session import Session
 
@@ -478,7 +488,8 @@ def _cmd_run(plugins: Plugins, options: argparse.Namespace) -> int:
     try:
         session = Session(plugins, options, world)
         plugins.hook.robaudit_configure(options=options, pluginmanager=plugins.pm)
-        _, code = session.run(options.specs)
+        results, code = session.run(options.specs)
+        lastrun.record(results, options, world, session.warn)
         _print_hook_failures(session)
     except (KeyboardInterrupt, PeerFailure):
         if world.failure is None:

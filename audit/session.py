@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import robaudit
+from robaudit import lastrun
 from robaudit.baseline import Baseline, Delta, NotComparable, compare_values, load_baseline
 from robaudit.cachekey import model_salt, run_salt
 from robaudit.context import (
@@ -105,6 +106,8 @@ class AuditPlan:
     #: how the run's processes share the work (design §8): "" for one process
     processes: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: what ``--lf`` / ``--ff`` did to the selection (:func:`robaudit.lastrun.select`)
+    rerun: str = ""
 
 
 def check_seed(seed: int, check_id: str) -> int:
@@ -719,6 +722,7 @@ class Session:
         checked against them) and return each plan with the floor of each selected check;
         no check runs."""
         plans = [self.plan(spec) for spec in self.load(paths)]
+        lastrun.select(plans, self.options, self.warn)
         collected = []
         with ExitStack() as stack:
             for plan in plans:
@@ -737,6 +741,7 @@ class Session:
         was interrupted): the gate's record is incomplete."""
         specs = self.load(paths)
         plans = [self.plan(spec) for spec in specs]
+        lastrun.select(plans, self.options, self.warn)
         results = [
             AuditResult(audit=p.spec.name, spec=str(p.spec.path), seed=p.spec.model.seed,
                         device=str(p.device),

@@ -73,8 +73,11 @@ def test_a_read_only_empty_cache_folder_warns_once_and_runs(robaudit_main, spec,
     finally:
         cache.chmod(stat.S_IRWXU)
     assert code == 0 and values == fresh
-    assert err.count("WARNING") == 1 and "PermissionError" in err and str(cache) in err
-    assert list(cache.iterdir()) == []
+    # one warning of the disk cache, one of the --lf state (run --lf, issue #24)
+    assert err.count("WARNING") == 2 and "PermissionError" in err and str(cache) in err
+    assert err.count("could not be stored for --lf") == 1
+    assert [p.name for p in cache.iterdir()] == ["lastrun"]  # the --lf state's empty folder
+    assert list((cache / "lastrun").iterdir()) == []
 
 
 def test_a_full_disk_warns_once_leaves_no_temporary_file_and_runs(robaudit_main, spec,
@@ -95,13 +98,14 @@ def test_a_full_disk_warns_once_leaves_no_temporary_file_and_runs(robaudit_main,
     assert code == 0 and values == fresh
     assert len(attempts) > 1  # several entries failed to be written...
     assert err.count("WARNING") == 1 and "No space left on device" in err  # ...one warning
-    assert list(cache.iterdir()) == []  # no temporary file left behind
+    # no temporary file left behind; only the --lf state (run --lf, issue #24)
+    assert [p.name for p in cache.iterdir()] == ["lastrun"]
 
 
 def test_corrupt_entries_are_recomputed_and_rewritten(robaudit_main, spec, tmp_path, fresh):
     cache = tmp_path / "cache"
     _run(robaudit_main, spec, tmp_path / "first.json", "--cache-dir", cache)
-    entries = sorted(cache.iterdir())
+    entries = sorted(cache.glob("*.pt"))  # the entries, not the --lf state (issue #24)
     assert len(entries) > 1
     for entry in entries:
         entry.write_bytes(entry.read_bytes()[:40])  # a truncated write
@@ -127,7 +131,7 @@ def test_swapped_entries_give_the_values_of_a_run_without_the_cache(robaudit_mai
                                                                     tmp_path, fresh):
     cache = tmp_path / "cache"
     _run(robaudit_main, spec, tmp_path / "first.json", "--cache-dir", cache)
-    entries = sorted(cache.iterdir())
+    entries = sorted(cache.glob("*.pt"))  # the entries, not the --lf state (issue #24)
     keys = [_stored_key(entry) for entry in entries]
     contents = [entry.read_bytes() for entry in entries]
     for entry, content in zip(entries, contents[1:] + contents[:1], strict=True):

@@ -191,7 +191,9 @@ class ConsoleReporter:
         deselected = f" / {plan.deselected} deselected" if plan.deselected else ""
         count = len(plan.checks)
         self.console.print(f"[bold]collected {count} check{'s' if count != 1 else ''}"
-                           f"{deselected}[/]\n")
+                           f"{deselected}[/]" + ("\n" if not plan.rerun else ""))
+        if plan.rerun:
+            self.console.print(f"{safe(plan.rerun)}\n")
 
     def next_check(self) -> None:
         """The heartbeat follows the checks in the plan's order, the order they run in."""

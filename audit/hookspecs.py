@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from robaudit.context import ProgressFactory
     from robaudit.datasource import DataSource
     from robaudit.metric import Metric
+    from robaudit.preparation import AuditPlan
     from robaudit.results import AuditResult, CheckResult
-    from robaudit.session import AuditPlan
 
 PROJECT = "robaudit"
 hookspec = pluggy.HookspecMarker(PROJECT)

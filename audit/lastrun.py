@@ -31,7 +31,7 @@ from robaudit.distributed import World
 from robaudit.results import OUTCOMES, AuditResult
 
 if TYPE_CHECKING:
-    from robaudit.session import AuditPlan
+    from robaudit.preparation import AuditPlan
 
 #: the cache folder when ``--cache-dir`` is not given (relative to the working directory)
 DEFAULT_FOLDER = ".robaudit_cache"

@@ -26,10 +26,11 @@ import numpy as np
 
 import robaudit
 from robaudit.errors import EXIT_NO_CHECKS, UsageError
+from robaudit.preparation import AuditPlan
 from robaudit.reportfile import read_shard_report
 from robaudit.results import AuditResult
 from robaudit.selection import keyword_matches, marker_matches
-from robaudit.session import AuditPlan, Session
+from robaudit.session import Session
 from robaudit.sharding import Share, decode_share, spec_digest
 from robaudit.spec import AuditSpec, load_spec
 from robaudit.wire import WireError, digest

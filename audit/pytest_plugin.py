@@ -52,8 +52,9 @@ import pytest
 if TYPE_CHECKING:
     from robaudit.context import AuditContext
     from robaudit.pluginmanager import Plugins
+    from robaudit.preparation import AuditPlan
     from robaudit.results import CheckResult
-    from robaudit.session import AuditPlan, Session
+    from robaudit.session import Session
     from robaudit.spec import Check
 
 PATTERNS = ("robaudit_*.yaml", "robaudit_*.yml")

@@ -32,7 +32,7 @@ from robaudit.wire import WireError, decode, digest, encode
 
 if TYPE_CHECKING:
     from robaudit.distributed import World
-    from robaudit.session import AuditPlan
+    from robaudit.preparation import AuditPlan
     from robaudit.spec import Check
 
 

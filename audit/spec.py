@@ -32,7 +32,7 @@ from robaudit.validation import InputModel
 from robaudit.yamlpos import line_of, structure_problems
 
 #: Seeds are 63-bit non-negative integers: torch generators take them, and check seeds derive
-#: from them (see ``robaudit.session.check_seed``).
+#: from them (see ``robaudit.preparation.check_seed``).
 MAX_SEED = 2**63 - 1
 
 #: The reference split's default size limit: metrics that compare against the reference (the

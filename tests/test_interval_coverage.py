@@ -54,7 +54,7 @@ def test_unpaired_runs_give_no_interval():
 
 
 def test_an_interval_stays_within_the_metrics_range():
-    from robaudit.session import within
+    from robaudit.judge import within
 
     assert within((0.0, 1.0), 0.97, 1.005) == (0.97, 1.0)
     assert within((0.0, 1.0), -0.01, 0.02) == (0.0, 0.02)

@@ -12,7 +12,8 @@ from toy_plugin import ToyOptions
 from robaudit.errors import UsageError
 from robaudit.gate import verdict
 from robaudit.pluginmanager import load_plugins
-from robaudit.session import Session, check_seed
+from robaudit.preparation import check_seed
+from robaudit.session import Session
 
 
 def run(path, **options):

@@ -102,6 +102,7 @@ def autoattack(
     import torch
 
     from robaudit.ops.verify import verified
+
     n = x.shape[0]
     robust = clean.clone()
     broken = torch.where(clean, 0, -1).long()
@@ -150,6 +151,7 @@ def _attack(logits_fn: LogitsFn, name: str, run: int, x: torch.Tensor, y: torch.
     """The points of one run of a white-box or black-box attack on the alive points."""
     from robaudit.ops.apgd import apgd
     from robaudit.ops.square import square
+
     if name == "apgd-ce":
         return apgd(logits_fn, x, y, eps=eps, norm=norm, steps=plan.steps, seeds=seeds[run],
                     loss="ce", input_range=input_range).points

@@ -22,6 +22,7 @@ from robaudit.metric import MetricParams
 if TYPE_CHECKING:
     from robaudit.context import AuditContext
     from robaudit.model import ModelUnderAudit
+
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ def model_findings(logits_fn: LogitsFn, x: torch.Tensor, y: torch.Tensor,
 
     from robaudit.ops.attacks import pgd
     from robaudit.ops.sampling import sample_seeds
+
     x = x[:PREFLIGHT_SAMPLES]
     y = y[:PREFLIGHT_SAMPLES]
     found = []

@@ -53,6 +53,7 @@ def digits_splits() -> dict[str, DataSplit]:
     import torch
 
     from robaudit import DataSplit
+
     return {
         name: DataSplit(torch.tensor(x), torch.tensor(y))
         for name, (x, y) in _digits_arrays().items()
@@ -68,6 +69,7 @@ class DigitsOptions(SourceOptions):
 def transformed(x: torch.Tensor, transform: str) -> torch.Tensor:
     """N×C×H×W images rotated by 90°, flipped left to right, inverted, or as they are."""
     import torch
+
     if transform == "rot90":
         return torch.rot90(x, 1, dims=(2, 3)).contiguous()
     if transform == "flip":
@@ -87,6 +89,7 @@ class DigitsSource(DataSource):
 
     def load(self, options: Any, base_dir: Path, seed: int) -> dict[str, DataSplit]:
         from robaudit import DataSplit
+
         return {name: DataSplit(transformed(split.x, options.transform), split.y)
                 for name, split in digits_splits().items()}
 
@@ -107,6 +110,7 @@ def _as_split(x: torch.Tensor, y: torch.Tensor) -> DataSplit:
     import torch
 
     from robaudit import DataSplit
+
     return DataSplit(x.to(torch.float32).contiguous(), y.to(torch.int64).contiguous())
 
 
@@ -130,6 +134,7 @@ class NpzSource(DataSource):
 
     def load(self, options: Any, base_dir: Path, seed: int) -> dict[str, DataSplit]:
         import torch
+
         file = base_dir / options.path
         if not file.is_file():
             raise UsageError(f"data.path: file not found: {file}")
@@ -325,6 +330,7 @@ class TorchvisionSource(DataSource):
 def _vision_tensors(dataset: Any) -> DataSplit:
     """All of a torchvision data set as tensors (one pass through its transform)."""
     import torch
+
     images, labels = [], []
     for i in range(len(dataset)):
         image, label = dataset[i]

@@ -82,6 +82,7 @@ def mixture_splits(options: MixtureOptions) -> dict[str, DataSplit]:
     import torch
 
     from robaudit import DataSplit
+
     g = torch.Generator().manual_seed(options.seed)
     low, high = options.box
     d = 1

@@ -69,6 +69,7 @@ def resolve_callable(reference: str, base_dir: Path) -> Any:
 def load_weights(model: nn.Module, file: Path) -> None:
     """Load a state_dict, or a checkpoint dict holding one, with ``weights_only=True``."""
     import torch
+
     try:
         loaded = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -115,6 +116,7 @@ def load_torchscript(file: Path) -> nn.Module:
     """A TorchScript file, without torch's deprecation warning on every run (README points
     users to ``export``)."""
     import torch
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated",
                                 category=FutureWarning)
@@ -285,6 +287,8 @@ def robaudit_load_model(config: dict[str, Any], base_dir: Path) -> nn.Module:
 
 def build_factory(reference: str, kwargs: dict[str, Any], base_dir: Path) -> nn.Module:
     """The module that the factory ``reference`` returns when called with ``kwargs``."""
+    from torch import nn
+
     factory = resolve_callable(reference, base_dir)
     if not callable(factory):
         raise UsageError(f"factory: {reference!r} is not callable")

@@ -160,9 +160,10 @@ class ConsoleReporter:
 
     @hookimpl
     def robaudit_audit_start(self, plan: AuditPlan) -> None:
+        import torch
+
         # several processes: checks finish together at the end of the spec, so the heartbeat
         # names the run ("2 processes (gloo)", "shard 0/2") and the task names the check
-        import torch
         self.pending = [] if plan.processes else [check.id for check in plan.checks]
         self.next_check()
         if plan.processes and self.heartbeat is not None:

@@ -52,10 +52,12 @@ class ActivationSparsity(SampleMetric):
 
     def check_data(self, ctx: AuditContext, params: SparsityParams) -> None:
         from robaudit.ops.activations import check_layer_names
+
         check_layer_names(ctx.model, params.layers)
 
     def fit(self, ctx: AuditContext, params: SparsityParams) -> dict[str, Any]:
         from robaudit.ops.activations import output_sites, split_classes
+
         sites = output_sites(ctx.model, params.layers)
         return {"classes": split_classes(ctx), "layers": [site.label for site in sites]}
 
@@ -65,6 +67,7 @@ class ActivationSparsity(SampleMetric):
     def per_sample(self, ctx: AuditContext, params: SparsityParams, unit: Unit,
                    fitted: dict[str, Any]) -> UnitResult:
         from robaudit.ops.activations import UnitStats, output_sites, unit_statistics
+
         sites = output_sites(ctx.model, params.layers)
         active = []
         for stat in unit_statistics(ctx, sites, "units", unit, fitted["classes"]):
@@ -74,6 +77,7 @@ class ActivationSparsity(SampleMetric):
 
     def reduce(self, params: SparsityParams, gathered: Gathered) -> MetricResult:
         import torch
+
         samples = sum(extra["samples"] for extra in gathered.extras)
         table, figures, pooled = [], [], []
         edges = torch.linspace(0, 1, params.bins + 1, dtype=torch.float64)

@@ -92,6 +92,7 @@ class AdversarialLikelihood(SampleMetric):
 
     def check_data(self, ctx: AuditContext, params: LikelihoodParams) -> None:
         from robaudit.ops.activations import check_layer_names
+
         check_layer_names(ctx.model, params.layers, linear=True)
 
     def fit(self, ctx: AuditContext, params: LikelihoodParams) -> LikelihoodFit:
@@ -103,6 +104,7 @@ class AdversarialLikelihood(SampleMetric):
             split_classes,
         )
         from robaudit.ops.sampling import sample_seeds
+
         sites = linear_sites(ctx.model, params.layers)
         split_classes(ctx)  # the audit labels are the model's classes
         stats = layer_statistics(ctx, sites, "interactions", ctx.reference,
@@ -127,6 +129,7 @@ class AdversarialLikelihood(SampleMetric):
 
         from robaudit.ops.activations import linear_sites, read_layers
         from robaudit.ops.attacks import pgd
+
         sites = linear_sites(ctx.model, params.layers)
         probabilities = [p.to(ctx.device) for p in fitted.probabilities]
         step = params.step_size or 2.5 * params.eps / params.steps
@@ -152,6 +155,7 @@ class AdversarialLikelihood(SampleMetric):
 
     def reduce(self, params: LikelihoodParams, gathered: Gathered) -> MetricResult:
         import torch
+
         keep = torch.from_numpy(gathered.arrays["fitted"]) > 0
         share = included(int(keep.sum()), keep.numel(), params.min_included,
                          "audit samples (the others' class has no reference samples)")
@@ -209,6 +213,7 @@ class AdversarialLikelihood(SampleMetric):
         import torch
 
         from robaudit.ops.activations import bernoulli_log_likelihood, significance
+
         total = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
         for site, p in zip(sites, probabilities, strict=True):
             layer = site.module
@@ -231,6 +236,7 @@ def _same_norm_noise(x: torch.Tensor, delta: torch.Tensor, norm: str, seeds: tor
     import torch
 
     from robaudit.ops.sampling import per_sample
+
     shape = x.shape[1:]
     flat = delta.detach().flatten(1)
     if norm == "linf":

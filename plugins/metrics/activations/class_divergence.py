@@ -67,6 +67,7 @@ class ClassDivergence(Metric):
 
     def check_data(self, ctx: AuditContext, params: DivergenceParams) -> None:
         from robaudit.ops.activations import check_layer_names
+
         check_layer_names(ctx.model, params.layers, linear=True)
         if params.ood is not None and params.ood not in ctx.splits:
             raise ParamError("ood", f"no split named {params.ood!r}; the data has: "
@@ -83,6 +84,7 @@ class ClassDivergence(Metric):
             layer_statistics,
             linear_sites,
         )
+
         sites = linear_sites(ctx.model, params.layers)
         stats = layer_statistics(ctx, sites, "interactions", count_bias=params.count_bias)
         ood_stats = (layer_statistics(ctx, sites, "interactions", params.ood,
@@ -142,6 +144,7 @@ def _ood(inside: InteractionStats, outside: object, smoothing: float
         bernoulli_kl,
         bernoulli_probabilities,
     )
+
     assert isinstance(outside, InteractionStats)
     both = ((inside.samples > 0) & (outside.samples > 0)).nonzero().squeeze(1)
     if both.numel() == 0:

@@ -63,10 +63,12 @@ class InteractionSignificance(SampleMetric):
 
     def check_data(self, ctx: AuditContext, params: InteractionParams) -> None:
         from robaudit.ops.activations import check_layer_names
+
         check_layer_names(ctx.model, params.layers, linear=True)
 
     def fit(self, ctx: AuditContext, params: InteractionParams) -> dict[str, Any]:
         from robaudit.ops.activations import linear_sites, split_classes
+
         sites = linear_sites(ctx.model, params.layers)
         return {"classes": split_classes(ctx), "layers": [site.label for site in sites]}
 
@@ -76,6 +78,7 @@ class InteractionSignificance(SampleMetric):
     def per_sample(self, ctx: AuditContext, params: InteractionParams, unit: Unit,
                    fitted: dict[str, Any]) -> UnitResult:
         from robaudit.ops.activations import InteractionStats, linear_sites, unit_statistics
+
         sites = linear_sites(ctx.model, params.layers)
         stats = unit_statistics(ctx, sites, "interactions", unit, fitted["classes"],
                                 count_bias=params.count_bias)
@@ -89,6 +92,7 @@ class InteractionSignificance(SampleMetric):
 
     def reduce(self, params: InteractionParams, gathered: Gathered) -> MetricResult:
         import torch
+
         edges = torch.linspace(0, 1, params.bins + 1, dtype=torch.float64)
         centres = tuple(float(c) for c in (edges[:-1] + edges[1:]) / 2)
         labels = gathered.fit["layers"]

@@ -79,6 +79,7 @@ class ManifoldEntanglement(Metric):
 
     def check_data(self, ctx: AuditContext, params: EntanglementParams) -> None:
         from robaudit.ops.activations import check_layer_names
+
         check_layer_names(ctx.model, params.layers)
 
     def compute(self, ctx: AuditContext, params: EntanglementParams) -> MetricResult:
@@ -92,6 +93,7 @@ class ManifoldEntanglement(Metric):
             output_sites,
             stacked_rank,
         )
+
         sites = (output_sites(ctx.model, params.layers) if params.layers is not None
                  else linear_sites(ctx.model, None))
         stats = layer_statistics(ctx, sites, "gram", max_dim=params.max_dim)

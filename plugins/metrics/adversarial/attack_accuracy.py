@@ -39,6 +39,7 @@ def _preflight_details(gathered: Gathered, params: PreflightParams) -> dict[str,
     """``details.preflight`` (and ``warnings``) from the fit's findings; raises under
     ``preflight: error`` when there is one."""
     from robaudit.ops.preflight import preflight_details
+
     return preflight_details(gathered.fit.get("preflight", []), params.preflight)
 
 
@@ -49,6 +50,7 @@ def _accuracy_result(gathered: Gathered, figures: list[Figure], **details: objec
     import torch
 
     from robaudit.ops.perclass import accuracy_result
+
     return accuracy_result(
         np.ascontiguousarray(gathered.arrays["robust"][:, 0]), gathered.arrays["label"],
         figures,
@@ -60,6 +62,7 @@ def accuracy_curve(name: str, levels: list[float], robust: np.ndarray, title: st
     """``details.curve`` and its plot, in increasing level, when more than one level was
     asked for (``robust``: per-sample 0/1, a column per level)."""
     import torch
+
     if len(levels) < 2:
         return [], []
     accuracies = [float(torch.from_numpy(robust[:, j].copy()).mean())
@@ -76,6 +79,7 @@ def _gallery(ctx: AuditContext, title: str,
     """The first audit samples clean and perturbed by ``perturb(x, y)``, with predictions
     (made by the first unit: the same samples whichever unit sizes)."""
     from robaudit.ops.perclass import GALLERY_SAMPLES, gallery
+
     x = ctx.data().x[:GALLERY_SAMPLES].to(ctx.device)
     y = ctx.data().y[:GALLERY_SAMPLES].to(ctx.device)
     perturbed = perturb(x, y)
@@ -96,6 +100,7 @@ def _unit_result(unit: Unit, y: torch.Tensor, clean: torch.Tensor, robust: list[
     """A unit's per-sample arrays (``robust``: a column per level) and, for the first unit,
     the gallery."""
     import torch
+
     return UnitResult(
         {"robust": torch.stack(robust, dim=1).cpu(), "clean": clean.cpu(), "label": y.cpu()},
         {"gallery": shown()} if unit.index == 0 else {},
@@ -129,6 +134,7 @@ class FGSMAccuracy(SampleMetric):
     def fit(self, ctx: AuditContext, params: FGSMParams) -> list[dict[str, str]]:
         """The preflight's model findings."""
         from robaudit.ops.preflight import audit_findings
+
         return audit_findings(ctx)
 
     def fit_summary(self, fitted: list[dict[str, str]]) -> dict[str, Any]:
@@ -137,6 +143,7 @@ class FGSMAccuracy(SampleMetric):
     def per_sample(self, ctx: AuditContext, params: FGSMParams, unit: Unit, fitted: Any
                    ) -> UnitResult:
         from robaudit.ops.attacks import fgsm
+
         x, y, clean = _clean_unit(ctx, unit)
         robust = clean.clone()
         if clean.any():
@@ -210,6 +217,7 @@ class PGDAccuracy(SampleMetric):
         And the preflight's model findings."""
         from robaudit.ops.preflight import audit_findings
         from robaudit.ops.sampling import sample_seeds
+
         seeds = sample_seeds(ctx.generator, params.restarts, len(ctx.data()))
         return PGDFit(seeds, audit_findings(ctx))
 
@@ -219,6 +227,7 @@ class PGDAccuracy(SampleMetric):
     def per_sample(self, ctx: AuditContext, params: PGDParams, unit: Unit, fitted: PGDFit
                    ) -> UnitResult:
         from robaudit.ops.attacks import pgd
+
         seeds = fitted.seeds
         x, y, clean = _clean_unit(ctx, unit)
         levels = eps_levels(params.eps)
@@ -245,6 +254,7 @@ class PGDAccuracy(SampleMetric):
                 y: torch.Tensor, clean: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         """Per-sample robustness of a unit at one ``eps`` (``seeds``: the unit's columns)."""
         from robaudit.ops.attacks import pgd
+
         step = params.step_size or 2.5 * eps / params.steps
         robust = clean.clone()
         for restart in range(params.restarts):
@@ -296,6 +306,7 @@ class NoiseAccuracy(SampleMetric):
     def fit(self, ctx: AuditContext, params: NoiseParams) -> torch.Tensor:
         """Every sample's noise seed (the same noise at every sigma)."""
         from robaudit.ops.sampling import sample_seeds
+
         return sample_seeds(ctx.generator, len(ctx.data()))
 
     def per_sample(self, ctx: AuditContext, params: NoiseParams, unit: Unit,
@@ -319,6 +330,7 @@ class NoiseAccuracy(SampleMetric):
     def _noisy(self, ctx: AuditContext, params: NoiseParams, sigma: float, x: torch.Tensor,
                seeds: torch.Tensor) -> torch.Tensor:
         from robaudit.ops.sampling import per_sample_randn
+
         noise = per_sample_randn(seeds, x.shape[1:]).to(x.device, x.dtype)
         noisy = x + sigma * noise
         return noisy.clamp(*ctx.model.input_range) if params.clip else noisy

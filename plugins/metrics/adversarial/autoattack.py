@@ -63,6 +63,7 @@ class AutoAttackFit:
 
 def _plan(params: AutoAttackParams) -> Protocol:
     from robaudit.ops.autoattack import protocol
+
     return protocol(params.version, params.attacks, steps=params.steps,
                     restarts=params.restarts, targets=params.targets, queries=params.queries)
 
@@ -102,6 +103,7 @@ class AutoAttackAccuracy(SampleMetric):
     def fit(self, ctx: AuditContext, params: AutoAttackParams) -> AutoAttackFit:
         from robaudit.ops.preflight import audit_findings
         from robaudit.ops.sampling import sample_seeds
+
         return AutoAttackFit(
             sample_seeds(ctx.generator, _plan(params).seed_rows, len(ctx.data())),
             audit_findings(ctx))
@@ -113,6 +115,7 @@ class AutoAttackAccuracy(SampleMetric):
                    fitted: AutoAttackFit) -> UnitResult:
         from robaudit.ops.autoattack import autoattack
         from robaudit.ops.fab import fab_unit
+
         x, y = ctx.unit_batch(unit)
         logits = ctx.unit_logits(unit)
         clean = (logits.argmax(dim=1) == ctx.data().y[unit.indices]).to(ctx.device)
@@ -130,6 +133,7 @@ class AutoAttackAccuracy(SampleMetric):
         from robaudit.ops.autoattack import WHITE_BOX
         from robaudit.ops.perclass import accuracy_result
         from robaudit.ops.preflight import black_box_finding, preflight_details
+
         arrays = gathered.arrays
         levels = eps_levels(params.eps)
         plan = _plan(params)

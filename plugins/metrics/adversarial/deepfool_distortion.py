@@ -75,6 +75,7 @@ class DeepFoolMinDistortion(SampleMetric):
 
         from robaudit.ops.deepfool import deepfool_unit
         from robaudit.ops.projections import lp_norm
+
         result = deepfool_unit(ctx, unit, **self._options(params))
         x = ctx.data().x[unit.indices].to(result.perturbation.device)
         size = lp_norm(result.perturbation, params.norm)
@@ -94,6 +95,7 @@ class DeepFoolMinDistortion(SampleMetric):
     def fit(self, ctx: AuditContext, params: DeepFoolParams) -> list[dict[str, str]]:
         """The preflight's model findings (:mod:`robaudit.ops.preflight`)."""
         from robaudit.ops.preflight import audit_findings
+
         return audit_findings(ctx)
 
     def fit_summary(self, fitted: list[dict[str, str]]) -> dict[str, Any]:
@@ -103,6 +105,7 @@ class DeepFoolMinDistortion(SampleMetric):
         import torch
 
         from robaudit.ops.preflight import preflight_details
+
         arrays = gathered.arrays
         rho, converged = arrays["rho"], arrays["converged"].astype(bool)
         zero = arrays["zero"].astype(bool)
@@ -159,6 +162,7 @@ class DeepFoolMinDistortion(SampleMetric):
 
         from robaudit.ops.deepfool import deepfool_unit
         from robaudit.ops.perclass import GALLERY_SAMPLES, gallery
+
         count = min(GALLERY_SAMPLES, len(ctx.data()))
         units = work_units(len(ctx.data()), ctx.batch_size)[: -(-count // ctx.batch_size)]
         boundary = torch.cat([deepfool_unit(ctx, unit, **self._options(params)).boundary

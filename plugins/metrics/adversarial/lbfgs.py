@@ -60,6 +60,7 @@ def target_loss(logits: torch.Tensor, target: torch.Tensor, loss: Loss) -> torch
     hinge on the target's lead over the best other class (:data:`MARGIN`)."""
     import torch
     import torch.nn.functional as F
+
     if loss == "cross_entropy":
         return F.cross_entropy(logits, target, reduction="sum")
     lead = logits.gather(1, target[:, None]).squeeze(1)
@@ -122,6 +123,7 @@ def minimal_distortion(
     """Per sample, the smallest ‖r‖₂² found whose x + r is classified ``target``, by a search
     over c (see :class:`LBFGSMinDistortion`), and whether any round reached the target."""
     import torch
+
     n = x.shape[0]
     c = torch.full((n,), c_init, dtype=torch.float64)
     lowest_fail = torch.full((n,), float("inf"), dtype=torch.float64)
@@ -215,6 +217,7 @@ class LBFGSMinDistortion(Metric):
 
     def compute(self, ctx: AuditContext, params: LBFGSParams) -> MetricResult:
         import torch
+
         logits = ctx.logits()
         predicted = logits.argmax(dim=1).cpu()
         n, classes = logits.shape
@@ -287,6 +290,7 @@ class LBFGSMinDistortion(Metric):
         margin whose input gradient is 0 everywhere (the output does not depend on the
         input), else the search's budget or the box."""
         import torch
+
         rows = slice(0, 64)
         x = ctx.data().x[sample[rows]].to(ctx.device).requires_grad_(True)
         with torch.enable_grad():

@@ -58,6 +58,7 @@ class MinNormDistortion(SampleMetric):
 
     def fit(self, ctx: AuditContext, params: MinNormParams) -> list[dict[str, str]]:
         from robaudit.ops.preflight import audit_findings
+
         return audit_findings(ctx)
 
     def fit_summary(self, fitted: list[dict[str, str]]) -> dict[str, Any]:
@@ -69,6 +70,7 @@ class MinNormDistortion(SampleMetric):
 
         from robaudit.ops.projections import lp_norm
         from robaudit.ops.verify import verified
+
         x = ctx.unit_batch(unit)[0]
         label = ctx.unit_logits(unit).argmax(dim=1).to(ctx.device)
         box = ctx.model.input_range
@@ -98,6 +100,7 @@ class MinNormDistortion(SampleMetric):
         from robaudit.ops.deepfool import deepfool_unit
         from robaudit.ops.fab import fab_unit
         from robaudit.ops.fmn import fmn
+
         if attack == "deepfool":
             return deepfool_unit(ctx, unit, norm=params.norm).boundary
         if attack == "fab":
@@ -108,6 +111,7 @@ class MinNormDistortion(SampleMetric):
 
     def reduce(self, params: MinNormParams, gathered: Gathered) -> MetricResult:
         from robaudit.ops.preflight import preflight_details
+
         arrays = gathered.arrays
         rho, norms, best = arrays["rho"], arrays["norm"], arrays["best"]
         found = np.isfinite(rho)

@@ -105,6 +105,7 @@ class TransferRate(Metric):
         from robaudit.ops.sampling import per_sample_randn, sample_seeds
         from robaudit.ops.stats import wilson_interval
         from robaudit.ops.uap import perturb, predictions
+
         if params.source not in ctx.models:
             known = ", ".join(sorted(ctx.models))
             raise MetricError(f"no model named {params.source!r}; the spec defines: {known}")
@@ -192,6 +193,7 @@ class TransferRate(Metric):
         """The perturbation r of a batch: the source's DeepFool example minus x where the
         source classifies x correctly, else 0; magnified to ``magnify`` per pixel if set."""
         import torch
+
         shape = (-1, *([1] * (x.dim() - 1)))
         r = torch.where(src_correct.view(shape), boundary - x, torch.zeros_like(x))
         if params.magnify is None:

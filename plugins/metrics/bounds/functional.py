@@ -102,6 +102,7 @@ def equivalent_layer(node: Node, constant: Callable[[Node], torch.Tensor | None]
     and for ops whose weights are not constants of the graph."""
     from torch import nn
     from torch.fx import Node
+
     name = op_name(node)
 
     def tensor(index: int, key: str) -> torch.Tensor | None:
@@ -152,6 +153,7 @@ def live_args(node: Node, live: Callable[[Node], bool]) -> list[Node]:
     """The input-dependent nodes among ``node``'s arguments, in order, each as often as it
     occurs (``x + x`` has two)."""
     import torch
+
     found: list[Node] = []
     torch.fx.node.map_arg((node.args, node.kwargs),
                           lambda a: found.append(a) if live(a) else None)
@@ -182,6 +184,7 @@ def op_bound(node: Node, live: Callable[[Node], bool], shape: Callable[[Node], t
     ``get_attr`` node holds."""
     import torch
     from torch.fx import Node
+
     name = op_name(node)
     args = [*node.args, *node.kwargs.values()]
     inputs = live_args(node, live)

@@ -278,6 +278,7 @@ class LayerSite:
         ``input_shape`` by power iteration (device and dtype of ``like``; MetricError if it
         does not converge within the options' iterations)."""
         from robaudit.ops.spectral import power_iteration_norm
+
         estimate = power_iteration_norm(
             operator, input_shape, generator=self._walk.generator, device=like.device,
             dtype=like.dtype, iterations=self.options.iterations, tol=self.options.tol,
@@ -294,6 +295,7 @@ class LayerSite:
 @contextmanager
 def _recording(network: nn.Module, shapes: dict[int, set[Any]]) -> Iterator[None]:
     import torch
+
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if args and isinstance(args[0], torch.Tensor):
             out = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else None
@@ -320,6 +322,7 @@ def network_bound(
     forward pass of a zero input records every module's shapes, then the rules compose the
     bound from the root."""
     import torch
+
     dtype = torch.float32 if dtype is None else dtype
     shapes: dict[int, set[Any]] = {}
     tensors = itertools.chain(network.parameters(), network.buffers())
@@ -373,6 +376,7 @@ class _Op:
 
 def _trace(site: LayerSite) -> torch.fx.GraphModule:
     import torch
+
     module = site.module
     try:
         graph = _rule_tracer()().trace(module)
@@ -391,6 +395,7 @@ def _logits_node(site: LayerSite, output: torch.fx.Node) -> torch.fx.Node:
     """The node of the logits among the traced outputs: the output, a tuple's first element,
     a dict's ``logits`` (as :func:`robaudit.model.as_logits` unwraps them)."""
     import torch
+
     value = output.args[0]
     if isinstance(value, (tuple, list)) and value:
         value = value[0]
@@ -440,6 +445,7 @@ def _node_op(site: LayerSite, graph_module: torch.fx.GraphModule, node: torch.fx
              live: set[torch.fx.Node]) -> _Op | None:
     """The :class:`_Op` of a node that depends on the input; None for a shape query."""
     import torch
+
     inputs = live_args(node, live.__contains__)
     if node.op == "call_module":
         sub = graph_module.get_submodule(str(node.target))
@@ -532,6 +538,7 @@ def traced_bound(site: LayerSite) -> LayerBound:
     residual sum bounded by propagation through it), and the bound is their product."""
     import torch
     from torch.fx.passes.shape_prop import ShapeProp
+
     graph_module = _trace(site)
     module = site.module
     tensors = itertools.chain(module.parameters(), module.buffers())
@@ -581,6 +588,7 @@ def traced_bound(site: LayerSite) -> LayerBound:
 
 def _linear_rule(module: nn.Linear, site: LayerSite) -> LayerBound:
     import torch
+
     norm = torch.linalg.matrix_norm(module.weight.detach(), ord=2)
     return site.leaf(float(norm), size=f"{module.in_features}×{module.out_features}")
 
@@ -598,6 +606,7 @@ def _conv_rule(module: nn.Conv1d | nn.Conv2d, site: LayerSite) -> LayerBound:
     """Conv1d/Conv2d (as a 2-D convolution with a unit second dimension): formula (1) on the
     layer's input grid (``fourier``), or power iteration on the layer (``power_iteration``)."""
     from robaudit.ops.spectral import conv2d_fourier_bound, conv2d_operator
+
     weight = module.weight.detach()
     kernel = tuple(weight.shape[2:])
     padding = _conv_padding(module, kernel)
@@ -622,6 +631,7 @@ def _conv_rule(module: nn.Conv1d | nn.Conv2d, site: LayerSite) -> LayerBound:
 def _batchnorm_rule(module: nn.modules.batchnorm._BatchNorm, site: LayerSite) -> LayerBound:
     """Batch norm in eval mode is the diagonal map x ↦ γ(x − μ)/√(σ² + ε) + β."""
     import torch
+
     if module.running_var is None or module.training:
         raise MetricError(
             f"lipschitz_bound: batch norm {_show(site.path)} normalises with batch statistics "
@@ -644,6 +654,7 @@ def _pool_matrix(pool: Callable[[torch.Tensor], torch.Tensor], size: int) -> tor
     """The matrix of a 1-D pooling: ``pool`` applied to the basis of length-``size`` signals
     laid out as a batch of size × 1 images."""
     import torch
+
     basis = torch.eye(size, dtype=torch.float64).view(size, 1, size, 1)
     return pool(basis).reshape(size, -1).T
 
@@ -655,6 +666,7 @@ def _avgpool_rule(module: nn.AvgPool2d | nn.AdaptiveAvgPool2d, site: LayerSite) 
     import torch
     import torch.nn.functional as F
     from torch import nn
+
     height, width = site.input_shape[-2:]
     out_h, out_w = site.output_shape[-2:]
     if isinstance(module, nn.AdaptiveAvgPool2d):
@@ -687,6 +699,7 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
 def _max_cover(starts: torch.Tensor, ends: torch.Tensor, size: int) -> int:
     """Largest number of windows [start, end) ∩ [0, size) that contain one position."""
     import torch
+
     positions = torch.arange(size)
     inside = (positions[None, :] >= starts[:, None]) & (positions[None, :] < ends[:, None])
     return int(inside.sum(0).max())
@@ -702,6 +715,7 @@ def _maxpool_rule(module: nn.MaxPool2d | nn.AdaptiveMaxPool2d, site: LayerSite) 
     """
     import torch
     from torch import nn
+
     height, width = site.input_shape[-2:]
     outs = site.output_shape[-2:]
     covers = []
@@ -748,6 +762,7 @@ def _layernorm_rule(module: nn.LayerNorm, site: LayerSite) -> LayerBound:
     scaled by γ, with the bracket a contraction, so the constant is at most max|γ|/√ε
     (approached by inputs of near-constant entries: LayerNorm is far from 1-Lipschitz)."""
     import torch
+
     gamma = (module.weight.detach().abs().max() if module.weight is not None
              else torch.tensor(1.0))
     return site.leaf(float(gamma) / math.sqrt(module.eps), size=_shape_text(
@@ -809,6 +824,7 @@ def _register_builtin_rules() -> None:
     from torch import nn
 
     from robaudit.model import Normalize
+
     register_rule(nn.Linear, _linear_rule)
     register_rule(nn.Conv1d, _conv_rule)
     register_rule(nn.Conv2d, _conv_rule)
@@ -915,6 +931,7 @@ class LipschitzBound(Metric):
 
     def compute(self, ctx: AuditContext, params: LipschitzParams) -> MetricResult:
         import torch
+
         data = ctx.data()
         dtype = data.x.dtype if data.x.is_floating_point() else torch.float32
         options = BoundOptions(params.method, params.iterations, params.tol)

@@ -60,6 +60,7 @@ class CurvatureParams(IncludedParams):
     def steps(self, dim: int, input_range: tuple[float, float]) -> list[float]:
         """The finite-difference steps to evaluate (one, unused, for the exact methods)."""
         from robaudit.ops.curvature import default_step
+
         if self.hvp != "finite_difference":
             return [0.0]
         if self.h is None:
@@ -139,6 +140,7 @@ def unit_boundary_points(ctx: AuditContext, params: CurvatureParams, unit: Unit
     """The converged DeepFool boundary points of a work unit (design §8) of the audit split,
     read from :func:`split_unit`; ``index`` their rows in the unit."""
     from robaudit.ops.deepfool import deepfool_unit
+
     data = ctx.data()
     whole = split_unit(ctx, unit)
     rows = slice(0, len(unit))
@@ -215,6 +217,7 @@ def leading_deepfool(ctx: AuditContext, params: CurvatureParams, split: str, cou
     (:func:`deepfool_split`), else a run on those samples only, in ``ctx.batch_size`` chunks and
     cached per run (e.g. the fit's 100 reference points, not the whole reference split)."""
     from robaudit.ops.deepfool import DeepFoolResult, deepfool, deepfool_split
+
     mua = ctx.model
     shared = ("deepfool", mua.name, split, "l2", params.overshoot, params.candidates,
               params.max_iter)
@@ -236,6 +239,7 @@ def hessians(ctx: AuditContext, params: CurvatureParams, z: torch.Tensor, own: t
     """The Hessian operators of F = f_target − f_own for consecutive ``ctx.batch_size`` slices
     of the points (CPU tensors in, the operator on ``ctx.device``)."""
     from robaudit.ops.curvature import MarginHessian, softplus_logits
+
     logits = ctx.model.logits
     if params.hvp == "softplus":
         logits = softplus_logits(logits, params.beta)
@@ -255,6 +259,7 @@ def flat_floor(params: CurvatureParams, h: float, dtype: torch.dtype, dim: int,
     exactly 0); with the exact methods it is the diagonal of the input box (max − min)·√d, so
     a boundary is flat when its radius of curvature exceeds the box's diagonal / (64 ε)."""
     import torch
+
     eps = torch.finfo(dtype).eps
     if params.hvp == "finite_difference":
         return ZERO_EPSILONS * eps / h
@@ -293,6 +298,7 @@ def require_curved(params: CurvatureParams, values: torch.Tensor, floor: float, 
     NaN ignored) is at most ``floor`` in magnitude: a Hessian that is zero at every point, for
     any ``hvp`` method, is not a flat boundary to report as curvature 0 (design §10)."""
     import torch
+
     finite = values[torch.isfinite(values)]
     if finite.numel() == 0 or float(finite.abs().max()) <= floor:
         raise MetricError(flat_reason(params, h, floor, points))
@@ -331,6 +337,7 @@ def principal(op: MarginHessian, params: CurvatureParams, k: int, start: torch.T
     """Principal curvatures (ascending) and directions: the whole spectrum when d ≤
     ``dense_max``, else the k smallest and k largest by Lanczos from ``start`` (d,)."""
     from robaudit.ops.curvature import principal_curvatures_dense, principal_curvatures_lanczos
+
     if op.dim <= params.dense_max:
         curv = principal_curvatures_dense(op)
     else:

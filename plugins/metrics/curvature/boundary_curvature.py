@@ -76,6 +76,7 @@ class BoundaryCurvature(SampleMetric):
 
     def fit(self, ctx: AuditContext, params: BoundaryCurvatureParams) -> CurvatureFit:
         import torch
+
         check_points(ctx, params)
         d = int(ctx.data().x[0].numel())
         gaussian = torch.randn(params.directions, d, generator=ctx.generator, dtype=torch.float64)
@@ -88,6 +89,7 @@ class BoundaryCurvature(SampleMetric):
     def per_sample(self, ctx: AuditContext, params: BoundaryCurvatureParams, unit: Unit,
                    fitted: CurvatureFit) -> UnitResult:
         from robaudit.ops.curvature import mean_curvature
+
         pts = unit_boundary_points(ctx, params, unit)
         d, rows = fitted.dimension, pts.index.numpy()
         width = min(params.k, spectrum_width(params, d, params.k))
@@ -110,6 +112,7 @@ class BoundaryCurvature(SampleMetric):
 
     def reduce(self, params: BoundaryCurvatureParams, gathered: Gathered) -> MetricResult:
         import torch
+
         fit, arrays = gathered.fit, gathered.arrays
         converged = arrays["converged"].astype(bool)
         require_points(fit, params, converged)

@@ -73,6 +73,7 @@ def recover(by_class: torch.Tensor, floor: float) -> torch.Tensor:
     """The recovered label argmax_i ρ_i of each row of ``by_class`` (n, L), or −1 where another
     class's ρ_i is within ``floor`` of the largest: a tie is not decided by index."""
     import torch
+
     best = by_class.max(dim=1)
     tied = (by_class >= best.values[:, None] - floor).sum(dim=1) > 1
     return torch.where(tied, -1, best.indices)
@@ -119,6 +120,7 @@ class CurvatureDetection(SampleMetric):
 
     def fit(self, ctx: AuditContext, params: DetectionParams) -> CurvatureFit:
         import torch
+
         check_points(ctx, params)
         d = int(ctx.data().x[0].numel())
         gaussian = torch.randn(params.T, d, generator=ctx.generator, dtype=torch.float64)
@@ -130,6 +132,7 @@ class CurvatureDetection(SampleMetric):
     def per_sample(self, ctx: AuditContext, params: DetectionParams, unit: Unit,
                    fitted: CurvatureFit) -> UnitResult:
         import torch
+
         pts = unit_boundary_points(ctx, params, unit)
         rows = pts.index.numpy()
         arrays: dict[str, np.ndarray] = {"converged": np.zeros(len(unit), dtype=bool),
@@ -153,6 +156,7 @@ class CurvatureDetection(SampleMetric):
 
     def reduce(self, params: DetectionParams, gathered: Gathered) -> MetricResult:
         import torch
+
         fit, arrays = gathered.fit, gathered.arrays
         converged = arrays["converged"].astype(bool)
         require_points(fit, params, converged)
@@ -211,6 +215,7 @@ class CurvatureDetection(SampleMetric):
         import torch
 
         from robaudit.ops.curvature import quadratic_forms
+
         with torch.no_grad():
             pred = torch.cat([ctx.model.logits(x[s:s + ctx.batch_size].to(ctx.device)).cpu()
                               for s in range(0, x.shape[0], ctx.batch_size)])

@@ -48,6 +48,7 @@ def ratios(ctx: AuditContext, params: CurvatureRatioParams, h: float, basis: tor
     import torch
 
     from robaudit.ops.curvature import quadratic_forms
+
     units = gaussian / gaussian.norm(dim=1, keepdim=True)
     rows = [torch.zeros(0, basis.shape[1], dtype=torch.float64)]
     sizes = [torch.zeros(0, dtype=torch.float64)]
@@ -102,6 +103,7 @@ class CurvatureRatio(SampleMetric):
 
     def fit(self, ctx: AuditContext, params: CurvatureRatioParams) -> CurvatureFit:
         import torch
+
         check_points(ctx, params)
         d = int(ctx.data().x[0].numel())
         gaussian = torch.randn(params.samples, d, generator=ctx.generator, dtype=torch.float64)
@@ -130,6 +132,7 @@ class CurvatureRatio(SampleMetric):
 
     def reduce(self, params: CurvatureRatioParams, gathered: Gathered) -> MetricResult:
         import torch
+
         fit, arrays = gathered.fit, gathered.arrays
         converged = arrays["converged"].astype(bool)
         require_points(fit, params, converged)

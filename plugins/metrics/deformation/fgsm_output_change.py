@@ -61,6 +61,7 @@ class FgsmOutputChange(SampleMetric):
                    fitted: None) -> UnitResult:
         import torch
         import torch.nn.functional as F
+
         model = ctx.model
         low, high = model.input_range
         x, y = ctx.unit_batch(unit)
@@ -86,6 +87,7 @@ class FgsmOutputChange(SampleMetric):
 
     def reduce(self, params: FgsmChangeParams, gathered: Gathered) -> MetricResult:
         import torch
+
         stepped = gathered.arrays["stepped"] > 0
         if not stepped.any():
             raise MetricError("the loss gradient is 0 at every audit sample (the output does "

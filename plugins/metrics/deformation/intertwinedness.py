@@ -134,6 +134,7 @@ class Intertwinedness(Metric):
         import torch
 
         from robaudit.ops.neighbors import scan_neighbours
+
         data, ref = ctx.data(), ctx.data(ctx.reference)
         same_split = _same_split(ctx)
         available = _candidates(ctx)
@@ -232,6 +233,7 @@ class Intertwinedness(Metric):
         import torch
 
         from robaudit.ops.neighbors import chunk_rows, pair_distances
+
         if params.radius_units == "absolute":
             chosen = params.feature_radii if space == "feature" else None
             return list(chosen or params.radii)
@@ -290,6 +292,7 @@ def _boundary_tie(distances: torch.Tensor, same: torch.Tensor, n: int) -> torch.
     choice). ``distances`` and ``same`` (own label or not) are Q × k, nearest first; with
     k = n there is no (n+1)-th and no tie."""
     import torch
+
     if distances.shape[1] <= n:
         return torch.zeros(distances.shape[0], dtype=torch.bool, device=distances.device)
     boundary = distances[:, n - 1 : n]
@@ -339,6 +342,7 @@ def _chunks(batch_size: int, dim: int, reference_size: int, k: int) -> tuple[int
     (blocks large enough to keep the k-nearest merges few), and about batch_size × 4096
     candidate distances (the block and the k best so far)."""
     from robaudit.ops.neighbors import chunk_rows
+
     rows = 4 * chunk_rows(batch_size, dim)
     reference_chunk = min(reference_size, rows)
     return max(1, min(rows, batch_size * 4096 // (reference_chunk + k))), reference_chunk

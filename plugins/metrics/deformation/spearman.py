@@ -62,6 +62,7 @@ class RankOrderSpearman(Metric):
 
         from robaudit.ops.neighbors import chunk_rows, pair_distances
         from robaudit.ops.stats import spearman
+
         data = ctx.data()
         n = len(data)
         if n < 2:

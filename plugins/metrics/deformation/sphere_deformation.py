@@ -111,6 +111,7 @@ class SphereDeformation(SampleMetric):
         import torch
 
         from robaudit.ops import sampling
+
         data = ctx.data()
         if len(data) == 0:
             raise MetricError("sphere_deformation: the audit split is empty")
@@ -122,6 +123,7 @@ class SphereDeformation(SampleMetric):
         import torch
 
         from robaudit.ops import sampling
+
         centres, seeds = fitted[0][unit.indices], fitted[1][unit.indices]
         x_all = ctx.data().x[centres]
         radii = params.radii
@@ -162,6 +164,7 @@ class SphereDeformation(SampleMetric):
 
     def reduce(self, params: SphereParams, gathered: Gathered) -> MetricResult:
         import torch
+
         k = torch.from_numpy(gathered.arrays["k"]).T
         k_prefix = torch.from_numpy(gathered.arrays["k_prefix"]).T
         radii = params.radii

@@ -34,6 +34,7 @@ class CleanAccuracy(SampleMetric):
     def per_sample(self, ctx: AuditContext, params: IncludedParams, unit: Unit, fitted: None
                    ) -> UnitResult:
         import torch
+
         labels = ctx.data().y[unit.indices]
         logits = ctx.unit_logits(unit)
         correct = logits.argmax(dim=1) == labels.to(logits.device)
@@ -43,6 +44,7 @@ class CleanAccuracy(SampleMetric):
 
     def reduce(self, params: IncludedParams, gathered: Gathered) -> MetricResult:
         from robaudit.ops.perclass import accuracy_result
+
         decided = gathered.arrays["tied"] == 0
         if not decided.any():
             raise MetricError("every audit sample's largest logit is tied between classes (a "

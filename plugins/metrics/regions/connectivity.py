@@ -104,6 +104,7 @@ class RegionConnectivity(Metric):
         from robaudit.ops.classgroups import ClassGroups
         from robaudit.ops.paths import PathResult
         from robaudit.ops.stats import wilson_interval
+
         data = ctx.data()
         logits = ctx.logits()
         groups = ClassGroups.of(logits.argmax(dim=1), num_classes=logits.shape[1])
@@ -188,6 +189,7 @@ class RegionConnectivity(Metric):
 
         from robaudit.ops.paths import PathResult, find_paths
         from robaudit.ops.targeted import targeted_deepfool
+
         mua = ctx.model
         x1, source, cls = x1.to(ctx.device), source.to(ctx.device), cls.to(ctx.device)
         if scenario == "data":
@@ -223,6 +225,7 @@ def _spread(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tenso
     """``values`` of the searched pairs put back at ``index`` among ``size`` pairs; the others
     get "not found" (False, 0, or NaN for float fields)."""
     import torch
+
     fill = float("nan") if values.is_floating_point() else 0
     out = torch.full((size,), fill, dtype=values.dtype)
     out[index] = values

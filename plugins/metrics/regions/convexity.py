@@ -74,6 +74,7 @@ class RegionConvexity(Metric):
         import torch
 
         from robaudit.ops.stats import wilson_interval
+
         data = ctx.data()
         groups = _groups(ctx)
         eligible = groups.eligible(2).tolist()
@@ -141,6 +142,7 @@ class RegionConvexity(Metric):
 def _groups(ctx: AuditContext) -> ClassGroups:
     """The audit samples grouped by predicted class (the split's cached logits)."""
     from robaudit.ops.classgroups import ClassGroups
+
     logits = ctx.logits()
     return ClassGroups.of(logits.argmax(dim=1), num_classes=logits.shape[1])
 

@@ -86,6 +86,7 @@ class UnitSemantics(Metric):
 
     def compute(self, ctx: AuditContext, params: UnitSemanticsParams) -> MetricResult:
         import torch
+
         data = ctx.data()
         feats, _ = ctx.features()
         varying = _varying(feats).cpu()
@@ -172,6 +173,7 @@ def _top(scores: torch.Tensor, top: int, labels: torch.Tensor
     that the samples' order rather than the scores would set the purity (a tie among copies
     of one label changes nothing)."""
     import torch
+
     taken = min(top + 1, scores.shape[0])
     values, indices = scores.topk(taken, dim=0)
     tied = torch.zeros(scores.shape[1], dtype=torch.bool)
@@ -185,6 +187,7 @@ def _top(scores: torch.Tensor, top: int, labels: torch.Tensor
 def _purity(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of labels (R, top): the share of its most common label, and that label."""
     import torch
+
     counts = torch.nn.functional.one_hot(labels.long()).sum(dim=1)
     best = counts.max(dim=1)
     return best.values.double() / labels.shape[1], best.indices

@@ -120,6 +120,7 @@ class RobustnessCategory(SampleMetric):
     def fit(self, ctx: AuditContext, params: CategoryParams) -> CategoryFitted:
         from robaudit.ops.preflight import audit_findings
         from robaudit.ops.sampling import sample_seeds
+
         return CategoryFitted(fitted_uap(ctx, params),
                               sample_seeds(ctx.generator, len(ctx.data()), 2),
                               audit_findings(ctx))
@@ -130,6 +131,7 @@ class RobustnessCategory(SampleMetric):
     def per_sample(self, ctx: AuditContext, params: CategoryParams, unit: Unit,
                    fitted: CategoryFitted) -> UnitResult:
         from robaudit.ops.uap import random_lp_noise
+
         seeds = fitted.seeds[unit.indices]
         noise = random_lp_noise(seeds[:, 0], ctx.data().x.shape[1:], params.eps, params.norm)
         noise_hits = unit_fooled(ctx, unit, noise.to(ctx.device))
@@ -142,6 +144,7 @@ class RobustnessCategory(SampleMetric):
         import torch
 
         from robaudit.ops.preflight import preflight_details
+
         def rate(name: str) -> float:
             return float(torch.from_numpy(gathered.arrays[name]).mean())
 
@@ -180,6 +183,7 @@ class RobustnessCategory(SampleMetric):
         from robaudit.ops.attacks import pgd
         from robaudit.ops.deepfool import deepfool_unit
         from robaudit.ops.projections import lp_norm
+
         mua = ctx.model
         x, _ = ctx.unit_batch(unit)
         if params.attack == "deepfool":

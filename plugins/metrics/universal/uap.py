@@ -71,6 +71,7 @@ def fit_subset(size: int, limit: int, generator: torch.Generator) -> torch.Tenso
     uniformly random subset, so it does not depend on how the split is ordered), or None
     (every sample) when ``size <= limit``."""
     import torch
+
     if size <= limit:
         return None
     return torch.randperm(size, generator=generator)[:limit].sort().values
@@ -88,6 +89,7 @@ def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
     import torch
 
     from robaudit.ops.uap import fit_uap_deepfool, fit_uap_sgd
+
     if len(ctx.data()) == 0 or len(ctx.data(ctx.reference)) == 0:
         raise MetricError("a universal perturbation needs a non-empty audit and reference split")
     mua = ctx.model
@@ -132,6 +134,7 @@ def unit_fooled(ctx: AuditContext, unit: Unit, delta: torch.Tensor) -> torch.Ten
     prediction at clip(x + δ) differs from the clean prediction: δ one universal v (the shape
     of a sample) or one perturbation per sample of the unit, on the device."""
     from robaudit.ops.uap import fooled
+
     mua = ctx.model
     x, _ = ctx.unit_batch(unit)
     clean = ctx.unit_logits(unit).argmax(dim=1).to(ctx.device)
@@ -143,6 +146,7 @@ def normalised_singular_values(vectors: torch.Tensor, top: int) -> list[float]:
     """The ``top`` largest singular values of the matrix whose columns are ``vectors``
     (rows of the input), divided by the largest."""
     import torch
+
     values = torch.linalg.svdvals(vectors.flatten(1).double())
     if values.numel() == 0 or float(values[0]) == 0.0:
         return []
@@ -252,6 +256,7 @@ class UAPFoolingRate(SampleMetric):
         from robaudit.ops.preflight import audit_findings
         from robaudit.ops.projections import lp_norm
         from robaudit.ops.sampling import sample_seeds
+
         fit = fitted_uap(ctx, params)
         seeds = sample_seeds(ctx.generator, len(ctx.data()))
         return UAPFitted(
@@ -281,6 +286,7 @@ class UAPFoolingRate(SampleMetric):
                    fitted: UAPFitted) -> UnitResult:
         from robaudit.ops.deepfool import deepfool_unit
         from robaudit.ops.uap import random_lp_noise
+
         v = fitted.fit.perturbation.to(ctx.device)
         shape = ctx.data().x.shape[1:]
         noise = random_lp_noise(fitted.seeds[unit.indices], shape, fitted.size, params.norm)
@@ -298,6 +304,7 @@ class UAPFoolingRate(SampleMetric):
 
         from robaudit.ops.preflight import preflight_details
         from robaudit.ops.stats import wilson_interval
+
         fit = gathered.fit
         hits = gathered.arrays["fooled"]
         noise_rate = float(torch.from_numpy(gathered.arrays["noise_fooled"]).mean())

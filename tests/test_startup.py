@@ -46,7 +46,9 @@ def test_loading_the_plugins_does_not_import_torch() -> None:
             "assert not plugins.problems, plugins.problems\n"
             "assert len(plugins.metrics) > 20 and plugins.data_sources\n"
             "for metric in plugins.metrics.values():\n"
-            "    metric.Params.model_json_schema()")
+            "    metric.Params.model_json_schema()\n"
+            "for source in plugins.data_sources.values():\n"
+            "    source.Options.model_json_schema()")
     assert loaded_torch_modules(body) == "[]"
 
 

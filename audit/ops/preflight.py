@@ -20,13 +20,10 @@ from robaudit.errors import MetricError
 from robaudit.metric import MetricParams
 
 if TYPE_CHECKING:
+    import torch
+
     from robaudit.context import AuditContext
     from robaudit.model import ModelUnderAudit
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
 
 LogitsFn = Callable[["torch.Tensor"], "torch.Tensor"]
 

@@ -427,6 +427,8 @@ def _dispatch(argv: list[str], console: Console) -> int:
 
         print(json.dumps(spec_json_schema(plugins), indent=2))
         return EXIT_OK
+    if options.command == "validate":
+        return _cmd_validate(plugins, console, options)
     import torch
 
     from robaudit.session import Session
@@ -446,10 +448,6 @@ def _dispatch(argv: list[str], console: Console) -> int:
             start_run(options, setup)  # the setup the pytest plugin makes too
             return _cmd_run(plugins, options)
     session = Session(plugins, options)
-    if options.command == "validate":
-        for spec in session.load(options.specs):
-            console.print(f"{escape(printable(spec.path))}: valid ({len(spec.checks)} checks)")
-        return EXIT_OK
     _check_run_options(options)
     if options.threads:
         torch.set_num_threads(options.threads)  # else chosen per audited model (prepare)
@@ -458,6 +456,30 @@ def _dispatch(argv: list[str], console: Console) -> int:
     if launched() and os.environ.get("RANK") != "0":
         return EXIT_OK  # under a launcher, rank 0 lists the checks
     return _cmd_collect(session, console, options.specs)
+
+
+def _cmd_validate(plugins: Plugins, console: Console, options: argparse.Namespace) -> int:
+    """``validate``: every spec checked as ``run`` checks it (``Session.load``: the same
+    overrides, every problem of every spec), without importing torch or the runner (issue
+    #24)."""
+    from robaudit.spec import load_spec
+
+    overrides = list(getattr(options, "overrides", None) or [])
+    if getattr(options, "device", None):
+        overrides.append(f"device={options.device}")
+    if getattr(options, "seed", None) is not None:
+        overrides.append(f"seed={options.seed}")
+    specs, problems = [], []
+    for path in options.specs:
+        try:
+            specs.append(load_spec(path, plugins, overrides))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise SpecError(problems)
+    for spec in specs:
+        console.print(f"{escape(printable(spec.path))}: valid ({len(spec.checks)} checks)")
+    return EXIT_OK
 
 
 def _check_run_options(options: argparse.Namespace) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import ConfigDict
 
-from robaudit.context import DataSplit
 from robaudit.validation import InputModel
+
+if TYPE_CHECKING:
+    from robaudit.context import DataSplit
 
 
 class SourceOptions(InputModel):

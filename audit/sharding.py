@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import robaudit
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.metric import (
     Metric,
@@ -31,6 +30,7 @@ from robaudit.results import CheckResult
 from robaudit.wire import WireError, decode, digest, encode
 
 if TYPE_CHECKING:
+    from robaudit.context import AuditContext
     from robaudit.distributed import World
     from robaudit.preparation import AuditPlan
     from robaudit.spec import Check

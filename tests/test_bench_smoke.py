@@ -163,3 +163,15 @@ def test_autoattack() -> None:
     assert autoattack["robaudit (standard)"] <= pgd
     assert {impl for (what, impl) in values if what.startswith("median")} == {
         "DeepFool (robaudit)", "FMN (robaudit)"}
+
+
+def test_startup(tmp_path: Path) -> None:
+    out = tmp_path / "startup.md"
+    bench("startup.py", "--repeats", "1", "--out", out)
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| `robaudit")]
+    assert [row.split("`")[1] for row in rows] == [
+        "robaudit --help", "robaudit metrics", "robaudit metrics clean_accuracy",
+        "robaudit validate specs/resnet.yaml"]
+    ratios = [float(row.split("|")[3]) for row in rows]
+    assert ratios[0] == 1.0 and all(ratio > 0 for ratio in ratios)
+    assert rows[0].split("|")[4].strip() == "no"  # --help never imports torch

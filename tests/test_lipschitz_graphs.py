@@ -227,7 +227,7 @@ def test_an_op_without_a_rule_names_it_and_how_to_register():
 
 def test_an_exported_program_has_the_bound_of_its_module():
     """``export: PATH`` models: the aten ops of the program are bounded by the same rules."""
-    from robaudit.plugins.loaders.models import ExportedClassifier
+    from robaudit.plugins.loaders._wrappers import ExportedClassifier
 
     torch.manual_seed(4)
     net = randomize(FunctionalResNet(), 5).float()

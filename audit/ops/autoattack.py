@@ -23,17 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from robaudit.ops.apgd import apgd
-from robaudit.ops.fab import MinNormResult
-from robaudit.ops.projections import Norm
-from robaudit.ops.square import square
-from robaudit.ops.verify import verified
+    from robaudit.ops.fab import MinNormResult
+    from robaudit.ops.projections import Norm
 
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+LogitsFn = Callable[["torch.Tensor"], "torch.Tensor"]
 AttackName = Literal["apgd-ce", "apgd-t", "fab-t", "square"]
 Version = Literal["standard", "fast", "custom"]
 
@@ -101,6 +99,10 @@ def autoattack(
     """The cascade on ``x`` (labels ``y``, ``clean`` its clean correctness) at every eps of
     ``levels``. ``seeds``: (plan.seed_rows, N) per-sample seeds; ``fab``: FAB-T's result on
     ``x`` (called once, if the plan has FAB-T)."""
+    import torch
+
+    from robaudit.ops.verify import verified
+
     n = x.shape[0]
     robust = clean.clone()
     broken = torch.where(clean, 0, -1).long()
@@ -147,6 +149,9 @@ def _attack(logits_fn: LogitsFn, name: str, run: int, x: torch.Tensor, y: torch.
             eps: float, norm: Norm, plan: Protocol, seeds: torch.Tensor, ranked: torch.Tensor,
             input_range: tuple[float, float] | None) -> torch.Tensor:
     """The points of one run of a white-box or black-box attack on the alive points."""
+    from robaudit.ops.apgd import apgd
+    from robaudit.ops.square import square
+
     if name == "apgd-ce":
         return apgd(logits_fn, x, y, eps=eps, norm=norm, steps=plan.steps, seeds=seeds[run],
                     loss="ce", input_range=input_range).points

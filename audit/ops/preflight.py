@@ -14,20 +14,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from robaudit.errors import MetricError
 from robaudit.metric import MetricParams
-from robaudit.ops.attacks import pgd
-from robaudit.ops.sampling import sample_seeds
 
 if TYPE_CHECKING:
+    import torch
+
     from robaudit.context import AuditContext
     from robaudit.model import ModelUnderAudit
 
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+LogitsFn = Callable[["torch.Tensor"], "torch.Tensor"]
 
 #: Samples of the audit split the model checks look at.
 PREFLIGHT_SAMPLES = 64
@@ -87,6 +85,12 @@ def model_findings(logits_fn: LogitsFn, x: torch.Tensor, y: torch.Tensor,
                    input_range: tuple[float, float]) -> list[dict[str, str]]:
     """The model checks on the samples ``x`` (labels ``y``): randomness, probabilities, zero
     gradients and PGD at a budget covering the whole box."""
+    import torch
+    import torch.nn.functional as F
+
+    from robaudit.ops.attacks import pgd
+    from robaudit.ops.sampling import sample_seeds
+
     x = x[:PREFLIGHT_SAMPLES]
     y = y[:PREFLIGHT_SAMPLES]
     found = []

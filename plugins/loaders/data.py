@@ -12,14 +12,18 @@ import functools
 import inspect
 import zipfile
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, ValidationInfo, field_validator
 
-from robaudit import DataSplit, UsageError, hookimpl
+from robaudit import UsageError, hookimpl
 from robaudit.datasource import DataSource, SourceOptions
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit import DataSplit
 
 #: The fixed split of the digits data set: a quarter for test, stratified by class. It does not
 #: depend on the spec's seed, so that every audit and the shipped model see the same test set.
@@ -46,6 +50,10 @@ def digits_splits() -> dict[str, DataSplit]:
     """scikit-learn's 8×8 digits (1797 images, 10 classes) as 1×8×8 images in [0, 1] (the
     pixel counts 0..16 divided by 16), split once into "train" (75%) and "test" (25%),
     stratified by class with a fixed seed. Fresh tensors on every call; the arrays are cached."""
+    import torch
+
+    from robaudit import DataSplit
+
     return {
         name: DataSplit(torch.tensor(x), torch.tensor(y))
         for name, (x, y) in _digits_arrays().items()
@@ -60,6 +68,8 @@ class DigitsOptions(SourceOptions):
 
 def transformed(x: torch.Tensor, transform: str) -> torch.Tensor:
     """N×C×H×W images rotated by 90°, flipped left to right, inverted, or as they are."""
+    import torch
+
     if transform == "rot90":
         return torch.rot90(x, 1, dims=(2, 3)).contiguous()
     if transform == "flip":
@@ -78,6 +88,8 @@ class DigitsSource(DataSource):
     Options: ClassVar[type[SourceOptions]] = DigitsOptions
 
     def load(self, options: Any, base_dir: Path, seed: int) -> dict[str, DataSplit]:
+        from robaudit import DataSplit
+
         return {name: DataSplit(transformed(split.x, options.transform), split.y)
                 for name, split in digits_splits().items()}
 
@@ -95,6 +107,10 @@ def _existing(value: str, info: ValidationInfo, kind: Literal["file", "folder"])
 
 
 def _as_split(x: torch.Tensor, y: torch.Tensor) -> DataSplit:
+    import torch
+
+    from robaudit import DataSplit
+
     return DataSplit(x.to(torch.float32).contiguous(), y.to(torch.int64).contiguous())
 
 
@@ -117,6 +133,8 @@ class NpzSource(DataSource):
     Options: ClassVar[type[SourceOptions]] = NpzOptions
 
     def load(self, options: Any, base_dir: Path, seed: int) -> dict[str, DataSplit]:
+        import torch
+
         file = base_dir / options.path
         if not file.is_file():
             raise UsageError(f"data.path: file not found: {file}")
@@ -201,6 +219,7 @@ class ImageFolderSource(DataSource):
     Options: ClassVar[type[SourceOptions]] = ImageFolderOptions
 
     def load(self, options: Any, base_dir: Path, seed: int) -> dict[str, DataSplit]:
+        import torch
         from torchvision import datasets, transforms
 
         root = base_dir / options.path
@@ -310,6 +329,8 @@ class TorchvisionSource(DataSource):
 
 def _vision_tensors(dataset: Any) -> DataSplit:
     """All of a torchvision data set as tensors (one pass through its transform)."""
+    import torch
+
     images, labels = [], []
     for i in range(len(dataset)):
         image, label = dataset[i]

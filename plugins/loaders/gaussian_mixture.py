@@ -7,13 +7,15 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import Field, model_validator
 
-from robaudit import DataSplit, hookimpl
+from robaudit import hookimpl
 from robaudit.datasource import DataSource, SourceOptions
+
+if TYPE_CHECKING:
+    from robaudit import DataSplit
 
 #: Bytes a sample value takes while the mixture is drawn: the float32 noise, the shifted and
 #: clipped copy, and the split tensor returned.
@@ -77,6 +79,10 @@ def mixture_splits(options: MixtureOptions) -> dict[str, DataSplit]:
     (train) and ``test_points`` (test) samples from N(μ, σ²I), clipped to the box. Each split
     is shuffled. Everything is drawn from one generator seeded with ``options.seed``.
     """
+    import torch
+
+    from robaudit import DataSplit
+
     g = torch.Generator().manual_seed(options.seed)
     low, high = options.box
     d = 1

@@ -20,14 +20,15 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from robaudit import hookimpl
 from robaudit.errors import UsageError
-from robaudit.model import Normalize
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict")
 
@@ -67,6 +68,8 @@ def resolve_callable(reference: str, base_dir: Path) -> Any:
 
 def load_weights(model: nn.Module, file: Path) -> None:
     """Load a state_dict, or a checkpoint dict holding one, with ``weights_only=True``."""
+    import torch
+
     try:
         loaded = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -112,6 +115,8 @@ def _optional(module: str, extra: str, key: str) -> Any:
 def load_torchscript(file: Path) -> nn.Module:
     """A TorchScript file, without torch's deprecation warning on every run (README points
     users to ``export``)."""
+    import torch
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated",
                                 category=FutureWarning)
@@ -158,21 +163,6 @@ def load_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
                          f"{type(exc).__name__}: {exc}") from None
 
 
-class HuggingFaceClassifier(nn.Module):
-    """A transformers image classifier as robaudit audits it: inputs in ``input_range`` are
-    normalised with the image processor's mean and std (``normalize``, None when the spec gives
-    its own or the processor does not normalise), and the output object's ``logits`` returned.
-    Its modules are ``model.*`` (e.g. ``features: model.vit.layernorm``)."""
-
-    def __init__(self, model: nn.Module, normalize: Normalize | None) -> None:
-        super().__init__()
-        self.normalize = normalize
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.normalize is not None:
-            x = self.normalize(x)
-        return self.model(pixel_values=x).logits
 
 
 def processor_config(folder: Path) -> dict[str, Any]:
@@ -214,6 +204,9 @@ def load_huggingface(folder: Path, own_normalize: bool) -> nn.Module:
     """``AutoModelForImageClassification.from_pretrained(folder, local_files_only=True)``
     (extra ``robaudit[hf]``), normalised as its image processor does unless the spec gives
     ``normalize`` (``own_normalize``)."""
+    from robaudit.model import Normalize
+    from robaudit.plugins.loaders._wrappers import HuggingFaceClassifier
+
     transformers = _optional("transformers", "hf", "huggingface")
     if not (folder / "config.json").is_file():
         raise UsageError(f"huggingface: {folder} has no config.json; give the folder that "
@@ -228,20 +221,6 @@ def load_huggingface(folder: Path, own_normalize: bool) -> nn.Module:
     return HuggingFaceClassifier(model, Normalize(*settings) if settings else None)
 
 
-class ExportedClassifier(nn.Module):
-    """A ``torch.export`` program as a module. The program's train/eval behaviour was fixed
-    when it was exported (checked to be eval at load), so ``train()`` leaves it alone."""
-
-    def __init__(self, program: nn.Module) -> None:
-        super().__init__()
-        self.program = program
-
-    def forward(self, x: torch.Tensor) -> Any:
-        return self.program(x)
-
-    def train(self, mode: bool = True) -> ExportedClassifier:
-        self.training = mode
-        return self
 
 
 def _training_ops(graph: torch.fx.Graph) -> list[str]:
@@ -259,6 +238,10 @@ def _training_ops(graph: torch.fx.Graph) -> list[str]:
 def load_export(file: Path) -> nn.Module:
     """A program saved with ``torch.export.save``: exported in eval mode, with one tensor input
     whose batch dimension is dynamic (the checks run batches of any size)."""
+    import torch
+
+    from robaudit.plugins.loaders._wrappers import ExportedClassifier
+
     try:
         program = torch.export.load(str(file))
     except Exception as exc:
@@ -304,6 +287,8 @@ def robaudit_load_model(config: dict[str, Any], base_dir: Path) -> nn.Module:
 
 def build_factory(reference: str, kwargs: dict[str, Any], base_dir: Path) -> nn.Module:
     """The module that the factory ``reference`` returns when called with ``kwargs``."""
+    from torch import nn
+
     factory = resolve_callable(reference, base_dir)
     if not callable(factory):
         raise UsageError(f"factory: {reference!r} is not callable")

@@ -21,17 +21,15 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
-import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 import robaudit
 from robaudit import hookimpl
-from robaudit.context import ProgressFactory, ProgressTask
 from robaudit.plugins.reporters._summary import (
     closing_line,
     stopped_early,
@@ -43,6 +41,10 @@ from robaudit.results import AuditResult, CheckResult, detail_warnings, jsonable
 from robaudit.text import interval as interval_text
 from robaudit.text import printable
 from robaudit.threads import thread_setting
+
+if TYPE_CHECKING:
+    from robaudit.context import ProgressFactory, ProgressTask
+    from robaudit.session import AuditPlan
 
 STYLES = {"passed": "green", "failed": "red", "error": "red", "skipped": "yellow",
           "warned": "yellow", "measured": "cyan"}
@@ -159,6 +161,8 @@ class ConsoleReporter:
 
     @hookimpl
     def robaudit_audit_start(self, plan: AuditPlan) -> None:
+        import torch
+
         # several processes: checks finish together at the end of the spec, so the heartbeat
         # names the run ("2 processes (gloo)", "shard 0/2") and the task names the check
         self.pending = [] if plan.processes else [check.id for check in plan.checks]

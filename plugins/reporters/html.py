@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 import pluggy
 
@@ -354,6 +353,8 @@ def render_html(results: list[AuditResult],
                 infos: Mapping[str, MetricInfo] | None = None) -> str:
     """The report's HTML text; ``infos`` (metric name → :class:`MetricInfo`) lets each card
     say what its metric measures."""
+    import jinja2  # only to write a report: loading the plugins stays quick (issue #24)
+
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("robaudit.templates", "."), autoescape=True,
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
-from robaudit.ops.activations import (
-    UnitStats,
-    check_layer_names,
-    output_sites,
-    split_classes,
-    unit_statistics,
-)
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
 
 
 class SparsityParams(MetricParams):
@@ -57,9 +51,13 @@ class ActivationSparsity(SampleMetric):
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def check_data(self, ctx: AuditContext, params: SparsityParams) -> None:
+        from robaudit.ops.activations import check_layer_names
+
         check_layer_names(ctx.model, params.layers)
 
     def fit(self, ctx: AuditContext, params: SparsityParams) -> dict[str, Any]:
+        from robaudit.ops.activations import output_sites, split_classes
+
         sites = output_sites(ctx.model, params.layers)
         return {"classes": split_classes(ctx), "layers": [site.label for site in sites]}
 
@@ -68,6 +66,8 @@ class ActivationSparsity(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: SparsityParams, unit: Unit,
                    fitted: dict[str, Any]) -> UnitResult:
+        from robaudit.ops.activations import UnitStats, output_sites, unit_statistics
+
         sites = output_sites(ctx.model, params.layers)
         active = []
         for stat in unit_statistics(ctx, sites, "units", unit, fitted["classes"]):
@@ -76,6 +76,8 @@ class ActivationSparsity(SampleMetric):
         return UnitResult({}, {"samples": len(unit), "active": active})
 
     def reduce(self, params: SparsityParams, gathered: Gathered) -> MetricResult:
+        import torch
+
         samples = sum(extra["samples"] for extra in gathered.extras)
         table, figures, pooled = [], [], []
         edges = torch.linspace(0, 1, params.bins + 1, dtype=torch.float64)

@@ -5,29 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.metric import Gathered, IncludedParams, SampleMetric, Unit, UnitResult, included
-from robaudit.ops.activations import (
-    InteractionStats,
-    Site,
-    bernoulli_log_likelihood,
-    bernoulli_probabilities,
-    check_layer_names,
-    layer_statistics,
-    linear_sites,
-    read_layers,
-    significance,
-    split_classes,
-)
-from robaudit.ops.attacks import pgd
-from robaudit.ops.sampling import per_sample, sample_seeds
 from robaudit.plugins.metrics.activations._patterns import PatternParams
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
+    from robaudit.ops.activations import Site
 
 
 class LikelihoodParams(PatternParams, IncludedParams):
@@ -101,9 +91,20 @@ class AdversarialLikelihood(SampleMetric):
     source: ClassVar[str] = "Khaitan 2024, §2.4, §3.3 (likelihood under PGD, Figure 16)"
 
     def check_data(self, ctx: AuditContext, params: LikelihoodParams) -> None:
+        from robaudit.ops.activations import check_layer_names
+
         check_layer_names(ctx.model, params.layers, linear=True)
 
     def fit(self, ctx: AuditContext, params: LikelihoodParams) -> LikelihoodFit:
+        from robaudit.ops.activations import (
+            InteractionStats,
+            bernoulli_probabilities,
+            layer_statistics,
+            linear_sites,
+            split_classes,
+        )
+        from robaudit.ops.sampling import sample_seeds
+
         sites = linear_sites(ctx.model, params.layers)
         split_classes(ctx)  # the audit labels are the model's classes
         stats = layer_statistics(ctx, sites, "interactions", ctx.reference,
@@ -124,6 +125,11 @@ class AdversarialLikelihood(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: LikelihoodParams, unit: Unit,
                    fitted: LikelihoodFit) -> UnitResult:
+        import torch
+
+        from robaudit.ops.activations import linear_sites, read_layers
+        from robaudit.ops.attacks import pgd
+
         sites = linear_sites(ctx.model, params.layers)
         probabilities = [p.to(ctx.device) for p in fitted.probabilities]
         step = params.step_size or 2.5 * params.eps / params.steps
@@ -148,6 +154,8 @@ class AdversarialLikelihood(SampleMetric):
         })
 
     def reduce(self, params: LikelihoodParams, gathered: Gathered) -> MetricResult:
+        import torch
+
         keep = torch.from_numpy(gathered.arrays["fitted"]) > 0
         share = included(int(keep.sum()), keep.numel(), params.min_included,
                          "audit samples (the others' class has no reference samples)")
@@ -202,6 +210,10 @@ class AdversarialLikelihood(SampleMetric):
                         probabilities: list[torch.Tensor],
                         y: torch.Tensor, params: LikelihoodParams) -> torch.Tensor:
         """Per sample, the mean over layers of log P_y(s) (nats per interaction)."""
+        import torch
+
+        from robaudit.ops.activations import bernoulli_log_likelihood, significance
+
         total = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
         for site, p in zip(sites, probabilities, strict=True):
             layer = site.module
@@ -221,6 +233,10 @@ def _same_norm_noise(x: torch.Tensor, delta: torch.Tensor, norm: str, seeds: tor
                      input_range: tuple[float, float]) -> torch.Tensor:
     """x moved by random noise of each sample's ‖δ‖ (ℓ∞: random signs times ‖δ‖∞; ℓ2: a
     uniform direction times ‖δ‖₂), drawn from the samples' own seeds, clipped to the box."""
+    import torch
+
+    from robaudit.ops.sampling import per_sample
+
     shape = x.shape[1:]
     flat = delta.detach().flatten(1)
     if norm == "linf":

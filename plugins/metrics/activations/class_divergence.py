@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from pydantic import Field
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError, ParamError
 from robaudit.figures import Heatmap
-from robaudit.ops.activations import (
-    InteractionStats,
-    bernoulli_entropy,
-    bernoulli_kl,
-    bernoulli_probabilities,
-    check_layer_names,
-    layer_statistics,
-    linear_sites,
-)
 from robaudit.plugins.metrics.activations._patterns import PatternParams
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
+    from robaudit.ops.activations import InteractionStats
 
 
 class DivergenceParams(PatternParams):
@@ -73,12 +66,25 @@ class ClassDivergence(Metric):
     has_interval: ClassVar[bool] = False
 
     def check_data(self, ctx: AuditContext, params: DivergenceParams) -> None:
+        from robaudit.ops.activations import check_layer_names
+
         check_layer_names(ctx.model, params.layers, linear=True)
         if params.ood is not None and params.ood not in ctx.splits:
             raise ParamError("ood", f"no split named {params.ood!r}; the data has: "
                                     f"{', '.join(sorted(ctx.splits))}")
 
     def compute(self, ctx: AuditContext, params: DivergenceParams) -> MetricResult:
+        import torch
+
+        from robaudit.ops.activations import (
+            InteractionStats,
+            bernoulli_entropy,
+            bernoulli_kl,
+            bernoulli_probabilities,
+            layer_statistics,
+            linear_sites,
+        )
+
         sites = linear_sites(ctx.model, params.layers)
         stats = layer_statistics(ctx, sites, "interactions", count_bias=params.count_bias)
         ood_stats = (layer_statistics(ctx, sites, "interactions", params.ood,
@@ -132,6 +138,13 @@ def _ood(inside: InteractionStats, outside: object, smoothing: float
          ) -> tuple[list[dict[str, float]], float, float]:
     """Per class with samples in both splits: KL(in ‖ out), KL(out ‖ in) and the ood class's
     entropy; and the means of the two KLs (NaN when no class is in both)."""
+    from robaudit.ops.activations import (
+        InteractionStats,
+        bernoulli_entropy,
+        bernoulli_kl,
+        bernoulli_probabilities,
+    )
+
     assert isinstance(outside, InteractionStats)
     both = ((inside.samples > 0) & (outside.samples > 0)).nonzero().squeeze(1)
     if both.numel() == 0:

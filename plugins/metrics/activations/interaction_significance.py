@@ -4,23 +4,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
-from robaudit.ops.activations import (
-    InteractionStats,
-    check_layer_names,
-    linear_sites,
-    split_classes,
-    unit_statistics,
-)
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
 
 
 class InteractionParams(MetricParams):
@@ -68,9 +62,13 @@ class InteractionSignificance(SampleMetric):
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def check_data(self, ctx: AuditContext, params: InteractionParams) -> None:
+        from robaudit.ops.activations import check_layer_names
+
         check_layer_names(ctx.model, params.layers, linear=True)
 
     def fit(self, ctx: AuditContext, params: InteractionParams) -> dict[str, Any]:
+        from robaudit.ops.activations import linear_sites, split_classes
+
         sites = linear_sites(ctx.model, params.layers)
         return {"classes": split_classes(ctx), "layers": [site.label for site in sites]}
 
@@ -79,6 +77,8 @@ class InteractionSignificance(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: InteractionParams, unit: Unit,
                    fitted: dict[str, Any]) -> UnitResult:
+        from robaudit.ops.activations import InteractionStats, linear_sites, unit_statistics
+
         sites = linear_sites(ctx.model, params.layers)
         stats = unit_statistics(ctx, sites, "interactions", unit, fitted["classes"],
                                 count_bias=params.count_bias)
@@ -91,6 +91,8 @@ class InteractionSignificance(SampleMetric):
         return UnitResult(arrays, {"significant": significant, "samples": samples})
 
     def reduce(self, params: InteractionParams, gathered: Gathered) -> MetricResult:
+        import torch
+
         edges = torch.linspace(0, 1, params.bins + 1, dtype=torch.float64)
         centres = tuple(float(c) for c in (edges[:-1] + edges[1:]) / 2)
         labels = gathered.fit["layers"]

@@ -5,25 +5,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import Field
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.figures import Heatmap
 from robaudit.metric import IncludedParams, included
-from robaudit.ops.activations import (
-    GramStats,
-    check_layer_names,
-    gram_factor,
-    layer_statistics,
-    linear_sites,
-    output_sites,
-    stacked_rank,
-)
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
 
 
 class EntanglementParams(IncludedParams):
@@ -86,9 +78,22 @@ class ManifoldEntanglement(Metric):
     has_interval: ClassVar[bool] = False
 
     def check_data(self, ctx: AuditContext, params: EntanglementParams) -> None:
+        from robaudit.ops.activations import check_layer_names
+
         check_layer_names(ctx.model, params.layers)
 
     def compute(self, ctx: AuditContext, params: EntanglementParams) -> MetricResult:
+        import torch
+
+        from robaudit.ops.activations import (
+            GramStats,
+            gram_factor,
+            layer_statistics,
+            linear_sites,
+            output_sites,
+            stacked_rank,
+        )
+
         sites = (output_sites(ctx.model, params.layers) if params.layers is not None
                  else linear_sites(ctx.model, None))
         stats = layer_statistics(ctx, sites, "gram", max_dim=params.max_dim)

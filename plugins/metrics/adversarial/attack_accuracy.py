@@ -12,25 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.figures import Figure
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
-from robaudit.ops.attacks import fgsm, pgd
-from robaudit.ops.perclass import GALLERY_SAMPLES, accuracy_result, gallery
-from robaudit.ops.preflight import (
-    PREFLIGHT_DOC,
-    PreflightParams,
-    audit_findings,
-    preflight_details,
-)
-from robaudit.ops.sampling import per_sample_randn, sample_seeds
+from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
 
 Positive = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[float, Field(ge=0)]
@@ -43,6 +38,8 @@ def eps_levels(value: float | Sequence[float]) -> list[float]:
 def _preflight_details(gathered: Gathered, params: PreflightParams) -> dict[str, Any]:
     """``details.preflight`` (and ``warnings``) from the fit's findings; raises under
     ``preflight: error`` when there is one."""
+    from robaudit.ops.preflight import preflight_details
+
     return preflight_details(gathered.fit.get("preflight", []), params.preflight)
 
 
@@ -50,6 +47,10 @@ def _accuracy_result(gathered: Gathered, figures: list[Figure], **details: objec
                      ) -> MetricResult:
     """Robust accuracy from the per-sample 0/1 correctness ``robust`` (the first level's
     column), with Wilson's 95% interval and the accuracy per true class."""
+    import torch
+
+    from robaudit.ops.perclass import accuracy_result
+
     return accuracy_result(
         np.ascontiguousarray(gathered.arrays["robust"][:, 0]), gathered.arrays["label"],
         figures,
@@ -60,6 +61,8 @@ def accuracy_curve(name: str, levels: list[float], robust: np.ndarray, title: st
            ) -> tuple[list[dict[str, float]], list[Figure]]:
     """``details.curve`` and its plot, in increasing level, when more than one level was
     asked for (``robust``: per-sample 0/1, a column per level)."""
+    import torch
+
     if len(levels) < 2:
         return [], []
     accuracies = [float(torch.from_numpy(robust[:, j].copy()).mean())
@@ -75,6 +78,8 @@ def _gallery(ctx: AuditContext, title: str,
              perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Figure:
     """The first audit samples clean and perturbed by ``perturb(x, y)``, with predictions
     (made by the first unit: the same samples whichever unit sizes)."""
+    from robaudit.ops.perclass import GALLERY_SAMPLES, gallery
+
     x = ctx.data().x[:GALLERY_SAMPLES].to(ctx.device)
     y = ctx.data().y[:GALLERY_SAMPLES].to(ctx.device)
     perturbed = perturb(x, y)
@@ -94,6 +99,8 @@ def _unit_result(unit: Unit, y: torch.Tensor, clean: torch.Tensor, robust: list[
                  shown: Callable[[], Figure]) -> UnitResult:
     """A unit's per-sample arrays (``robust``: a column per level) and, for the first unit,
     the gallery."""
+    import torch
+
     return UnitResult(
         {"robust": torch.stack(robust, dim=1).cpu(), "clean": clean.cpu(), "label": y.cpu()},
         {"gallery": shown()} if unit.index == 0 else {},
@@ -126,6 +133,8 @@ class FGSMAccuracy(SampleMetric):
 
     def fit(self, ctx: AuditContext, params: FGSMParams) -> list[dict[str, str]]:
         """The preflight's model findings."""
+        from robaudit.ops.preflight import audit_findings
+
         return audit_findings(ctx)
 
     def fit_summary(self, fitted: list[dict[str, str]]) -> dict[str, Any]:
@@ -133,6 +142,8 @@ class FGSMAccuracy(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: FGSMParams, unit: Unit, fitted: Any
                    ) -> UnitResult:
+        from robaudit.ops.attacks import fgsm
+
         x, y, clean = _clean_unit(ctx, unit)
         robust = clean.clone()
         if clean.any():
@@ -204,6 +215,9 @@ class PGDAccuracy(SampleMetric):
         """The random starts' seeds, (restarts, N): restart-major, so that the first
         restarts' seeds do not depend on ``restarts``; the same seeds at every eps of a list.
         And the preflight's model findings."""
+        from robaudit.ops.preflight import audit_findings
+        from robaudit.ops.sampling import sample_seeds
+
         seeds = sample_seeds(ctx.generator, params.restarts, len(ctx.data()))
         return PGDFit(seeds, audit_findings(ctx))
 
@@ -212,6 +226,8 @@ class PGDAccuracy(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: PGDParams, unit: Unit, fitted: PGDFit
                    ) -> UnitResult:
+        from robaudit.ops.attacks import pgd
+
         seeds = fitted.seeds
         x, y, clean = _clean_unit(ctx, unit)
         levels = eps_levels(params.eps)
@@ -237,6 +253,8 @@ class PGDAccuracy(SampleMetric):
     def _robust(self, ctx: AuditContext, params: PGDParams, eps: float, x: torch.Tensor,
                 y: torch.Tensor, clean: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
         """Per-sample robustness of a unit at one ``eps`` (``seeds``: the unit's columns)."""
+        from robaudit.ops.attacks import pgd
+
         step = params.step_size or 2.5 * eps / params.steps
         robust = clean.clone()
         for restart in range(params.restarts):
@@ -287,6 +305,8 @@ class NoiseAccuracy(SampleMetric):
 
     def fit(self, ctx: AuditContext, params: NoiseParams) -> torch.Tensor:
         """Every sample's noise seed (the same noise at every sigma)."""
+        from robaudit.ops.sampling import sample_seeds
+
         return sample_seeds(ctx.generator, len(ctx.data()))
 
     def per_sample(self, ctx: AuditContext, params: NoiseParams, unit: Unit,
@@ -309,6 +329,8 @@ class NoiseAccuracy(SampleMetric):
 
     def _noisy(self, ctx: AuditContext, params: NoiseParams, sigma: float, x: torch.Tensor,
                seeds: torch.Tensor) -> torch.Tensor:
+        from robaudit.ops.sampling import per_sample_randn
+
         noise = per_sample_randn(seeds, x.shape[1:]).to(x.device, x.dtype)
         noisy = x + sigma * noise
         return noisy.clamp(*ctx.model.input_range) if params.clip else noisy

@@ -4,34 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
-from robaudit.ops.autoattack import (
-    WHITE_BOX,
-    AttackName,
-    Protocol,
-    Version,
-    autoattack,
-    protocol,
-)
-from robaudit.ops.fab import fab_unit
-from robaudit.ops.perclass import accuracy_result
-from robaudit.ops.preflight import (
-    PREFLIGHT_DOC,
-    PreflightParams,
-    audit_findings,
-    black_box_finding,
-    preflight_details,
-)
-from robaudit.ops.sampling import sample_seeds
+from robaudit.ops.autoattack import AttackName, Version
+from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams
 from robaudit.plugins.metrics.adversarial.attack_accuracy import accuracy_curve, eps_levels
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
+    from robaudit.ops.autoattack import Protocol
 
 Positive = Annotated[float, Field(gt=0)]
 
@@ -74,6 +62,8 @@ class AutoAttackFit:
 
 
 def _plan(params: AutoAttackParams) -> Protocol:
+    from robaudit.ops.autoattack import protocol
+
     return protocol(params.version, params.attacks, steps=params.steps,
                     restarts=params.restarts, targets=params.targets, queries=params.queries)
 
@@ -111,6 +101,9 @@ class AutoAttackAccuracy(SampleMetric):
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def fit(self, ctx: AuditContext, params: AutoAttackParams) -> AutoAttackFit:
+        from robaudit.ops.preflight import audit_findings
+        from robaudit.ops.sampling import sample_seeds
+
         return AutoAttackFit(
             sample_seeds(ctx.generator, _plan(params).seed_rows, len(ctx.data())),
             audit_findings(ctx))
@@ -120,6 +113,9 @@ class AutoAttackAccuracy(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: AutoAttackParams, unit: Unit,
                    fitted: AutoAttackFit) -> UnitResult:
+        from robaudit.ops.autoattack import autoattack
+        from robaudit.ops.fab import fab_unit
+
         x, y = ctx.unit_batch(unit)
         logits = ctx.unit_logits(unit)
         clean = (logits.argmax(dim=1) == ctx.data().y[unit.indices]).to(ctx.device)
@@ -134,6 +130,10 @@ class AutoAttackAccuracy(SampleMetric):
                            "label": y.cpu()})
 
     def reduce(self, params: AutoAttackParams, gathered: Gathered) -> MetricResult:
+        from robaudit.ops.autoattack import WHITE_BOX
+        from robaudit.ops.perclass import accuracy_result
+        from robaudit.ops.preflight import black_box_finding, preflight_details
+
         arrays = gathered.arrays
         levels = eps_levels(params.eps)
         plan = _plan(params)

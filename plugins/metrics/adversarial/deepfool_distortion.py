@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.figures import ImageGrid
 from robaudit.metric import (
@@ -22,10 +20,10 @@ from robaudit.metric import (
     included,
     work_units,
 )
-from robaudit.ops.deepfool import deepfool_unit
-from robaudit.ops.perclass import GALLERY_SAMPLES, gallery
-from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams, audit_findings, preflight_details
-from robaudit.ops.projections import lp_norm
+from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
 
 
 class DeepFoolParams(IncludedParams, PreflightParams):
@@ -73,6 +71,11 @@ class DeepFoolMinDistortion(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: DeepFoolParams, unit: Unit, fitted: Any
                    ) -> UnitResult:
+        import torch
+
+        from robaudit.ops.deepfool import deepfool_unit
+        from robaudit.ops.projections import lp_norm
+
         result = deepfool_unit(ctx, unit, **self._options(params))
         x = ctx.data().x[unit.indices].to(result.perturbation.device)
         size = lp_norm(result.perturbation, params.norm)
@@ -91,12 +94,18 @@ class DeepFoolMinDistortion(SampleMetric):
 
     def fit(self, ctx: AuditContext, params: DeepFoolParams) -> list[dict[str, str]]:
         """The preflight's model findings (:mod:`robaudit.ops.preflight`)."""
+        from robaudit.ops.preflight import audit_findings
+
         return audit_findings(ctx)
 
     def fit_summary(self, fitted: list[dict[str, str]]) -> dict[str, Any]:
         return {"preflight": fitted}
 
     def reduce(self, params: DeepFoolParams, gathered: Gathered) -> MetricResult:
+        import torch
+
+        from robaudit.ops.preflight import preflight_details
+
         arrays = gathered.arrays
         rho, converged = arrays["rho"], arrays["converged"].astype(bool)
         zero = arrays["zero"].astype(bool)
@@ -149,6 +158,11 @@ class DeepFoolMinDistortion(SampleMetric):
     def gallery(self, ctx: AuditContext, params: DeepFoolParams) -> ImageGrid:
         """The first audit samples and their DeepFool points (shared, cached results: the
         units that hold them, which in one process are the units the metric runs)."""
+        import torch
+
+        from robaudit.ops.deepfool import deepfool_unit
+        from robaudit.ops.perclass import GALLERY_SAMPLES, gallery
+
         count = min(GALLERY_SAMPLES, len(ctx.data()))
         units = work_units(len(ctx.data()), ctx.batch_size)[: -(-count // ctx.batch_size)]
         boundary = torch.cat([deepfool_unit(ctx, unit, **self._options(params)).boundary

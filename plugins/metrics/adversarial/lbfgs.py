@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 
-LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
+
+LogitsFn = Callable[["torch.Tensor"], "torch.Tensor"]
 Loss = Literal["cross_entropy", "margin"]
 
 #: The logit margin by which the ``margin`` loss asks the target to lead (so that the
@@ -56,6 +58,9 @@ class LBFGSParams(MetricParams):
 def target_loss(logits: torch.Tensor, target: torch.Tensor, loss: Loss) -> torch.Tensor:
     """Σ_i loss_f(x_i + r_i, l_i) from the logits: the cross-entropy of the target, or the
     hinge on the target's lead over the best other class (:data:`MARGIN`)."""
+    import torch
+    import torch.nn.functional as F
+
     if loss == "cross_entropy":
         return F.cross_entropy(logits, target, reduction="sum")
     lead = logits.gather(1, target[:, None]).squeeze(1)
@@ -80,6 +85,7 @@ def minimise_penalty(
     L-BFGS-B, whose vector operations are too small to gain from more (and slow down by an
     order of magnitude on a busy machine). scipy is imported here, not when the plugins load
     (it costs the command line's start-up)."""
+    import torch
     from scipy.optimize import Bounds, minimize
     from threadpoolctl import threadpool_limits
 
@@ -116,6 +122,8 @@ def minimal_distortion(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample, the smallest ‖r‖₂² found whose x + r is classified ``target``, by a search
     over c (see :class:`LBFGSMinDistortion`), and whether any round reached the target."""
+    import torch
+
     n = x.shape[0]
     c = torch.full((n,), c_init, dtype=torch.float64)
     lowest_fail = torch.full((n,), float("inf"), dtype=torch.float64)
@@ -208,6 +216,8 @@ class LBFGSMinDistortion(Metric):
     source: ClassVar[str] = "Szegedy et al. 2014, section 4.1 (box-constrained L-BFGS)"
 
     def compute(self, ctx: AuditContext, params: LBFGSParams) -> MetricResult:
+        import torch
+
         logits = ctx.logits()
         predicted = logits.argmax(dim=1).cpu()
         n, classes = logits.shape
@@ -279,6 +289,8 @@ class LBFGSMinDistortion(Metric):
         """The likely cause of the failures, from the first failed problems: a target logit
         margin whose input gradient is 0 everywhere (the output does not depend on the
         input), else the search's budget or the box."""
+        import torch
+
         rows = slice(0, 64)
         x = ctx.data().x[sample[rows]].to(ctx.device).requires_grad_(True)
         with torch.enable_grad():

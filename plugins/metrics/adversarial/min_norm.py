@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.metric import Gathered, IncludedParams, SampleMetric, Unit, UnitResult, included
-from robaudit.ops.deepfool import deepfool_unit
-from robaudit.ops.fab import fab_unit
-from robaudit.ops.fmn import fmn
-from robaudit.ops.preflight import (
-    PREFLIGHT_DOC,
-    PreflightParams,
-    audit_findings,
-    preflight_details,
-)
-from robaudit.ops.projections import lp_norm
-from robaudit.ops.verify import verified
+from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
 
 MinNormAttack = Literal["deepfool", "fmn", "fab"]
 
@@ -64,6 +57,8 @@ class MinNormDistortion(SampleMetric):
                              "2021 (FMN); Croce & Hein 2020 (FAB)")
 
     def fit(self, ctx: AuditContext, params: MinNormParams) -> list[dict[str, str]]:
+        from robaudit.ops.preflight import audit_findings
+
         return audit_findings(ctx)
 
     def fit_summary(self, fitted: list[dict[str, str]]) -> dict[str, Any]:
@@ -71,6 +66,11 @@ class MinNormDistortion(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: MinNormParams, unit: Unit, fitted: Any
                    ) -> UnitResult:
+        import torch
+
+        from robaudit.ops.projections import lp_norm
+        from robaudit.ops.verify import verified
+
         x = ctx.unit_batch(unit)[0]
         label = ctx.unit_logits(unit).argmax(dim=1).to(ctx.device)
         box = ctx.model.input_range
@@ -97,6 +97,10 @@ class MinNormDistortion(SampleMetric):
     @staticmethod
     def _points(ctx: AuditContext, params: MinNormParams, unit: Unit, attack: str,
                 x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        from robaudit.ops.deepfool import deepfool_unit
+        from robaudit.ops.fab import fab_unit
+        from robaudit.ops.fmn import fmn
+
         if attack == "deepfool":
             return deepfool_unit(ctx, unit, norm=params.norm).boundary
         if attack == "fab":
@@ -106,6 +110,8 @@ class MinNormDistortion(SampleMetric):
                    input_range=ctx.model.input_range).points
 
     def reduce(self, params: MinNormParams, gathered: Gathered) -> MetricResult:
+        from robaudit.ops.preflight import preflight_details
+
         arrays = gathered.arrays
         rho, norms, best = arrays["rho"], arrays["norm"], arrays["best"]
         found = np.isfinite(rho)

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from pydantic import Field, ValidationInfo, field_validator
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.metric import IncludedParams, included
-from robaudit.model import ModelUnderAudit
-from robaudit.ops.deepfool import deepfool_split
-from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams, audit_findings, preflight_details
-from robaudit.ops.sampling import per_sample_randn, sample_seeds
-from robaudit.ops.stats import wilson_interval
-from robaudit.ops.uap import perturb, predictions
+from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
+    from robaudit.model import ModelUnderAudit
 
 
 class TransferParams(IncludedParams, PreflightParams):
@@ -99,6 +98,14 @@ class TransferRate(Metric):
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: TransferParams) -> MetricResult:
+        import torch
+
+        from robaudit.ops.deepfool import deepfool_split
+        from robaudit.ops.preflight import audit_findings, preflight_details
+        from robaudit.ops.sampling import per_sample_randn, sample_seeds
+        from robaudit.ops.stats import wilson_interval
+        from robaudit.ops.uap import perturb, predictions
+
         if params.source not in ctx.models:
             known = ", ".join(sorted(ctx.models))
             raise MetricError(f"no model named {params.source!r}; the spec defines: {known}")
@@ -185,6 +192,8 @@ class TransferRate(Metric):
                       params: TransferParams, src: ModelUnderAudit) -> torch.Tensor:
         """The perturbation r of a batch: the source's DeepFool example minus x where the
         source classifies x correctly, else 0; magnified to ``magnify`` per pixel if set."""
+        import torch
+
         shape = (-1, *([1] * (x.dim() - 1)))
         r = torch.where(src_correct.view(shape), boundary - x, torch.zeros_like(x))
         if params.magnify is None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
-from torch.fx import Node
+from typing import TYPE_CHECKING, Any
 
 from robaudit.errors import MetricError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.fx import Node
 
 #: The largest slope of GELU, Φ(x) + xφ(x), attained where φ(x)(2 − x²) = 0, i.e. x = √2.
 GELU_MAX_SLOPE = 0.5 * (1 + math.erf(1.0)) + math.sqrt(2) * math.exp(-1.0) / math.sqrt(2 * math.pi)
@@ -99,6 +100,9 @@ def equivalent_layer(node: Node, constant: Callable[[Node], torch.Tensor | None]
     """The layer that a convolution, batch-norm or pooling op computes (as exported programs
     call them, ``aten.conv2d`` …), so that the layer's rule bounds the op; None for other ops
     and for ops whose weights are not constants of the graph."""
+    from torch import nn
+    from torch.fx import Node
+
     name = op_name(node)
 
     def tensor(index: int, key: str) -> torch.Tensor | None:
@@ -148,6 +152,8 @@ def equivalent_layer(node: Node, constant: Callable[[Node], torch.Tensor | None]
 def live_args(node: Node, live: Callable[[Node], bool]) -> list[Node]:
     """The input-dependent nodes among ``node``'s arguments, in order, each as often as it
     occurs (``x + x`` has two)."""
+    import torch
+
     found: list[Node] = []
     torch.fx.node.map_arg((node.args, node.kwargs),
                           lambda a: found.append(a) if live(a) else None)
@@ -176,6 +182,9 @@ def op_bound(node: Node, live: Callable[[Node], bool], shape: Callable[[Node], t
     ``live(arg)``: whether an argument depends on the input;
     ``shape(node)``: a node's output shape (batch of one); ``constant(node)``: the tensor a
     ``get_attr`` node holds."""
+    import torch
+    from torch.fx import Node
+
     name = op_name(node)
     args = [*node.args, *node.kwargs.values()]
     inputs = live_args(node, live)

@@ -39,29 +39,18 @@ optional dependency is registered without importing it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
-from robaudit.model import Normalize
-from robaudit.ops.spectral import (
-    NormEstimate,
-    conv2d_fourier_bound,
-    conv2d_operator,
-    power_iteration_norm,
-)
 from robaudit.plugins.metrics.bounds.functional import (
     CONCATS,
     GELU_MAX_SLOPE,
@@ -74,6 +63,14 @@ from robaudit.plugins.metrics.bounds.functional import (
     op_name,
 )
 from robaudit.plugins.metrics.bounds.local import local_lower_bound
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from robaudit.context import AuditContext
+    from robaudit.model import Normalize
+    from robaudit.ops.spectral import NormEstimate
 
 Row = dict[str, Any]
 """One row of the per-layer table: layer, type, input, size, stride, bound, exact, in_product."""
@@ -105,11 +102,22 @@ Rule = Callable[[Any, "LayerSite"], LayerBound]
 
 _RULES: dict[type, Rule] = {}
 _NAMED_RULES: dict[str, Rule] = {}
+_builtins_registered = False
+
+
+def _ensure_builtin_rules() -> None:
+    """Register the built-in rules on the registry's first use: they name torch's module
+    classes, and loading the plugins does not import torch (issue #24)."""
+    global _builtins_registered
+    if not _builtins_registered:
+        _builtins_registered = True
+        _register_builtin_rules()
 
 
 def register_rule(module_type: type[nn.Module] | str, rule: Rule) -> None:
     """Bound modules of ``module_type`` (a class, or its qualified name ``"pkg.mod.Class"``)
     and of its subclasses that keep its ``forward`` with ``rule``; replaces an earlier rule."""
+    _ensure_builtin_rules()
     if isinstance(module_type, str):
         _NAMED_RULES[module_type] = rule
     else:
@@ -118,6 +126,7 @@ def register_rule(module_type: type[nn.Module] | str, rule: Rule) -> None:
 
 def unregister_rule(module_type: type[nn.Module] | str) -> None:
     """Remove the rule registered for ``module_type`` (a no-op when there is none)."""
+    _ensure_builtin_rules()
     if isinstance(module_type, str):
         _NAMED_RULES.pop(module_type, None)
     else:
@@ -134,6 +143,7 @@ def rule_for(module: nn.Module, path: str) -> Rule | None:
 
     Raises :class:`MetricError` when the module's class inherits a rule but overrides
     ``forward`` (the rule would describe a different computation)."""
+    _ensure_builtin_rules()
     cls = type(module)
     for base in cls.__mro__:
         rule = _RULES.get(base) or _NAMED_RULES.get(_qualified(base))
@@ -152,6 +162,7 @@ def rule_for(module: nn.Module, path: str) -> Rule | None:
 
 def has_rule(module: nn.Module) -> bool:
     """Whether a rule is registered for ``module``'s type or one of its bases."""
+    _ensure_builtin_rules()
     return any(base in _RULES or _qualified(base) in _NAMED_RULES
                for base in type(module).__mro__)
 
@@ -176,7 +187,7 @@ class _Walk:
     shapes: dict[int, set[tuple[tuple[int, ...], tuple[int, ...] | None]]]
     options: BoundOptions
     generator: torch.Generator
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype
 
 
 @dataclass
@@ -266,6 +277,8 @@ class LayerSite:
         """The largest singular value of a linear ``operator`` of a batch of inputs of shape
         ``input_shape`` by power iteration (device and dtype of ``like``; MetricError if it
         does not converge within the options' iterations)."""
+        from robaudit.ops.spectral import power_iteration_norm
+
         estimate = power_iteration_norm(
             operator, input_shape, generator=self._walk.generator, device=like.device,
             dtype=like.dtype, iterations=self.options.iterations, tol=self.options.tol,
@@ -281,6 +294,8 @@ class LayerSite:
 
 @contextmanager
 def _recording(network: nn.Module, shapes: dict[int, set[Any]]) -> Iterator[None]:
+    import torch
+
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if args and isinstance(args[0], torch.Tensor):
             out = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else None
@@ -300,11 +315,15 @@ def network_bound(
     *,
     options: BoundOptions | None = None,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> LayerBound:
     """The upper L2 Lipschitz bound of ``network`` (in eval mode) on inputs of one sample's
-    shape ``input_shape``, with its per-layer rows: one forward pass of a zero input records
-    every module's shapes, then the rules compose the bound from the root."""
+    shape ``input_shape`` (in ``dtype``, float32 when None), with its per-layer rows: one
+    forward pass of a zero input records every module's shapes, then the rules compose the
+    bound from the root."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     shapes: dict[int, set[Any]] = {}
     tensors = itertools.chain(network.parameters(), network.buffers())
     device = next((t.device for t in tensors), torch.device("cpu"))
@@ -330,11 +349,17 @@ def module_bound(module: nn.Module, path: str, walk: _Walk) -> LayerBound:
 # -- modules without a rule: the traced graph ------------------------------------------------
 
 
-class _RuleTracer(torch.fx.Tracer):
-    """torch.fx tracer that stops at the modules with a rule and traces through all others."""
+@functools.cache
+def _rule_tracer() -> type[torch.fx.Tracer]:
+    """The torch.fx tracer class that stops at the modules with a rule and traces through all
+    others (made on first use: loading the plugins does not import torch)."""
+    import torch
 
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return has_rule(m)
+    class _RuleTracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+            return has_rule(m)
+
+    return _RuleTracer
 
 
 @dataclass(frozen=True)
@@ -350,9 +375,11 @@ class _Op:
 
 
 def _trace(site: LayerSite) -> torch.fx.GraphModule:
+    import torch
+
     module = site.module
     try:
-        graph = _RuleTracer().trace(module)
+        graph = _rule_tracer()().trace(module)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise MetricError(
@@ -367,6 +394,8 @@ def _trace(site: LayerSite) -> torch.fx.GraphModule:
 def _logits_node(site: LayerSite, output: torch.fx.Node) -> torch.fx.Node:
     """The node of the logits among the traced outputs: the output, a tuple's first element,
     a dict's ``logits`` (as :func:`robaudit.model.as_logits` unwraps them)."""
+    import torch
+
     value = output.args[0]
     if isinstance(value, (tuple, list)) and value:
         value = value[0]
@@ -415,6 +444,8 @@ def _input_text(node: torch.fx.Node) -> str:
 def _node_op(site: LayerSite, graph_module: torch.fx.GraphModule, node: torch.fx.Node,
              live: set[torch.fx.Node]) -> _Op | None:
     """The :class:`_Op` of a node that depends on the input; None for a shape query."""
+    import torch
+
     inputs = live_args(node, live.__contains__)
     if node.op == "call_module":
         sub = graph_module.get_submodule(str(node.target))
@@ -505,6 +536,9 @@ def traced_bound(site: LayerSite) -> LayerBound:
     :mod:`.functional`. The graph is cut at the nodes that every path from the input to the
     logits passes through; each piece is a factor (a layer, an op, or a block such as a
     residual sum bounded by propagation through it), and the bound is their product."""
+    import torch
+    from torch.fx.passes.shape_prop import ShapeProp
+
     graph_module = _trace(site)
     module = site.module
     tensors = itertools.chain(module.parameters(), module.buffers())
@@ -553,6 +587,8 @@ def traced_bound(site: LayerSite) -> LayerBound:
 
 
 def _linear_rule(module: nn.Linear, site: LayerSite) -> LayerBound:
+    import torch
+
     norm = torch.linalg.matrix_norm(module.weight.detach(), ord=2)
     return site.leaf(float(norm), size=f"{module.in_features}×{module.out_features}")
 
@@ -569,6 +605,8 @@ def _conv_padding(module: nn.Conv1d | nn.Conv2d, kernel: Sequence[int]) -> list[
 def _conv_rule(module: nn.Conv1d | nn.Conv2d, site: LayerSite) -> LayerBound:
     """Conv1d/Conv2d (as a 2-D convolution with a unit second dimension): formula (1) on the
     layer's input grid (``fourier``), or power iteration on the layer (``power_iteration``)."""
+    from robaudit.ops.spectral import conv2d_fourier_bound, conv2d_operator
+
     weight = module.weight.detach()
     kernel = tuple(weight.shape[2:])
     padding = _conv_padding(module, kernel)
@@ -592,6 +630,8 @@ def _conv_rule(module: nn.Conv1d | nn.Conv2d, site: LayerSite) -> LayerBound:
 
 def _batchnorm_rule(module: nn.modules.batchnorm._BatchNorm, site: LayerSite) -> LayerBound:
     """Batch norm in eval mode is the diagonal map x ↦ γ(x − μ)/√(σ² + ε) + β."""
+    import torch
+
     if module.running_var is None or module.training:
         raise MetricError(
             f"lipschitz_bound: batch norm {_show(site.path)} normalises with batch statistics "
@@ -613,6 +653,8 @@ def _normalize_rule(module: Normalize, site: LayerSite) -> LayerBound:
 def _pool_matrix(pool: Callable[[torch.Tensor], torch.Tensor], size: int) -> torch.Tensor:
     """The matrix of a 1-D pooling: ``pool`` applied to the basis of length-``size`` signals
     laid out as a batch of size × 1 images."""
+    import torch
+
     basis = torch.eye(size, dtype=torch.float64).view(size, 1, size, 1)
     return pool(basis).reshape(size, -1).T
 
@@ -621,6 +663,10 @@ def _avgpool_rule(module: nn.AvgPool2d | nn.AdaptiveAvgPool2d, site: LayerSite) 
     """Average pooling acts on each channel as P_h ⊗ P_w (every window's weight and divisor is a
     product of a row and a column factor, also with padding, ``count_include_pad`` and
     ``ceil_mode``), so its exact norm is ‖P_h‖·‖P_w‖, each from a small dense matrix."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
     height, width = site.input_shape[-2:]
     out_h, out_w = site.output_shape[-2:]
     if isinstance(module, nn.AdaptiveAvgPool2d):
@@ -652,6 +698,8 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
 
 def _max_cover(starts: torch.Tensor, ends: torch.Tensor, size: int) -> int:
     """Largest number of windows [start, end) ∩ [0, size) that contain one position."""
+    import torch
+
     positions = torch.arange(size)
     inside = (positions[None, :] >= starts[:, None]) & (positions[None, :] < ends[:, None])
     return int(inside.sum(0).max())
@@ -665,6 +713,9 @@ def _maxpool_rule(module: nn.MaxPool2d | nn.AdaptiveMaxPool2d, site: LayerSite) 
     maximum of M windows at once, so a perturbation of it moves M outputs: the Lipschitz
     constant is exactly √M (Σ_windows (max Δ)² ≤ Σ_i M·Δ_i², attained by one dominant pixel).
     """
+    import torch
+    from torch import nn
+
     height, width = site.input_shape[-2:]
     outs = site.output_shape[-2:]
     covers = []
@@ -710,6 +761,8 @@ def _layernorm_rule(module: nn.LayerNorm, site: LayerSite) -> LayerBound:
     """LayerNorm x ↦ γ(x − μ)/√(var + ε) + β: its Jacobian is (I − 11ᵀ/n − uuᵀ)/√(var + ε)
     scaled by γ, with the bracket a contraction, so the constant is at most max|γ|/√ε
     (approached by inputs of near-constant entries: LayerNorm is far from 1-Lipschitz)."""
+    import torch
+
     gamma = (module.weight.detach().abs().max() if module.weight is not None
              else torch.tensor(1.0))
     return site.leaf(float(gamma) / math.sqrt(module.eps), size=_shape_text(
@@ -768,6 +821,10 @@ def _torchvision_resnet_rule(module: nn.Module, site: LayerSite) -> LayerBound:
 
 
 def _register_builtin_rules() -> None:
+    from torch import nn
+
+    from robaudit.model import Normalize
+
     register_rule(nn.Linear, _linear_rule)
     register_rule(nn.Conv1d, _conv_rule)
     register_rule(nn.Conv2d, _conv_rule)
@@ -798,8 +855,6 @@ def _register_builtin_rules() -> None:
     register_rule("torchvision.models.resnet.Bottleneck", _torchvision_bottleneck_rule)
     register_rule("torchvision.models.resnet.ResNet", _torchvision_resnet_rule)
 
-
-_register_builtin_rules()
 
 
 # -- the metric -----------------------------------------------------------------------------
@@ -875,6 +930,8 @@ class LipschitzBound(Metric):
     has_interval: ClassVar[bool] = False
 
     def compute(self, ctx: AuditContext, params: LipschitzParams) -> MetricResult:
+        import torch
+
         data = ctx.data()
         dtype = data.x.dtype if data.x.is_floating_point() else torch.float32
         options = BoundOptions(params.method, params.iterations, params.tol)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-Logits = Callable[[torch.Tensor], torch.Tensor]
+Logits = Callable[["torch.Tensor"], "torch.Tensor"]
 
 #: Norms below this count as zero (a direction the network does not respond to).
 TINY = 1e-30
@@ -42,6 +44,8 @@ def jacobian_norms(logits: Logits, x: torch.Tensor, iterations: int,
 
     J v comes from the double-backward identity J v = ∂(Jᵀw)/∂w · v, Jᵀu from one backward
     pass; samples are independent because the model is in eval mode."""
+    import torch
+
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         y = logits(x)
@@ -60,6 +64,8 @@ def ascend_ratios(logits: Logits, x: torch.Tensor, start: torch.Tensor, radius: 
                   steps: int) -> torch.Tensor:
     """The largest ‖f(x + δ) − f(x)‖ / ‖δ‖ per sample over ``steps`` steps of normalised
     gradient ascent on δ, from δ = ``radius``·``start`` (a unit direction)."""
+    import torch
+
     with torch.no_grad():
         base = logits(x)
     delta = (radius * start).detach()
@@ -81,6 +87,8 @@ def local_lower_bound(logits: Logits, x: torch.Tensor, *, iterations: int, steps
                       ) -> LocalLower:
     """The largest of ‖J(x_i)‖₂ (power iteration) and of the difference quotients found by
     gradient ascent from x_i along its top singular direction, over the points ``x``."""
+    import torch
+
     found = []
     for start in range(0, len(x), batch_size):
         chunk = x[start : start + batch_size]

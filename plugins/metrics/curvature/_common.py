@@ -11,22 +11,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
 from pydantic import Field, PositiveFloat
 
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError, ParamError
 from robaudit.metric import IncludedParams, Unit, included
-from robaudit.ops.curvature import (
-    MarginHessian,
-    default_step,
-    principal_curvatures_dense,
-    principal_curvatures_lanczos,
-    softplus_logits,
-)
-from robaudit.ops.deepfool import DeepFoolResult, deepfool, deepfool_split, deepfool_unit
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
+    from robaudit.ops.curvature import MarginHessian
+    from robaudit.ops.deepfool import DeepFoolResult
 
 Steps = PositiveFloat | Annotated[list[PositiveFloat], Field(min_length=1)] | None
 
@@ -62,6 +59,8 @@ class CurvatureParams(IncludedParams):
 
     def steps(self, dim: int, input_range: tuple[float, float]) -> list[float]:
         """The finite-difference steps to evaluate (one, unused, for the exact methods)."""
+        from robaudit.ops.curvature import default_step
+
         if self.hvp != "finite_difference":
             return [0.0]
         if self.h is None:
@@ -140,6 +139,8 @@ def unit_boundary_points(ctx: AuditContext, params: CurvatureParams, unit: Unit
                          ) -> BoundaryPoints:
     """The converged DeepFool boundary points of a work unit (design §8) of the audit split,
     read from :func:`split_unit`; ``index`` their rows in the unit."""
+    from robaudit.ops.deepfool import deepfool_unit
+
     data = ctx.data()
     whole = split_unit(ctx, unit)
     rows = slice(0, len(unit))
@@ -215,6 +216,8 @@ def leading_deepfool(ctx: AuditContext, params: CurvatureParams, split: str, cou
     samples of ``split``: rows of the shared whole-split run when it is cached or needed whole
     (:func:`deepfool_split`), else a run on those samples only, in ``ctx.batch_size`` chunks and
     cached per run (e.g. the fit's 100 reference points, not the whole reference split)."""
+    from robaudit.ops.deepfool import DeepFoolResult, deepfool, deepfool_split
+
     mua = ctx.model
     shared = ("deepfool", mua.name, split, "l2", params.overshoot, params.candidates,
               params.max_iter)
@@ -235,6 +238,8 @@ def hessians(ctx: AuditContext, params: CurvatureParams, z: torch.Tensor, own: t
              target: torch.Tensor, h: float) -> Iterator[MarginHessian]:
     """The Hessian operators of F = f_target − f_own for consecutive ``ctx.batch_size`` slices
     of the points (CPU tensors in, the operator on ``ctx.device``)."""
+    from robaudit.ops.curvature import MarginHessian, softplus_logits
+
     logits = ctx.model.logits
     if params.hvp == "softplus":
         logits = softplus_logits(logits, params.beta)
@@ -253,6 +258,8 @@ def flat_floor(params: CurvatureParams, h: float, dtype: torch.dtype, dim: int,
     is the step h (rounding in ∇F(z ± h v) gives |κ| of order ε/h, and a linear model gives
     exactly 0); with the exact methods it is the diagonal of the input box (max − min)·√d, so
     a boundary is flat when its radius of curvature exceeds the box's diagonal / (64 ε)."""
+    import torch
+
     eps = torch.finfo(dtype).eps
     if params.hvp == "finite_difference":
         return ZERO_EPSILONS * eps / h
@@ -290,6 +297,8 @@ def require_curved(params: CurvatureParams, values: torch.Tensor, floor: float, 
     """MetricError when every curvature in ``values`` (any shape, the converged points' only;
     NaN ignored) is at most ``floor`` in magnitude: a Hessian that is zero at every point, for
     any ``hvp`` method, is not a flat boundary to report as curvature 0 (design §10)."""
+    import torch
+
     finite = values[torch.isfinite(values)]
     if finite.numel() == 0 or float(finite.abs().max()) <= floor:
         raise MetricError(flat_reason(params, h, floor, points))
@@ -304,6 +313,9 @@ def point_share(params: CurvatureParams, used: int, asked: int) -> dict[str, Any
 
 def softplus_accuracy(ctx: AuditContext, beta: float) -> dict[str, float]:
     """Clean accuracy of the network and of its Softplus(β) copy on the audit split."""
+    import torch
+
+    from robaudit.ops.curvature import softplus_logits
 
     def compute() -> dict[str, float]:
         smooth = softplus_logits(ctx.model.logits, beta)
@@ -324,6 +336,8 @@ def principal(op: MarginHessian, params: CurvatureParams, k: int, start: torch.T
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Principal curvatures (ascending) and directions: the whole spectrum when d ≤
     ``dense_max``, else the k smallest and k largest by Lanczos from ``start`` (d,)."""
+    from robaudit.ops.curvature import principal_curvatures_dense, principal_curvatures_lanczos
+
     if op.dim <= params.dense_max:
         curv = principal_curvatures_dense(op)
     else:
@@ -385,6 +399,7 @@ def shared_subspace(ctx: AuditContext, params: SubspaceParams, h: float) -> Shar
     keep different numbers of directions share one fit. Lanczos start vectors come from a
     generator seeded with the spec's seed, so that every check with the same fit params
     shares it."""
+    import torch
 
     def compute() -> tuple[torch.Tensor, torch.Tensor, int, int]:
         pts = boundary_points(ctx, params, ctx.reference, params.fit)

@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
-from robaudit.ops.curvature import mean_curvature
 from robaudit.plugins.metrics.curvature._common import (
     CurvatureFit,
     CurvatureParams,
@@ -28,6 +25,9 @@ from robaudit.plugins.metrics.curvature._common import (
     step_label,
     unit_boundary_points,
 )
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
 
 
 class BoundaryCurvatureParams(CurvatureParams):
@@ -75,6 +75,8 @@ class BoundaryCurvature(SampleMetric):
         return min(len(ctx.data()), params.points)
 
     def fit(self, ctx: AuditContext, params: BoundaryCurvatureParams) -> CurvatureFit:
+        import torch
+
         check_points(ctx, params)
         d = int(ctx.data().x[0].numel())
         gaussian = torch.randn(params.directions, d, generator=ctx.generator, dtype=torch.float64)
@@ -86,6 +88,8 @@ class BoundaryCurvature(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: BoundaryCurvatureParams, unit: Unit,
                    fitted: CurvatureFit) -> UnitResult:
+        from robaudit.ops.curvature import mean_curvature
+
         pts = unit_boundary_points(ctx, params, unit)
         d, rows = fitted.dimension, pts.index.numpy()
         width = min(params.k, spectrum_width(params, d, params.k))
@@ -107,6 +111,8 @@ class BoundaryCurvature(SampleMetric):
         return UnitResult(arrays)
 
     def reduce(self, params: BoundaryCurvatureParams, gathered: Gathered) -> MetricResult:
+        import torch
+
         fit, arrays = gathered.fit, gathered.arrays
         converged = arrays["converged"].astype(bool)
         require_points(fit, params, converged)

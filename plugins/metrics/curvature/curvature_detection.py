@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
-from robaudit.ops.curvature import quadratic_forms
 from robaudit.plugins.metrics.curvature._common import (
     CurvatureFit,
     CurvatureParams,
@@ -27,6 +24,11 @@ from robaudit.plugins.metrics.curvature._common import (
     step_label,
     unit_boundary_points,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
 
 
 class DetectionParams(CurvatureParams):
@@ -70,6 +72,8 @@ def paired_auc_interval(negative: np.ndarray, positive: np.ndarray, level: float
 def recover(by_class: torch.Tensor, floor: float) -> torch.Tensor:
     """The recovered label argmax_i ρ_i of each row of ``by_class`` (n, L), or −1 where another
     class's ρ_i is within ``floor`` of the largest: a tie is not decided by index."""
+    import torch
+
     best = by_class.max(dim=1)
     tied = (by_class >= best.values[:, None] - floor).sum(dim=1) > 1
     return torch.where(tied, -1, best.indices)
@@ -115,6 +119,8 @@ class CurvatureDetection(SampleMetric):
         return min(len(ctx.data()), params.points)
 
     def fit(self, ctx: AuditContext, params: DetectionParams) -> CurvatureFit:
+        import torch
+
         check_points(ctx, params)
         d = int(ctx.data().x[0].numel())
         gaussian = torch.randn(params.T, d, generator=ctx.generator, dtype=torch.float64)
@@ -125,6 +131,8 @@ class CurvatureDetection(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: DetectionParams, unit: Unit,
                    fitted: CurvatureFit) -> UnitResult:
+        import torch
+
         pts = unit_boundary_points(ctx, params, unit)
         rows = pts.index.numpy()
         arrays: dict[str, np.ndarray] = {"converged": np.zeros(len(unit), dtype=bool),
@@ -147,6 +155,8 @@ class CurvatureDetection(SampleMetric):
         return UnitResult(arrays)
 
     def reduce(self, params: DetectionParams, gathered: Gathered) -> MetricResult:
+        import torch
+
         fit, arrays = gathered.fit, gathered.arrays
         converged = arrays["converged"].astype(bool)
         require_points(fit, params, converged)
@@ -202,6 +212,10 @@ class CurvatureDetection(SampleMetric):
     def _scores(ctx: AuditContext, params: DetectionParams, x: torch.Tensor, h: float,
                 units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ρ per sample (n,) and ρ_i per sample and class (n, L) with −inf at k̂."""
+        import torch
+
+        from robaudit.ops.curvature import quadratic_forms
+
         with torch.no_grad():
             pred = torch.cat([ctx.model.logits(x[s:s + ctx.batch_size].to(ctx.device)).cpu()
                               for s in range(0, x.shape[0], ctx.batch_size)])

@@ -4,16 +4,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
-from robaudit.ops.curvature import quadratic_forms
 from robaudit.plugins.metrics.curvature._common import (
     BoundaryPoints,
     CurvatureFit,
@@ -30,6 +27,11 @@ from robaudit.plugins.metrics.curvature._common import (
     unit_boundary_points,
 )
 
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
+
 
 class CurvatureRatioParams(SubspaceParams):
     samples: int = Field(
@@ -43,6 +45,10 @@ def ratios(ctx: AuditContext, params: CurvatureRatioParams, h: float, basis: tor
     with ``gaussian`` (T, d) made unit (uniform on the sphere) and common to all points; NaN
     at a point whose denominator is at most ``floor`` (flat along random directions: 0/0 or a
     ratio of rounding noise). Also the largest curvature magnitude seen at each point (n,)."""
+    import torch
+
+    from robaudit.ops.curvature import quadratic_forms
+
     units = gaussian / gaussian.norm(dim=1, keepdim=True)
     rows = [torch.zeros(0, basis.shape[1], dtype=torch.float64)]
     sizes = [torch.zeros(0, dtype=torch.float64)]
@@ -96,6 +102,8 @@ class CurvatureRatio(SampleMetric):
         return ("curvature_fit", *params.fit_key())
 
     def fit(self, ctx: AuditContext, params: CurvatureRatioParams) -> CurvatureFit:
+        import torch
+
         check_points(ctx, params)
         d = int(ctx.data().x[0].numel())
         gaussian = torch.randn(params.samples, d, generator=ctx.generator, dtype=torch.float64)
@@ -123,6 +131,8 @@ class CurvatureRatio(SampleMetric):
         return UnitResult(arrays)
 
     def reduce(self, params: CurvatureRatioParams, gathered: Gathered) -> MetricResult:
+        import torch
+
         fit, arrays = gathered.fit, gathered.arrays
         converged = arrays["converged"].astype(bool)
         require_points(fit, params, converged)

@@ -4,16 +4,16 @@ Appendix G)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.metric import Gathered, IncludedParams, SampleMetric, Unit, UnitResult, included
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
 
 
 class FgsmChangeParams(IncludedParams):
@@ -59,6 +59,9 @@ class FgsmOutputChange(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: FgsmChangeParams, unit: Unit,
                    fitted: None) -> UnitResult:
+        import torch
+        import torch.nn.functional as F
+
         model = ctx.model
         low, high = model.input_range
         x, y = ctx.unit_batch(unit)
@@ -83,6 +86,8 @@ class FgsmOutputChange(SampleMetric):
             })
 
     def reduce(self, params: FgsmChangeParams, gathered: Gathered) -> MetricResult:
+        import torch
+
         stepped = gathered.arrays["stepped"] > 0
         if not stepped.any():
             raise MetricError("the loss gradient is 0 at every audit sample (the output does "

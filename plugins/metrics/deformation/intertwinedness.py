@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError, ParamError
 from robaudit.metric import IncludedParams, included
-from robaudit.ops.neighbors import chunk_rows, pair_distances, scan_neighbours
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
 
 #: Default radii as quantiles of the audit-to-reference distances (see the docstring).
 DEFAULT_QUANTILES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -129,6 +131,10 @@ class Intertwinedness(Metric):
                                       f"split {ctx.reference!r} has only {available} candidates")
 
     def compute(self, ctx: AuditContext, params: IntertwinednessParams) -> MetricResult:
+        import torch
+
+        from robaudit.ops.neighbors import scan_neighbours
+
         data, ref = ctx.data(), ctx.data(ctx.reference)
         same_split = _same_split(ctx)
         available = _candidates(ctx)
@@ -224,6 +230,10 @@ class Intertwinedness(Metric):
     def _radii(ctx: AuditContext, params: IntertwinednessParams, space: str,
                queries: torch.Tensor, reference: torch.Tensor, exclude: torch.Tensor | None
                ) -> list[float]:
+        import torch
+
+        from robaudit.ops.neighbors import chunk_rows, pair_distances
+
         if params.radius_units == "absolute":
             chosen = params.feature_radii if space == "feature" else None
             return list(chosen or params.radii)
@@ -281,6 +291,8 @@ def _boundary_tie(distances: torch.Tensor, same: torch.Tensor, n: int) -> torch.
     neighbours at that distance mix its own label and others (so ITW_n is the order's
     choice). ``distances`` and ``same`` (own label or not) are Q × k, nearest first; with
     k = n there is no (n+1)-th and no tie."""
+    import torch
+
     if distances.shape[1] <= n:
         return torch.zeros(distances.shape[0], dtype=torch.bool, device=distances.device)
     boundary = distances[:, n - 1 : n]
@@ -329,6 +341,8 @@ def _chunks(batch_size: int, dim: int, reference_size: int, k: int) -> tuple[int
     """Queries and reference rows per distance block: at most 4 × :func:`chunk_rows` of each
     (blocks large enough to keep the k-nearest merges few), and about batch_size × 4096
     candidate distances (the block and the k best so far)."""
+    from robaudit.ops.neighbors import chunk_rows
+
     rows = 4 * chunk_rows(batch_size, dim)
     reference_chunk = min(reference_size, rows)
     return max(1, min(rows, batch_size * 4096 // (reference_chunk + k))), reference_chunk

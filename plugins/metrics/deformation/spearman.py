@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from pydantic import Field
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.metric import IncludedParams, included
-from robaudit.ops.neighbors import chunk_rows, pair_distances
-from robaudit.ops.stats import spearman
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
 
 
 class SpearmanParams(IncludedParams):
@@ -59,6 +58,11 @@ class RankOrderSpearman(Metric):
     value_range: ClassVar[tuple[float, float] | None] = (-1.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: SpearmanParams) -> MetricResult:
+        import torch
+
+        from robaudit.ops.neighbors import chunk_rows, pair_distances
+        from robaudit.ops.stats import spearman
+
         data = ctx.data()
         n = len(data)
         if n < 2:

@@ -4,17 +4,19 @@ Algorithm 1)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field, field_validator
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.metric import Gathered, IncludedParams, SampleMetric, Unit, UnitResult, included
-from robaudit.ops import sampling
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
 
 #: The paper's n: points per sphere in Figures 3(a) and 4(a) (r = 1).
 PAPER_POINTS = 1000
@@ -106,6 +108,10 @@ class SphereDeformation(SampleMetric):
     def fit(self, ctx: AuditContext, params: SphereParams) -> tuple[torch.Tensor, torch.Tensor]:
         """The spheres' centres (positions in the audit split, in increasing order) and each
         sphere's seed for its directions."""
+        import torch
+
+        from robaudit.ops import sampling
+
         data = ctx.data()
         if len(data) == 0:
             raise MetricError("sphere_deformation: the audit split is empty")
@@ -114,6 +120,10 @@ class SphereDeformation(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: SphereParams, unit: Unit,
                    fitted: tuple[torch.Tensor, torch.Tensor]) -> UnitResult:
+        import torch
+
+        from robaudit.ops import sampling
+
         centres, seeds = fitted[0][unit.indices], fitted[1][unit.indices]
         x_all = ctx.data().x[centres]
         radii = params.radii
@@ -153,6 +163,8 @@ class SphereDeformation(SampleMetric):
         return UnitResult({"k": k, "k_prefix": k_prefix})
 
     def reduce(self, params: SphereParams, gathered: Gathered) -> MetricResult:
+        import torch
+
         k = torch.from_numpy(gathered.arrays["k"]).T
         k_prefix = torch.from_numpy(gathered.arrays["k_prefix"]).T
         radii = params.radii

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
-
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.metric import Gathered, IncludedParams, SampleMetric, Unit, UnitResult, included
-from robaudit.ops.perclass import accuracy_result
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
 
 
 class CleanAccuracy(SampleMetric):
@@ -34,6 +33,8 @@ class CleanAccuracy(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: IncludedParams, unit: Unit, fitted: None
                    ) -> UnitResult:
+        import torch
+
         labels = ctx.data().y[unit.indices]
         logits = ctx.unit_logits(unit)
         correct = logits.argmax(dim=1) == labels.to(logits.device)
@@ -42,6 +43,8 @@ class CleanAccuracy(SampleMetric):
         return UnitResult({"correct": correct.cpu(), "label": labels, "tied": tied.cpu()})
 
     def reduce(self, params: IncludedParams, gathered: Gathered) -> MetricResult:
+        from robaudit.ops.perclass import accuracy_result
+
         decided = gathered.arrays["tied"] == 0
         if not decided.any():
             raise MetricError("every audit sample's largest logit is tied between classes (a "

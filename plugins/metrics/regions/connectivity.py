@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.metric import IncludedParams, included
-from robaudit.ops.classgroups import ClassGroups
-from robaudit.ops.paths import PathResult, find_paths
-from robaudit.ops.stats import wilson_interval
-from robaudit.ops.targeted import targeted_deepfool
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
+    from robaudit.ops.paths import PathResult
 
 Scenario = Literal["data", "adversarial", "noise"]
 
@@ -99,6 +99,12 @@ class RegionConnectivity(Metric):
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: ConnectivityParams) -> MetricResult:
+        import torch
+
+        from robaudit.ops.classgroups import ClassGroups
+        from robaudit.ops.paths import PathResult
+        from robaudit.ops.stats import wilson_interval
+
         data = ctx.data()
         logits = ctx.logits()
         groups = ClassGroups.of(logits.argmax(dim=1), num_classes=logits.shape[1])
@@ -179,6 +185,11 @@ class RegionConnectivity(Metric):
         """One chunk of pairs: make x₂ (moved into the class unless it is data), then search.
         Returns the per-pair connected flag (NaN where x₂ did not reach the class) and the
         search result of every pair (on the CPU; unreached pairs count as not found)."""
+        import torch
+
+        from robaudit.ops.paths import PathResult, find_paths
+        from robaudit.ops.targeted import targeted_deepfool
+
         mua = ctx.model
         x1, source, cls = x1.to(ctx.device), source.to(ctx.device), cls.to(ctx.device)
         if scenario == "data":
@@ -213,6 +224,8 @@ class RegionConnectivity(Metric):
 def _spread(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     """``values`` of the searched pairs put back at ``index`` among ``size`` pairs; the others
     get "not found" (False, 0, or NaN for float fields)."""
+    import torch
+
     fill = float("nan") if values.is_floating_point() else 0
     out = torch.full((size,), fill, dtype=values.dtype)
     out[index] = values

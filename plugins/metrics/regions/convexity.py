@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, ClassVar
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
-import torch
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError, ParamError
 from robaudit.metric import IncludedParams, included
-from robaudit.ops.classgroups import ClassGroups
-from robaudit.ops.stats import wilson_interval
+
+if TYPE_CHECKING:
+    from robaudit.context import AuditContext
+    from robaudit.ops.classgroups import ClassGroups
 
 
 class ConvexityParams(IncludedParams):
@@ -71,6 +71,10 @@ class RegionConvexity(Metric):
                                   f"{smallest} has only {size} audit samples")
 
     def compute(self, ctx: AuditContext, params: ConvexityParams) -> MetricResult:
+        import torch
+
+        from robaudit.ops.stats import wilson_interval
+
         data = ctx.data()
         groups = _groups(ctx)
         eligible = groups.eligible(2).tolist()
@@ -137,6 +141,8 @@ class RegionConvexity(Metric):
 
 def _groups(ctx: AuditContext) -> ClassGroups:
     """The audit samples grouped by predicted class (the split's cached logits)."""
+    from robaudit.ops.classgroups import ClassGroups
+
     logits = ctx.logits()
     return ClassGroups.of(logits.argmax(dim=1), num_classes=logits.shape[1])
 

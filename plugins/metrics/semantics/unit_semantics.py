@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from pydantic import Field
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError, ParamError
 from robaudit.figures import ImageGrid
 from robaudit.metric import IncludedParams, included
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
 
 #: Random subsets of ``top`` audit samples drawn for the chance level of purity.
 CHANCE_DRAWS = 200
@@ -82,6 +85,8 @@ class UnitSemantics(Metric):
                                       f"has {live} units that vary on the audit split")
 
     def compute(self, ctx: AuditContext, params: UnitSemanticsParams) -> MetricResult:
+        import torch
+
         data = ctx.data()
         feats, _ = ctx.features()
         varying = _varying(feats).cpu()
@@ -167,6 +172,8 @@ def _top(scores: torch.Tensor, top: int, labels: torch.Tensor
     whether the ``top``-th largest ties with the next among samples of different labels, so
     that the samples' order rather than the scores would set the purity (a tie among copies
     of one label changes nothing)."""
+    import torch
+
     taken = min(top + 1, scores.shape[0])
     values, indices = scores.topk(taken, dim=0)
     tied = torch.zeros(scores.shape[1], dtype=torch.bool)
@@ -179,6 +186,8 @@ def _top(scores: torch.Tensor, top: int, labels: torch.Tensor
 
 def _purity(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of labels (R, top): the share of its most common label, and that label."""
+    import torch
+
     counts = torch.nn.functional.one_hot(labels.long()).sum(dim=1)
     best = counts.max(dim=1)
     return best.values.double() / labels.shape[1], best.indices

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
-from robaudit.ops.attacks import pgd
-from robaudit.ops.deepfool import deepfool_unit
-from robaudit.ops.preflight import PREFLIGHT_DOC, audit_findings, preflight_details
-from robaudit.ops.projections import lp_norm
-from robaudit.ops.sampling import sample_seeds
-from robaudit.ops.uap import UAPFit, random_lp_noise
+from robaudit.ops.preflight import PREFLIGHT_DOC
 from robaudit.plugins.metrics.universal.uap import UAPFitParams, fitted_uap, unit_fooled
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
+    from robaudit.ops.uap import UAPFit
 
 #: The names of the categories, by number (each with the rule that gives it, see
 #: :class:`RobustnessCategory`).
@@ -119,6 +118,9 @@ class RobustnessCategory(SampleMetric):
         return ("uap", *params.fit_key())
 
     def fit(self, ctx: AuditContext, params: CategoryParams) -> CategoryFitted:
+        from robaudit.ops.preflight import audit_findings
+        from robaudit.ops.sampling import sample_seeds
+
         return CategoryFitted(fitted_uap(ctx, params),
                               sample_seeds(ctx.generator, len(ctx.data()), 2),
                               audit_findings(ctx))
@@ -128,6 +130,8 @@ class RobustnessCategory(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: CategoryParams, unit: Unit,
                    fitted: CategoryFitted) -> UnitResult:
+        from robaudit.ops.uap import random_lp_noise
+
         seeds = fitted.seeds[unit.indices]
         noise = random_lp_noise(seeds[:, 0], ctx.data().x.shape[1:], params.eps, params.norm)
         noise_hits = unit_fooled(ctx, unit, noise.to(ctx.device))
@@ -137,6 +141,10 @@ class RobustnessCategory(SampleMetric):
                            "per_sample": attack_hits | uap_hits | noise_hits})
 
     def reduce(self, params: CategoryParams, gathered: Gathered) -> MetricResult:
+        import torch
+
+        from robaudit.ops.preflight import preflight_details
+
         def rate(name: str) -> float:
             return float(torch.from_numpy(gathered.arrays[name]).mean())
 
@@ -172,6 +180,10 @@ class RobustnessCategory(SampleMetric):
                 ) -> torch.Tensor:
         """Per sample of the unit (a CPU bool tensor), whether the per-sample attack within
         eps changes the prediction."""
+        from robaudit.ops.attacks import pgd
+        from robaudit.ops.deepfool import deepfool_unit
+        from robaudit.ops.projections import lp_norm
+
         mua = ctx.model
         x, _ = ctx.unit_batch(unit)
         if params.attack == "deepfool":

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
 from robaudit import Floor, ImagePlot, Metric, MetricParams, MetricResult, hookimpl
-from robaudit.context import AuditContext
 from robaudit.errors import MetricError
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
-from robaudit.ops.deepfool import deepfool_unit
-from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams, audit_findings, preflight_details
-from robaudit.ops.projections import lp_norm
-from robaudit.ops.sampling import sample_seeds
-from robaudit.ops.stats import wilson_interval
-from robaudit.ops.uap import UAPFit, fit_uap_deepfool, fit_uap_sgd, fooled, random_lp_noise
+from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams
+
+if TYPE_CHECKING:
+    import torch
+
+    from robaudit.context import AuditContext
+    from robaudit.ops.uap import UAPFit
 
 #: The default budget ξ per norm, for inputs in [0, 1] (see :class:`UAPFoolingRate`).
 DEFAULT_EPS = {"linf": 0.1, "l2": 0.4}
@@ -71,6 +70,8 @@ def fit_subset(size: int, limit: int, generator: torch.Generator) -> torch.Tenso
     """The sorted indices of ``limit`` samples drawn without replacement from ``size`` (a
     uniformly random subset, so it does not depend on how the split is ordered), or None
     (every sample) when ``size <= limit``."""
+    import torch
+
     if size <= limit:
         return None
     return torch.randperm(size, generator=generator)[:limit].sort().values
@@ -85,6 +86,10 @@ def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
     generator derive from the check id, so a fit drawn from them could not be shared between
     checks (nor reproduced by a check run alone). Both splits must be non-empty, and a fit
     that ends at v = 0 (no step was ever taken) is a MetricError (design §10)."""
+    import torch
+
+    from robaudit.ops.uap import fit_uap_deepfool, fit_uap_sgd
+
     if len(ctx.data()) == 0 or len(ctx.data(ctx.reference)) == 0:
         raise MetricError("a universal perturbation needs a non-empty audit and reference split")
     mua = ctx.model
@@ -128,6 +133,8 @@ def unit_fooled(ctx: AuditContext, unit: Unit, delta: torch.Tensor) -> torch.Ten
     """Per sample of the work unit ``unit`` of the audit split (a CPU bool tensor), whether the
     prediction at clip(x + δ) differs from the clean prediction: δ one universal v (the shape
     of a sample) or one perturbation per sample of the unit, on the device."""
+    from robaudit.ops.uap import fooled
+
     mua = ctx.model
     x, _ = ctx.unit_batch(unit)
     clean = ctx.unit_logits(unit).argmax(dim=1).to(ctx.device)
@@ -138,6 +145,8 @@ def unit_fooled(ctx: AuditContext, unit: Unit, delta: torch.Tensor) -> torch.Ten
 def normalised_singular_values(vectors: torch.Tensor, top: int) -> list[float]:
     """The ``top`` largest singular values of the matrix whose columns are ``vectors``
     (rows of the input), divided by the largest."""
+    import torch
+
     values = torch.linalg.svdvals(vectors.flatten(1).double())
     if values.numel() == 0 or float(values[0]) == 0.0:
         return []
@@ -244,6 +253,10 @@ class UAPFoolingRate(SampleMetric):
         return ("uap", *params.fit_key())
 
     def fit(self, ctx: AuditContext, params: UAPFitParams) -> UAPFitted:
+        from robaudit.ops.preflight import audit_findings
+        from robaudit.ops.projections import lp_norm
+        from robaudit.ops.sampling import sample_seeds
+
         fit = fitted_uap(ctx, params)
         seeds = sample_seeds(ctx.generator, len(ctx.data()))
         return UAPFitted(
@@ -271,6 +284,9 @@ class UAPFoolingRate(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: UAPFitParams, unit: Unit,
                    fitted: UAPFitted) -> UnitResult:
+        from robaudit.ops.deepfool import deepfool_unit
+        from robaudit.ops.uap import random_lp_noise
+
         v = fitted.fit.perturbation.to(ctx.device)
         shape = ctx.data().x.shape[1:]
         noise = random_lp_noise(fitted.seeds[unit.indices], shape, fitted.size, params.norm)
@@ -284,6 +300,11 @@ class UAPFoolingRate(SampleMetric):
         })
 
     def reduce(self, params: UAPFitParams, gathered: Gathered) -> MetricResult:
+        import torch
+
+        from robaudit.ops.preflight import preflight_details
+        from robaudit.ops.stats import wilson_interval
+
         fit = gathered.fit
         hits = gathered.arrays["fooled"]
         noise_rate = float(torch.from_numpy(gathered.arrays["noise_fooled"]).mean())

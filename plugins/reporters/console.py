@@ -44,7 +44,7 @@ from robaudit.threads import thread_setting
 
 if TYPE_CHECKING:
     from robaudit.context import ProgressFactory, ProgressTask
-    from robaudit.session import AuditPlan
+    from robaudit.preparation import AuditPlan
 
 STYLES = {"passed": "green", "failed": "red", "error": "red", "skipped": "yellow",
           "warned": "yellow", "measured": "cyan"}

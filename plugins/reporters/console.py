@@ -36,7 +36,6 @@ from robaudit.plugins.reporters._summary import (
     strict_failures,
     summary_outcomes,
 )
-from robaudit.preparation import AuditPlan
 from robaudit.results import AuditResult, CheckResult, detail_warnings, jsonable
 from robaudit.text import interval as interval_text
 from robaudit.text import printable

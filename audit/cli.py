@@ -459,24 +459,11 @@ def _dispatch(argv: list[str], console: Console) -> int:
 
 
 def _cmd_validate(plugins: Plugins, console: Console, options: argparse.Namespace) -> int:
-    """``validate``: every spec checked as ``run`` checks it (``Session.load``: the same
-    overrides, every problem of every spec), without importing torch or the runner (issue
-    #24)."""
-    from robaudit.spec import load_spec
+    """``validate``: every spec checked as ``run`` checks it (:func:`robaudit.spec.load_specs`,
+    as ``Session.load``), without importing torch or the runner (issue #24)."""
+    from robaudit.spec import load_specs, option_overrides
 
-    overrides = list(getattr(options, "overrides", None) or [])
-    if getattr(options, "device", None):
-        overrides.append(f"device={options.device}")
-    if getattr(options, "seed", None) is not None:
-        overrides.append(f"seed={options.seed}")
-    specs, problems = [], []
-    for path in options.specs:
-        try:
-            specs.append(load_spec(path, plugins, overrides))
-        except SpecError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise SpecError(problems)
+    specs = load_specs(options.specs, plugins, option_overrides(options))
     for spec in specs:
         console.print(f"{escape(printable(spec.path))}: valid ({len(spec.checks)} checks)")
     return EXIT_OK

@@ -25,7 +25,6 @@ from robaudit.errors import (
     EXIT_INTERRUPTED,
     EXIT_NO_CHECKS,
     EXIT_OK,
-    SpecError,
     UsageError,
 )
 from robaudit.guard import Terminated, shielded, terminate_as_interrupt
@@ -37,7 +36,7 @@ from robaudit.runner import CheckRunner
 from robaudit.selection import keyword_matches, marker_matches
 from robaudit.sharding import Inbox
 from robaudit.shares import SharedRun
-from robaudit.spec import AuditSpec, load_spec
+from robaudit.spec import AuditSpec, load_specs, option_overrides
 from robaudit.threads import thread_setting
 
 
@@ -104,24 +103,11 @@ class Session(SharedRun, Preparation, CheckRunner):
 
     # -- validation and selection ---------------------------------------------------------
     def overrides(self) -> list[str]:
-        extra = list(getattr(self.options, "overrides", None) or [])
-        if getattr(self.options, "device", None):
-            extra.append(f"device={self.options.device}")
-        if getattr(self.options, "seed", None) is not None:
-            extra.append(f"seed={self.options.seed}")
-        return extra
+        return option_overrides(self.options)
 
     def load(self, paths: list[str]) -> list[AuditSpec]:
-        """Validate every spec before anything runs; report every problem of every spec."""
-        specs, problems = [], []
-        for path in paths:
-            try:
-                specs.append(load_spec(path, self.plugins, self.overrides()))
-            except SpecError as exc:
-                problems.extend(exc.problems)
-        if problems:
-            raise SpecError(problems)
-        return specs
+        """Validate every spec before anything runs (:func:`robaudit.spec.load_specs`)."""
+        return load_specs(paths, self.plugins, self.overrides())
 
     def plan(self, spec: AuditSpec) -> AuditPlan:
         keyword = getattr(self.options, "keyword", None)

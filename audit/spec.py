@@ -538,3 +538,28 @@ def spec_json_schema(plugins: Plugins) -> dict[str, Any]:
     if variants:
         schema["$defs"]["CheckSpec"]["anyOf"] = variants
     return schema
+
+
+def option_overrides(options: Any) -> list[str]:
+    """The ``--set`` overrides of a command line, with ``--device`` and ``--seed`` as theirs."""
+    extra = list(getattr(options, "overrides", None) or [])
+    if getattr(options, "device", None):
+        extra.append(f"device={options.device}")
+    if getattr(options, "seed", None) is not None:
+        extra.append(f"seed={options.seed}")
+    return extra
+
+
+def load_specs(paths: Iterable[str | Path], plugins: Plugins, overrides: Iterable[str] = ()
+               ) -> list[AuditSpec]:
+    """Validate every spec before anything runs; report every problem of every spec at once."""
+    overrides = list(overrides)
+    specs, problems = [], []
+    for path in paths:
+        try:
+            specs.append(load_spec(path, plugins, overrides))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise SpecError(problems)
+    return specs

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from peers import BOX, WEIGHTS, load_model, timed  # the shared model and timer
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -43,10 +41,6 @@ from robaudit.ops.stats import wilson_interval
 from robaudit.plugins.loaders.data import digits_splits
 from robaudit.plugins.metrics.adversarial.autoattack import AutoAttackAccuracy
 from robaudit.testing import make_context, run_metric
-from robaudit.zoo import digits_resnet
-
-WEIGHTS = Path(__file__).resolve().parent.parent / "specs" / "models" / "digits_resnet.pt"
-BOX = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -56,21 +50,6 @@ class Row:
     seconds: float
     value: float
     count: int | None = None  # samples behind value, for an accuracy's interval
-
-
-def timed(run: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    out = run()
-    return out, time.perf_counter() - start
-
-
-def load_model() -> nn.Module:
-    model = digits_resnet()
-    model.load_state_dict(torch.load(WEIGHTS, weights_only=True))
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 def accuracy(model: nn.Module, adv: torch.Tensor, y: torch.Tensor) -> float:
@@ -162,7 +141,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     budget = {"steps": args.steps, "targets": args.targets, "queries": args.queries}
 
-    model = load_model()
+    model = load_model(WEIGHTS)
     test = digits_splits()["test"]
     x, y = test.x[: args.samples].contiguous(), test.y[: args.samples]
     rows = robaudit_rows(model, x, y, args.eps, budget)

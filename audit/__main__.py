@@ -21,5 +21,19 @@ def main() -> int:
     return run()
 
 
+def exit_with(code: int) -> None:
+    """Exit with ``code``. An interrupted run (2) leaves by ``os._exit`` once its output is
+    flushed: CPython kills a process with SIGINT at exit (status -2, not 2) when a
+    KeyboardInterrupt ever escaped a nested code run during start-up, even one that robaudit
+    then caught; the reports are already written by then."""
+    if code != 2:
+        sys.exit(code)
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -95,9 +95,9 @@ def write_spec(folder: Path, data: str, name: str) -> Path:
     return path
 
 
-def run(robaudit_main, spec: Path) -> dict:
+def run(robaudit_main, spec: Path, *extra: str | Path) -> dict:
     report = spec.with_suffix(".json")
-    code, out, err = robaudit_main("run", spec, "--json", report, "-q")
+    code, out, err = robaudit_main("run", spec, "--json", report, "-q", *extra)
     assert code in (0, 1), out + err
     return json.loads(report.read_text())
 
@@ -105,13 +105,14 @@ def run(robaudit_main, spec: Path) -> dict:
 def test_image_folder_on_the_fly_equals_the_eagerly_decoded_images(tmp_path, robaudit_main):
     image_folder(tmp_path / "images")
     npz = eager_npz(tmp_path / "images", 32)
+    html = tmp_path / "lazy.html"
     lazy = run(robaudit_main, write_spec(tmp_path, """\
         source: imagefolder
         path: images
         image_size: 32
         workers: 2
         batch_size: 8
-        """, "lazy"))
+        """, "lazy"), "--html", html)
     eager = run(robaudit_main, write_spec(tmp_path, f"""\
         source: npz
         path: {npz.name}
@@ -130,6 +131,9 @@ def test_image_folder_on_the_fly_equals_the_eagerly_decoded_images(tmp_path, rob
     assert data["workers"] == 2 and "transform_from" not in data
     assert data["fingerprint_of"] == "image paths, sizes and modification times"
     assert "transform" not in eager["data"]
+    assert ("<dt>transform</dt><dd>resize_shorter_side 32, center_crop 32, interpolation "
+            "bilinear, channels 3; decoded on the fly by 2 DataLoader worker(s)</dd>"
+            in html.read_text())
 
 
 def test_limit_chooses_samples_before_any_image_is_decoded(tmp_path, robaudit_main,

@@ -88,8 +88,9 @@ class LazyInputs:
     def __getitem__(self, key: Any) -> torch.Tensor:
         """Decode the samples at ``key`` (an int, a slice, a list, an array or a tensor of
         positions of any shape, or a boolean mask) in this process: a tensor of shape
-        ``(*positions.shape, *sample_shape)``. A tuple indexes the samples by its first item,
-        then their values by the rest (``x[0, :, 0, 0]``)."""
+        ``(*positions.shape, *sample_shape)``; a position asked for twice is decoded once. A
+        tuple indexes the samples by its first item, then their values by the rest
+        (``x[0, :, 0, 0]``)."""
         if isinstance(key, tuple):
             rows = self[key[0]] if key else self[:]
             batch_dims = rows.dim() - len(self._sample_format()[0])
@@ -114,7 +115,8 @@ class LazyInputs:
         if not flat.numel():
             return torch.empty((*positions.shape, *self._sample_format()[0]),
                                dtype=self.dtype)
-        rows = torch.stack([self._read(int(p)) for p in flat])
+        unique, inverse = flat.unique(return_inverse=True)  # each sample decoded once
+        rows = torch.stack([self._read(int(p)) for p in unique])[inverse]
         return rows.reshape(*positions.shape, *rows.shape[1:])
 
     # -- lazy views and batched reads ------------------------------------------------------

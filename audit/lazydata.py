@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, Union
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import torch
@@ -173,7 +173,7 @@ class _Positions(Dataset[torch.Tensor]):
 
 
 #: What a split's ``x`` is: one CPU tensor, or inputs read on demand.
-Inputs = Union[torch.Tensor, LazyInputs]  # noqa: UP007 (a runtime alias on Python 3.10)
+Inputs: TypeAlias = "torch.Tensor | LazyInputs"
 
 
 def unit_inputs(x: Inputs, bounds: Sequence[tuple[int, int]]) -> Iterator[torch.Tensor]:

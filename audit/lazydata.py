@@ -31,7 +31,9 @@ class SampleSet(Protocol):
     float tensor (C×H×W or D), the same shape and dtype for every i. A set may also define
     ``sample_key(i) -> bytes`` (what identifies sample i without decoding it, e.g. a file's
     path, size and modification time) and ``describe() -> dict`` (how samples are made, e.g.
-    the image transform), used by the data fingerprint and the report."""
+    the image transform), used by the data fingerprint and the report, and ``finite = True``
+    when its inputs cannot be NaN or infinite (pixels of image files), which spares the
+    finiteness scan before the run a whole decoding pass."""
 
     def __len__(self) -> int: ...
 
@@ -81,6 +83,11 @@ class LazyInputs:
 
     def is_floating_point(self) -> bool:
         return self.dtype.is_floating_point
+
+    @property
+    def finite(self) -> bool:
+        """Whether the source guarantees finite inputs (``samples.finite``)."""
+        return bool(getattr(self.samples, "finite", False))
 
     def _read(self, position: int) -> torch.Tensor:
         return self.samples[int(self.indices[position])]

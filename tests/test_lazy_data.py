@@ -294,3 +294,29 @@ def test_bad_data_keys_are_located_usage_errors(tmp_path, robaudit_main, line, k
         assert code == 4, out + err
         assert f"{spec}:" in err and f"{key}:" in err and expected in err, err
         assert "Traceback" not in err
+
+
+class WithNaN(Indexed):
+    """Sample 3 of :class:`Indexed` is NaN."""
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        x = super().__getitem__(index)
+        return x * float("nan") if index == 3 else x
+
+
+def test_the_finiteness_scan_reads_lazy_inputs_unless_the_source_vouches(tmp_path,
+                                                                         monkeypatch):
+    from robaudit.datafit import input_problems
+    from robaudit.plugins.loaders import data as loaders
+
+    lazy = DataSplit(LazyInputs(WithNaN(8), workers=1), torch.zeros(8, dtype=torch.long))
+    [problem] = input_problems({"test": lazy}, ["test"], 3, lambda loc, text: text)
+    assert problem == "split 'test': 1 of 8 samples have NaN or infinite inputs"
+
+    image_folder(tmp_path / "images")
+    decoded: list[str] = []
+    monkeypatch.setattr(loaders, "read_image", lambda path, channels: decoded.append(path))
+    splits = loaders.ImageFolderSource().load(
+        loaders.ImageFolderOptions(path="images", image_size=32), tmp_path, seed=0)
+    assert input_problems(splits, ["test", "train"], 8, lambda loc, text: text) == []
+    assert decoded == []  # image pixels are finite: no decoding pass

@@ -143,7 +143,18 @@ class LazyInputs:
             return
         loader = DataLoader(_Positions(self), batch_sampler=[list(range(a, b)) for a, b in bounds],
                             num_workers=self.workers, collate_fn=torch.stack)
-        yield from loader
+        done = 0
+        try:
+            for batch in loader:
+                yield batch
+                done += 1
+        except Exception:
+            if not self.workers:
+                raise
+            # a worker's error arrives wrapped in its traceback's text: read the rest in this
+            # process, where a sample's error (an unreadable image) is raised as it is
+            for start, stop in bounds[done:]:
+                yield torch.stack([self._read(p) for p in range(start, stop)])
 
     # -- identity ---------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

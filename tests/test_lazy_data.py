@@ -320,3 +320,15 @@ def test_the_finiteness_scan_reads_lazy_inputs_unless_the_source_vouches(tmp_pat
         loaders.ImageFolderOptions(path="images", image_size=32), tmp_path, seed=0)
     assert input_problems(splits, ["test", "train"], 8, lambda loc, text: text) == []
     assert decoded == []  # image pixels are finite: no decoding pass
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_image_is_a_usage_error_naming_the_file(tmp_path, robaudit_main,
+                                                              workers):
+    files = image_folder(tmp_path / "images")
+    files[25].write_bytes(b"not a png")
+    spec = write_spec(tmp_path, f"source: imagefolder\npath: images\nimage_size: 32\n"
+                                f"workers: {workers}\n", "corrupt")
+    code, _, err = robaudit_main("run", spec)
+    assert code == 4 and f"{spec}: data.path: cannot read image {files[25]}" in err, err
+    assert "Traceback" not in err

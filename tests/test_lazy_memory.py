@@ -6,8 +6,8 @@ demand, with no file: held whole, 4096 samples would be 192 MiB and 512 samples 
 size runs in a child process (a fresh heap, as tests/test_memory.py does): after a warm-up
 run on 64 samples, the child resets its peak resident set size (Linux ``/proc/self/clear_refs``)
 and runs three cheap checks of the default audit on a tiny model: accuracy (a whole-split pass
-read through the DataLoader with a worker), PGD (work units read by index) and Spearman (pairs
-read by index). (DeepFool's
+read through the DataLoader with a worker), noise (work units read by index) and Spearman
+(pairs read by index). (DeepFool's
 cached boundary points and normals, and the universal perturbation's matrix of normals, are
 per-sample results of the input's size: they grow with N by design of those checks.) The
 peak's rise at N = 4096 may exceed the rise at N = 512 by the per-sample results and features
@@ -40,7 +40,7 @@ from robaudit.testing import make_context, run_metric
 torch.set_num_threads(1)
 n = int(sys.argv[1])
 metrics = load_plugins().metrics
-CHECKS = [("clean_accuracy", {}), ("pgd_accuracy", {"eps": 0.01, "steps": 2}),
+CHECKS = [("clean_accuracy", {}), ("noise_accuracy", {"sigma": 0.05}),
           ("rank_order_spearman", {"pairs": 20, "trials": 20})]
 
 

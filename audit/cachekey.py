@@ -150,6 +150,6 @@ def run_salt(models: dict[str, str], data: dict[str, Any], splits: dict[str, Dat
     seen: dict[int, str] = {}
     for name, split in sorted(splits.items()):
         if id(split) not in seen:
-            seen[id(split)] = data_fingerprint(split)
+            seen[id(split)] = data_fingerprint(split, int(data.get("batch_size") or 256))
         parts.append(f"{name}={seen[id(split)]}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import torch
 
 from robaudit.errors import UsageError
+from robaudit.lazydata import Inputs, LazyInputs, unit_inputs
 from robaudit.metric import Unit, work_units
 from robaudit.model import ModelUnderAudit
 
@@ -22,13 +23,32 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DataSplit:
-    """One split of the audit data, held on the CPU: ``x`` is N×C×H×W (or N×D), ``y`` is N."""
+    """One split of the audit data, on the CPU: ``x`` is N×C×H×W (or N×D), a tensor or inputs
+    read on demand (:class:`robaudit.lazydata.LazyInputs`, design §8: indexed, sliced and
+    shaped as a tensor, never held whole); ``y`` is N labels."""
 
-    x: torch.Tensor
+    x: Inputs
     y: torch.Tensor
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return len(self.x)
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the inputs are read on demand rather than held."""
+        return isinstance(self.x, LazyInputs)
+
+    def subset(self, keep: torch.Tensor) -> DataSplit:
+        """The samples at the positions ``keep`` (a LongTensor): a copy of a tensor's rows, a
+        new index map of lazy inputs (nothing decoded)."""
+        x = self.x.subset(keep) if isinstance(self.x, LazyInputs) else self.x[keep]
+        return DataSplit(x, self.y[keep])
+
+    def chunks(self, bounds: list[tuple[int, int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(x, y)`` of each ``(start, stop)`` range, in the order given, on the CPU: lazy
+        inputs are read through their DataLoader (:meth:`LazyInputs.units`)."""
+        for (start, stop), x in zip(bounds, unit_inputs(self.x, bounds), strict=True):
+            yield x, self.y[start:stop]
 
 
 class ProgressTask(Protocol):
@@ -201,11 +221,9 @@ class AuditContext:
         """``(x, y)`` batches of a split, moved to the audit device."""
         data = self.data(split)
         size = batch_size or self.batch_size
-        for start in range(0, len(data), size):
-            yield (
-                data.x[start : start + size].to(self.device),
-                data.y[start : start + size].to(self.device),
-            )
+        bounds = [(start, min(start + size, len(data))) for start in range(0, len(data), size)]
+        for x, y in data.chunks(bounds):
+            yield x.to(self.device), y.to(self.device)
 
     def features(self, split: str | None = None, model: ModelUnderAudit | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,10 +237,11 @@ class AuditContext:
         key = ("features", mua.name, name)
 
         def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            done = self._units_done(key, name)  # from unit_features
+            fresh = self._unit_inputs(name, done)
             feats, logits = [], []
-            for unit in work_units(len(self.data(name)), self.batch_size):
-                done = self.cache.take((*key, unit.start, unit.stop))  # from unit_features
-                f, z = done if done is not None else self._features_of(mua, unit, name)
+            for _, part in done:
+                f, z = part if part is not None else self._features_of(mua, next(fresh))
                 feats.append(f)
                 logits.append(z)
             return torch.cat(feats), torch.cat(logits)
@@ -241,11 +260,10 @@ class AuditContext:
         key = ("logits", mua.name, name)
 
         def compute() -> torch.Tensor:
-            parts = []
-            for unit in work_units(len(self.data(name)), self.batch_size):
-                done = self.cache.take((*key, unit.start, unit.stop))  # from unit_logits
-                parts.append(done if done is not None else self._logits_of(mua, unit, name))
-            return torch.cat(parts)
+            done = self._units_done(key, name)  # from unit_logits
+            fresh = self._unit_inputs(name, done)
+            return torch.cat([part if part is not None else self._logits_of(mua, next(fresh))
+                              for _, part in done])
 
         return self.cache.get_or_compute(key, compute)
 
@@ -267,8 +285,9 @@ class AuditContext:
             feats, logits = self.features(self.split, mua)
             return feats[unit.indices], logits[unit.indices]
         mua.feature_site()
-        return self.cache.get_or_compute((*key, unit.start, unit.stop),
-                                         lambda: self._features_of(mua, unit, self.split))
+        return self.cache.get_or_compute(
+            (*key, unit.start, unit.stop),
+            lambda: self._features_of(mua, self.unit_batch(unit, self.split)[0]))
 
     def unit_logits(self, unit: Unit, model: ModelUnderAudit | None = None) -> torch.Tensor:
         """Logits of a unit of the audit split (on the CPU), as :meth:`unit_features`."""
@@ -278,20 +297,35 @@ class AuditContext:
         key = ("logits", mua.name, self.split)
         if key in self.cache:
             return self.logits(self.split, mua)[unit.indices]
-        return self.cache.get_or_compute((*key, unit.start, unit.stop),
-                                         lambda: self._logits_of(mua, unit, self.split))
+        return self.cache.get_or_compute(
+            (*key, unit.start, unit.stop),
+            lambda: self._logits_of(mua, self.unit_batch(unit, self.split)[0]))
 
-    def _features_of(self, mua: ModelUnderAudit, unit: Unit, split: str
+    def _units_done(self, key: tuple[Any, ...], split: str) -> list[tuple[Unit, Any]]:
+        """Every work unit of ``split`` with what :meth:`unit_features` or
+        :meth:`unit_logits` computed of it under ``key`` (taken from the cache), else None."""
+        return [(unit, self.cache.take((*key, unit.start, unit.stop)))
+                for unit in work_units(len(self.data(split)), self.batch_size)]
+
+    def _unit_inputs(self, split: str, done: list[tuple[Unit, Any]]) -> Iterator[torch.Tensor]:
+        """The inputs of the units not yet computed, in order, on the audit device (a lazy
+        split's through its DataLoader)."""
+        todo = [(unit.start, unit.stop) for unit, part in done if part is None]
+        return (x.to(self.device) for x, _ in self.data(split).chunks(todo))
+
+    @staticmethod
+    def _features_of(mua: ModelUnderAudit, x: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass of a unit of ``split``: features and logits, on the CPU."""
+        """One forward pass of a batch: features and logits, on the CPU."""
         with torch.no_grad():
-            f, z = mua.features_and_logits(self.unit_batch(unit, split)[0])
+            f, z = mua.features_and_logits(x)
         return f.cpu(), z.cpu()
 
-    def _logits_of(self, mua: ModelUnderAudit, unit: Unit, split: str) -> torch.Tensor:
-        """One forward pass of a unit of ``split``: logits, on the CPU."""
+    @staticmethod
+    def _logits_of(mua: ModelUnderAudit, x: torch.Tensor) -> torch.Tensor:
+        """One forward pass of a batch: logits, on the CPU."""
         with torch.no_grad():
-            return mua.logits(self.unit_batch(unit, split)[0]).cpu()
+            return mua.logits(x).cpu()
 
     @property
     def reference_is_split(self) -> bool:

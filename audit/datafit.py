@@ -3,7 +3,8 @@
 Each failure is a located usage error (exit 4): inputs that are not finite, a ``normalize``
 whose channel count differs from the data's, a sample the model cannot take (one forward pass
 of one sample), an output that is not a batch of logits, labels outside the model's outputs.
-Memory stays bounded: the finiteness scan goes batch by batch.
+Memory stays bounded: the finiteness scan goes batch by batch (a lazy split's through its
+DataLoader).
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from collections.abc import Callable
 import torch
 
 from robaudit.context import DataSplit
+from robaudit.lazydata import LazyInputs, chunk_bounds
 from robaudit.model import ModelUnderAudit
 
 Locate = Callable[[tuple[str | int, ...], str], str]
 
 
 def _non_finite(split: DataSplit, batch_size: int) -> int:
+    if isinstance(split.x, LazyInputs) and split.x.finite:
+        return 0  # e.g. pixels decoded from image files: not worth a decoding pass
     bad = 0
-    for start in range(0, len(split), batch_size):
-        chunk = split.x[start : start + batch_size]
+    for chunk, _ in split.chunks(chunk_bounds(len(split), batch_size)):
         bad += int((~torch.isfinite(chunk.flatten(1))).any(dim=1).sum())
     return bad
 

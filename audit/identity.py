@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from robaudit.context import DataSplit
+from robaudit.lazydata import LazyInputs
 
 #: Bytes hashed at a time, so that fingerprinting never copies a whole split.
 CHUNK_SAMPLES = 1024
@@ -24,14 +25,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def data_fingerprint(split: DataSplit) -> str:
-    """sha256 of the audited tensors: shapes, dtypes, then inputs and labels in sample order
-    (as float32 and int64, chunk by chunk)."""
+def data_fingerprint(split: DataSplit, batch_size: int = CHUNK_SAMPLES) -> str:
+    """sha256 of the audited data: shapes, dtypes, then inputs and labels in sample order.
+    A tensor's inputs are hashed as float32, ``CHUNK_SAMPLES`` rows at a time; lazy inputs
+    (design §8) by what identifies each sample without decoding it where the source has that
+    (an image folder: each file's path, size and modification time, and the transform), else
+    as decoded float32, ``batch_size`` samples at a time (:meth:`LazyInputs.fingerprint`).
+    The split is never held whole."""
     digest = hashlib.sha256()
     digest.update(f"{tuple(split.x.shape)}{split.x.dtype}{tuple(split.y.shape)}".encode())
-    for start in range(0, len(split), CHUNK_SAMPLES):
-        x = split.x[start : start + CHUNK_SAMPLES].to(torch.float32).contiguous()
-        digest.update(x.numpy().tobytes())
+    if isinstance(split.x, LazyInputs):
+        split.x.fingerprint(digest, batch_size)
+    else:
+        for start in range(0, len(split), CHUNK_SAMPLES):
+            x = split.x[start : start + CHUNK_SAMPLES].to(torch.float32).contiguous()
+            digest.update(x.numpy().tobytes())
     digest.update(split.y.to(torch.int64).contiguous().numpy().tobytes())
     return digest.hexdigest()
 

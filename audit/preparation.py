@@ -29,6 +29,8 @@ from robaudit.datafit import input_problems, model_problems, non_finite_outputs
 from robaudit.diskcache import DiskStore
 from robaudit.errors import ParamError, SpecError, UsageError
 from robaudit.identity import data_fingerprint, model_identity
+from robaudit.inputsize import model_image_options
+from robaudit.lazydata import LazyInputs
 from robaudit.model import ModelUnderAudit
 from robaudit.pluginmanager import Plugins
 from robaudit.spec import AuditSpec, Check, ModelSpec
@@ -68,6 +70,8 @@ class AuditPlan:
     warnings: list[str] = field(default_factory=list)
     #: what ``--lf`` / ``--ff`` did to the selection (:func:`robaudit.lastrun.select`)
     rerun: str = ""
+    #: where an image folder's size came from when the spec gave none (the model's config)
+    transform_from: str = ""
 
 
 def check_seed(seed: int, check_id: str) -> int:
@@ -92,12 +96,42 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seeded_subset(split: DataSplit, limit: int | None, seed: int) -> DataSplit:
-    """At most ``limit`` samples of ``split``: a subset drawn with ``seed``, in index order."""
+    """At most ``limit`` samples of ``split``: a subset drawn with ``seed``, in index order;
+    of lazy inputs, chosen before anything is decoded (design §8)."""
     if limit is None or limit >= len(split):
         return split
     keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
-    keep = keep[:limit].sort().values
-    return DataSplit(split.x[keep], split.y[keep])
+    return split.subset(keep[:limit].sort().values)
+
+
+def with_workers(splits: dict[str, DataSplit], workers: int | None) -> dict[str, DataSplit]:
+    """``data.workers`` given: the lazy splits read by that many DataLoader processes (the
+    same split object where several names share one)."""
+    if workers is None:
+        return splits
+    done: dict[int, DataSplit] = {}
+    for split in splits.values():
+        if id(split) not in done and isinstance(split.x, LazyInputs):
+            done[id(split)] = DataSplit(split.x.with_workers(workers), split.y)
+    return {name: done.get(id(split), split) for name, split in splits.items()}
+
+
+def data_identity(plan: AuditPlan, splits: dict[str, DataSplit]) -> dict[str, Any]:
+    """The JSON report's ``data``: source, split names and sizes, the audit split's
+    fingerprint, and for lazy inputs how they are made (an image folder's transform, with
+    where it came from) and what the fingerprint hashes."""
+    data = plan.spec.model.data
+    identity: dict[str, Any] = {
+        "source": data.source, "split": data.split, "reference": data.reference,
+        "sizes": dict(plan.data_summary), "reference_is_split": plan.reference_is_split,
+        "fingerprint": data_fingerprint(splits[data.split], data.batch_size)}
+    audited = splits[data.split].x
+    if isinstance(audited, LazyInputs):
+        identity.update(audited.describe())
+        identity["workers"] = audited.workers
+        if plan.transform_from:
+            identity["transform_from"] = plan.transform_from
+    return identity
 
 
 
@@ -138,12 +172,32 @@ class Preparation:
             raise UsageError(f"{plan.spec.path}: {key}: loading the model called "
                              f"sys.exit({exc.code!r})") from None
 
-    def load_data(self, plan: AuditPlan) -> dict[str, DataSplit]:
+    def source_options(self, plan: AuditPlan, model: ModelUnderAudit) -> Any:
+        """The data source's options; for an image folder without ``size`` or ``image_size``,
+        the input size that the model's source prescribes (:mod:`robaudit.inputsize`)."""
+        spec = plan.spec
+        options: Any = spec.source_options
+        fields = type(options).model_fields
+        if "image_size" not in fields or "size" not in fields \
+                or options.size is not None or options.image_size is not None:
+            return options
+        try:
+            found = model_image_options(spec.model.model, spec.base_dir, model.module)
+        except UsageError as exc:
+            raise UsageError(f"{spec.path}: {exc}") from None
+        if found is None:
+            return options
+        settings, plan.transform_from = found
+        return type(options).model_validate({**options.model_dump(), **settings})
+
+    def load_data(self, plan: AuditPlan, model: ModelUnderAudit | None = None
+                  ) -> dict[str, DataSplit]:
         spec = plan.spec
         data = spec.model.data
         source = self.plugins.data_sources[data.source]
+        options = spec.source_options if model is None else self.source_options(plan, model)
         try:
-            splits = source.load(spec.source_options, spec.base_dir, spec.model.seed)
+            splits = source.load(options, spec.base_dir, spec.model.seed)
         except UsageError as exc:
             raise UsageError(f"{spec.path}: {exc}") from None
         except (Exception, SystemExit) as exc:  # e.g. a size that cannot be allocated
@@ -168,7 +222,7 @@ class Preparation:
         if data.ood is not None:
             splits["ood"] = self.load_ood(plan, splits)
         plan.data_summary = {name: len(split) for name, split in splits.items()}
-        return splits
+        return with_workers(splits, data.workers)
 
     def load_ood(self, plan: AuditPlan, splits: dict[str, DataSplit]) -> DataSplit:
         """``data.ood``: a split of the same source, or a split of a second source (its own
@@ -249,6 +303,8 @@ class Preparation:
         if users:
             try:
                 problem = non_finite_outputs(base.model, base.logits())
+            except UsageError as exc:  # data that cannot be read (an unreadable image)
+                raise UsageError(f"{plan.spec.path}: {exc}") from None
             except (Exception, SystemExit) as exc:  # e.g. a model that fails on large batches
                 problem = (f"the model raised on the audit split (batch_size "
                            f"{base.batch_size}): {type(exc).__name__}: {exc}")
@@ -265,7 +321,7 @@ class Preparation:
             models[name] = self.build_model(plan, f"models.{name}", entry)
         for mua in models.values():
             stack.enter_context(mua)
-        splits = self.load_data(plan)
+        splits = self.load_data(plan, models["model"])
         self.check_data_fits(plan, models, splits)
         plan.threads = getattr(self.options, "threads", None) or default_threads(model_macs(
             models["model"].network, splits[spec.model.data.split].x[:1].to(plan.device)))
@@ -283,11 +339,7 @@ class Preparation:
                                              models["model"].module)
         if plan.warnings:
             plan.model_identity["warnings"] = list(plan.warnings)
-        data = spec.model.data
-        plan.data_identity = {"source": data.source, "split": data.split,
-                              "reference": data.reference, "sizes": dict(plan.data_summary),
-                              "reference_is_split": plan.reference_is_split,
-                              "fingerprint": data_fingerprint(splits[data.split])}
+        plan.data_identity = data_identity(plan, splits)
         return base
 
     def progress(self) -> ProgressFactory:

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -133,6 +134,10 @@ class DataSpec(InputModel):
         description="at most this many reference samples (a subset drawn with the spec's seed); "
                     "null for the whole reference split")
     batch_size: PositiveInt = 256
+    workers: NonNegativeInt | None = Field(
+        None, description="DataLoader processes that read a split decoded on the fly (an image "
+                          "folder) in whole-split passes; default: the source's (min(4, CPU "
+                          "count) for an image folder), 0: read in the main process")
     ood: str | dict[str, Any] | None = Field(
         None, description="out-of-distribution data, loaded as the split `ood`: a split name "
                           "of this source, or {source, split, limit, ...that source's options}")

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from robaudit.lazydata import row_mean
+
 
 @dataclass(frozen=True)
 class NeighbourBlock:
@@ -86,7 +88,7 @@ def scan_neighbours(
     n = reference.shape[0]
     if k and not 1 <= k <= n - (0 if exclude is None else 1):
         raise ValueError(f"k = {k} neighbours asked from a reference set of {n} rows")
-    centre = reference.flatten(1).mean(dim=0, keepdim=True).to(device)
+    centre = row_mean(reference, reference_chunk).to(device)
     radius = torch.as_tensor(list(radii), device=device, dtype=centre.dtype)
     onehot = None
     if len(radius):

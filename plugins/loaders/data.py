@@ -1,6 +1,7 @@
 """The built-in data sources: ``digits``, ``npz``, ``imagefolder`` and ``torchvision``.
 
-Each loads every split it has as CPU tensors: ``x`` float32 N×C×H×W (or N×D), ``y`` int64 N.
+Each loads every split it has on the CPU: ``x`` float32 N×C×H×W (or N×D), ``y`` int64 N; ``x``
+is a tensor, except for ``imagefolder``, whose images are decoded on demand (design §8).
 Nothing is ever downloaded: ``digits`` ships with scikit-learn, the others read files that must
 already be on disk. Problems are :class:`robaudit.UsageError` s that name the key (``data.path``),
 the file and what was expected.
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from robaudit import UsageError, hookimpl
 from robaudit.datasource import DataSource, SourceOptions
@@ -195,12 +198,30 @@ def _check_npz_arrays(
 #: Sub-folders that name splits (not classes) in an image folder.
 SPLIT_FOLDERS = ("train", "val", "test")
 
+#: The DataLoader processes that decode an image folder when ``data.workers`` is not given.
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers() -> int:
+    """``min(4, CPU count)``: decoding images is the cost of a whole-split pass."""
+    return min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
+
 
 class ImageFolderOptions(SourceOptions):
     path: str = Field(
         description="a folder of class folders, or of train/ val/ test/ folders of class folders"
     )
-    size: int = Field(ge=1, description="images are resized to size×size")
+    size: int | None = Field(None, ge=1, description="resize every image to size×size (the "
+                                                     "aspect ratio is not kept); or image_size")
+    image_size: int | None = Field(
+        None, ge=1, description="the model's input size: resize the shorter side to `resize`, "
+                                "then crop the centre image_size×image_size; default (with "
+                                "neither size nor image_size): the Hugging Face image processor's"
+                                " or timm's pretrained configuration of the model")
+    resize: int | None = Field(None, ge=1, description="the shorter side before the centre crop "
+                                                       "(default: image_size), e.g. 256 for 224")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
+        "bilinear", description="how images are resized")
     channels: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB")
 
     @field_validator("path")
@@ -208,19 +229,125 @@ class ImageFolderOptions(SourceOptions):
     def _folder_exists(cls, value: str, info: ValidationInfo) -> str:
         return _existing(value, info, "folder")
 
+    @model_validator(mode="after")
+    def _one_size(self) -> ImageFolderOptions:
+        if self.size is not None and (self.image_size is not None or self.resize is not None):
+            raise ValueError("give either `size` (a resize to size×size) or `image_size` (with "
+                             "an optional `resize`), not both")
+        if self.resize is not None and self.image_size is None:
+            raise ValueError("`resize` goes with `image_size` (the centre crop after it)")
+        if self.resize is not None and self.image_size is not None \
+                and self.resize < self.image_size:
+            raise ValueError(f"resize ({self.resize}) is smaller than image_size "
+                             f"({self.image_size}): the crop would not fit")
+        return self
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """How an image file becomes an input: resized to ``size`` (height, width) exactly, or its
+    shorter side resized to ``resize`` and the centre ``crop``×``crop`` kept; then a float
+    tensor in [0, 1] (torchvision's ``to_tensor``)."""
+
+    size: tuple[int, int] | None = None
+    resize: int | None = None
+    crop: int | None = None
+    interpolation: str = "bilinear"
+    channels: int = 3
+
+    @classmethod
+    def of(cls, options: ImageFolderOptions) -> ImageTransform:
+        if options.size is not None:
+            return cls(size=(options.size, options.size), interpolation=options.interpolation,
+                       channels=options.channels)
+        if options.image_size is None:
+            raise UsageError("data.image_size: the image folder needs the model's input size: "
+                             "give `image_size` (and `resize`, the shorter side before the "
+                             "centre crop) or `size`; only a Hugging Face or timm model source "
+                             "provides a default")
+        return cls(resize=options.resize or options.image_size, crop=options.image_size,
+                   interpolation=options.interpolation, channels=options.channels)
+
+    def describe(self) -> dict[str, Any]:
+        """The transform as the report records it."""
+        steps: dict[str, Any] = ({"resize": list(self.size)} if self.size is not None else
+                                 {"resize_shorter_side": self.resize, "center_crop": self.crop})
+        return {**steps, "interpolation": self.interpolation, "channels": self.channels}
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as tf
+
+        mode = InterpolationMode(self.interpolation)
+        if self.size is not None:
+            image = tf.resize(image, list(self.size), interpolation=mode)
+        else:
+            image = tf.center_crop(tf.resize(image, self.resize, interpolation=mode), self.crop)
+        return tf.to_tensor(image)
+
+
+def read_image(path: str, channels: int) -> Any:
+    """The PIL image of a file, in RGB (3 channels) or grayscale from RGB (1 channel)."""
+    from PIL import Image
+
+    with open(path, "rb") as stream:
+        image = Image.open(stream).convert("RGB")
+    return image.convert("L") if channels == 1 else image
+
+
+class ImageFiles:
+    """The images of one split, decoded on demand: ``files[i]`` read and transformed when
+    sample i is asked for (a :class:`robaudit.lazydata.SampleSet`). A sample's key is its path
+    relative to ``root``, its size and its modification time: the data fingerprint hashes
+    those, not the pixels."""
+
+    #: pixels of image files, scaled to [0, 1], are never NaN or infinite
+    finite = True
+
+    def __init__(self, root: Path, files: list[str], transform: ImageTransform) -> None:
+        self.root, self.files, self.transform = root, files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        path = self.files[index]
+        try:
+            image = read_image(path, self.transform.channels)
+        except OSError as exc:
+            raise UsageError(f"data.path: cannot read image {path}: {exc}") from None
+        return self.transform(image)
+
+    def sample_key(self, index: int) -> bytes:
+        path = Path(self.files[index])
+        stat = path.stat()
+        return f"{path.relative_to(self.root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}"\
+            .encode()
+
+    def describe(self) -> dict[str, Any]:
+        return {"transform": self.transform.describe(),
+                "fingerprint_of": "image paths, sizes and modification times"}
+
 
 class ImageFolderSource(DataSource):
-    """``source: imagefolder`` — images in class folders (``torchvision.datasets.ImageFolder``),
-    resized to ``size``×``size``, in [0, 1]. With split folders (``train/``, ``val/``,
-    ``test/``) each is a split; otherwise the folder is the single split "test". Class indices
-    follow the sorted class names of all splits together."""
+    """``source: imagefolder`` — images in class folders (the layout of
+    ``torchvision.datasets.ImageFolder``), decoded on the fly (design §8): each split is lazy
+    inputs over its files (:class:`robaudit.lazydata.LazyInputs`), read by ``workers``
+    DataLoader processes in whole-split passes; labels are known without decoding. Images are
+    resized to ``size``×``size``, or resized (shorter side) and centre-cropped to
+    ``image_size``, in [0, 1]. With split folders (``train/``, ``val/``, ``test/``) each is a
+    split; otherwise the folder is the single split "test". Class indices follow the sorted
+    class names of all splits together."""
 
     name: ClassVar[str] = "imagefolder"
     Options: ClassVar[type[SourceOptions]] = ImageFolderOptions
 
     def load(self, options: Any, base_dir: Path, seed: int) -> dict[str, DataSplit]:
         import torch
-        from torchvision import datasets, transforms
+        from torchvision import datasets
+
+        from robaudit import DataSplit
+        from robaudit.lazydata import LazyInputs
 
         root = base_dir / options.path
         if not root.is_dir():
@@ -228,31 +355,21 @@ class ImageFolderSource(DataSource):
         folders = {s: root / s for s in SPLIT_FOLDERS if _has_subfolders(root / s)}
         if not folders:
             folders = {"test": root}
-        steps: list[Any] = [transforms.Grayscale(1)] if options.channels == 1 else []
-        transform = transforms.Compose(
-            [*steps, transforms.Resize((options.size, options.size)), transforms.ToTensor()]
-        )
-        loaded = {}
+        transform = ImageTransform.of(options)
+        listed = {}
         for split, folder in folders.items():
-            try:
-                loaded[split] = datasets.ImageFolder(str(folder), transform=transform)
+            try:  # lists the files; decodes nothing
+                listed[split] = datasets.ImageFolder(str(folder), loader=str)
             except (FileNotFoundError, OSError) as exc:
                 raise UsageError(f"data.path: {folder}: {exc}") from None
-        classes = sorted({name for dataset in loaded.values() for name in dataset.classes})
+        classes = sorted({name for dataset in listed.values() for name in dataset.classes})
         index = {name: i for i, name in enumerate(classes)}
         splits = {}
-        for split, dataset in loaded.items():
-            images, labels = [], []
-            for i in range(len(dataset)):
-                try:
-                    image, target = dataset[i]
-                except OSError as exc:
-                    raise UsageError(
-                        f"data.path: cannot read image {dataset.samples[i][0]}: {exc}"
-                    ) from None
-                images.append(image)
-                labels.append(index[dataset.classes[target]])
-            splits[split] = _as_split(torch.stack(images), torch.tensor(labels))
+        for split, dataset in listed.items():
+            files = [path for path, _ in dataset.samples]
+            labels = [index[dataset.classes[target]] for _, target in dataset.samples]
+            inputs = LazyInputs(ImageFiles(root, files, transform), workers=default_workers())
+            splits[split] = DataSplit(inputs, torch.tensor(labels, dtype=torch.int64))
         return splits
 
 

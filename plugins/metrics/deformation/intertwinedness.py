@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import torch
 
     from robaudit.context import AuditContext
+    from robaudit.lazydata import Inputs
 
 #: Default radii as quantiles of the audit-to-reference distances (see the docstring).
 DEFAULT_QUANTILES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -145,7 +146,7 @@ class Intertwinedness(Metric):
         feats, _ = ctx.features()
         ref_feats, _ = ctx.features(ctx.reference)
         for space, (mine, theirs) in (("input", (data.x, ref.x)), ("feature", (feats, ref_feats))):
-            _check_varies(space, mine.flatten(1), theirs.flatten(1))
+            _check_varies(space, mine, theirs, ctx.batch_size)
         device = ctx.device
         labels, ref_labels = data.y.to(device), ref.y.to(device)
         num_classes = int(max(labels.max(), ref_labels.max())) + 1
@@ -301,11 +302,14 @@ def _boundary_tie(distances: torch.Tensor, same: torch.Tensor, n: int) -> torch.
     return (group[:, n] & (group & own).any(dim=1) & (group & ~own).any(dim=1))
 
 
-def _check_varies(space: str, audit: torch.Tensor, reference: torch.Tensor) -> None:
+def _check_varies(space: str, audit: Inputs, reference: Inputs, chunk: int) -> None:
     """MetricError when every audit and reference row of a space is the same vector: every
-    distance is 0 and the nearest neighbours would be decided by index."""
+    distance is 0 and the nearest neighbours would be decided by index (rows read ``chunk``
+    at a time)."""
+    from robaudit.lazydata import rows_equal
+
     first = audit[:1]
-    if bool((audit == first).all()) and bool((reference == first.to(reference.device)).all()):
+    if rows_equal(audit, first, chunk) and rows_equal(reference, first, chunk):
         cause = (" (g(x) is constant: dead units, or a model that ignores its input)"
                  if space == "feature" else "")
         raise MetricError(f"every audit and reference sample has the same {space} vector"

@@ -60,6 +60,7 @@ class RankOrderSpearman(Metric):
     def compute(self, ctx: AuditContext, params: SpearmanParams) -> MetricResult:
         import torch
 
+        from robaudit.lazydata import rows_equal
         from robaudit.ops.neighbors import chunk_rows, pair_distances
         from robaudit.ops.stats import spearman
 
@@ -69,8 +70,7 @@ class RankOrderSpearman(Metric):
             raise MetricError(f"rank_order_spearman needs at least 2 samples, the split has {n}")
         feats, _ = ctx.features()
         for space, values in (("input", data.x), ("feature", feats)):
-            flat = values.flatten(1)
-            if bool((flat == flat[:1]).all()):
+            if rows_equal(values, values[:1], ctx.batch_size):
                 cause = (" (g(x) is constant: dead units, or a model that ignores its input)"
                          if space == "feature" else "")
                 raise MetricError(f"every audit sample has the same {space} vector{cause}: "

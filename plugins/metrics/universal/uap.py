@@ -98,7 +98,7 @@ def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
         data = ctx.data(ctx.reference)
         generator = torch.Generator().manual_seed(ctx.run_seed)
         subset = fit_subset(len(data), params.fit_limit, generator)
-        x = (data.x if subset is None else data.x[subset]).to(ctx.device)
+        x = data.x[slice(None) if subset is None else subset].to(ctx.device)
         task = ctx.progress(params.max_passes, f"universal perturbation ({params.method})")
 
         def on_pass(index: int, rate: float) -> None:

@@ -6,7 +6,8 @@ radius ε around it, from a uniformly random start, and the model is trained on 
 The zoo's adversarially trained digits ResNet, ``digits_resnet_pgd``, is robaudit's model on
 which the gap between PGD and AutoAttack (issue 21, design §6 "Attack strength") can show:
 the same network and recipe as ``digits_resnet`` (30 epochs, SGD, ±1 pixel shifts), trained on
-7-step PGD at ε = 0.1 with step 2.5 ε / 7 (Madry et al.'s ratio of step to budget).
+7-step PGD at ε = 0.1 with step 2.5 ε / 7 (the steps together can cross the ball
+2.5 times, so the random start does not keep the attack from its edge).
 
 Choices where the paper is silent or that the small model needs: the attack runs with the
 model in training mode (batch statistics, as in the reference implementations of the ResNet

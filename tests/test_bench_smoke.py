@@ -146,11 +146,13 @@ def test_reproduce_khaitan(tmp_path: Path) -> None:
 
 
 def test_autoattack() -> None:
-    """``--tiny``: every robaudit row, the torchattacks row when torchattacks is installed,
-    accuracies in [0, 1], AutoAttack never above PGD-20 on the same samples (its first attack
-    is at least as strong)."""
+    """``--tiny``: both models' tables, every robaudit row, the torchattacks row when
+    torchattacks is installed, accuracies in [0, 1], AutoAttack never above PGD-20 on the same
+    samples (its first attack is at least as strong)."""
     values = {}
-    for line in bench("autoattack.py", "--tiny").splitlines():
+    out = bench("autoattack.py", "--tiny")
+    assert "plain: digits_resnet.pt" in out and "robust: digits_resnet_pgd.pt" in out
+    for line in out.splitlines():
         cells = [c.strip() for c in re.split(r"[│┃]", line) if c.strip()]
         if len(cells) == 6 and cells[0] != "measure":
             values[(cells[0], cells[1])] = float(cells[4])
@@ -162,7 +164,7 @@ def test_autoattack() -> None:
     pgd = next(v for (what, _), v in values.items() if what.startswith("PGD-20"))
     assert autoattack["robaudit (standard)"] <= pgd
     assert {impl for (what, impl) in values if what.startswith("median")} == {
-        "DeepFool (robaudit)", "FMN (robaudit)"}
+        "DeepFool (robaudit)", "FMN, 5 steps (robaudit)"}
 
 
 def test_startup(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 from robaudit.context import DataSplit, ProgressFactory
 from robaudit.errors import UsageError
 from robaudit.zoo.resnet import digits_resnet
-from robaudit.zoo.training import accuracy, fit
+from robaudit.zoo.training import Perturbation, accuracy, fit
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ZooEntry:
     build         returns the untrained ``nn.Module`` (its initialisation draws from torch's
                   global generator, which :func:`train_model` seeds).
     data          returns the splits; the recipe trains on "train" and reports "test".
-    epochs, lr, batch_size, weight_decay, max_shift   passed to :func:`fit`.
+    epochs, lr, batch_size, weight_decay, max_shift, perturb   passed to :func:`fit`.
     factory       the spec's ``model.factory`` that rebuilds the network for the checkpoint.
     """
 
@@ -44,6 +44,7 @@ class ZooEntry:
     batch_size: int
     weight_decay: float = 5e-4
     max_shift: int = 0
+    perturb: Perturbation | None = field(default=None, repr=False)
     factory: str = ""
     description: str = field(default="", compare=False)
 
@@ -113,6 +114,7 @@ def train_model(
         seed=seed,
         weight_decay=entry.weight_decay,
         max_shift=entry.max_shift,
+        perturb=entry.perturb,
         progress=progress,
     )
     seconds = time.perf_counter() - start

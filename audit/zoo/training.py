@@ -9,7 +9,7 @@ same machine, also under ``torch.use_deterministic_algorithms(True)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from robaudit.context import ProgressFactory
+
+#: A training-time attack: (model, inputs, labels, generator) -> the inputs to train on
+#: (e.g. :class:`robaudit.zoo.adversarial.PGDTraining`, Madry et al. 2018).
+Perturbation = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def fit(
@@ -30,6 +34,7 @@ def fit(
     seed: int,
     weight_decay: float = 5e-4,
     max_shift: int = 0,
+    perturb: Perturbation | None = None,
     progress: ProgressFactory | None = None,
 ) -> nn.Module:
     """Train a classifier on ``(x, y)`` with cross-entropy and return it in eval mode.
@@ -41,6 +46,8 @@ def fit(
     weight_decay L2 penalty of SGD (applied to every parameter).
     max_shift    augmentation for images: each training image is shifted by a random number
                  of pixels in [-max_shift, max_shift] along each axis (zero filled); 0 = none.
+    perturb      a training-time attack applied to each (augmented) mini-batch, whose output
+                 the step trains on (adversarial training); None = the clean batch.
     progress     a progress factory (e.g. the console's); one unit per step.
 
     Training runs on one CPU thread (restored afterwards): the small zoo models gain nothing
@@ -76,6 +83,8 @@ def fit(
                 inputs = x[index]
                 if max_shift:
                     inputs = random_shift(inputs, max_shift, generator)
+                if perturb is not None:
+                    inputs = perturb(model, inputs, y[index], generator)
                 loss = F.cross_entropy(model(inputs), y[index])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -174,6 +174,7 @@ def deepfool(
     refine: int = REFINE_STEPS,
     project: int = PROJECT_ROUNDS,
     keep: int = KEEP_CANDIDATES,
+    classes: torch.Tensor | None = None,
 ) -> DeepFoolResult:
     """DeepFool on the batch ``x`` against ``logits_fn`` (e.g. ``ctx.model.logits``).
 
@@ -185,7 +186,9 @@ def deepfool(
     them all, see the module docstring); ``refine``: the
     precision 2⁻ʳᵉᶠⁱⁿᵉ of the line searches (0: no line search, no projection, the result is
     (1 + overshoot) · r_tot); ``project``: the projection rounds after the line search.
-    ``refine=0, keep=candidates`` is the paper's algorithm exactly.
+    ``refine=0, keep=candidates`` is the paper's algorithm exactly. ``classes``: per sample,
+    the classes other than k that the first step linearises (an (N, m) tensor; default: the
+    ``candidates − 1`` with the highest clean logits), e.g. those a previous run found nearest.
     """
     if norm not in ("l2", "linf"):
         raise ValueError(f"unknown norm {norm!r}; expected 'l2' or 'linf'")
@@ -201,7 +204,8 @@ def deepfool(
         raise ValueError("deepfool needs a classifier with at least 2 classes")
     count = min(candidates, clean.shape[1])
     original = clean.argmax(dim=1) if labels is None else labels.to(x.device).long()
-    others = clean.scatter(1, original[:, None], float("-inf")).topk(count - 1, dim=1).indices
+    others = (clean.scatter(1, original[:, None], float("-inf")).topk(count - 1, dim=1).indices
+              if classes is None else classes.to(x.device).long())
 
     r_tot = torch.zeros_like(x)
     point = x.clone()

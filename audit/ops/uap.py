@@ -208,9 +208,10 @@ def fit_uap_deepfool(
     the samples of B before x_i; and consequently that a sample of B that those earlier
     updates would already have fooled still contributes its step. The updates themselves,
     their order and the projection after each of them are the original's, so ``batch=1``
-    *is* Algorithm 1 on the first pass (later passes differ by the reuse of step 2). Why this is faithful: for the samples that v does not fool, the
-    paper's Δv_i are the DeepFool steps at x_i + v, and v moves only by bounded, projected
-    increments within a mini-batch; a stale step points across the same boundary and, since
+    *is* Algorithm 1 on the first pass (later passes differ by the reuse of step 2). Why
+    this is faithful: for the samples that v does not fool, the paper's Δv_i are the
+    DeepFool steps at x_i + v, and v moves only by bounded, projected increments within a
+    mini-batch; a stale step points across the same boundary and, since
     the universal direction is shared (the paper's section 4), mostly along v's own growth,
     and the projection after each update keeps v in the ball whatever the steps sum to. The
     batched form spends one DeepFool call (one set of gradient passes) per mini-batch instead

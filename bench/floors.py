@@ -63,10 +63,21 @@ def measure_throughput(model: ModelUnderAudit, x: torch.Tensor, budget: float = 
 
 def paper_deepfool_floor(ctx: AuditContext, split: str, options: dict[str, Any]) -> Floor:
     """The model work of the paper's DeepFool (Moosavi-Dezfooli et al. 2016, Algorithm 2) on
-    the split, counted by running it: :func:`robaudit.ops.deepfool.deepfool` with
-    ``refine=0, keep=candidates`` in ``ctx.batch_size`` chunks, S the sum over the samples of
-    the steps each takes. Per sample it needs the clean prediction (a forward pass); per step
-    one forward pass that keeps the graph, the input gradients of the c = candidates − 1 class
+    the split, counted by running it (:func:`paper_deepfool_work`) in ``ctx.batch_size``
+    chunks."""
+    mua, data = ctx.model, ctx.data(split)
+    with mua:
+        return paper_deepfool_work(mua.logits, data.x, ctx.batch_size, ctx.device, options,
+                                   mua.input_range)
+
+
+def paper_deepfool_work(logits_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                        batch: int, device: torch.device | str, options: dict[str, Any],
+                        input_range: tuple[float, float] | None) -> Floor:
+    """The paper's DeepFool on ``x``, run by :func:`robaudit.ops.deepfool.deepfool` with
+    ``refine=0, keep=candidates`` in chunks of ``batch``, S the sum over the samples of the
+    steps each takes. Per sample it needs the clean prediction (a forward pass); per step one
+    forward pass that keeps the graph, the input gradients of the c = candidates − 1 class
     differences (c backward passes) and the forward pass that tells whether the step crossed.
     A backward pass is timed as the forward+gradient throughput less the forward one, so the
     floor is forward = N − (c − 2)·S and gradient = c·S (the forward count is negative when
@@ -75,17 +86,16 @@ def paper_deepfool_floor(ctx: AuditContext, split: str, options: dict[str, Any])
     what robaudit's DeepFool costs over the paper's at batched throughput."""
     from robaudit.ops.deepfool import deepfool
 
-    mua, data = ctx.model, ctx.data(split)
     steps, classes = 0, 2
-    for start in range(0, len(data), ctx.batch_size):
-        x = data.x[start : start + ctx.batch_size].to(ctx.device)
-        with mua:
-            result = deepfool(mua.logits, x, refine=0, keep=options["candidates"],
-                              input_range=mua.input_range, **options)
-            classes = int(mua.logits(x[:1]).shape[1])
+    for start in range(0, len(x), batch):
+        chunk = x[start : start + batch].to(device)
+        result = deepfool(logits_fn, chunk, refine=0, keep=options["candidates"],
+                          input_range=input_range, **options)
+        with torch.no_grad():
+            classes = int(logits_fn(chunk[:1]).shape[1])
         steps += int(result.iterations.sum())
     c = min(options["candidates"], classes) - 1
-    return Floor(forward=len(data) - (c - 2) * steps, gradient=c * steps,
+    return Floor(forward=len(x) - (c - 2) * steps, gradient=c * steps,
                  note=f"the paper's DeepFool: {steps} steps of {c} class gradients")
 
 

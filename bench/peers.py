@@ -5,7 +5,7 @@ DeepFool attacker) and PGD (torchattacks 3.5).
 
     pip install -e '.[bench]'          # the peers: never runtime dependencies of robaudit
     python bench/peers.py [--samples 200] [--eps 0.1] [--threads 1] [--weights W.pt]
-                          [--out docs/bench/peers.md]
+                          [--size 256] [--out docs/bench/peers.md]
 
 Every implementation gets the same model (eval mode, frozen), the same samples, the same
 hyper-parameters (DeepFool: 50 iterations, overshoot 0.02, 10 candidate classes, the box
@@ -189,6 +189,61 @@ def bench_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     return rows
 
 
+def cpu_throughput(model: nn.Module, x: torch.Tensor, repeats: int = 3) -> Any:
+    """The model's forward and forward+input-gradient rates on the batch ``x``, in samples
+    per CPU second (as :func:`timed` measures the attacks)."""
+    from floors import Throughput
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def gradient() -> None:
+        inputs = x.clone().requires_grad_(True)
+        torch.autograd.grad(model(inputs).sum(), inputs)
+
+    rates = []
+    for step in (forward, gradient):
+        step()  # warm-up
+        _, seconds = timed(lambda step=step: [step() for _ in range(repeats)])
+        rates.append(repeats * len(x) / seconds)
+    return Throughput(*rates)
+
+
+def bench_deepfool_floor(samples: int) -> Table:
+    """DeepFool ℓ2 on ``bench/size.py``'s ResNet-18 at 3×32×32 (trained once, cached), one
+    batch of ``samples`` digits: robaudit's and the paper's steps' CPU time against the floor
+    of ``bench/floors.py`` (:func:`floors.paper_deepfool_work`: the paper's steps × its class
+    gradients, at the batched throughput measured here in CPU time)."""
+    import torchvision
+    from floors import paper_deepfool_work
+    from size import digits32, trained_weights
+
+    model = torchvision.models.resnet18(num_classes=10)
+    model.load_state_dict(torch.load(trained_weights(0), weights_only=True))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = digits32(digits_splits()["test"].x[:samples])
+    options = {"norm": "l2", "overshoot": 0.02, "candidates": 10, "max_iter": 50}
+    floor = paper_deepfool_work(model, x, samples, "cpu", options, BOX)
+    rates = cpu_throughput(model, x)
+    floor_s = rates.seconds(floor)
+    table = Table(title=f"DeepFool ℓ2 on the ResNet-18 at 3×32×32, {samples} test digits, "
+                        f"1 batch; floor {floor_s:.2f} s ({floor.note})")
+    for column in ("implementation", "time (s)", "time / floor", "success", "ρ_adv"):
+        table.add_column(column, justify="left" if column == "implementation" else "right")
+    deepfool(model, x[:8], norm="l2", input_range=BOX)  # warm-up
+    for name, extra in (("robaudit", {}), ("robaudit, the paper's steps",
+                                           {"refine": 0, "keep": 10})):
+        result, seconds = timed(lambda extra=extra: deepfool(model, x, input_range=BOX,
+                                                             **options, **extra))
+        table.add_row(name, f"{seconds:.2f}", f"{seconds / floor_s:.2f}×",
+                      f"{float(result.converged.double().mean()):.3f}",
+                      f"{rho_adv(x, result.boundary, result.converged):.4f}")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=200)
@@ -202,6 +257,9 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=WEIGHTS,
                         help="digits_resnet weights (default: the shipped ones; e.g. one "
                              "trained by robaudit.zoo.train_model with another seed)")
+    parser.add_argument("--size", type=int, default=0,
+                        help="also time DeepFool on bench/size.py's ResNet-18 at 3×32×32 on "
+                             "this many samples against its floor (trains the model once)")
     parser.add_argument("--out", type=Path, help="also append the table to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -238,6 +296,8 @@ def main() -> None:
         )
     console = Console(width=150, record=True)
     console.print(table)
+    if args.size:
+        console.print(bench_deepfool_floor(args.size))
     if args.out:
         with args.out.open("a") as out:
             out.write("```\n" + console.export_text() + "```\n\n")

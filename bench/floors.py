@@ -64,11 +64,10 @@ def measure_throughput(model: ModelUnderAudit, x: torch.Tensor, budget: float = 
 def paper_deepfool_floor(ctx: AuditContext, split: str, options: dict[str, Any]) -> Floor:
     """The model work of the paper's DeepFool (Moosavi-Dezfooli et al. 2016, Algorithm 2) on
     the split, counted by running it (:func:`paper_deepfool_work`) in ``ctx.batch_size``
-    chunks."""
+    chunks (during the session, whose model is in use: not entered again)."""
     mua, data = ctx.model, ctx.data(split)
-    with mua:
-        return paper_deepfool_work(mua.logits, data.x, ctx.batch_size, ctx.device, options,
-                                   mua.input_range)
+    return paper_deepfool_work(mua.logits, data.x, ctx.batch_size, ctx.device, options,
+                               mua.input_range)
 
 
 def paper_deepfool_work(logits_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,

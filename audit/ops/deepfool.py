@@ -44,16 +44,18 @@ with ``keep=candidates``):
   the first step linearises all ``candidates − 1`` classes; each later ℓ2 step only the
   ``keep`` whose linearised boundaries were nearest at the previous step. This is a
   heuristic, not a bound: it is tested to leave the result unchanged on a 10-class ReLU MLP
-  (446 of 450 digits test samples unchanged with keep = 2, all with keep = 4 on the shipped
-  digits ResNet). ℓ∞ steps move every coordinate by the whole step and reorder the
-  boundaries more (keep = 3 changed one of 60 samples of that MLP), so ℓ∞ keeps them all.
+  (on the shipped digits ResNet's 450 test samples, with the paper's steps: 446 unchanged
+  with keep = 2, 448 with 3, all with 4). ℓ∞ steps move every coordinate by the whole step
+  and reorder the boundaries more (keep = 3 changed one of 60 samples of that MLP), so ℓ∞
+  keeps them all.
 
 Measured (bench/peers.py, docs/bench/peers.md; 200 digits test samples, all fooled by every
 implementation, mean ρ_adv, CPU time, one thread): on the shipped digits ResNet the paper's
 algorithm gives 0.1242 (ART 1.20: 0.1200, foolbox 3.3: 0.1186), with the line search alone
 0.1185, with the projection 0.1116, in about the time of the paper's steps (the pruned later
-steps pay for the searches and the projection's gradient). The damped steps that issue 8
-used (0.8 of each step, 5.1 steps instead of 1.8) gave 0.1142 in 2.5× the time.
+steps pay for the searches and the projection's gradient; ART at its batch of 200 took
+21.6× robaudit's CPU time in that run, the paper's steps 22.7×). The damped steps that
+issue 8 used (0.8 of each step, 5.1 steps instead of 1.8) gave 0.1142 in 2.0–2.5× the time.
 
 Choices where the paper is silent or that the batched form needs:
 
@@ -75,7 +77,9 @@ Choices where the paper is silent or that the batched form needs:
   with ``retain_graph`` and one backward pass per candidate. On a CPU this measured fastest of
   the three exact ways to get them (200 samples, 9 candidate differences, one thread): the
   shipped digits ResNet 114 ms for the loop of backward passes, 145 ms for
-  ``autograd.grad(..., is_grads_batched=True)``, 170 ms for ``torch.func.jacrev``; on a
+  ``autograd.grad(..., is_grads_batched=True)``, 170 ms for ``torch.func.jacrev`` (and one
+  forward and backward pass of the batch repeated 9 times, 185 ms against 86–106 ms for the
+  loop in a later run); on a
   3-layer MLP all three take 1.6–2.7 ms. (A plain forward+backward of those samples takes
   17 ms on the ResNet, so the floor of an iteration is ≈ (candidates − 1) backward passes.)
   Whether an iterate crossed is checked with a gradient-free forward pass before the gradient

@@ -62,8 +62,9 @@ def test_linear_fooling_rate_is_the_closed_form(method: str, norm: str) -> None:
                         max_passes=20, step=0.2)
     assert result.value == pytest.approx(0.25)
     assert result.details["fit_fooling_rate"] == pytest.approx(0.6)
-    # δ = 0.2 asks for 80% on the fit set, which no v reaches: every pass is made
-    assert result.details["passes"] == 20
+    # δ = 0.2 asks for 80% on the fit set, which no v reaches: every pass is made, but for a
+    # DeepFool fit that reaches a fixed point (v at the ℓ∞ vertex −ε·sign(w), see below)
+    assert result.details["passes"] == (2 if (method, norm) == ("deepfool", "linf") else 20)
     # the figure is v itself, pointing across the boundary (w·v < 0), within the budget
     image = torch.from_numpy(result.figures[0].image)
     assert image.shape == (1, 4, 4) and float((image.flatten() * SIGNS).sum()) < 0
@@ -120,6 +121,29 @@ def test_stops_at_one_minus_delta() -> None:
     assert fit.fooling_rate == pytest.approx(0.9)
 
 
+def test_the_fixed_point_stop_gives_the_result_of_every_pass() -> None:
+    """A DeepFool pass that changes neither v nor any sample's crossed class is repeated by
+    every later pass: stopping there gives exactly the v and the rate of all passes."""
+    x, model = samples(margins(12, 8), seed=1), linear_model()
+    fits = [fit_uap_deepfool(model, x, eps=0.05, norm="linf", max_passes=20,
+                             input_range=(0.0, 1.0), generator=torch.Generator().manual_seed(3),
+                             settle=settle) for settle in (True, False)]
+    assert (fits[0].passes, fits[1].passes) == (2, 20)
+    assert torch.equal(fits[0].perturbation, fits[1].perturbation)
+    assert fits[0].fooling_rate == fits[1].fooling_rate == pytest.approx(0.6)
+    assert set(fits[1].history[1:]) == {fits[0].history[1]}  # every later pass repeats it
+
+
+def test_a_standing_sample_reuses_the_class_it_crossed_into() -> None:
+    """The classes of a sample still standing after a pass: the one its last step crossed
+    into first, then the highest other logits, never its own class."""
+    from robaudit.ops.uap import reused_classes
+
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0], [0.0, 1.0, 2.0, 9.0, 3.0]])
+    classes = reused_classes(logits, torch.tensor([0, 3]), torch.tensor([4, 0]), 3)
+    assert classes.tolist() == [[4, 1, 2], [0, 4, 2]]
+
+
 def test_batch_of_one_is_the_sequential_algorithm() -> None:
     """With batch=1 each DeepFool step is taken at the current v: a sample that an earlier
     update already fooled contributes nothing, so v is the projected sum of the steps of the
@@ -137,7 +161,7 @@ def test_batch_of_one_is_the_sequential_algorithm() -> None:
     for i in order.tolist():
         point = (x[i : i + 1] + v).clamp(0, 1)
         if model(point).argmax(dim=1).item() == 1:
-            step = deepfool(model, point, norm="l2")
+            step = deepfool(model, point, norm="l2", refine=0)
             v = project_lp(v + step.perturbation[0], 0.2, "l2", batched=False)
     assert torch.allclose(fit.perturbation, v, atol=1e-7)
 

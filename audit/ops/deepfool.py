@@ -16,33 +16,46 @@ or after ``max_iter`` steps, as in the paper's Algorithm 2 and the authors' code
 the boundary points z = x + r(x) whose curvature Fawzi et al. (CVPR 2018, section 3) study,
 and the inner step of universal perturbations (Moosavi-Dezfooli et al. 2017, Algorithm 1).
 
-Two changes to the paper's algorithm make the perturbation smaller, i.e. nearer the minimal
-one that ρ_adv estimates (``damping=1, refine=0`` is the paper's algorithm exactly):
+After the paper's steps comes a final step that makes the perturbation smaller, i.e. nearer
+the minimal one that ρ_adv estimates (``refine=0`` skips it: the paper's algorithm exactly,
+with ``keep=candidates``):
 
-- Damped steps: each step is ``damping`` (default :data:`DAMPING` = 0.8) times the
-  linearised one, r_i = (0.8 · |f'_l| / ‖w'_l‖ + s) · direction. A full step from x lands
-  past the curved boundary of a ReLU network by its linearisation error, along the
-  direction of the first linearisation; shorter steps re-linearise on the way and approach
-  the boundary from inside. On a linear model the remaining distance shrinks by
-  1 − 0.8 (1 + η) ≈ 0.18 per step and the slack s carries the iterate across: about
-  log(d/s)/log(5.4) steps, 5 for d = 0.5.
-- The final step: the label change is located on the segment from x to the last iterate p
-  by ``refine`` bisections (default :data:`REFINE_STEPS`), t_hi the smallest known fraction
-  of the segment that changes the label, and the returned point is
-  x + min(1, (1 + overshoot) · t_hi) · (p − x) (or x + t_hi · (p − x) in the rare case where
-  that point keeps the label k): the nearer of p and the crossing times the overshoot, both
-  across. So a search along the returned perturbation cannot shrink it by more than the
-  overshoot (and 2⁻¹⁰ of it). It costs one forward pass of the converged samples per
-  bisection. On a linear classifier the result lies between the closed-form distance d and
-  (1 + overshoot) · d, to the bisection's precision (the paper's is (1 + overshoot)(d + s)).
+- Line search: the label change on the segment from x to the last iterate p is located by
+  regula falsi on the margin f_k − max_{j≠k} f_j (Illinois' variant, :func:`_search`), to
+  2⁻⁵ of the segment when a projection follows, else to 2⁻ʳᵉᶠⁱⁿᵉ (``refine``, default
+  :data:`REFINE_STEPS` = 10): a few forward passes of the converged samples.
+- Projection (``project`` rounds, default :data:`PROJECT_ROUNDS` = 1): at that crossing z,
+  into class c, the boundary f_c − f_k is linearised once more (one gradient pass, of one
+  class) and x is projected onto its tangent plane; the label change along that direction,
+  within the current length, is located by a line search to 2⁻ʳᵉᶠⁱⁿᵉ. The shorter of it and
+  the crossing on the segment is kept per sample (the segment's search is finished where the
+  projection does not come below its bracket), so the result is never longer than the
+  crossing along the paper's direction. This is in the spirit of the projection steps of
+  SuperDeepFool (Abdollahi et al., "Revisiting DeepFool", 2023): a DeepFool point
+  overshoots the curved boundary of a ReLU network along the first linearisation's
+  direction, and the normal at the boundary point points nearer to the minimal
+  perturbation.
+- The returned point is the crossing pushed out by 2⁻ʳᵉᶠⁱⁿᵉ of its length (so that a
+  re-check in another batch still finds it across), verified by a fresh forward pass; the
+  overshoot η only scales the paper's iterates x + (1 + η) r_tot, as in the paper, where it
+  serves to cross. On a linear classifier the result is the closed-form distance d to that
+  precision (the paper's is (1 + η)(d + s)).
+- Candidate classes after the first step (``keep``, default :data:`KEEP_CANDIDATES` = 3):
+  the first step linearises all ``candidates − 1`` classes; each later ℓ2 step only the
+  ``keep`` whose linearised boundaries were nearest at the previous step. This is a
+  heuristic, not a bound: it is tested to leave the result unchanged on a 10-class ReLU MLP
+  (on the shipped digits ResNet's 450 test samples, with the paper's steps: 446 unchanged
+  with keep = 2, 448 with 3, all with 4). ℓ∞ steps move every coordinate by the whole step
+  and reorder the boundaries more (keep = 3 changed one of 60 samples of that MLP), so ℓ∞
+  keeps them all.
 
 Measured (bench/peers.py, docs/bench/peers.md; 200 digits test samples, all fooled by every
-implementation, mean ρ_adv): on the shipped digits ResNet the paper's algorithm gave 0.1242
-(3.5% above ART's 0.1200 and 4.7% above foolbox's 0.1186), with the final bisection alone
-0.1194, with damping 0.8 and the bisection 0.1142; on a digits ResNet trained from seed 2,
-0.1332 / 0.1292 / 0.1229 against ART's 0.1264 and foolbox's 0.1248. The price is
-iterations: 5.1 on average instead of 1.8 (damping 0.9: 3.3 iterations, ρ 0.1167 / 0.1259,
-not below foolbox on the second model; 0.5: 11 iterations, 0.1093 / 0.1173).
+implementation, mean ρ_adv, CPU time, one thread): on the shipped digits ResNet the paper's
+algorithm gives 0.1242 (ART 1.20: 0.1200, foolbox 3.3: 0.1186), with the line search alone
+0.1185, with the projection 0.1116, in about the time of the paper's steps (the pruned later
+steps pay for the searches and the projection's gradient; ART at its batch of 200 took
+21.6× robaudit's CPU time in that run, the paper's steps 22.7×). The damped steps that
+issue 8 used (0.8 of each step, 5.1 steps instead of 1.8) gave 0.1142 in 2.0–2.5× the time.
 
 Choices where the paper is silent or that the batched form needs:
 
@@ -55,7 +68,7 @@ Choices where the paper is silent or that the batched form needs:
   linearisation (w' set to 0 there), so the step is the minimal one among the moves that stay
   feasible. (ART and foolbox step along the unconstrained gradient and lose the blocked part
   to the clipping: on the digits ResNets that acts as a damping too, ρ_adv 0.1186 / 0.1248
-  with 6.3 iterations, and the damping above does better at fewer iterations.)
+  with 6.3 iterations, and the final step above does better at fewer iterations.)
   ``perturbation`` is ``boundary − x`` (x + r is the adversarial point in both cases).
 - A sample whose candidate gradients all vanish (a flat region) cannot move: it stops, with
   ``converged`` False.
@@ -64,7 +77,9 @@ Choices where the paper is silent or that the batched form needs:
   with ``retain_graph`` and one backward pass per candidate. On a CPU this measured fastest of
   the three exact ways to get them (200 samples, 9 candidate differences, one thread): the
   shipped digits ResNet 114 ms for the loop of backward passes, 145 ms for
-  ``autograd.grad(..., is_grads_batched=True)``, 170 ms for ``torch.func.jacrev``; on a
+  ``autograd.grad(..., is_grads_batched=True)``, 170 ms for ``torch.func.jacrev`` (and one
+  forward and backward pass of the batch repeated 9 times, 185 ms against 86–106 ms for the
+  loop in a later run); on a
   3-layer MLP all three take 1.6–2.7 ms. (A plain forward+backward of those samples takes
   17 ms on the ResNet, so the floor of an iteration is ≈ (candidates − 1) backward passes.)
   Whether an iterate crossed is checked with a gradient-free forward pass before the gradient
@@ -93,11 +108,20 @@ if TYPE_CHECKING:
 #: The slack added to each linearised step (the original implementation's 1e-4).
 STEP_SLACK = 1e-4
 
-#: The fraction of each linearised step taken (see the module docstring; 1 is the paper's).
-DAMPING = 0.8
-
-#: Bisections of the final step along the found perturbation (a precision of 2⁻¹⁰ of it).
+#: The precision of the line searches: each brackets its label change to 2⁻¹⁰ of its segment.
 REFINE_STEPS = 10
+
+#: The precision 2⁻⁵ of the first line search when projection rounds follow it.
+COARSE_STEPS = 5
+
+#: The inner end of a projection's bracket: 2⁻⁶ of the way short of the projected plane.
+STRADDLE_STEPS = 6
+
+#: Rounds of projection onto the tangent plane of the boundary after the line search.
+PROJECT_ROUNDS = 1
+
+#: Classes linearised on every step after the first: those nearest at the previous step.
+KEEP_CANDIDATES = 3
 
 
 @dataclass(frozen=True)
@@ -105,8 +129,8 @@ class DeepFoolResult:
     """The outcome of :func:`deepfool` for a batch of N samples (tensors on x's device; those
     of :func:`deepfool_split` on the CPU).
 
-    perturbation  (N, *input) the perturbation r (overshoot included, after the final
-                  bisection); x + r is the adversarial point.
+    perturbation  (N, *input) the perturbation r (after the final step); x + r is the
+                  adversarial point.
     boundary      (N, *input) the point x + r (clipped to ``input_range`` when given).
     crossed_into  (N,) long: the class predicted at ``boundary``.
     iterations    (N,) long: the number of linearised steps taken.
@@ -150,21 +174,30 @@ def deepfool(
     max_iter: int = 50,
     input_range: tuple[float, float] | None = None,
     labels: torch.Tensor | None = None,
-    damping: float = DAMPING,
+    damping: float = 1.0,
     refine: int = REFINE_STEPS,
+    project: int = PROJECT_ROUNDS,
+    keep: int = KEEP_CANDIDATES,
+    classes: torch.Tensor | None = None,
 ) -> DeepFoolResult:
     """DeepFool on the batch ``x`` against ``logits_fn`` (e.g. ``ctx.model.logits``).
 
     See the module docstring for the algorithm and its choices. ``candidates`` counts the
     original class too (at least 2; capped at the number of classes). ``damping``: the
-    fraction of each linearised step taken (1 is the paper's); ``refine``: the bisections of
-    the final step (0 returns (1 + overshoot) · r_tot; ``damping=1, refine=0`` is the paper's
-    algorithm exactly).
+    fraction of each linearised step taken (1, the default, is the paper's); ``keep``: the
+    classes linearised on each ℓ2 step after the first (the nearest ``keep`` of the previous
+    step; ``keep >= candidates − 1`` linearises them all, as the paper; ℓ∞ always linearises
+    them all, see the module docstring); ``refine``: the
+    precision 2⁻ʳᵉᶠⁱⁿᵉ of the line searches (0: no line search, no projection, the result is
+    (1 + overshoot) · r_tot); ``project``: the projection rounds after the line search.
+    ``refine=0, keep=candidates`` is the paper's algorithm exactly. ``classes``: per sample,
+    the classes other than k that the first step linearises (an (N, m) tensor; default: the
+    ``candidates − 1`` with the highest clean logits), e.g. those a previous run found nearest.
     """
     if norm not in ("l2", "linf"):
         raise ValueError(f"unknown norm {norm!r}; expected 'l2' or 'linf'")
-    if candidates < 2:
-        raise ValueError("deepfool needs at least 2 candidate classes")
+    if candidates < 2 or keep < 1:
+        raise ValueError("deepfool needs at least 2 candidate classes and keep >= 1")
     if not 0 < damping <= 1:
         raise ValueError("deepfool needs 0 < damping <= 1")
     x = x.detach()
@@ -175,22 +208,28 @@ def deepfool(
         raise ValueError("deepfool needs a classifier with at least 2 classes")
     count = min(candidates, clean.shape[1])
     original = clean.argmax(dim=1) if labels is None else labels.to(x.device).long()
-    others = clean.scatter(1, original[:, None], float("-inf")).topk(count - 1, dim=1).indices
+    others = (clean.scatter(1, original[:, None], float("-inf")).topk(count - 1, dim=1).indices
+              if classes is None else classes.to(x.device).long())
 
     r_tot = torch.zeros_like(x)
     point = x.clone()
     normal = torch.zeros_like(x)
     iterations = torch.zeros(n, dtype=torch.long, device=x.device)
     predicted = clean.argmax(dim=1)
+    margin = _margin(clean, original)
     stuck = torch.zeros(n, dtype=torch.bool, device=x.device)
     active = (predicted == original).nonzero().squeeze(1)
     for _ in range(max_iter):
         if active.numel() == 0:
             break
-        step, unit_normal, movable = _linearised_step(
+        step, unit_normal, movable, distance = _linearised_step(
             logits_fn, point[active], original[active], others[active], norm, input_range,
             damping,
         )
+        if norm == "l2" and keep < others.shape[1]:  # the next step: the nearest ``keep``
+            nearest = others[active].gather(1, distance.argsort(dim=1)[:, :keep])
+            others = others[:, :keep].clone()
+            others[active] = nearest
         normal[active] = unit_normal
         stuck[active[~movable]] = True
         iterations[active[movable]] += 1
@@ -198,16 +237,18 @@ def deepfool(
         point[active] = clip_to_box(x[active] + (1 + overshoot) * r_tot[active], input_range)
         active = active[movable]
         with torch.no_grad():
-            predicted[active] = logits_fn(point[active]).argmax(dim=1)
+            logits = logits_fn(point[active])
+        predicted[active] = logits.argmax(dim=1)
+        margin[active] = _margin(logits, original[active])
         active = active[predicted[active] == original[active]]
 
     converged = (predicted != original) & ~stuck & (iterations > 0)
     moved = converged.nonzero().squeeze(1)
     if refine > 0 and moved.numel() > 0:
-        point[moved] = _refine(logits_fn, x[moved], point[moved], original[moved], overshoot,
-                               refine, input_range)
-        with torch.no_grad():
-            predicted[moved] = logits_fn(point[moved]).argmax(dim=1)
+        start = _margin(clean[moved], original[moved])
+        point[moved], predicted[moved] = _shorten(
+            logits_fn, x[moved], point[moved], original[moved], (start, margin[moved]), norm,
+            refine, project, input_range)
     return DeepFoolResult(
         perturbation=point - x,
         boundary=point,
@@ -218,6 +259,16 @@ def deepfool(
     )
 
 
+def _margin(logits: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """f_k − max_{j≠k} f_j per sample: positive while k is predicted."""
+    base = logits.gather(1, original[:, None]).squeeze(1)
+    return base - logits.scatter(1, original[:, None], float("-inf")).amax(dim=1)
+
+
+def _size(v: torch.Tensor, norm: Norm) -> torch.Tensor:
+    flat = v.flatten(1)
+    return flat.norm(dim=1) if norm == "l2" else flat.abs().amax(dim=1)
+
 
 def _linearised_step(
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -227,10 +278,11 @@ def _linearised_step(
     norm: Norm,
     input_range: tuple[float, float] | None,
     damping: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One DeepFool step at ``point`` (A samples): the step r_i (``damping`` times the
     distance to the linearised boundary, plus the slack), the unit normal of the chosen
-    linearised boundary, and which samples could move (a nonzero chosen gradient)."""
+    linearised boundary, which samples could move (a nonzero chosen gradient) and the distance
+    to each candidate's linearised boundary (inf for a zero gradient)."""
     with torch.enable_grad():
         xa = point.detach().requires_grad_(True)
         logits = logits_fn(xa)
@@ -276,37 +328,205 @@ def _linearised_step(
         direction = chosen.sign()
     raw = grads[rows, best]
     raw_norm = raw.flatten(1).norm(dim=1).clamp_min(1e-30).view(shape)
-    return length.view(shape) * direction, raw / raw_norm, movable
+    return length.view(shape) * direction, raw / raw_norm, movable, distance
 
 
-def _refine(
+def _shorten(
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     point: torch.Tensor,
     original: torch.Tensor,
-    overshoot: float,
-    steps: int,
+    margins: tuple[torch.Tensor, torch.Tensor],
+    norm: Norm,
+    refine: int,
+    project: int,
+    input_range: tuple[float, float] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The final step (module docstring): the label change on the segment from x to
+    ``point`` (misclassified) by a line search, ``project`` rounds of projection onto the
+    tangent plane of the boundary there, each kept only where it is shorter, and the shortest
+    crossing pushed out by 2⁻ʳᵉᶠⁱⁿᵉ of its length where that still changes the label.
+    Returns the points and their predicted labels, from a fresh forward pass of each returned
+    point (where the pushed-out point keeps the label k, the crossing's own pass).
+    ``margins``: the margins (:func:`_margin`) at x and at ``point``. With projection rounds the
+    first search stops at 2⁻⁵ of the segment (the crossing is only where the boundary is
+    linearised) and is finished to 2⁻ʳᵉᶠⁱⁿᵉ where no projection came below its near end: the
+    result is never longer than the crossing along the segment."""
+    shape = (-1, *([1] * (x.dim() - 1)))
+    segment = point - x
+    ones = torch.ones_like(margins[0])
+    coarse = refine if project == 0 else min(refine, COARSE_STEPS)
+    bracket = _search(logits_fn, x, segment, original, (0 * ones, ones, *margins),
+                      ones * 2.0**-coarse, 3 * coarse, input_range)
+    best = clip_to_box(x + bracket[1].view(shape) * segment, input_range)
+    size = _size(best - x, norm)
+    for _ in range(project):
+        candidate = _projected(logits_fn, x, best, original, margins[0], size, norm, refine,
+                               input_range)
+        candidate_size = _size(candidate - x, norm)
+        shorter = candidate_size < size
+        best = torch.where(shorter.view(shape), candidate, best)
+        size = torch.where(shorter, candidate_size, size)
+    # Where no projection came below the coarse bracket's near end, the crossing along the
+    # segment may still be the shorter: finish its search and keep the shorter of the two.
+    near = _size(clip_to_box(x + bracket[0].view(shape) * segment, input_range) - x, norm)
+    rest = (size >= near).nonzero().squeeze(1)
+    if coarse < refine and rest.numel() > 0:
+        finer = _search(logits_fn, x[rest], segment[rest], original[rest],
+                        (bracket[0][rest], bracket[1][rest], bracket[2][rest], bracket[3][rest]),
+                        ones[rest] * 2.0**-refine,
+                        3 * refine, input_range)
+        crossing = clip_to_box(x[rest] + finer[1].view(shape) * segment[rest], input_range)
+        shorter = _size(crossing - x[rest], norm) < size[rest]
+        best[rest] = torch.where(shorter.view(shape), crossing, best[rest])
+    beyond = clip_to_box(x + (1 + 2.0**-refine) * (best - x), input_range)
+    with torch.no_grad():
+        predicted = logits_fn(beyond).argmax(dim=1)
+        kept = (predicted == original).nonzero().squeeze(1)
+        if kept.numel() > 0:
+            predicted[kept] = logits_fn(best[kept]).argmax(dim=1)
+    changed = (predicted != original).view(shape)
+    return torch.where(changed, beyond, best), predicted
+
+
+def _projected(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    crossing: torch.Tensor,
+    original: torch.Tensor,
+    start: torch.Tensor,
+    size: torch.Tensor,
+    norm: Norm,
+    refine: int,
     input_range: tuple[float, float] | None,
 ) -> torch.Tensor:
-    """The final step: per sample, the label change on the segment from x to ``point``
-    (which is misclassified) located by ``steps`` bisections, t_hi the smallest fraction of
-    the segment known to change the label; the result is
-    x + min(1, (1 + overshoot) · t_hi) · (point − x), or x + t_hi · (point − x) where that
-    point keeps the label k. One forward pass of the samples per bisection."""
-    direction = point - x
+    """One projection round: at the ``crossing`` z (misclassified, into class c), the
+    boundary of g = f_c − f_k is linearised, g(x + r) ≈ g(z) + ∇g(z)ᵀ(x + r − z), and x is
+    projected onto that plane: the minimal r (in ``norm``, without the coordinates that the box
+    blocks at x) has size s* = a / ‖∇g‖_dual, a = ∇g(z)ᵀ(z − x) − g(z). The label change
+    along r within the current ``size`` (shorter perturbations only) is bracketed by points
+    just past s* and just short of it (or, where s* does not change the label, at ``size``)
+    and located by a line search to 2⁻ʳᵉᶠⁱⁿᵉ of s*; the result is that crossing, or x + inf
+    where there is none (or a ≤ 0). ``start``: the margins at x. One gradient pass and the
+    forward passes of the bracket and the search."""
     shape = (-1, *([1] * (x.dim() - 1)))
-    low = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    high = torch.ones_like(low)
+    with torch.enable_grad():
+        za = crossing.detach().requires_grad_(True)
+        logits = logits_fn(za)
+        crossed = logits.detach().argmax(dim=1, keepdim=True)
+        gap = logits.gather(1, crossed) - logits.gather(1, original[:, None])
+        (grad,) = torch.autograd.grad(gap.sum(), za)
+    if input_range is not None:
+        lo, hi = input_range
+        grad = grad.masked_fill(((x <= lo) & (grad < 0)) | ((x >= hi) & (grad > 0)), 0.0)
+    flat = grad.flatten(1)
+    reach = (flat * (crossing - x).flatten(1)).sum(dim=1) - gap.detach().squeeze(1)
+    if norm == "l2":
+        dual = flat.norm(dim=1)
+        direction = grad / dual.clamp_min(1e-30).view(shape)
+    else:
+        dual = flat.abs().sum(dim=1)
+        direction = grad.sign()
+    plane = torch.where(dual > 0, reach / dual.clamp_min(1e-30), torch.zeros_like(reach))
+    # Just past the plane: on a piecewise linear model the plane is often the boundary itself,
+    # where the batch's arithmetic would decide the side.
+    first = torch.minimum(plane * (1 + 2.0 ** -(refine + 4)), size)
+    low, high, m_low, m_high = 0 * size, 0 * size, start.clone(), 0 * size
+    found = torch.zeros_like(size, dtype=torch.bool)
+    rows = (plane > 0).nonzero().squeeze(1)
+    changed, margin = _probe(logits_fn, x, direction, original, first[rows], rows,
+                             input_range)
+    hit, miss = rows[changed], rows[~changed]
+    found[hit], high[hit], m_high[hit] = True, first[hit], margin[changed]
+    low[miss], m_low[miss] = first[miss], margin[~changed]
+    # Second ends: just short of the plane where it crossed, the current size where not.
+    outer = size * (1 - 2.0**-refine)
+    miss = miss[first[miss] < outer[miss]]
+    rows = torch.cat([hit, miss])
+    ends = torch.cat([plane[hit] * (1 - 2.0**-STRADDLE_STEPS), outer[miss]])
+    changed, margin = _probe(logits_fn, x, direction, original, ends, rows, input_range)
+    found[rows[changed]] = True
+    high[rows[changed]], m_high[rows[changed]] = ends[changed], margin[changed]
+    inside = ~changed & (torch.arange(len(rows), device=rows.device) < len(hit))
+    low[rows[inside]], m_low[rows[inside]] = ends[inside], margin[inside]
+    out = x + float("inf")
+    rows = found.nonzero().squeeze(1)
+    if rows.numel() > 0:
+        bracket = _search(logits_fn, x[rows], direction[rows], original[rows],
+                          (low[rows], high[rows], m_low[rows], m_high[rows]),
+                          first[rows] * 2.0**-refine, 3 * refine, input_range)
+        out[rows] = clip_to_box(x[rows] + bracket[1].view(shape) * direction[rows],
+                                input_range)
+    return out
+
+
+def _probe(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    direction: torch.Tensor,
+    original: torch.Tensor,
+    t: torch.Tensor,
+    rows: torch.Tensor,
+    input_range: tuple[float, float] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the samples ``rows``: whether x + t·direction (clipped to the box, ``t`` one per row
+    of ``rows``) changes the label, and its margin. One forward pass of those samples."""
+    if rows.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool, device=x.device), t
+    shape = (-1, *([1] * (x.dim() - 1)))
     with torch.no_grad():
-        for _ in range(steps):
-            middle = (low + high) / 2
-            changed = logits_fn(x + middle.view(shape) * direction).argmax(dim=1) != original
-            high = torch.where(changed, middle, high)
-            low = torch.where(changed, low, middle)
-        crossing = x + high.view(shape) * direction
-        beyond = x + ((1 + overshoot) * high).clamp(max=1.0).view(shape) * direction
-        changed = logits_fn(beyond).argmax(dim=1) != original
-    return clip_to_box(torch.where(changed.view(shape), beyond, crossing), input_range)
+        logits = logits_fn(clip_to_box(x[rows] + t.view(shape) * direction[rows], input_range))
+    return logits.argmax(dim=1) != original[rows], _margin(logits, original[rows])
+
+
+Bracket = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _search(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    direction: torch.Tensor,
+    original: torch.Tensor,
+    bracket: Bracket,
+    tolerance: torch.Tensor,
+    evaluations: int,
+    input_range: tuple[float, float] | None,
+) -> Bracket:
+    """The label change on x + t·direction (clipped to the box) in the ``bracket`` (low,
+    high, margin at low ≥ 0, margin at high ≤ 0: low keeps the label k, high changes it),
+    narrowed to ``tolerance`` by regula falsi on the margin, Illinois' variant (an end kept
+    twice in a row has its margin halved), which converges superlinearly on a continuous
+    margin such as a ReLU network's: on the digits ResNet it closes a bracket to 2⁻¹⁰ in
+    three or four forward passes of the rows still open, where a bisection needs ten; at
+    most ``evaluations`` passes. The points are rounded to a grid of 1/16 of the tolerance, so
+    that the result of a sample does not depend on the batch it is in (a point on the crossing
+    itself would be decided by the last bits of the batch's arithmetic). Returns the bracket."""
+    shape = (-1, *([1] * (x.dim() - 1)))
+    low, high = bracket[0].clone(), bracket[1].clone()
+    m_low, m_high = bracket[2].clamp_min(0.0), bracket[3].clamp_max(0.0)
+    grid = tolerance / 16
+    side = torch.zeros_like(low, dtype=torch.long)  # +1: the last point changed the label
+    for _ in range(evaluations):
+        rows = ((high - low) > tolerance).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            break
+        lo, hi, step = low[rows], high[rows], grid[rows]
+        t = hi - m_high[rows] * (hi - lo) / (m_high[rows] - m_low[rows])
+        t = torch.where((t > lo) & (t < hi), t, (lo + hi) / 2)
+        t = torch.minimum(torch.maximum((t / step).round() * step, lo + step), hi - step)
+        with torch.no_grad():
+            logits = logits_fn(clip_to_box(x[rows] + t.view(shape) * direction[rows],
+                                           input_range))
+        changed = logits.argmax(dim=1) != original[rows]
+        m = _margin(logits, original[rows])
+        low[rows] = torch.where(changed, lo, t)
+        high[rows] = torch.where(changed, t, hi)
+        m_low[rows] = torch.where(changed, m_low[rows] / torch.where(side[rows] > 0, 2.0, 1.0),
+                                  m.clamp_min(0.0))
+        m_high[rows] = torch.where(changed, m.clamp_max(0.0),
+                                   m_high[rows] / torch.where(side[rows] < 0, 2.0, 1.0))
+        side[rows] = torch.where(changed, 1, -1)
+    return low, high, m_low, m_high
 
 
 def deepfool_split(

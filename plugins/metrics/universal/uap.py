@@ -190,7 +190,10 @@ class UAPFoolingRate(SampleMetric):
       steps are computed per mini-batch of ``batch`` samples, all at the v of the start of the
       mini-batch, then applied one by one in the random order with a projection after each:
       the only difference from the one-sample-at-a-time original (``batch: 1`` is the
-      original); :func:`robaudit.ops.uap.fit_uap_deepfool` documents it in full. When
+      original); a sample still standing after a pass starts its next step from the class
+      it crossed into (fewer gradient passes), and the fit also stops at a fixed point, a
+      pass that changed nothing, which every later pass would repeat;
+      :func:`robaudit.ops.uap.fit_uap_deepfool` documents it in full. When
       ``max_passes`` ends the fit before 1 − δ, the v of the pass with the best fit fooling
       rate is kept rather than the last (Algorithm 1 has no pass limit).
     - ``sgd``: projected sign-gradient (ℓ∞) or normalised-gradient (ℓ2) ascent of the mean

@@ -263,3 +263,19 @@ def test_chunked_hvps_and_lanczos_groups_do_not_change_the_values() -> None:
         for key in ("rho", "largest_curvatures", "smallest_curvatures", "singular_values"):
             if key in small.details:
                 np.testing.assert_allclose(small.details[key], large.details[key], rtol=1e-6)
+
+
+def test_the_floors_count_the_lanczos_steps_asked() -> None:
+    """Each Lanczos step is one HVP (two gradients with finite differences) per point, so the
+    floor counts ``iterations`` steps when given, else min(d − 1, 2k + 40)."""
+    model, x, y, _ = ball_case(n=6, d=20)
+    ctx = make_context(model, x, y)
+    metric = BoundaryCurvature()
+    for extra, steps in (({}, 19), ({"iterations": 5}, 5)):
+        params = metric.Params(dense_max=10, k=2, directions=4, **extra)
+        assert metric.floor(ctx, params).gradient == 6 * (1 + (steps + 4) * 2)
+    ratio = CurvatureRatio()
+    params = ratio.Params(dense_max=10, fit=6, points=6, directions=2, subspace=2, samples=3,
+                          iterations=7)
+    hvps = 6 * 7 + 6 * (2 + 3)
+    assert ratio.floor(ctx, params).gradient == 2 * hvps + 6 + 6 + 6 * (10 - 1)

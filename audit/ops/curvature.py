@@ -242,7 +242,7 @@ def principal_curvatures_lanczos(op: MarginHessian, k: int, start: torch.Tensor,
     steps = min(op.dim - 1, iterations or 2 * k + 40)
     group = max(1, KRYLOV_CHUNKS * op.chunk // steps)
     parts = [_lanczos(op.rows(slice(s, s + group)), k, start, steps)
-             for s in range(0, op.points, group)]
+             for s in range(0, max(1, op.points), group)]
     return Curvatures(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
                       steps)
 

@@ -50,7 +50,8 @@ class CurvatureParams(IncludedParams):
     points: int = Field(100, ge=1, description="boundary points: the first this many samples")
     dense_max: int = Field(
         256, ge=2, description="input dimension up to which the whole spectrum is computed "
-                               "densely (d − 1 HVPs a point); above it, Lanczos")
+                               "densely (d − 1 HVPs and d × d numbers a point); above it, "
+                               "Lanczos")
     iterations: int | None = Field(
         None, ge=1, description="Lanczos steps (default min(d − 1, 2k + 40))")
     overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool's overshoot (shared cache)")

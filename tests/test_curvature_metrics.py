@@ -235,3 +235,47 @@ def test_the_fit_runs_deepfool_on_its_points_only_with_the_shared_runs_rows() ->
     whole = deepfool_split(ctx, split="train")
     torch.testing.assert_close(head.boundary, whole.boundary[:5])
     assert leading_deepfool(ctx, params, "train", 5) is whole  # the shared run, once cached
+
+
+def test_chunked_hvps_and_lanczos_groups_do_not_change_the_values() -> None:
+    """Issue #23: HVP rows of points × directions go in chunks of ``batch_size`` and Lanczos runs
+    on groups of points (KRYLOV_CHUNKS × batch_size Krylov vectors): at batch size 7 (one
+    direction per point and chunk, Lanczos two points at a time) every metric's values equal
+    those at 64 (whole batches) with finite differences, Lanczos and the shared subspace."""
+    from robaudit.plugins.metrics.curvature.curvature_detection import CurvatureDetection
+
+    torch.manual_seed(3)
+    d = 48
+    model = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x = torch.randn(40, d, generator=gen(8), dtype=torch.float64)
+    y = torch.zeros(40, dtype=torch.long)
+    checks = ((BoundaryCurvature(), {"points": 30, "dense_max": 8, "k": 3, "directions": 20}),
+              (CurvatureRatio(), {"points": 30, "dense_max": 8, "fit": 12, "directions": 3,
+                                  "subspace": 4, "samples": 20}),
+              (CurvatureDetection(), {"points": 30, "T": 8}))
+    for metric, params in checks:
+        small, large = (run_metric(metric, make_context(model, x, y, input_range=(-9, 9),
+                                                        batch_size=size), **params)
+                        for size in (7, 64))
+        assert small.value == pytest.approx(large.value, rel=1e-6)
+        if small.samples is not None:
+            np.testing.assert_allclose(small.samples, large.samples, rtol=1e-6)
+        for key in ("rho", "largest_curvatures", "smallest_curvatures", "singular_values"):
+            if key in small.details:
+                np.testing.assert_allclose(small.details[key], large.details[key], rtol=1e-6)
+
+
+def test_the_floors_count_the_lanczos_steps_asked() -> None:
+    """Each Lanczos step is one HVP (two gradients with finite differences) per point, so the
+    floor counts ``iterations`` steps when given, else min(d − 1, 2k + 40)."""
+    model, x, y, _ = ball_case(n=6, d=20)
+    ctx = make_context(model, x, y)
+    metric = BoundaryCurvature()
+    for extra, steps in (({}, 19), ({"iterations": 5}, 5)):
+        params = metric.Params(dense_max=10, k=2, directions=4, **extra)
+        assert metric.floor(ctx, params).gradient == 6 * (1 + (steps + 4) * 2)
+    ratio = CurvatureRatio()
+    params = ratio.Params(dense_max=10, fit=6, points=6, directions=2, subspace=2, samples=3,
+                          iterations=7)
+    hvps = 6 * 7 + 6 * (2 + 3)
+    assert ratio.floor(ctx, params).gradient == 2 * hvps + 6 + 6 + 6 * (10 - 1)

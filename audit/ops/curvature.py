@@ -8,7 +8,9 @@ principal curvatures are the d − 1 eigenvalues of G on the tangent space. With
 a convex own-class region has positive curvature: a ball of radius ρ gives +1/ρ everywhere.
 
 Hessian-vector products (all batched over points × directions, rows processed in chunks of
-``chunk`` so that memory is bounded by the chunk, never by the number of points):
+``chunk`` so that memory is bounded by the chunk, never by the number of points; the callers
+below pass at most ``chunk`` rows of points × directions at once, never all directions × all
+points):
 
 - ``finite_difference``: H v ≈ (∇F(z + h v̂) − ∇F(z − h v̂)) / (2h) · ‖v‖, central differences
   of input gradients (exact for a quadratic F). The evaluation points are not clipped to the
@@ -19,17 +21,19 @@ Hessian-vector products (all batched over points × directions, rows processed i
   as Softplus(β).
 
 Principal curvatures: :func:`principal_curvatures_dense` (the whole spectrum from d − 1 HVPs on an
-orthonormal tangent basis; small d) and :func:`principal_curvatures_lanczos` (the ``k`` largest
-and smallest, batched Lanczos with full re-orthogonalisation; large d); :func:`quadratic_forms`
-gives vᵀ G v for given directions (the random-direction estimate of trace(G)/(d − 1), the
-ρ_i ratios of section 3 and Algorithm 2).
+orthonormal tangent basis, B × d × d numbers for B points: small d only) and
+:func:`principal_curvatures_lanczos` (the ``k`` largest and smallest, batched Lanczos with full
+re-orthogonalisation, on groups of points whose Krylov bases hold at most
+:data:`KRYLOV_CHUNKS` × ``chunk`` vectors; large d); :func:`quadratic_forms` gives vᵀ G v for
+given directions (the random-direction estimate of trace(G)/(d − 1), the ρ_i ratios of
+section 3 and Algorithm 2), ``chunk`` // B directions of the B points at a time.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -40,6 +44,10 @@ from robaudit.ops.lanczos import lanczos_extremes
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 HvpMethod = Literal["finite_difference", "exact", "softplus"]
+
+#: Lanczos keeps every Krylov vector of every point it runs on: it runs on groups of points
+#: whose bases hold at most this many × ``chunk`` vectors of dimension d.
+KRYLOV_CHUNKS = 16
 
 
 def default_step(dim: int, input_range: tuple[float, float]) -> float:
@@ -99,7 +107,9 @@ class MarginHessian:
 
     ``method`` is ``finite_difference`` (step ``h``) or ``exact`` (double backpropagation);
     for ``softplus`` pass :func:`softplus_logits` as ``logits_fn`` with ``exact``. ``chunk``
-    bounds the rows (points × directions) sent through the network at once.
+    bounds the rows (points × directions) sent through the network at once (twice as many
+    inputs with finite differences). ``known_gradient``: ∇F at ``z`` when already known
+    (else computed).
     """
 
     logits_fn: LogitsFn
@@ -109,20 +119,39 @@ class MarginHessian:
     method: Literal["finite_difference", "exact"] = "finite_difference"
     h: float = 1e-2
     chunk: int = 256
+    known_gradient: InitVar[torch.Tensor | None] = None
+    gradient: torch.Tensor = field(init=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, known_gradient: torch.Tensor | None) -> None:
         if self.method not in ("finite_difference", "exact"):
             raise ValueError(f"unknown HVP method {self.method!r}")
         if self.h <= 0:
             raise ValueError("the finite-difference step h must be positive")
+        if self.chunk < 1:
+            raise ValueError("the chunk of HVP rows must be at least 1")
         self.z = self.z.detach()
-        self.gradient = margin_gradient(self.logits_fn, self.z, self.target, self.own)
+        self.gradient = (margin_gradient(self.logits_fn, self.z, self.target, self.own)
+                         if known_gradient is None else known_gradient)
         self.grad_norm = self.gradient.norm(dim=1)
         self.normal = self.gradient / self.grad_norm.clamp_min(1e-30)[:, None]
 
     @property
     def dim(self) -> int:
         return int(self.gradient.shape[1])
+
+    @property
+    def points(self) -> int:
+        return int(self.gradient.shape[0])
+
+    def rows(self, sl: slice) -> MarginHessian:
+        """The operator of the points ``sl`` only (∇F reused, not recomputed)."""
+        return replace(self, z=self.z[sl], target=self.target[sl], own=self.own[sl],
+                       known_gradient=self.gradient[sl])
+
+    def direction_chunk(self) -> int:
+        """Directions per point in one call of :meth:`hvp` whose B × m rows stay within
+        ``chunk`` (at least one)."""
+        return max(1, self.chunk // max(1, self.points))
 
     def project(self, v: torch.Tensor) -> torch.Tensor:
         """P v for v of shape (B, m, d): the component tangent to the boundary."""
@@ -191,7 +220,9 @@ class Curvatures:
 
 def principal_curvatures_dense(op: MarginHessian) -> Curvatures:
     """All d − 1 principal curvatures: eigenvalues of Qᵀ H Q / ‖∇F‖ with Q an orthonormal tangent
-    basis (d − 1 HVPs per point); the finite-difference matrix is symmetrised first."""
+    basis (d − 1 HVPs per point, sent ``chunk`` rows at a time); the finite-difference matrix
+    is symmetrised first. Holds B × d × d numbers (Q, H Q and the directions), so the callers
+    take it only for small d (``dense_max``, 256 by default)."""
     q = tangent_basis(op.normal)
     hq = op.hvp(q.transpose(1, 2))  # (B, d−1, d): rows H q_i
     small = q.transpose(1, 2) @ hq.transpose(1, 2)
@@ -204,36 +235,53 @@ def principal_curvatures_lanczos(op: MarginHessian, k: int, start: torch.Tensor,
                                  iterations: int | None = None) -> Curvatures:
     """The ``k`` smallest and ``k`` largest principal curvatures (2k values, ascending) by
     batched Lanczos on G restricted to the tangent space, from the common ``start`` vector (d,)
-    projected on each point's tangent space. ``iterations`` defaults to min(d − 1, 2k + 40)."""
+    projected on each point's tangent space. ``iterations`` defaults to min(d − 1, 2k + 40).
+    Each point keeps its ``iterations`` Krylov vectors, so Lanczos runs on groups of at most
+    :data:`KRYLOV_CHUNKS` × ``chunk`` / ``iterations`` points (at least one, at most B): each
+    step sends one HVP row per point of the group."""
     steps = min(op.dim - 1, iterations or 2 * k + 40)
+    group = max(1, KRYLOV_CHUNKS * op.chunk // steps)
+    parts = [_lanczos(op.rows(slice(s, s + group)), k, start, steps)
+             for s in range(0, max(1, op.points), group)]
+    return Curvatures(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                      steps)
+
+
+def _lanczos(op: MarginHessian, k: int, start: torch.Tensor, steps: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ritz values and vectors of :func:`principal_curvatures_lanczos` at all points of ``op``."""
 
     def apply(v: torch.Tensor) -> torch.Tensor:
         return op.shape_operator(v[:, None, :])[:, 0, :]
 
-    first = op.project(start.to(op.gradient)[None, None, :].expand(op.z.shape[0], 1, -1))[:, 0]
-    values, vectors = lanczos_extremes(apply, first, k, steps, project=lambda v: op.project(
+    first = op.project(start.to(op.gradient)[None, None, :].expand(op.points, 1, -1))[:, 0]
+    return lanczos_extremes(apply, first, k, steps, project=lambda v: op.project(
         v[:, None, :])[:, 0])
-    return Curvatures(values, vectors, steps)
 
 
-def quadratic_forms(op: MarginHessian, directions: torch.Tensor) -> torch.Tensor:
+def quadratic_forms(op: MarginHessian, directions: torch.Tensor, *, unit: bool = False
+                    ) -> torch.Tensor:
     """(P v)ᵀ H (P v) / ‖∇F‖ for each point and each direction: (B, m) from directions (B, m, d)
-    or (m, d) shared by all points. With unit directions uniform on the sphere its mean is
-    trace(G)/d; with unit *tangent* directions, trace(G)/(d − 1) (the mean curvature)."""
-    if directions.dim() == 2:
-        directions = directions[None].expand(op.z.shape[0], -1, -1)
-    w = op.project(directions.to(op.gradient))
-    return (w * op.hvp(w)).sum(-1) / op.grad_norm.clamp_min(1e-30)[:, None]
-
-
-def unit_tangent_directions(op: MarginHessian, gaussian: torch.Tensor) -> torch.Tensor:
-    """Gaussian vectors (m, d) projected on each point's tangent space and normalised:
-    (B, m, d) uniform on the unit sphere of the tangent space."""
-    w = op.project(gaussian.to(op.gradient)[None].expand(op.z.shape[0], -1, -1))
-    return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    or (m, d) shared by all points; with ``unit``, P v is first made a unit vector. With unit
+    directions uniform on the sphere its mean is trace(G)/d; with unit *tangent* directions,
+    trace(G)/(d − 1) (the mean curvature). The directions are projected and sent through the
+    HVPs :meth:`MarginHessian.direction_chunk` at a time, so at most ``chunk`` rows of
+    points × directions are held at once."""
+    shared = directions.dim() == 2
+    m = directions.shape[-2]
+    forms = torch.empty(op.points, m, dtype=op.gradient.dtype, device=op.gradient.device)
+    step = op.direction_chunk()
+    for s in range(0, m, step):
+        v = directions[..., s:s + step, :].to(op.gradient)
+        w = op.project(v[None].expand(op.points, -1, -1) if shared else v)
+        if unit:
+            w = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        forms[:, s:s + step] = (w * op.hvp(w)).sum(-1)
+    return forms / op.grad_norm.clamp_min(1e-30)[:, None]
 
 
 def mean_curvature(op: MarginHessian, gaussian: torch.Tensor) -> torch.Tensor:
     """The random-direction estimate of the mean curvature trace(G)/(d − 1) at each point (B,):
-    the mean of vᵀ G v over the tangent unit vectors made from ``gaussian`` (m, d)."""
-    return quadratic_forms(op, unit_tangent_directions(op, gaussian)).mean(dim=1)
+    the mean of vᵀ G v over the tangent unit vectors v made from ``gaussian`` (m, d) (projected
+    on each point's tangent space and normalised: uniform on its unit sphere)."""
+    return quadratic_forms(op, gaussian, unit=True).mean(dim=1)

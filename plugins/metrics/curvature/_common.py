@@ -50,7 +50,8 @@ class CurvatureParams(IncludedParams):
     points: int = Field(100, ge=1, description="boundary points: the first this many samples")
     dense_max: int = Field(
         256, ge=2, description="input dimension up to which the whole spectrum is computed "
-                               "densely (d − 1 HVPs a point); above it, Lanczos")
+                               "densely (d − 1 HVPs and d × d numbers a point); above it, "
+                               "Lanczos")
     iterations: int | None = Field(
         None, ge=1, description="Lanczos steps (default min(d − 1, 2k + 40))")
     overshoot: float = Field(0.02, ge=0, le=1, description="DeepFool's overshoot (shared cache)")
@@ -394,8 +395,9 @@ def shared_subspace(ctx: AuditContext, params: SubspaceParams, h: float) -> Shar
     reference boundary points. A point whose principal curvatures are all numerically zero
     (:func:`flat_floor`) has no principal directions and is left out of M, counted like a
     DeepFool that did not converge (below ``min_included`` of the ``fit`` points asked the
-    check is error). Accumulated as M Mᵀ (d × d), so memory does not grow with the
-    number of points; its eigendecomposition is cached without ``subspace``, so checks that
+    check is error). M is kept as at most max(``fit`` × ``directions``, 2d) columns
+    (:class:`LeftSingular`), so memory grows with neither the number of audit points nor d²
+    when fit × directions < d; its thin SVD is cached without ``subspace``, so checks that
     keep different numbers of directions share one fit. Lanczos start vectors come from a
     generator seeded with the spec's seed, so that every check with the same fit params
     shares it."""
@@ -406,27 +408,61 @@ def shared_subspace(ctx: AuditContext, params: SubspaceParams, h: float) -> Shar
         d = pts.dim
         generator = torch.Generator().manual_seed(ctx.run_seed)
         start = torch.randn(d, generator=generator, dtype=torch.float64)
-        gram = torch.zeros(d, d, dtype=torch.float64, device=ctx.device)
         floor = flat_floor(params, h, pts.z.dtype, d, ctx.model.input_range)
+        columns = LeftSingular(d, min(d, params.directions * params.fit))
         found = []
         for op in hessians(ctx, params, pts.z, pts.own, pts.target, h):
             values, vectors = principal(op, params, params.directions, start)
             size = values.abs().amax(dim=1)
             found.append(size.cpu())
             top = values.abs().topk(min(params.directions, values.shape[1]), dim=1).indices
-            chosen = vectors.gather(2, top[:, None, :].expand(-1, d, -1)).double()
-            chosen = chosen * (size > floor).double()[:, None, None]  # flat: no direction
-            gram += (chosen @ chosen.transpose(1, 2)).sum(0)
+            chosen = vectors.gather(2, top[:, None, :].expand(-1, d, -1))
+            columns.add(chosen[(size > floor).to(chosen.device)])  # flat: no direction
         sizes = torch.cat(found)
         require_curved(params, sizes, floor, h, len(pts))
-        eigenvalues, eigenvectors = torch.linalg.eigh(gram.cpu())
-        return (eigenvalues.flip(0), eigenvectors.flip(1), int((sizes > floor).sum()),
-                pts.considered)
+        singular, vectors = columns.decompose()
+        return singular, vectors, int((sizes > floor).sum()), pts.considered
 
-    key = ("curvature_fit", ctx.model.name, ctx.reference, h, *params.fit_key())
-    eigenvalues, eigenvectors, fit, considered = ctx.cache.get_or_compute(key, compute)
+    # "_svd": entries of the disk cache written before hold M Mᵀ's eigenpairs, not (σ, U)
+    key = ("curvature_fit_svd", ctx.model.name, ctx.reference, h, *params.fit_key())
+    singular, vectors, fit, considered = ctx.cache.get_or_compute(key, compute)
     included(fit, considered, params.min_included,
              f"reference boundary points of the fit ({ctx.reference!r}: DeepFool converged, "
              f"curvature not zero)")
-    singular = eigenvalues[: params.subspace].clamp_min(0).sqrt()
-    return SharedSubspace(eigenvectors[:, : params.subspace], singular, fit, considered - fit)
+    return SharedSubspace(vectors[:, : params.subspace], singular[: params.subspace], fit,
+                          considered - fit)
+
+
+class LeftSingular:
+    """The singular values and left singular vectors of a d-row matrix M given a block of
+    columns at a time, in float64 on the CPU. The columns are kept as they come until there
+    are more than 2d; then M is replaced by U Σ of its thin SVD (the same M Mᵀ, so the same
+    left singular pairs), so it never holds more than 2d columns and one block."""
+
+    def __init__(self, d: int, least: int) -> None:
+        import torch
+
+        self.d, self.least = d, least
+        self.columns = torch.zeros(d, 0, dtype=torch.float64)
+
+    def add(self, block: torch.Tensor) -> None:
+        """Append the columns of ``block`` (B, d, m): B × m columns."""
+        import torch
+
+        flat = block.detach().double().cpu().transpose(0, 1).reshape(self.d, -1)
+        self.columns = torch.cat([self.columns, flat], dim=1)
+        if self.columns.shape[1] > 2 * self.d:
+            vectors, singular, _ = torch.linalg.svd(self.columns, full_matrices=False)
+            self.columns = vectors * singular
+
+    def decompose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Singular values (descending) and the orthonormal left singular vectors (d × q), at
+        least ``least`` of them (zero columns pad M: the vectors of singular value 0 are an
+        orthonormal completion); each vector's largest-magnitude entry is positive."""
+        import torch
+
+        pad = max(0, self.least - self.columns.shape[1])
+        m = torch.cat([self.columns, torch.zeros(self.d, pad, dtype=torch.float64)], dim=1)
+        vectors, singular, _ = torch.linalg.svd(m, full_matrices=False)
+        peak = vectors.gather(0, vectors.abs().argmax(dim=0, keepdim=True))
+        return singular, vectors * torch.where(peak < 0, -1.0, 1.0).to(vectors)

@@ -170,8 +170,8 @@ class BoundaryCurvature(SampleMetric):
     def floor(self, ctx: AuditContext, params: BoundaryCurvatureParams) -> Floor:
         n = min(len(ctx.data()), params.points)
         d = int(ctx.data().x[0].numel())
-        per_point = d - 1 if d <= params.dense_max else min(d - 1, 2 * params.k + 40) + (
-            params.directions)
+        per_point = d - 1 if d <= params.dense_max else min(
+            d - 1, params.iterations or 2 * params.k + 40) + params.directions
         per_hvp = 2 if params.hvp == "finite_difference" else 3
         steps = len(params.steps(d, ctx.model.input_range))
         return Floor(gradient=n * (1 + per_point * per_hvp * steps),

@@ -185,7 +185,8 @@ class CurvatureRatio(SampleMetric):
         n = min(len(ctx.data()), params.points)
         fit = min(len(ctx.data(ctx.reference)), params.fit)
         d = int(ctx.data().x[0].numel())
-        per_fit = d - 1 if d <= params.dense_max else min(d - 1, 2 * params.directions + 40)
+        per_fit = d - 1 if d <= params.dense_max else min(
+            d - 1, params.iterations or 2 * params.directions + 40)  # Lanczos steps
         per_hvp = 2 if params.hvp == "finite_difference" else 3
         hvps = fit * per_fit + n * (params.subspace + params.samples)
         steps = len(params.steps(d, ctx.model.input_range))

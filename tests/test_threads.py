@@ -14,8 +14,10 @@ from conftest import FIXTURES, ROOT, TOY_HEADER
 from robaudit.threads import (
     SMALL_MODEL_MACS,
     available_cpus,
+    busy_share,
     cgroup_cpus,
     default_threads,
+    free_cpus,
     model_macs,
     prefer_passive_waiting,
     thread_setting,
@@ -79,10 +81,31 @@ def test_multiply_adds_are_counted_layer_by_layer():
     assert model_macs(net, torch.rand(7, 3, 5, 5)) == expected
 
 
-def test_small_models_get_one_thread_large_ones_every_available_core():
+@pytest.mark.parametrize("load, cpus, share", [(0.0, 2, 0.0), (1.0, 2, 0.5), (9.3, 2, 1.0),
+                                               (3.0, 64, 3 / 64)])
+def test_busy_share_is_the_load_average_per_cpu(load, cpus, share):
+    assert busy_share(load, cpus) == share
+
+
+def test_busy_share_reads_this_machines_load_average():
+    load = os.getloadavg()[0]
+    assert 0.0 <= busy_share() <= 1.0
+    assert abs(busy_share() - min(1.0, load / os.cpu_count())) < 0.5  # it moves while we read
+
+
+@pytest.mark.parametrize("cores, busy, free", [
+    (2, 0.0, 2), (2, 0.2, 2), (2, 0.3, 1), (2, 0.5, 1), (2, 1.0, 1), (16, 0.5, 8), (1, 0.0, 1),
+    (4, 0.9, 1)])
+def test_free_cpus_leave_the_busy_share_to_others(cores, busy, free):
+    assert free_cpus(cores, busy) == free
+
+
+def test_small_models_get_one_thread_large_ones_every_free_core():
     cores = available_cpus(len(os.sched_getaffinity(0)), cgroup_cpus())
-    assert default_threads(SMALL_MODEL_MACS - 1) == 1
-    assert default_threads(SMALL_MODEL_MACS) == cores == default_threads(None)
+    assert default_threads(SMALL_MODEL_MACS - 1, busy=0.0) == 1
+    assert default_threads(SMALL_MODEL_MACS, busy=0.0) == cores == default_threads(None, 0.0)
+    assert default_threads(SMALL_MODEL_MACS, busy=1.0) == 1  # a busy machine: one thread
+    assert 1 <= default_threads(SMALL_MODEL_MACS) <= cores  # this machine's load, as it is
 
 
 def test_the_run_shows_and_records_its_setting(write_spec, tmp_path):

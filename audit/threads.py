@@ -1,22 +1,22 @@
-"""The CPU thread policy of a run (design §8): fast on an idle machine, no collapse and no
-wasted CPU on a busy shared CI runner.
+"""The CPU thread policy of a run (design §8): fast on an idle machine, no collapse on a busy
+shared CI runner.
 
 torch's default spins its OpenMP threads while they wait for work; with another process busy on
-the same 2 cores the spinning threads steal each other's time and checks slow down 4–10×.
-OpenMP's *passive* waiting removes that collapse, but each wake-up costs time, and on a small
-model, whose operations are tiny, the wake-ups outweigh the work: on the digits ResNet (0.5 M
-multiply-adds a sample) one thread is the best setting or near it everywhere it was measured.
-On a large model (a ResNet-18 at 3×32×32, 37 M) the best count depends on the machine's load
-(``bench/threads.py``, ``docs/bench/threads.md``, wall time and CPU of whole audits): on an
-idle 2-core machine two threads beat one by 1.4–2× in wall time (issue #8), but on a busy one
-they gain nothing in wall time and spend 2.5–6× the CPU of one thread (issue #23), and no
-fixed count is within 1.3× of the best in both. So the default is one thread for a model under
-:data:`SMALL_MODEL_MACS` multiply-adds a sample; else one per core the process may use (its
-CPU affinity and its cgroup CPU quota, which a container's runner sets) that other work did
-not keep busy over the last minute (the load average's share of the machine's CPUs), at least
-one, with OpenMP waiting passively. The count does not change a value (the same bits on 1 and
-2 threads; the run cache assumes it, :mod:`robaudit.cachekey`), only how long a check takes.
-``--threads N`` overrides the count; an ``OMP_WAIT_POLICY`` already in the environment is kept.
+the same 2 cores the spinning threads steal each other's time: measured on whole audits
+(``bench/threads.py``, ``docs/bench/threads.md``, issue #23), two threads with torch's default
+wait took 6.5–13× the wall time and 5–13× the CPU of the best setting. OpenMP's *passive*
+waiting removes that collapse, but each wake-up costs time, and on a small model, whose
+operations are tiny, the wake-ups outweigh the work: on the digits ResNet (0.5 M multiply-adds
+a sample) two passive threads were 2.4× slower than the best on an idle machine (issue #8), one
+thread within 1.31×. On a ResNet-18 at 3×32×32 (37 M), two passive threads were within 1.10×
+of the best in wall time and in CPU (the passive threads sleep rather than spin: 1.03–1.10× the
+CPU of one thread, not the 2.5–6× of spinning ones) both on the machine as it was and next to
+two core-burning loops, where one thread took 1.63× the wall time. So the default is one
+thread for a model under :data:`SMALL_MODEL_MACS` multiply-adds per sample, else one per core
+the process may actually use (its CPU affinity and its cgroup CPU quota, which a container's
+runner sets), with OpenMP waiting passively. The choice depends only on the model and the
+machine, never on timing, so a run's numbers do not change with it. ``--threads N`` overrides
+the count; an ``OMP_WAIT_POLICY`` already in the environment is kept.
 """
 
 from __future__ import annotations
@@ -69,32 +69,12 @@ def available_cpus(affinity: int, quota: float | None) -> int:
 SMALL_MODEL_MACS = 5_000_000
 
 
-def busy_share(load: float | None = None, cpus: int | None = None) -> float:
-    """The share of the machine's CPUs that other work kept busy over the last minute: the
-    1-minute load average over the CPU count (``os.getloadavg``, host-wide also inside a
-    container), capped at 1; 0 where the platform has no load average."""
-    if load is None:
-        try:
-            load = os.getloadavg()[0]
-        except OSError:  # not on Unix
-            return 0.0
-    return min(1.0, load / (cpus or os.cpu_count() or 1))
-
-
-def free_cpus(cores: int, busy: float) -> int:
-    """Of ``cores`` available cores, those not kept busy by other work (``busy``: the busy
-    share of the machine, :func:`busy_share`), rounded; at least 1."""
-    return max(1, round(cores * (1.0 - busy)))
-
-
-def default_threads(macs: int | None = None, busy: float | None = None) -> int:
+def default_threads(macs: int | None = None) -> int:
     """The default number of torch CPU threads: 1 for a model of fewer than
-    :data:`SMALL_MODEL_MACS` multiply-adds a sample, else one per available core that other
-    work did not keep busy over the last minute (``busy``: :func:`busy_share` by default)."""
+    :data:`SMALL_MODEL_MACS` multiply-adds a sample, else one per available core."""
     if macs is not None and macs < SMALL_MODEL_MACS:
         return 1
-    cores = available_cpus(affinity_cpus(), cgroup_cpus())
-    return free_cpus(cores, busy_share() if busy is None else busy)
+    return available_cpus(affinity_cpus(), cgroup_cpus())
 
 
 def model_macs(network: torch.nn.Module, sample: torch.Tensor) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -192,7 +193,7 @@ def main() -> None:
             burner.kill()
             burner.wait()
 
-    command = " ".join(["python", "bench/threads.py", *sys.argv[1:]])
+    command = shlex.join(["python", "bench/threads.py", *sys.argv[1:]])
     lines = [f"{MEASURED}: `{command}`", "",
              f"{os.cpu_count()} cores; median of {options.repeats}. Idle: the machine as it "
              f"was (load average {load_idle} over 1 / 5 / 15 min before it); busy: "

@@ -152,8 +152,7 @@ def defaults() -> str:
               ("the ResNet-18", torchvision.models.resnet18(), (3, 32, 32)))
     picks = [(name, default_threads(model_macs(net.eval(), torch.rand(1, *shape))))
              for name, net, shape in models]
-    return (", ".join(f"{n} thread{'s' if n > 1 else ''} for {name}" for name, n in picks)
-            + f" (load average {_load()} now)")
+    return ", ".join(f"{n} thread{'s' if n > 1 else ''} for {name}" for name, n in picks)
 
 
 def main() -> None:

@@ -85,7 +85,7 @@ def test_threads(tmp_path: Path) -> None:
     for *_, row in rows:  # 4 figures of seconds, each the best of its column (the only setting)
         cells = row.split(" | ")
         assert all(float(c) > 0 for c in cells[0:8:2]) and set(cells[1:8:2]) == {"1.00×"}
-    assert "2 threads" not in text and "robaudit's default on this machine" in text
+    assert "| 2 threads" not in text and "robaudit's default on this machine" in text
 
 
 def test_scaleout(tmp_path: Path) -> None:

@@ -2,19 +2,21 @@
 shared CI runner.
 
 torch's default spins its OpenMP threads while they wait for work; with another process busy on
-the same 2 cores the spinning threads steal each other's time and checks slow down 4–10×.
-OpenMP's *passive* waiting removes that collapse, but each wake-up costs time, and on a small
-model, whose operations are tiny, the wake-ups outweigh the work. Measured on 2 cores
-(``bench/threads.py``, ``docs/bench/threads.md``): on the digits ResNet (0.5 M multiply-adds a
-sample) one thread is the best setting under a busy neighbour and within 1.4× of the best idle,
-while two passive threads are 2.6× slower idle; on a ResNet-18 at 3×32×32 (37 M) two passive
-threads are within 1.03× of the best idle and the best under a busy neighbour, one thread 1.3×
-slower idle. So the default is one thread for a model under :data:`SMALL_MODEL_MACS`
-multiply-adds per sample, else one per core the process may actually use (its CPU affinity and
-its cgroup CPU quota, which a container's runner sets), with OpenMP waiting passively. The
-choice depends only on the model and the machine, never on timing, so a run's numbers do not
-change with it. ``--threads N`` overrides the count; an ``OMP_WAIT_POLICY`` already in the
-environment is kept.
+the same 2 cores the spinning threads steal each other's time: measured on whole audits
+(``bench/threads.py``, ``docs/bench/threads.md``, issue #23), two threads with torch's default
+wait took 6.5–13× the wall time and 5–13× the CPU of the best setting. OpenMP's *passive*
+waiting removes that collapse, but each wake-up costs time, and on a small model, whose
+operations are tiny, the wake-ups outweigh the work: on the digits ResNet (0.5 M multiply-adds
+a sample) two passive threads were 2.4× slower than the best on an idle machine (issue #8), one
+thread within 1.31×. On a ResNet-18 at 3×32×32 (37 M), two passive threads were within 1.10×
+of the best in wall time and in CPU (the passive threads sleep rather than spin: 1.03–1.10× the
+CPU of one thread, not the 2.5–6× of spinning ones) both on the machine as it was and next to
+two core-burning loops, where one thread took 1.63× the wall time. So the default is one
+thread for a model under :data:`SMALL_MODEL_MACS` multiply-adds per sample, else one per core
+the process may actually use (its CPU affinity and its cgroup CPU quota, which a container's
+runner sets), with OpenMP waiting passively. The choice depends only on the model and the
+machine, never on timing, so a run's numbers do not change with it. ``--threads N`` overrides
+the count; an ``OMP_WAIT_POLICY`` already in the environment is kept.
 """
 
 from __future__ import annotations

@@ -113,3 +113,53 @@ def test_trials_whose_pairs_are_all_copies_are_left_out_and_counted():
     assert abs(share - (1 - (190 / 231) ** 3)) < 0.08
     assert len(result.samples) == result.details["included"]["used"]
     assert np.isfinite(result.samples).all()
+
+
+def _deforming_context(batch_size: int = 256) -> object:
+    torch.manual_seed(2)
+    body = nn.Sequential(nn.Linear(48, 32), nn.Tanh(), nn.Linear(32, 8), nn.Tanh())
+    x = torch.rand(60, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    return make_context(Featurise(body, 8), x, torch.zeros(60, dtype=torch.long),
+                        batch_size=batch_size)
+
+
+@pytest.mark.parametrize("pairs, trials", [(30, 100), (100, 2500)])
+def test_pairs_and_distance_matrix_give_the_same_value(pairs, trials, monkeypatch):
+    """Issue #23: the cost model picks a path; forcing either gives the same trials' r_s (the
+    same pairs, the same distances), so the value is Algorithm 2's whichever is taken. 2,500
+    trials of 100 pairs run in two chunks of 200,000 pairs."""
+    from robaudit.ops.pairdistances import PairBlocks
+
+    results = {}
+    for path, cost in (("matrix", 0), ("pairs", 10**12)):
+        monkeypatch.setattr(PairBlocks, "evaluations", lambda self, cost=cost: cost)
+        results[path] = run_metric(RankOrderSpearman(), _deforming_context(), pairs=pairs,
+                                   trials=trials)
+    assert 0.05 < results["pairs"].value < 0.95  # a deforming map: ranks really move
+    assert abs(results["matrix"].value - results["pairs"].value) < 1e-6
+    np.testing.assert_allclose(results["matrix"].samples, results["pairs"].samples, atol=1e-6)
+
+
+def test_value_does_not_depend_on_the_batch_size_nor_the_path_it_picks(monkeypatch):
+    """60 samples, 3,000 pairs, a pair of rows per batch entry: batch 64 makes one 60 × 60
+    block (3,600 evaluations > 3,000): the pairs; batches 7 and 1 make blocks of 7 × 7 and
+    1 × 1 (at most 45 × 49 = 2,205 and 1,770 evaluations): the matrix. The same trials."""
+    from robaudit.ops import pairdistances
+
+    monkeypatch.setattr("robaudit.ops.neighbors.CHUNK_VALUES", 1)
+    paths = []
+    original = pairdistances.matrix_pair_distances
+
+    def spy(*args: object) -> torch.Tensor:
+        paths.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(pairdistances, "matrix_pair_distances", spy)
+    samples = {}
+    for size in (64, 7, 1):
+        paths.clear()
+        result = run_metric(RankOrderSpearman(), _deforming_context(size), pairs=30, trials=100)
+        samples[size] = (result.samples, len(paths))
+    assert [taken for _, taken in samples.values()] == [0, 2, 2]  # input and feature spaces
+    for other in (7, 1):
+        assert np.array_equal(samples[other][0], samples[64][0])

@@ -90,3 +90,16 @@ def test_the_run_shows_and_records_its_setting(write_spec, tmp_path):
     assert _environment(spec, tmp_path)["threads"] == "1 (passive wait)"  # a tiny model
     assert _environment(spec, tmp_path, "--threads", "1",
                         OMP_WAIT_POLICY="ACTIVE")["threads"] == "1 (active wait)"
+
+
+def test_the_benched_models_fall_on_either_side_of_the_threshold():
+    """docs/bench/threads.md measures the digits ResNet (0.5 M multiply-adds a sample: one
+    thread) and a ResNet-18 at 3×32×32 (37 M: every available core)."""
+    import torch
+    import torchvision
+
+    from robaudit.zoo import digits_resnet
+
+    digits = model_macs(digits_resnet().eval(), torch.rand(1, 1, 8, 8))
+    resnet18 = model_macs(torchvision.models.resnet18().eval(), torch.rand(1, 3, 32, 32))
+    assert 0.4e6 < digits < SMALL_MODEL_MACS < 30e6 < resnet18 < 45e6

@@ -12,6 +12,8 @@ from robaudit.errors import MetricError
 from robaudit.metric import IncludedParams, included
 
 if TYPE_CHECKING:
+    import torch
+
     from robaudit.context import AuditContext
 
 
@@ -34,11 +36,15 @@ class RankOrderSpearman(Metric):
 
     Choices where the paper is silent: the two members of a pair are distinct samples (pairs are
     drawn with replacement across the pair list); ties get average ranks (as scipy). The
-    features of the split come from one cached forward pass (``ctx.features``), so the cost is
-    that pass plus the distance and rank arithmetic of the trials × pairs pairs, whatever the
-    split size. Memory: the pairs' distances are computed a chunk of pairs at a time
-    (:func:`robaudit.ops.neighbors.pair_distances`, about batch_size × max(D, 4096) values),
-    never an N×N matrix nor the gathered inputs of every pair.
+    features of the split come from one cached forward pass (``ctx.features``); the distances
+    of the sampled pairs come, in each space and for each chunk of up to 200,000 pairs, from
+    whichever needs fewer distance evaluations (:mod:`robaudit.ops.pairdistances`): the pairs
+    themselves (trials × pairs) or the blocks of the split's distance matrix that hold a pair
+    (about N²/2 on a small split, where pairs repeat). Both give the same bits for a pair, so
+    the value is Algorithm 2's on the sampled pairs either way. Memory: a chunk of pairs' rows
+    or one block of the matrix at a time (about batch_size × max(D, 4096) inputs and
+    chunk_rows² distances), never the N×N matrix nor the gathered inputs of every pair; the
+    inputs are read as ``data.x[a:b]`` and ``data.x[indices]``, never whole.
 
     Undefined is an error, never a number (design §10): when every audit sample has the same
     features (a network whose feature units are all dead, or that ignores its input) or the
@@ -60,8 +66,8 @@ class RankOrderSpearman(Metric):
     def compute(self, ctx: AuditContext, params: SpearmanParams) -> MetricResult:
         import torch
 
-        from robaudit.lazydata import rows_equal
-        from robaudit.ops.neighbors import chunk_rows, pair_distances
+        from robaudit.ops.neighbors import chunk_rows
+        from robaudit.ops.pairdistances import sampled_pair_distances
         from robaudit.ops.stats import spearman
 
         data = ctx.data()
@@ -69,8 +75,10 @@ class RankOrderSpearman(Metric):
         if n < 2:
             raise MetricError(f"rank_order_spearman needs at least 2 samples, the split has {n}")
         feats, _ = ctx.features()
+        rows = {"input": chunk_rows(ctx.batch_size, data.x[0].numel()),
+                "feature": chunk_rows(ctx.batch_size, feats.shape[1])}
         for space, values in (("input", data.x), ("feature", feats)):
-            if rows_equal(values, values[:1], ctx.batch_size):
+            if all_equal(values, rows[space]):
                 cause = (" (g(x) is constant: dead units, or a model that ignores its input)"
                          if space == "feature" else "")
                 raise MetricError(f"every audit sample has the same {space} vector{cause}: "
@@ -86,10 +94,10 @@ class RankOrderSpearman(Metric):
         chunk = max(1, 200_000 // params.pairs)
         for start in range(0, params.trials, chunk):
             a, b = first[start : start + chunk], second[start : start + chunk]
-            d_input = pair_distances(data.x, data.x, a, b, device=ctx.device,
-                                     chunk=chunk_rows(ctx.batch_size, data.x[0].numel()))
-            d_feature = pair_distances(feats, feats, a, b, device=ctx.device,
-                                       chunk=chunk_rows(ctx.batch_size, feats.shape[1]))
+            d_input = sampled_pair_distances(data.x, a, b, rows=rows["input"],
+                                             device=ctx.device)
+            d_feature = sampled_pair_distances(feats, a, b, rows=rows["feature"],
+                                               device=ctx.device)
             values.append(spearman(d_input, d_feature))
             task.advance(a.shape[0])
         every = torch.cat(values).cpu()
@@ -105,6 +113,13 @@ class RankOrderSpearman(Metric):
 
     def floor(self, ctx: AuditContext, params: SpearmanParams) -> Floor:
         return Floor(forward=len(ctx.data()), note="features of the split, one forward pass")
+
+
+def all_equal(values: torch.Tensor, rows: int) -> bool:
+    """Whether every row of ``values`` equals the first, read ``rows`` rows at a time."""
+    first = values[:1].flatten(1)
+    return all(bool((values[start : start + rows].flatten(1) == first).all())
+               for start in range(0, len(values), rows))
 
 
 @hookimpl

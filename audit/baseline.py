@@ -19,11 +19,12 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from robaudit.reportfile import read_report
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Bootstrap resamples of a paired difference, and how many are drawn at once (memory bound).
 BOOTSTRAP_RESAMPLES = 2000
@@ -53,6 +54,7 @@ def bootstrap_mean_interval(diffs: np.ndarray, seed: int, level: float = 0.95
                             ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``diffs`` (resampling samples), drawn in
     chunks so that memory stays O(chunk × samples)."""
+    import numpy as np
     rng = np.random.default_rng(seed)
     n = diffs.size
     means = []
@@ -73,6 +75,7 @@ def compare_values(old_value: float, old_samples: list[float] | None, new_value:
                    same_data: bool, seed: int, check_id: str) -> Delta:
     """The :class:`Delta` of a check between two runs (see the module docstring). Raises
     :class:`NotComparable` when a value, or every pair but one, is not finite."""
+    import numpy as np
     for side, value in (("old", old_value), ("new", new_value)):
         if not math.isfinite(value):
             raise NotComparable(f"the {side} value is not finite ({value})")

@@ -18,7 +18,7 @@ class SourceOptions(InputModel):
     """Base of a data source's own keys under ``data:`` (besides the common ones); numbers
     finite and never a boolean."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
 
 class DataSource(ABC):

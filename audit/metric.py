@@ -24,7 +24,7 @@ class MetricParams(InputModel):
     """Base of every metric's parameters: typed, bounded, defaults filled, unknown keys refused,
     numbers finite and never a boolean (see :class:`robaudit.validation.InputModel`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
 
 class IncludedParams(MetricParams):

@@ -80,7 +80,7 @@ class InputModel(BaseModel):
     """A model of user input: unknown keys refused, numbers finite and never in quotes,
     booleans only where a field is a boolean."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, defer_build=True)
 
     @field_validator("*", mode="before")
     @classmethod

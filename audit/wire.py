@@ -14,11 +14,12 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from robaudit import figures
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: the figure classes a report may hold, by name
 FIGURES: dict[str, type] = {cls.__name__: cls for cls in (
@@ -33,6 +34,7 @@ class WireError(ValueError):
 
 def encode(value: Any) -> Any:
     """``value`` as JSON data that :func:`decode` turns back into an equal value."""
+    import numpy as np
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, np.integer)) and not isinstance(value, np.bool_):
@@ -91,6 +93,7 @@ def decode(data: Any) -> Any:
 
 
 def _array(data: dict[str, Any]) -> np.ndarray:
+    import numpy as np
     dtype, shape = data.get("array"), data.get("shape")
     if dtype not in DTYPES or not isinstance(shape, list):
         raise WireError(f"bad array header {dtype!r} {shape!r}")

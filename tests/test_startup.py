@@ -1,5 +1,6 @@
 """Start-up without torch (issue #24): loading the plugins, listing and describing the metrics
-and validating the default spec import no torch; it comes in when a check runs."""
+and validating the default spec import no torch, numpy or scipy; they come in when a check
+runs."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import contextlib, io, sys
 from robaudit.cli import main
 from robaudit.pluginmanager import load_plugins
 {body}
-print(sorted(name for name in sys.modules if name == "torch" or name.startswith("torch.")))
+print(sorted(name for name in sys.modules if name in ("torch", "numpy", "scipy")))
 """
 
 
 def loaded_torch_modules(body: str) -> str:
-    """Run ``body`` in a fresh interpreter; the torch modules it left in ``sys.modules``."""
+    """Run ``body`` in a fresh interpreter; which of torch, numpy and scipy it imported."""
     done = subprocess.run([sys.executable, "-c", PROBE.format(body=body)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from robaudit import UsageError, hookimpl
 from robaudit.datasource import DataSource, SourceOptions
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from robaudit import DataSplit
@@ -37,6 +37,7 @@ DIGITS_SPLIT_SEED = 0
 # -- digits ---------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    import numpy as np
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -136,6 +137,7 @@ class NpzSource(DataSource):
     Options: ClassVar[type[SourceOptions]] = NpzOptions
 
     def load(self, options: Any, base_dir: Path, seed: int) -> dict[str, DataSplit]:
+        import numpy as np
         import torch
 
         file = base_dir / options.path
@@ -174,6 +176,7 @@ def _check_npz_arrays(
     file: Path, x_key: str, x: np.ndarray, y_key: str, y: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Check the shapes and dtypes of one split's arrays; the message names file and array."""
+    import numpy as np
     where = f"data.path: {file}"
     if x.ndim not in (2, 4) or x.shape[0] == 0:
         raise UsageError(

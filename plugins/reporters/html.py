@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pluggy
 
 import robaudit
@@ -205,6 +204,7 @@ def histogram_informs(samples: Sequence[float], figures: Sequence[object]) -> bo
     """Whether a histogram of the per-sample values tells more than the value and its CI: not
     for 0/1 outcomes (a correct / fooled flag per sample), not when one value holds nearly all
     samples (a single bar), and not when the metric returns a histogram of the same values."""
+    import numpy as np
     values = np.asarray(samples, dtype=float)
     values = np.sort(values[np.isfinite(values)])
     if values.size == 0:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
@@ -76,6 +75,7 @@ class ActivationSparsity(SampleMetric):
         return UnitResult({}, {"samples": len(unit), "active": active})
 
     def reduce(self, params: SparsityParams, gathered: Gathered) -> MetricResult:
+        import numpy as np
         import torch
 
         samples = sum(extra["samples"] for extra in gathered.extras)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
@@ -91,6 +90,7 @@ class InteractionSignificance(SampleMetric):
         return UnitResult(arrays, {"significant": significant, "samples": samples})
 
     def reduce(self, params: InteractionParams, gathered: Gathered) -> MetricResult:
+        import numpy as np
         import torch
 
         edges = torch.linspace(0, 1, params.bins + 1, dtype=torch.float64)

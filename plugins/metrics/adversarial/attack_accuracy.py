@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
@@ -23,6 +22,7 @@ from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.preflight import PREFLIGHT_DOC, PreflightParams
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from robaudit.context import AuditContext
@@ -47,6 +47,7 @@ def _accuracy_result(gathered: Gathered, figures: list[Figure], **details: objec
                      ) -> MetricResult:
     """Robust accuracy from the per-sample 0/1 correctness ``robust`` (the first level's
     column), with Wilson's 95% interval and the accuracy per true class."""
+    import numpy as np
     import torch
 
     from robaudit.ops.perclass import accuracy_result

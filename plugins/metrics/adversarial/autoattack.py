@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
@@ -130,6 +129,8 @@ class AutoAttackAccuracy(SampleMetric):
                            "label": y.cpu()})
 
     def reduce(self, params: AutoAttackParams, gathered: Gathered) -> MetricResult:
+        import numpy as np
+
         from robaudit.ops.autoattack import WHITE_BOX
         from robaudit.ops.perclass import accuracy_result
         from robaudit.ops.preflight import black_box_finding, preflight_details

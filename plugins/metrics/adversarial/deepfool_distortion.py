@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
@@ -104,6 +103,7 @@ class DeepFoolMinDistortion(SampleMetric):
         return {"preflight": fitted}
 
     def reduce(self, params: DeepFoolParams, gathered: Gathered) -> MetricResult:
+        import numpy as np
         import torch
 
         from robaudit.ops.preflight import preflight_details

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.errors import MetricError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from robaudit.context import AuditContext
@@ -85,6 +85,7 @@ def minimise_penalty(
     L-BFGS-B, whose vector operations are too small to gain from more (and slow down by an
     order of magnitude on a busy machine). scipy is imported here, not when the plugins load
     (it costs the command line's start-up)."""
+    import numpy as np
     import torch
     from scipy.optimize import Bounds, minimize
     from threadpoolctl import threadpool_limits
@@ -216,6 +217,7 @@ class LBFGSMinDistortion(Metric):
     source: ClassVar[str] = "Szegedy et al. 2014, section 4.1 (box-constrained L-BFGS)"
 
     def compute(self, ctx: AuditContext, params: LBFGSParams) -> MetricResult:
+        import numpy as np
         import torch
 
         logits = ctx.logits()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
@@ -110,6 +109,8 @@ class MinNormDistortion(SampleMetric):
                    input_range=ctx.model.input_range).points
 
     def reduce(self, params: MinNormParams, gathered: Gathered) -> MetricResult:
+        import numpy as np
+
         from robaudit.ops.preflight import preflight_details
 
         arrays = gathered.arrays

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
@@ -27,6 +26,8 @@ from robaudit.plugins.metrics.curvature._common import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from robaudit.context import AuditContext
 
 
@@ -88,6 +89,8 @@ class BoundaryCurvature(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: BoundaryCurvatureParams, unit: Unit,
                    fitted: CurvatureFit) -> UnitResult:
+        import numpy as np
+
         from robaudit.ops.curvature import mean_curvature
 
         pts = unit_boundary_points(ctx, params, unit)

@@ -7,7 +7,6 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
@@ -26,6 +25,7 @@ from robaudit.plugins.metrics.curvature._common import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from robaudit.context import AuditContext
@@ -39,6 +39,7 @@ class DetectionParams(CurvatureParams):
 def roc(negative: np.ndarray, positive: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """ROC AUC (the Mann–Whitney probability that a positive scores above a negative, ties
     counting ½) and the curve (FPR, TPR) over every threshold, from (0, 0) to (1, 1)."""
+    import numpy as np
     scores = np.concatenate([negative, positive])
     labels = np.concatenate([np.zeros(len(negative)), np.ones(len(positive))])
     order = np.argsort(-scores, kind="stable")
@@ -57,6 +58,7 @@ def paired_auc_interval(negative: np.ndarray, positive: np.ndarray, level: float
     a negative), V01_i = P(a positive > negative_i) (ties ½); the AUC is a U-statistic of the
     n pairs, whose first-order variance is Var(V10_i + V01_i)/n, DeLong's Var(V10)/n +
     Var(V01)/n plus the pairs' covariance term. Clipped to [0, 1]."""
+    import numpy as np
     n = len(positive)
     if n != len(negative) or n < 2:
         raise ValueError("the interval needs at least 2 pairs of scores")
@@ -131,6 +133,7 @@ class CurvatureDetection(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: DetectionParams, unit: Unit,
                    fitted: CurvatureFit) -> UnitResult:
+        import numpy as np
         import torch
 
         pts = unit_boundary_points(ctx, params, unit)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 from pydantic import Field
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
@@ -28,6 +27,7 @@ from robaudit.plugins.metrics.curvature._common import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from robaudit.context import AuditContext
@@ -118,6 +118,7 @@ class CurvatureRatio(SampleMetric):
 
     def per_sample(self, ctx: AuditContext, params: CurvatureRatioParams, unit: Unit,
                    fitted: CurvatureFit) -> UnitResult:
+        import numpy as np
         pts = unit_boundary_points(ctx, params, unit)
         rows = pts.index.numpy()
         arrays: dict[str, np.ndarray] = {"converged": np.zeros(len(unit), dtype=bool)}
@@ -131,6 +132,7 @@ class CurvatureRatio(SampleMetric):
         return UnitResult(arrays)
 
     def reduce(self, params: CurvatureRatioParams, gathered: Gathered) -> MetricResult:
+        import numpy as np
         import torch
 
         fit, arrays = gathered.fit, gathered.arrays

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
@@ -132,6 +131,7 @@ class Intertwinedness(Metric):
                                       f"split {ctx.reference!r} has only {available} candidates")
 
     def compute(self, ctx: AuditContext, params: IntertwinednessParams) -> MetricResult:
+        import numpy as np
         import torch
 
         from robaudit.ops.neighbors import scan_neighbours

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
 from pydantic import Field, field_validator
 
 from robaudit import Floor, LinePlot, Metric, MetricParams, MetricResult, hookimpl
@@ -163,6 +162,7 @@ class SphereDeformation(SampleMetric):
         return UnitResult({"k": k, "k_prefix": k_prefix})
 
     def reduce(self, params: SphereParams, gathered: Gathered) -> MetricResult:
+        import numpy as np
         import torch
 
         k = torch.from_numpy(gathered.arrays["k"]).T

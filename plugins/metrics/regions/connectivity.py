@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
 
 from robaudit import Floor, Histogram, Metric, MetricParams, MetricResult, hookimpl
@@ -99,6 +98,7 @@ class RegionConnectivity(Metric):
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
 
     def compute(self, ctx: AuditContext, params: ConnectivityParams) -> MetricResult:
+        import numpy as np
         import torch
 
         from robaudit.ops.classgroups import ClassGroups
@@ -215,6 +215,7 @@ class RegionConnectivity(Metric):
         return connected, found
 
     def floor(self, ctx: AuditContext, params: ConnectivityParams) -> Floor:
+        import numpy as np
         pairs = params.pairs * len(params.scenarios)
         per_pair = int(np.ceil(1 / params.step))
         return Floor(forward=pairs * per_pair,

@@ -6,7 +6,6 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from robaudit import Floor, ImagePlot, Metric, MetricParams, MetricResult, hookimpl
@@ -303,6 +302,7 @@ class UAPFoolingRate(SampleMetric):
         })
 
     def reduce(self, params: UAPFitParams, gathered: Gathered) -> MetricResult:
+        import numpy as np
         import torch
 
         from robaudit.ops.preflight import preflight_details

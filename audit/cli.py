@@ -32,7 +32,7 @@ from robaudit.errors import (
     SpecError,
     UsageError,
 )
-from robaudit.text import printable
+from robaudit.text import plural, printable
 
 if TYPE_CHECKING:
     from robaudit.pluginmanager import Plugins
@@ -362,7 +362,7 @@ def _cmd_collect(session: Session, console: Console, specs: list[str]) -> int:
                 cost += f" ({floor.note})" if floor.note else ""
             console.print(f"  {escape(check.id)} [dim]({check.metric.name})[/] "
                           f"{escape(printable(params))}\n      [dim]{escape(cost)}[/]")
-    console.print(f"[bold]{total} checks collected[/]")
+    console.print(f"[bold]collected {plural(total, 'check')}[/]")
     return EXIT_OK if total else EXIT_NO_CHECKS
 
 

@@ -14,13 +14,15 @@ from collections.abc import Callable
 import torch
 
 from robaudit.context import DataSplit
-from robaudit.lazydata import chunk_bounds
+from robaudit.lazydata import LazyInputs, chunk_bounds
 from robaudit.model import ModelUnderAudit
 
 Locate = Callable[[tuple[str | int, ...], str], str]
 
 
 def _non_finite(split: DataSplit, batch_size: int) -> int:
+    if isinstance(split.x, LazyInputs) and split.x.finite:
+        return 0  # e.g. pixels decoded from image files: not worth a decoding pass
     bad = 0
     for chunk, _ in split.chunks(chunk_bounds(len(split), batch_size)):
         bad += int((~torch.isfinite(chunk.flatten(1))).any(dim=1).sum())

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from robaudit.distributed import World
 from robaudit.results import OUTCOMES, AuditResult
+from robaudit.text import plural
 
 if TYPE_CHECKING:
     from robaudit.preparation import AuditPlan
@@ -88,10 +89,6 @@ def write_outcomes(path: Path, spec: Path, outcomes: dict[str, str],
         if temporary is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'s' if count != 1 else ''}"
 
 
 def select(plans: Sequence[AuditPlan], options: argparse.Namespace,

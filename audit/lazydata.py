@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, Union
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import torch
@@ -31,7 +31,9 @@ class SampleSet(Protocol):
     float tensor (C×H×W or D), the same shape and dtype for every i. A set may also define
     ``sample_key(i) -> bytes`` (what identifies sample i without decoding it, e.g. a file's
     path, size and modification time) and ``describe() -> dict`` (how samples are made, e.g.
-    the image transform), used by the data fingerprint and the report."""
+    the image transform), used by the data fingerprint and the report, and ``finite = True``
+    when its inputs cannot be NaN or infinite (pixels of image files), which spares the
+    finiteness scan before the run a whole decoding pass."""
 
     def __len__(self) -> int: ...
 
@@ -82,14 +84,20 @@ class LazyInputs:
     def is_floating_point(self) -> bool:
         return self.dtype.is_floating_point
 
+    @property
+    def finite(self) -> bool:
+        """Whether the source guarantees finite inputs (``samples.finite``)."""
+        return bool(getattr(self.samples, "finite", False))
+
     def _read(self, position: int) -> torch.Tensor:
         return self.samples[int(self.indices[position])]
 
     def __getitem__(self, key: Any) -> torch.Tensor:
         """Decode the samples at ``key`` (an int, a slice, a list, an array or a tensor of
         positions of any shape, or a boolean mask) in this process: a tensor of shape
-        ``(*positions.shape, *sample_shape)``. A tuple indexes the samples by its first item,
-        then their values by the rest (``x[0, :, 0, 0]``)."""
+        ``(*positions.shape, *sample_shape)``; a position asked for twice is decoded once. A
+        tuple indexes the samples by its first item, then their values by the rest
+        (``x[0, :, 0, 0]``)."""
         if isinstance(key, tuple):
             rows = self[key[0]] if key else self[:]
             batch_dims = rows.dim() - len(self._sample_format()[0])
@@ -114,7 +122,8 @@ class LazyInputs:
         if not flat.numel():
             return torch.empty((*positions.shape, *self._sample_format()[0]),
                                dtype=self.dtype)
-        rows = torch.stack([self._read(int(p)) for p in flat])
+        unique, inverse = flat.unique(return_inverse=True)  # each sample decoded once
+        rows = torch.stack([self._read(int(p)) for p in unique])[inverse]
         return rows.reshape(*positions.shape, *rows.shape[1:])
 
     # -- lazy views and batched reads ------------------------------------------------------
@@ -134,7 +143,18 @@ class LazyInputs:
             return
         loader = DataLoader(_Positions(self), batch_sampler=[list(range(a, b)) for a, b in bounds],
                             num_workers=self.workers, collate_fn=torch.stack)
-        yield from loader
+        done = 0
+        try:
+            for batch in loader:
+                yield batch
+                done += 1
+        except Exception:
+            if not self.workers:
+                raise
+            # a worker's error arrives wrapped in its traceback's text: read the rest in this
+            # process, where a sample's error (an unreadable image) is raised as it is
+            for start, stop in bounds[done:]:
+                yield torch.stack([self._read(p) for p in range(start, stop)])
 
     # -- identity ---------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -171,7 +191,7 @@ class _Positions(Dataset[torch.Tensor]):
 
 
 #: What a split's ``x`` is: one CPU tensor, or inputs read on demand.
-Inputs = Union[torch.Tensor, LazyInputs]  # noqa: UP007 (a runtime alias on Python 3.10)
+Inputs: TypeAlias = "torch.Tensor | LazyInputs"
 
 
 def unit_inputs(x: Inputs, bounds: Sequence[tuple[int, int]]) -> Iterator[torch.Tensor]:

@@ -8,7 +8,6 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 from pydantic import ConfigDict, Field
 
 from robaudit.errors import MetricError
@@ -16,6 +15,8 @@ from robaudit.figures import Figure
 from robaudit.validation import InputModel
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from robaudit.context import AuditContext
 
 
@@ -195,6 +196,8 @@ class Gathered:
 
 def gather_units(results: list[UnitResult], fit: dict[str, Any] | None = None) -> Gathered:
     """Concatenate units' results (given in unit order) into a :class:`Gathered`."""
+    import numpy as np  # here, not at module level: plugin loading stays free of numpy
+
     names = list(results[0].arrays) if results else []
     for result in results:
         if list(result.arrays) != names:

@@ -303,6 +303,8 @@ class Preparation:
         if users:
             try:
                 problem = non_finite_outputs(base.model, base.logits())
+            except UsageError as exc:  # data that cannot be read (an unreadable image)
+                raise UsageError(f"{plan.spec.path}: {exc}") from None
             except (Exception, SystemExit) as exc:  # e.g. a model that fails on large batches
                 problem = (f"the model raised on the audit split (batch_size "
                            f"{base.batch_size}): {type(exc).__name__}: {exc}")

@@ -177,10 +177,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
                              ) -> tuple[str, str, str] | None:
     """A check that could not compute is computed in the call phase (so that ``--durations``
-    puts its time there), yet it is robaudit's ``error``: counted and shown as a pytest error."""
+    puts its time there), yet it is robaudit's ``error``: counted and shown as a pytest error.
+    A ``measured`` check (values recorded, no baseline to judge them by) is counted as
+    ``measured``, not as passed."""
     if (report.when == "call" and report.failed
             and ("robaudit_outcome", "error") in report.user_properties):
         return "error", "E", "ERROR"
+    if (report.when == "call" and report.passed
+            and ("robaudit_outcome", "measured") in report.user_properties):
+        return "measured", "M", "MEASURED"  # a regression check without a baseline: no verdict
     return None
 
 

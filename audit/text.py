@@ -16,6 +16,11 @@ def printable(text: object) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
+def plural(count: int, word: str) -> str:
+    """``1 check``, ``2 checks``: a count with its noun, as pytest writes them."""
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
 def interval(ci: tuple[float, float]) -> str:
     """A 95% interval as ``[low, high]`` with 4 significant digits: readable when its ends are
     negative (``[-0.1016, -0.0564]``, not ``-0.1016–-0.0564``)."""

@@ -222,7 +222,7 @@ def _table() -> dict[str, dict[str, Any]]:
                                           "significant"),  # only the bias column of each row
         "class_divergence": Value(0.0), "adversarial_likelihood": Value(0.0),
         "rank_order_spearman": Error("same feature vector.*constant"),
-        "sphere_deformation": Error("min distance 0.*k is infinite"),
+        "sphere_deformation": Error("min distance 0.*infinite there, or undefined \\(0/0\\)"),
         "intertwinedness": Error("same feature vector.*constant"),
         "fgsm_output_change": Error("gradient is 0 at every audit sample"),
         "unit_semantics": Error("no unit of the feature layer varies"),

@@ -125,7 +125,7 @@ def test_collect_only_lists_what_lf_would_run(spec, robaudit_main):
     robaudit_main("run", spec)
     code, out, _ = robaudit_main("run", spec, "--lf", "--collect-only")
     assert code == 0 and "run-last-failure: rerun previous 1 failure" in out
-    assert "(1 selected, 2 deselected" in out and "1 checks collected" in out
+    assert "(1 selected, 2 deselected" in out and "collected 1 check" in out
 
 
 def test_lf_over_several_specs_skips_the_specs_without_failures(spec, write_spec,

@@ -95,9 +95,9 @@ def write_spec(folder: Path, data: str, name: str) -> Path:
     return path
 
 
-def run(robaudit_main, spec: Path) -> dict:
+def run(robaudit_main, spec: Path, *extra: str | Path) -> dict:
     report = spec.with_suffix(".json")
-    code, out, err = robaudit_main("run", spec, "--json", report, "-q")
+    code, out, err = robaudit_main("run", spec, "--json", report, "-q", *extra)
     assert code in (0, 1), out + err
     return json.loads(report.read_text())
 
@@ -105,13 +105,14 @@ def run(robaudit_main, spec: Path) -> dict:
 def test_image_folder_on_the_fly_equals_the_eagerly_decoded_images(tmp_path, robaudit_main):
     image_folder(tmp_path / "images")
     npz = eager_npz(tmp_path / "images", 32)
+    html = tmp_path / "lazy.html"
     lazy = run(robaudit_main, write_spec(tmp_path, """\
         source: imagefolder
         path: images
         image_size: 32
         workers: 2
         batch_size: 8
-        """, "lazy"))
+        """, "lazy"), "--html", html)
     eager = run(robaudit_main, write_spec(tmp_path, f"""\
         source: npz
         path: {npz.name}
@@ -130,6 +131,9 @@ def test_image_folder_on_the_fly_equals_the_eagerly_decoded_images(tmp_path, rob
     assert data["workers"] == 2 and "transform_from" not in data
     assert data["fingerprint_of"] == "image paths, sizes and modification times"
     assert "transform" not in eager["data"]
+    assert ("<dt>transform</dt><dd>resize_shorter_side 32, center_crop 32, interpolation "
+            "bilinear, channels 3; decoded on the fly by 2 DataLoader worker(s)</dd>"
+            in html.read_text())
 
 
 def test_limit_chooses_samples_before_any_image_is_decoded(tmp_path, robaudit_main,
@@ -290,3 +294,41 @@ def test_bad_data_keys_are_located_usage_errors(tmp_path, robaudit_main, line, k
         assert code == 4, out + err
         assert f"{spec}:" in err and f"{key}:" in err and expected in err, err
         assert "Traceback" not in err
+
+
+class WithNaN(Indexed):
+    """Sample 3 of :class:`Indexed` is NaN."""
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        x = super().__getitem__(index)
+        return x * float("nan") if index == 3 else x
+
+
+def test_the_finiteness_scan_reads_lazy_inputs_unless_the_source_vouches(tmp_path,
+                                                                         monkeypatch):
+    from robaudit.datafit import input_problems
+    from robaudit.plugins.loaders import data as loaders
+
+    lazy = DataSplit(LazyInputs(WithNaN(8), workers=1), torch.zeros(8, dtype=torch.long))
+    [problem] = input_problems({"test": lazy}, ["test"], 3, lambda loc, text: text)
+    assert problem == "split 'test': 1 of 8 samples have NaN or infinite inputs"
+
+    image_folder(tmp_path / "images")
+    decoded: list[str] = []
+    monkeypatch.setattr(loaders, "read_image", lambda path, channels: decoded.append(path))
+    splits = loaders.ImageFolderSource().load(
+        loaders.ImageFolderOptions(path="images", image_size=32), tmp_path, seed=0)
+    assert input_problems(splits, ["test", "train"], 8, lambda loc, text: text) == []
+    assert decoded == []  # image pixels are finite: no decoding pass
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_image_is_a_usage_error_naming_the_file(tmp_path, robaudit_main,
+                                                              workers):
+    files = image_folder(tmp_path / "images")
+    files[25].write_bytes(b"not a png")
+    spec = write_spec(tmp_path, f"source: imagefolder\npath: images\nimage_size: 32\n"
+                                f"workers: {workers}\n", "corrupt")
+    code, _, err = robaudit_main("run", spec)
+    assert code == 4 and f"{spec}: data.path: cannot read image {files[25]}" in err, err
+    assert "Traceback" not in err

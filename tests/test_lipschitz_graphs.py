@@ -262,3 +262,56 @@ def test_indexing_that_may_repeat_entries_has_no_rule():
     assert network_bound(Slice(), (4,)).value == 1.0
     with pytest.raises(MetricError, match="no Lipschitz rule for operation 'getitem'"):
         network_bound(Repeat(), (4,))
+
+
+class ChannelsFirstLayerNorm(nn.LayerNorm):
+    """timm's LayerNorm2d: a LayerNorm over channels of N×C×H×W inputs, by permuting."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class LayerScaled(nn.Module):
+    """A ConvNeXt-like stem: conv, channels-first LayerNorm, a layer scale γ ⊙ x, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.norm = ChannelsFirstLayerNorm(3, eps=1e-2)
+        self.gamma = nn.Parameter(torch.tensor([0.5, -2.0, 1.5]))
+        self.head = nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(x))
+        x = x.mul(self.gamma.reshape(1, -1, 1, 1))
+        return self.head(torch.flatten(x, 1))
+
+
+def test_forward_overriding_norms_and_layer_scales_are_traced():
+    torch.manual_seed(21)
+    net = LayerScaled().double().eval()
+    with torch.no_grad():
+        net.norm.weight.copy_(torch.tensor([0.3, -1.2, 0.8]))
+    value, details = audit_bound(net, (2, 4, 4))
+    # LayerNorm: max|γ|/√ε (an upper bound, as the nn.LayerNorm rule); γ ⊙ x: max|γ| exactly
+    expected = (dense_norm(net.conv, (2, 4, 4)) * 1.2 / math.sqrt(1e-2) * 2.0
+                * dense_norm(net.head, (48,)))
+    assert value == pytest.approx(expected, rel=1e-6)
+    rows = {row["type"]: row for row in details["layers"] if row["in_product"]}
+    assert rows["layer_norm"]["exact"] is False and rows["mul"]["bound"] == pytest.approx(2.0)
+
+
+def test_a_scale_that_repeats_entries_is_not_a_diagonal_map():
+    class Spread(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Parameter(torch.ones(3, 4))
+            self.head = nn.Linear(12, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N×1×4 → N×3×4
+            return self.head(torch.flatten(x * self.c, 1))
+
+    with pytest.raises(MetricError, match="no Lipschitz rule for operation 'mul'"):
+        network_bound(Spread().double().eval(), (1, 4), options=EXACT)

@@ -345,3 +345,14 @@ def test_a_missing_extra_is_named(monkeypatch, tmp_path):
     with pytest.raises(UsageError, match=r"huggingface: needs the transformers package: pip "
                                          r"install 'robaudit\[hf\]'"):
         load_huggingface(tmp_path, own_normalize=False)
+
+
+def test_huggingface_loading_draws_no_progress_bar_of_its_own(tmp_path, robaudit_main):
+    import transformers
+
+    save_tiny_vit(tmp_path / "vit")
+    write_data(tmp_path)
+    code, out, err = robaudit_main("run", spec(tmp_path, "hf", "huggingface: vit\n"), "-q")
+    assert code == 0, out + err
+    assert "Loading weights" not in out + err  # transformers' tqdm bar
+    assert transformers.utils.logging.is_progress_bar_enabled()  # restored for the caller

@@ -20,7 +20,7 @@ checks:
 def test_collect_only_and_metrics_name(write_spec):
     spec = write_spec(TOY_HEADER + TICKING)
     done = cli("run", spec, "--collect-only")
-    assert done.returncode == 0 and "3 checks collected" in done.stdout
+    assert done.returncode == 0 and "collected 3 checks" in done.stdout
     assert "floor: 64 forward" in done.stdout
     done = cli("metrics", "noise_accuracy")
     assert done.returncode == 0 and "sigma" in done.stdout and "Szegedy" in done.stdout

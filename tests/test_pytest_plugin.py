@@ -75,6 +75,12 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
                               "-W", "ignore::pytest.PytestAssertRewriteWarning", *args)
 
 
+def outcomes(result: pytest.RunResult) -> dict[str, int]:
+    """The summary line's counts without warnings; a check without a threshold is counted as
+    ``measured`` (its value is recorded, not judged), which ``assert_outcomes`` cannot ask."""
+    return {k: v for k, v in result.parseoutcomes().items() if k not in ("warning", "warnings")}
+
+
 def builds(pytester: pytest.Pytester) -> int:
     calls = pytester.path / "calls.txt"
     return len(calls.read_text().splitlines()) if calls.exists() else 0
@@ -159,7 +165,7 @@ def test_two_specs_are_each_prepared_once(audit_dir):
     checks = "checks:\n  - {id: one, metric: constant}\n  - {id: two, metric: constant}\n"
     (audit_dir.path / "robaudit_a.yaml").write_text(spec_text(checks, name="a"))
     (audit_dir.path / "robaudit_b.yaml").write_text(spec_text(checks, name="b"))
-    run(audit_dir).assert_outcomes(passed=4)
+    assert outcomes(run(audit_dir)) == {"measured": 4}
     assert builds(audit_dir) == 2
 
 
@@ -178,7 +184,7 @@ def test_a_model_that_cannot_be_built_errors_every_check_of_its_spec(audit_dir):
     (audit_dir.path / "robaudit_broken.yaml").write_text(spec_text(checks, factory="broken"))
     (audit_dir.path / "robaudit_fine.yaml").write_text(spec_text(checks))
     result = run(audit_dir)
-    result.assert_outcomes(passed=2, errors=2)
+    assert outcomes(result) == {"measured": 2, "errors": 2}
     assert result.stdout.str().count("this factory always fails") >= 2
 
 

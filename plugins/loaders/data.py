@@ -301,6 +301,9 @@ class ImageFiles:
     relative to ``root``, its size and its modification time: the data fingerprint hashes
     those, not the pixels."""
 
+    #: pixels of image files, scaled to [0, 1], are never NaN or infinite
+    finite = True
+
     def __init__(self, root: Path, files: list[str], transform: ImageTransform) -> None:
         self.root, self.files, self.transform = root, files, transform
 

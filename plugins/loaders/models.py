@@ -211,12 +211,17 @@ def load_huggingface(folder: Path, own_normalize: bool) -> nn.Module:
     if not (folder / "config.json").is_file():
         raise UsageError(f"huggingface: {folder} has no config.json; give the folder that "
                          "model.save_pretrained(...) wrote (nothing is downloaded)")
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # its bars would cut into robaudit's
     try:
         model = transformers.AutoModelForImageClassification.from_pretrained(
             str(folder), local_files_only=True)
     except Exception as exc:
         raise UsageError(f"huggingface: cannot load {folder}: {type(exc).__name__}: "
                          f"{str(exc).strip().splitlines()[0]}") from None
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     settings = None if own_normalize else processor_normalize(processor_config(folder))
     return HuggingFaceClassifier(model, Normalize(*settings) if settings else None)
 

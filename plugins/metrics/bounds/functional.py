@@ -228,11 +228,29 @@ def op_bound(node: Node, live: Callable[[Node], bool], shape: Callable[[Node], t
                 "attention, Kim et al. 2021, Theorem 3.1), so no upper bound of the network "
                 "exists to report")
         numbers = [a for a in args if _number(a)]
+        tensors = [a for a in node.args if isinstance(a, Node) and a not in inputs]
+        scale = constant(tensors[0]) if len(tensors) == 1 and not numbers else None
+        if scale is not None and shape(node) == shape(inputs[0]):
+            # x ↦ c ⊙ x (or x / c), c broadcast over x's entries: a diagonal map, whose norm is
+            # max |c| (1 / min |c|); a c that repeated x's entries would not be diagonal
+            if name in ("mul", "mul_", "imul"):
+                return _scale(float(scale.detach().abs().max()), name=name)
+            if node.args[0] in inputs and bool((scale != 0).all()):
+                return _scale(1.0 / float(scale.detach().abs().min()), name=name)
         if len(numbers) == 1 and name in ("mul", "mul_", "imul"):
             return _scale(abs(float(numbers[0])), name=name)
         if len(numbers) == 1 and node.args[0] in inputs and numbers[0] != 0:
             return _scale(1.0 / abs(float(numbers[0])), name=name)
         return None
+    if name == "layer_norm" and node.args[0] in inputs:
+        # γ(x − μ)/√(var + ε) + β: at most max|γ|/√ε, as the LayerNorm module's rule says
+        weight = _arg(node, 2, "weight", None)
+        gamma = constant(weight) if isinstance(weight, Node) else None
+        if weight is not None and gamma is None:
+            return None
+        top = 1.0 if gamma is None else float(gamma.detach().abs().max())
+        return _scale(top / math.sqrt(float(_arg(node, 4, "eps", 1e-5))), exact=False,
+                      name=name)
     if name == "mean":
         dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
         if dims is None:

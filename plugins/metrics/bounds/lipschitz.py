@@ -137,12 +137,11 @@ def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def rule_for(module: nn.Module, path: str) -> Rule | None:
+def rule_for(module: nn.Module) -> Rule | None:
     """The rule of the nearest class in ``type(module).__mro__`` that has one; None when
-    there is none (the module's forward is then traced).
-
-    Raises :class:`MetricError` when the module's class inherits a rule but overrides
-    ``forward`` (the rule would describe a different computation)."""
+    there is none, and when the module's class inherits a rule but overrides ``forward`` (the
+    rule would describe a different computation, e.g. timm's ``LayerNorm2d``, which permutes to
+    channels-last around ``F.layer_norm``): the module's forward is then traced."""
     _ensure_builtin_rules()
     cls = type(module)
     for base in cls.__mro__:
@@ -150,21 +149,14 @@ def rule_for(module: nn.Module, path: str) -> Rule | None:
         if rule is None:
             continue
         if base is not cls and getattr(cls, "forward", None) is not getattr(base, "forward", None):
-            raise MetricError(
-                f"lipschitz_bound: module {_show(path)} of type {_qualified(cls)} subclasses "
-                f"{_qualified(base)} but overrides forward, so that class's rule does not apply;"
-                f" register one with robaudit.plugins.metrics.bounds.lipschitz.register_rule"
-                f"({cls.__name__}, rule) (see that module's docstring)"
-            )
+            return None
         return rule
     return None
 
 
 def has_rule(module: nn.Module) -> bool:
-    """Whether a rule is registered for ``module``'s type or one of its bases."""
-    _ensure_builtin_rules()
-    return any(base in _RULES or _qualified(base) in _NAMED_RULES
-               for base in type(module).__mro__)
+    """Whether ``module`` is bounded by a rule (a leaf of the traced graph), not traced."""
+    return rule_for(module) is not None
 
 
 def _show(path: str) -> str:
@@ -342,7 +334,7 @@ def module_bound(module: nn.Module, path: str, walk: _Walk) -> LayerBound:
     """The bound of ``module`` at ``path``: by its rule when it has one, else from the graph
     of its traced forward pass (:func:`traced_bound`)."""
     site = LayerSite(module, path, walk)
-    rule = rule_for(module, path)
+    rule = rule_for(module)
     return traced_bound(site) if rule is None else rule(module, site)
 
 
@@ -444,7 +436,6 @@ def _input_text(node: torch.fx.Node) -> str:
 def _node_op(site: LayerSite, graph_module: torch.fx.GraphModule, node: torch.fx.Node,
              live: set[torch.fx.Node]) -> _Op | None:
     """The :class:`_Op` of a node that depends on the input; None for a shape query."""
-    import torch
 
     inputs = live_args(node, live.__contains__)
     if node.op == "call_module":
@@ -459,13 +450,8 @@ def _node_op(site: LayerSite, graph_module: torch.fx.GraphModule, node: torch.fx
     if name in SHAPE_QUERIES:
         return None
 
-    def constant(attr: torch.fx.Node) -> torch.Tensor | None:
-        if attr.op != "get_attr":
-            return None
-        value = graph_module
-        for part in str(attr.target).split("."):
-            value = getattr(value, part)
-        return value if isinstance(value, torch.Tensor) else None
+    def constant(other: torch.fx.Node) -> torch.Tensor | None:
+        return None if other in live else _constant_value(graph_module, other)
 
     layer = equivalent_layer(node, constant)
     if layer is not None:
@@ -487,6 +473,39 @@ def _node_op(site: LayerSite, graph_module: torch.fx.GraphModule, node: torch.fx
                  "input": _input_text(inputs[0]), "size": "", "stride": "",
                  "bound": rule.factor, "exact": rule.exact, "in_product": True},)
     return _Op(LayerBound(rule.factor or 0.0, rows), rule.combine, rule.factor, name)
+
+
+class _NotConstant(Exception):
+    """A node's value depends on the input (or cannot be computed without it)."""
+
+
+def _constant_value(graph_module: torch.fx.GraphModule, node: torch.fx.Node
+                    ) -> torch.Tensor | None:
+    """The tensor that a node which does not depend on the input holds: a parameter or buffer
+    (``get_attr``), or an op on such tensors (``self.gamma.reshape(1, -1, 1, 1)``, a layer
+    scale); None when it is not such a tensor."""
+    import torch
+
+    def value(arg: torch.fx.Node) -> Any:
+        if arg.op == "get_attr":
+            found: Any = graph_module
+            for part in str(arg.target).split("."):
+                found = getattr(found, part)
+            return found
+        if arg.op not in ("call_function", "call_method"):
+            raise _NotConstant
+        args = torch.fx.node.map_arg(arg.args, value)
+        kwargs = torch.fx.node.map_arg(arg.kwargs, value)
+        if arg.op == "call_method":
+            return getattr(args[0], str(arg.target))(*args[1:], **kwargs)
+        return arg.target(*args, **kwargs)  # type: ignore[operator]
+
+    try:
+        with torch.no_grad():
+            result = value(node)
+    except Exception:  # an input-dependent argument, or an op that needs one
+        return None
+    return result if isinstance(result, torch.Tensor) else None
 
 
 def _common_prefix(names: Sequence[str]) -> str:

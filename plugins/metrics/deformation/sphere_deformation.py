@@ -172,11 +172,12 @@ class SphereDeformation(SampleMetric):
         if not finite[0].any():
             raise MetricError(
                 f"sphere_deformation: g maps some sphere direction of every sample onto g(x) "
-                f"(min distance 0) at r = {radii[0]}; k is infinite"
+                f"(min distance 0) at r = {radii[0]}; k = max/min is infinite there, or undefined "
+                f"(0/0) where g is constant on the whole sphere"
             )
         share = included(int(finite[0].sum()), finite.shape[1], params.min_included,
                          f"spheres (the others have a point that g maps onto g(x) at "
-                         f"r = {radii[0]}: k infinite)")
+                         f"r = {radii[0]}: k infinite, or 0/0 where g is constant on it)")
         rows = []
         for j, radius in enumerate(radii):
             values = k[j][finite[j]]

@@ -136,7 +136,7 @@ def write_spec(n: int, device: str, skip: list[str], epochs: int = TRAIN["epochs
     return path
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith(field + ":"):
@@ -165,9 +165,9 @@ class SizeSession(FloorSession):
             torch.cuda.reset_peak_memory_stats(ctx.device)
             device_base = torch.cuda.memory_allocated(ctx.device)
         _reset_peak()
-        base = _status_kib("VmRSS")
+        base = status_kib("VmRSS")
         result = super().run_check(check, ctx, *args, **kwargs)
-        peak = _status_kib("VmHWM")
+        peak = status_kib("VmHWM")
         record = {"rss_peak_mib": peak / 1024, "rss_rise_mib": (peak - base) / 1024}
         if cuda:
             torch.cuda.synchronize(ctx.device)
@@ -208,7 +208,7 @@ def run_one(n: int, device: str, skip: list[str], threads: int, keyword: str | N
     return {"n": n, "device": str(ctx.device), "threads": torch.get_num_threads(),
             "wall_s": wall, "throughput": {"forward": rates.forward,
                                            "gradient": rates.gradient},
-            "run_peak_rss_mib": _status_kib("VmHWM") / 1024, "checks": checks}
+            "run_peak_rss_mib": status_kib("VmHWM") / 1024, "checks": checks}
 
 
 def slope(sizes: list[int], values: list[float | None]) -> float | None:
@@ -261,7 +261,8 @@ def report(runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     notes = [
         "",
         f"Machine: {meta['machine']}; torch {meta['torch']}, {runs[0]['threads']} torch "
-        f"thread(s), device {runs[0]['device']}. Model throughput at batch 256: "
+        f"thread(s), device {runs[0]['device']}. Model throughput at batch "
+        f"{runs[0].get('batch_size', 256)}: "
         + ", ".join(f"N={run['n']}: {run['throughput']['forward']:.0f} fwd/s, "
                     f"{run['throughput']['gradient']:.0f} fwd+grad/s" for run in runs) + ".",
         "Whole run (set-up, loading, every check): "
@@ -273,7 +274,7 @@ def report(runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The CPU's model name (Linux), else the platform's machine type."""
     try:
         with open("/proc/cpuinfo") as info:
@@ -326,7 +327,7 @@ def main() -> None:
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         saved.write_text(json.dumps(runs[-1]))
         print(f"N = {n}: {runs[-1]['wall_s']:.0f} s", file=sys.stderr, flush=True)
-    meta = {"machine": _cpu_name(), "torch": torch.__version__}
+    meta = {"machine": cpu_name(), "torch": torch.__version__}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "size.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     (args.out / "size.md").write_text(report(runs, meta))

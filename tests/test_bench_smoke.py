@@ -184,3 +184,15 @@ def test_startup(tmp_path: Path) -> None:
     ratios = [float(row.split("|")[3]) for row in rows]
     assert ratios[0] == 1.0 and all(ratio > 0 for ratio in ratios)
     assert rows[0].split("|")[4].strip() == "no"  # --help never imports torch
+
+
+def test_real_models(tmp_path: Path) -> None:
+    """A ResNet-18 at 32×32 over generated image folders of 8 and 16 JPEGs, one check."""
+    out = bench("real_models.py", "--model", "resnet18", "--sizes", "8", "16", "--image-size",
+                "32", "--source-size", "36", "--batch-size", "8", "-k", "clean_accuracy",
+                "--budget", "0.05", "--workers", "0", "--out", tmp_path)
+    assert re.search(r"\| `accuracy` \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", out), out
+    assert re.search(r"Peak RSS of the whole run: \d+ MiB at N = 8, \d+ MiB at N = 16", out)
+    runs = json.loads((tmp_path / "real-resnet18.json").read_text())["runs"]
+    assert [run["n"] for run in runs] == [8, 16]
+    assert all(run["checks"]["accuracy"]["outcome"] in ("passed", "failed") for run in runs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,13 @@ import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).parent.parent
+
+# A suite started in the background (`nohup`, `cmd &` in a script) inherits SIGINT ignored, and so
+# would every robaudit it spawns: the tests that press Ctrl-C on a run (or whose watchdog
+# interrupts rank 0) would then see it ignored. Python's own handler here gives the children
+# SIGINT's default back (an ignored signal stays ignored across exec, a handled one does not).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -164,6 +164,12 @@ class Preparation:
                                      "`weights`: unless it loads trained weights itself, this "
                                      "audits its random initialisation")
                 self.warn(plan.warnings[-1])
+            elif (entry.torchvision or entry.timm) and entry.weights is None:
+                kind, name = entry.source
+                plan.warnings.append(f"{plan.spec.path}: {key}: {kind}: {name} has no `weights`: "
+                                     "nothing is downloaded, so this audits its random "
+                                     "initialisation; give a local checkpoint as `weights`")
+                self.warn(plan.warnings[-1])
             return ModelUnderAudit(module, input_range=entry.input_range, normalize=normalize,
                                    features=entry.features, device=plan.device, name=key)
         except UsageError as exc:

@@ -356,3 +356,16 @@ def test_huggingface_loading_draws_no_progress_bar_of_its_own(tmp_path, robaudit
     assert code == 0, out + err
     assert "Loading weights" not in out + err  # transformers' tqdm bar
     assert transformers.utils.logging.is_progress_bar_enabled()  # restored for the caller
+
+
+def test_a_torchvision_model_without_weights_warns_that_it_is_random(tmp_path, robaudit_main):
+    write_data(tmp_path)
+    report = tmp_path / "r.json"
+    code, _, err = robaudit_main("run", spec(tmp_path, "rand", "torchvision: shufflenet_v2_x0_5\n"
+                                                               "kwargs: {num_classes: 3}\n"),
+                                 "--json", report)
+    assert code == 0
+    assert "torchvision: shufflenet_v2_x0_5 has no `weights`" in err
+    assert "random initialisation" in err
+    [warning] = json.loads(report.read_text())["model"]["warnings"]
+    assert "shufflenet_v2_x0_5" in warning

@@ -18,7 +18,7 @@ the same seed gives the same weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,8 @@ from torch import nn
 from robaudit.ops.attacks import random_in_ball
 from robaudit.ops.projections import clip_to_box
 from robaudit.ops.sampling import sample_seeds
-from robaudit.zoo import ZooEntry, _digits_data
-from robaudit.zoo.resnet import digits_resnet
+from robaudit.zoo import ENTRIES as BASE_ENTRIES
+from robaudit.zoo import ZooEntry
 
 
 @dataclass(frozen=True)
@@ -61,17 +61,10 @@ class PGDTraining:
 MADRY_DIGITS = PGDTraining(eps=0.1, steps=7, step_size=2.5 * 0.1 / 7)
 
 ENTRIES: dict[str, ZooEntry] = {
-    "digits_resnet_pgd": ZooEntry(
+    "digits_resnet_pgd": replace(  # the shipped digits_resnet's recipe, adversarially
+        BASE_ENTRIES["digits_resnet"],
         name="digits_resnet_pgd",
-        build=digits_resnet,
-        data=_digits_data,
-        epochs=30,
-        lr=0.05,
-        batch_size=64,
-        weight_decay=5e-4,
-        max_shift=1,
         perturb=MADRY_DIGITS,
-        factory="robaudit.zoo:digits_resnet",
         description="digits_resnet adversarially trained (Madry et al. 2018): 7-step ℓ∞ PGD "
                     "at eps 0.1, step 2.5·eps/7, random start",
     ),

@@ -15,7 +15,9 @@ Each N runs in a fresh process (its own heap, so memory figures do not carry ove
 checks of ``specs/resnet.yaml``. Per check it records the time, the floor (``bench/floors.py``:
 the model passes the check needs at the model's measured batched throughput), the peak host
 RSS while the check ran (Linux VmHWM, reset before each check) and its rise above the RSS the
-check started with, and, on CUDA, the device's peak allocated memory. Across N it fits the
+check started with, and, on CUDA, the device's peak allocated memory. On the CPU, times and
+throughput are CPU seconds of the process (``time.process_time``), so that the figures and their
+ratios hold on a shared machine; on CUDA they are wall seconds. Across N it fits the
 growth exponent b of time ∝ N^b and of the memory rise ∝ N^b (least squares in log-log), and
 writes ``size.md`` and ``size.json`` under ``--out``.
 """
@@ -166,17 +168,20 @@ class SizeSession(FloorSession):
             device_base = torch.cuda.memory_allocated(ctx.device)
         _reset_peak()
         base = status_kib("VmRSS")
+        cpu = time.process_time()
         result = super().run_check(check, ctx, *args, **kwargs)
+        cpu = time.process_time() - cpu
         peak = status_kib("VmHWM")
-        record = {"rss_peak_mib": peak / 1024, "rss_rise_mib": (peak - base) / 1024}
+        record = {"rss_peak_mib": peak / 1024, "rss_rise_mib": (peak - base) / 1024,
+                  "cpu_s": cpu}
         if cuda:
             torch.cuda.synchronize(ctx.device)
             record["device_peak_mib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
             record["device_rise_mib"] = (torch.cuda.max_memory_allocated(ctx.device)
                                          - device_base) / 2**20
         self.memory[check.id] = record
-        print(f"  {check.id}: {result.duration_s:.1f} s, {result.outcome}", file=sys.stderr,
-              flush=True)
+        print(f"  {check.id}: {result.duration_s:.1f} s ({cpu:.1f} s CPU), {result.outcome}",
+              file=sys.stderr, flush=True)
         return result
 
 
@@ -192,20 +197,25 @@ def run_one(n: int, device: str, skip: list[str], threads: int, keyword: str | N
     assert session.context is not None
     ctx = session.context
     batch = next(ctx.batches())[0]
+    cpu = ctx.device.type == "cpu"  # then times are CPU seconds, which load does not inflate
     with ctx.model:
-        rates: Throughput = measure_throughput(ctx.model, batch)
+        rates: Throughput = measure_throughput(
+            ctx.model, batch, clock=time.process_time if cpu else time.perf_counter)
     checks = {}
     for check in result.checks:
         floor = session.floors.get(check.id)
         seconds = rates.seconds(floor) if floor is not None else None
+        memory = session.memory.get(check.id, {})
         checks[check.id] = {
             "metric": check.metric, "outcome": check.outcome, "value": check.value,
-            "time_s": check.duration_s, "floor_s": seconds,
+            "time_s": memory.get("cpu_s", check.duration_s) if cpu else check.duration_s,
+            "wall_s": check.duration_s, "floor_s": seconds,
             "floor_work": (f"{floor.forward} fwd + {floor.gradient} grad"
                            if floor is not None else None),
-            **session.memory.get(check.id, {}),
+            **memory,
         }
     return {"n": n, "device": str(ctx.device), "threads": torch.get_num_threads(),
+            "clock": "CPU" if cpu else "wall",
             "wall_s": wall, "throughput": {"forward": rates.forward,
                                            "gradient": rates.gradient},
             "run_peak_rss_mib": status_kib("VmHWM") / 1024, "checks": checks}
@@ -232,7 +242,7 @@ def report(runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     cuda = runs[0]["device"].startswith("cuda")
     head = ["check"]
     for n in sizes:
-        head += [f"time N={n} (s)", f"× floor N={n}"]
+        head += [f"{runs[0].get('clock', 'wall')} time N={n} (s)", f"× floor N={n}"]
     head += ["time exp.", "RSS rise " + " / ".join(f"N={n}" for n in sizes) + " (MiB)",
              "rise exp."]
     if cuda:
@@ -264,7 +274,11 @@ def report(runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"thread(s), device {runs[0]['device']}. Model throughput at batch "
         f"{runs[0].get('batch_size', 256)}: "
         + ", ".join(f"N={run['n']}: {run['throughput']['forward']:.0f} fwd/s, "
-                    f"{run['throughput']['gradient']:.0f} fwd+grad/s" for run in runs) + ".",
+                    f"{run['throughput']['gradient']:.0f} fwd+grad/s" for run in runs)
+        + (" (per CPU second)." if runs[0].get("clock") == "CPU" else "."),
+        "Times: " + ("CPU seconds of the process (`time.process_time`), which the load of a "
+                     "shared machine does not inflate; the floor is counted at the CPU-second "
+                     "throughput." if runs[0].get("clock") == "CPU" else "wall seconds."),
         "Whole run (set-up, loading, every check): "
         + ", ".join(f"N={run['n']}: {run['wall_s']:.0f} s, peak RSS "
                     f"{run['run_peak_rss_mib']:.0f} MiB" for run in runs) + ".",

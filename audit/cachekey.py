@@ -12,8 +12,8 @@ The salt holds everything else that can change a cached value (design §3, §5, 
   model folder); the source of the factory's module and of the module defining every
   ``nn.Module`` class in the network (so an edited ``forward`` misses); and a hash of the
   network's parameters and buffers as loaded;
-- the spec's whole data entry (source, options, limits, ``batch_size``) and the fingerprint of
-  every data split as loaded (:func:`robaudit.identity.data_fingerprint`);
+- the spec's whole data entry (source, options, limits, ``batch_size``; not ``workers``) and the
+  fingerprint of every data split as loaded (:func:`robaudit.identity.data_fingerprint`);
 - the seed, the device (its type, and the GPU's name on CUDA), and the robaudit and torch
   versions.
 
@@ -143,9 +143,11 @@ def run_salt(models: dict[str, str], data: dict[str, Any], splits: dict[str, Dat
     """What every entry of a run depends on: ``models`` maps each model's name to its
     :func:`model_salt`; ``data`` is the spec's data entry as resolved (its source options and
     ``batch_size`` too), ``splits`` the loaded data; then the device, the seed and the
-    versions."""
+    versions. ``workers`` is left out: the DataLoader processes read the same units in the same
+    order whatever their number (:mod:`robaudit.lazydata`), so the numbers do not depend on it."""
+    keyed = {key: value for key, value in data.items() if key != "workers"}
     parts = [robaudit.__version__, torch.__version__, device_name(device), str(seed),
-             json.dumps(data, sort_keys=True, default=repr)]
+             json.dumps(keyed, sort_keys=True, default=repr)]
     parts += [f"{name}={salt}" for name, salt in sorted(models.items())]
     seen: dict[int, str] = {}
     for name, split in sorted(splits.items()):

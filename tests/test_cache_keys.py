@@ -149,6 +149,8 @@ def test_data_seed_device_and_versions_are_keyed(monkeypatch):
     other = {"test": DataSplit(splits["test"].x.clone(), splits["test"].y.flip(0))}
     assert salt_of(splits=other) != salt
     assert salt_of(data={**data, "batch_size": 8}) != salt
+    # the DataLoader's process count reads the same units in the same order: not keyed
+    assert salt_of(data={**data, "workers": 2}) == salt_of(data={**data, "workers": 0}) == salt
     assert salt_of(seed=1) != salt
     assert salt_of(models={"model": "other"}) != salt
     assert salt_of(models={"model": "m", "source": "s"}) != salt

@@ -188,3 +188,24 @@ def test_softplus_replaces_every_relu_and_is_smooth() -> None:
     assert float(soft_op.hvp(v).abs().max()) > 1e-3
     with pytest.raises(ValueError):
         softplus_logits(net, 0.0)
+
+
+def test_a_restart_after_breakdown_does_not_depend_on_the_batch() -> None:
+    """Two rows break down at the same step; the first coordinate vector lies in row 0's
+    Krylov space but not in row 1's. Each row's Ritz pairs are those it gets alone."""
+    d = 6
+    eye = torch.eye(d, dtype=torch.float64)
+    u = torch.linalg.qr(torch.randn(d, 2, generator=gen(11), dtype=torch.float64))[0]
+    mats = torch.stack([3.0 * eye[:, :1] @ eye[:1] - 2.0 * eye[:, 1:2] @ eye[1:2],
+                        3.0 * u[:, :1] @ u[:, :1].T - 2.0 * u[:, 1:] @ u[:, 1:].T])
+    start = torch.stack([eye[0] + eye[1], u[:, 0] + u[:, 1]])
+
+    def run(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return lanczos_extremes(lambda v: torch.einsum("bij,bj->bi", mats[rows], v),
+                                start[rows], 2, d)
+
+    values, vectors = run([0, 1])
+    for row in (0, 1):
+        alone_values, alone_vectors = run([row])
+        torch.testing.assert_close(values[row], alone_values[0])
+        torch.testing.assert_close(vectors[row], alone_vectors[0])

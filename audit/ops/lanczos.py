@@ -74,15 +74,22 @@ def _orthogonalise(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 
 def _restart_vectors(basis: torch.Tensor, step: int, project: Operator | None) -> torch.Tensor:
-    """A vector orthogonal to each row's basis: deterministic coordinate vectors tried in turn
-    (no random numbers, so a restart does not depend on the batch)."""
+    """A vector orthogonal to each row's basis: deterministic coordinate vectors tried in turn,
+    each row taking the first that leaves it a nonzero component (no random numbers, and no
+    row's choice depends on the others', so a restart does not depend on the batch); zero for
+    a row whose space is exhausted."""
     b, _, d = basis.shape
+    chosen = torch.zeros(b, d, dtype=basis.dtype, device=basis.device)
+    found = torch.zeros(b, dtype=torch.bool, device=basis.device)
     for offset in range(d):
         e = torch.zeros(b, d, dtype=basis.dtype, device=basis.device)
         e[:, (step + offset) % d] = 1.0
         if project is not None:
             e = project(e)
         e = _orthogonalise(e, basis)
-        if bool((e.norm(dim=1) > 1e-6).all()):
-            return e
-    return torch.zeros(b, d, dtype=basis.dtype, device=basis.device)
+        usable = ~found & (e.norm(dim=1) > 1e-6)
+        chosen = torch.where(usable[:, None], e, chosen)
+        found |= usable
+        if bool(found.all()):
+            break
+    return chosen

@@ -52,6 +52,23 @@ def median_time(args: list[str], repeats: int) -> float:
     return statistics.median(times)
 
 
+#: what every command that validates must import: the spec and params models are pydantic v2
+#: models (design §2), so a fresh ``python -c`` importing it alone is a floor of ``validate``
+#: and ``metrics``; the bare interpreter is a floor of everything
+FLOORS = {"python -c pass": "pass", "python -c 'import pydantic'": "import pydantic.main"}
+
+
+def median_code_time(code: str, repeats: int) -> float:
+    """The median wall time of ``repeats`` runs of ``python -c CODE``, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def imports_torch(args: list[str]) -> bool:
     """Whether the command imports torch (from its ``-X importtime`` log)."""
     log = run(args, importtime=True).stderr
@@ -82,6 +99,12 @@ def main() -> None:
                          for a in args)
         lines.append(f"| `robaudit {shown}` | {seconds:.3f} | {ratio:.2f} | "
                      f"{'yes' if torch else 'no'} | {'yes' if ratio <= GOAL else 'NO'} |")
+    assert reference is not None
+    lines += ["", "Floors: what a fresh interpreter costs before robaudit runs code of its own.",
+              "", "| command | median (s) | × `--help` |", "|---|---|---|"]
+    for shown, code in FLOORS.items():
+        seconds = median_code_time(code, opts.repeats)
+        lines.append(f"| `{shown}` | {seconds:.3f} | {seconds / reference:.2f} |")
     text = "\n".join(lines) + "\n"
     if opts.out:
         opts.out.write_text(text)

@@ -184,6 +184,9 @@ def test_startup(tmp_path: Path) -> None:
     ratios = [float(row.split("|")[3]) for row in rows]
     assert ratios[0] == 1.0 and all(ratio > 0 for ratio in ratios)
     assert rows[0].split("|")[4].strip() == "no"  # --help never imports torch
+    floors = [line for line in out.read_text().splitlines() if line.startswith("| `python")]
+    assert [row.split("`")[1] for row in floors] == ["python -c pass",
+                                                     "python -c 'import pydantic'"]
 
 
 def test_real_models(tmp_path: Path) -> None:

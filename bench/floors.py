@@ -156,6 +156,8 @@ class FloorSession(Session):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.floors: dict[str, Floor | None] = {}
+        #: each check's CPU seconds (``time.process_time``), its floor's counting left out
+        self.cpu_s: dict[str, float] = {}
         self.context: AuditContext | None = None
 
     def run_check(self, check: Check, ctx: AuditContext, *args: Any, **kwargs: Any
@@ -167,7 +169,9 @@ class FloorSession(Session):
         self.floors[check.id] = check.metric.floor(ctx, check.params)
         after = AFTER_THE_RUN.get(check.metric.name)
         shared = after is not None and _deepfool_cached(ctx, check)
+        cpu = time.process_time()
         result = super().run_check(check, ctx, *args, **kwargs)
+        self.cpu_s[check.id] = time.process_time() - cpu
         if after is not None and result.outcome != "error":
             self.floors[check.id] = after(ctx, check, result, shared)
         return result

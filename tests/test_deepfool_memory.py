@@ -215,3 +215,31 @@ def test_the_cache_keeps_bounded_entries_within_its_budget_and_the_others_always
     cache.get_or_compute("c", lambda: make("c", 1000))  # not bounded: kept whatever its size
     assert "c" in cache and cache.held == 60
     assert cache.take("a") is not None and cache.held == 0
+
+
+def test_the_disk_cache_serves_the_units_that_the_budget_does_not_keep(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--cache-dir`` stores DeepFool per work unit: with a budget of 0 bytes a run that asks
+    for a unit twice reads it back from the disk (no second DeepFool run), and a later run
+    runs no DeepFool at all, with the same value bit for bit."""
+    from robaudit.diskcache import DiskStore
+
+    runs: list[int] = []
+    original = deepfool_module._run_unit
+
+    def counted(ctx, unit, split, mua, options):  # type: ignore[no-untyped-def]
+        runs.append(unit.start)
+        return original(ctx, unit, split, mua, options)
+
+    monkeypatch.setattr(deepfool_module, "_run_unit", counted)
+    values = []
+    for _ in range(2):
+        ctx, n = tiny_context(0)
+        ctx.cache.disk = DiskStore(tmp_path, "salt", torch.device("cpu"))
+        values += [run_metric(DeepFoolMinDistortion(), ctx).value,
+                   run_metric(MinNormDistortion(), ctx, attacks=["deepfool"]).value]
+        assert ctx.cache.held == 0
+    assert sorted(runs) == [u.start for u in work_units(n, 8)]  # each unit once, in run 1
+    assert values[0] == values[2] and values[1] == values[3]
+    stored = [torch.load(path, weights_only=True)["key"] for path in tmp_path.glob("*.pt")]
+    assert len([key for key in stored if "('deepfool'," in key]) == len(work_units(n, 8))

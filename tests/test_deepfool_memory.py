@@ -243,3 +243,24 @@ def test_the_disk_cache_serves_the_units_that_the_budget_does_not_keep(
     assert values[0] == values[2] and values[1] == values[3]
     stored = [torch.load(path, weights_only=True)["key"] for path in tmp_path.glob("*.pt")]
     assert len([key for key in stored if "('deepfool'," in key]) == len(work_units(n, 8))
+
+
+def test_the_uap_spectrum_is_that_of_the_leading_normals_that_its_bytes_hold(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """uap_fooling_rate keeps the boundary normals of the first SPECTRUM_BYTES / (4 d)
+    samples only (here 18 of 40, across units of 8): its singular values are those of the
+    converged ones among them, computed here from deepfool_split's normals by a dense SVD,
+    and details count them and the converged samples of the whole split."""
+    from robaudit.ops.deepfool import deepfool_split
+    from robaudit.plugins.metrics.universal import uap
+
+    monkeypatch.setattr(uap, "SPECTRUM_BYTES", 4 * 12 * 18)
+    ctx, _ = tiny_context(2**30)
+    result = run_metric(UAPFoolingRate(), ctx, fit_limit=16, max_passes=2)
+    whole = deepfool_split(ctx, norm="l2")
+    normals = whole.normal[:18][whole.converged[:18]].double()
+    assert result.details["normals"] == normals.shape[0] > uap.TOP_SINGULAR_VALUES
+    assert result.details["normals_converged"] == int(whole.converged.sum())
+    values = torch.linalg.svdvals(normals)
+    expected = [round(float(v), 6) for v in (values / values[0])[:uap.TOP_SINGULAR_VALUES]]
+    assert result.details["normals_singular_values"] == expected

@@ -577,8 +577,9 @@ def deepfool_unit(
 
     The entry is bounded (:class:`~robaudit.context.RunCache`): a unit that does not fit the
     cache's budget is run again when it is asked for next, with the same numbers (DeepFool
-    is deterministic on a unit: the same samples in the same batch), so a run's memory is
-    bounded by the budget and the batch, not by the split's size times the input's."""
+    is deterministic on a unit: the same samples in the same batch; on a GPU, as far as its
+    kernels are, see ``torch.use_deterministic_algorithms``), so a run's memory is bounded by
+    the budget and the batch, not by the split's size times the input's."""
     mua = model or ctx.model
     name = split or ctx.split
     options = (norm, overshoot, candidates, max_iter)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
@@ -140,27 +140,58 @@ class _KeptTask:
         self.keeper.advance(self, amount)
 
 
+#: The bytes of recomputable entries (:meth:`RunCache.get_or_compute` with ``bounded``) that a
+#: run keeps in memory by default: DeepFool's per-unit results, three inputs' size a sample.
+MEMORY_BUDGET = 2**30
+
+
 class RunCache:
     """A per-run cache that checks share, so that expensive common work is done once.
 
     Keys should name the work and every input it depends on, e.g.
     ``("features", model.name, split)`` or ``("deepfool", model.name, split, overshoot)``.
+
+    Memory (design §8): an entry stored with ``bounded=True`` is work that grows with the
+    split times the input size but is deterministic, so that computing it again gives the same
+    numbers (DeepFool on a work unit). Such entries are kept while their tensors fit
+    ``budget`` bytes together (default :data:`MEMORY_BUDGET`); one that does not fit is
+    returned without being kept, and computed again (or read from the disk cache) when it is
+    asked for next. A full cache keeps what it holds rather than evicting the least recently
+    used entry: the consumers sweep the units of a split in order, and LRU would evict each
+    unit just before the next sweep asks for it, where keeping the first ones makes every
+    later sweep find them. Other entries (features, logits, fits) are always kept.
     """
 
-    def __init__(self, disk: DiskStore | None = None) -> None:
+    def __init__(self, disk: DiskStore | None = None, budget: int = MEMORY_BUDGET) -> None:
         self._store: dict[Any, Any] = {}
+        self._bounded: dict[Any, int] = {}  # the bounded entries' keys and bytes
+        #: the bytes that bounded entries may hold together
+        self.budget = budget
         #: the cache between runs (``--cache-dir``), consulted on a miss here
         self.disk = disk
 
-    def get_or_compute(self, key: Any, compute: Callable[[], T]) -> T:
-        if key not in self._store:
-            found, value = self.disk.load(key) if self.disk else (False, None)
-            if not found:
-                value = compute()
-                if self.disk:
-                    self.disk.save(key, value)
+    @property
+    def held(self) -> int:
+        """The bytes that bounded entries hold now."""
+        return sum(self._bounded.values())
+
+    def get_or_compute(self, key: Any, compute: Callable[[], T], *, bounded: bool = False
+                       ) -> T:
+        """The value of ``key``: from this run, else from the disk cache, else computed (and
+        stored on the disk). ``bounded``: keep it in memory only within :attr:`budget` (see
+        the class docstring)."""
+        if key in self._store:
+            return self._store[key]
+        found, value = self.disk.load(key) if self.disk else (False, None)
+        if not found:
+            value = compute()
+            if self.disk:
+                self.disk.save(key, value)
+        if not bounded:
             self._store[key] = value
-        return self._store[key]
+        elif (size := tensor_bytes(value)) + self.held <= self.budget:
+            self._store[key], self._bounded[key] = value, size
+        return value
 
     def get(self, key: Any) -> Any:
         """The value computed for ``key`` in this run, else None (the disk is not read)."""
@@ -169,10 +200,25 @@ class RunCache:
     def take(self, key: Any) -> Any:
         """:meth:`get`, and forget the value in memory: for the parts of a whole that the
         caller caches next, so that they are not held twice."""
+        self._bounded.pop(key, None)
         return self._store.pop(key, None)
 
     def __contains__(self, key: Any) -> bool:
         return key in self._store
+
+
+def tensor_bytes(value: Any) -> int:
+    """The bytes of the tensors in ``value`` (a tensor, a dataclass, or a list, tuple or dict
+    of them); other values count 0."""
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.numel()
+    if is_dataclass(value) and not isinstance(value, type):
+        return sum(tensor_bytes(getattr(value, f.name)) for f in fields(value))
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    return 0
 
 
 @dataclass

@@ -13,6 +13,14 @@ folder that cannot be read) is a miss and is recomputed; an entry that cannot be
 (a read-only folder, a full disk) is not stored, with one warning per store (each spec of a
 run has its own).
 
+What it stores grows with the work, on disk, not in memory: DeepFool is stored per work unit
+(:func:`robaudit.ops.deepfool.deepfool_unit`, three inputs' size a sample, so about
+3 × N × C × H × W × 4 bytes per model, split and DeepFool params: 7 GB at N = 4096 of
+224×224), each entry written once, when it is computed, and read one at a time; an entry that
+the run cache's memory budget does not keep (:class:`robaudit.context.RunCache`) is read back
+from here when a check asks for it again rather than computed again. Nothing prunes the folder:
+delete it to reclaim the space.
+
 Entries are written with ``torch.save`` and read with ``torch.load(weights_only=True)``: only
 tensors, numbers, strings, lists, tuples and dicts, and robaudit's own dataclasses rebuilt
 field by field (design §9: what is read back is data, never code). A value that holds anything

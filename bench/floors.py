@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from robaudit.context import AuditContext
-from robaudit.metric import Floor
+from robaudit.metric import Floor, work_units
 from robaudit.model import ModelUnderAudit
 from robaudit.pluginmanager import load_plugins
 from robaudit.results import CheckResult
@@ -181,7 +181,8 @@ def _deepfool_cached(ctx: AuditContext, check: Check) -> bool:
     params = check.params
     key = ("deepfool", ctx.model.name, ctx.split, "l2", params.overshoot, params.candidates,
            params.max_iter)
-    return key in ctx.cache
+    return all((*key, unit.start, unit.stop) in ctx.cache
+               for unit in work_units(len(ctx.data()), ctx.batch_size))
 
 
 def session_options(overrides: list[str] | None = None, threads: int | None = None,

@@ -222,7 +222,11 @@ def test_values_do_not_depend_on_the_batch_size() -> None:
         assert small.value == pytest.approx(large.value, rel=1e-9)
 
 
-def test_the_fit_runs_deepfool_on_its_points_only_with_the_shared_runs_rows() -> None:
+def test_the_fit_runs_deepfool_on_its_points_only_whatever_the_run_cached() -> None:
+    """The fit's DeepFool runs on its 5 points alone (no unit of the split), equal to the
+    rows of the split's run; once the split's units are cached it is still its own cached run
+    (its numbers do not depend on what else ran), and a fit of the whole split is the
+    split's run."""
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)).double()
     x = torch.randn(20, 6, generator=gen(7), dtype=torch.float64)
@@ -231,10 +235,11 @@ def test_the_fit_runs_deepfool_on_its_points_only_with_the_shared_runs_rows() ->
     params = CurvatureRatioParams(fit=5)
     head = leading_deepfool(ctx, params, "train", 5)
     assert head.boundary.shape[0] == 5
-    assert ("deepfool", "model", "train", "l2", 0.02, 10, 50) not in ctx.cache
+    assert not [key for key in ctx.cache._store if key[0] == "deepfool"]
     whole = deepfool_split(ctx, split="train")
     torch.testing.assert_close(head.boundary, whole.boundary[:5])
-    assert leading_deepfool(ctx, params, "train", 5) is whole  # the shared run, once cached
+    assert leading_deepfool(ctx, params, "train", 5) is head
+    assert torch.equal(leading_deepfool(ctx, params, "train", 20).boundary, whole.boundary)
 
 
 def test_chunked_hvps_and_lanczos_groups_do_not_change_the_values() -> None:

@@ -10,6 +10,7 @@ from analytic_models import frozen, linear
 from torch import nn
 
 from robaudit.errors import MetricError
+from robaudit.metric import work_units
 from robaudit.ops.deepfool import REFINE_STEPS, STEP_SLACK, deepfool, deepfool_split
 from robaudit.plugins.metrics.adversarial.deepfool_distortion import DeepFoolMinDistortion
 from robaudit.testing import make_context, run_metric
@@ -334,10 +335,15 @@ def test_metric_value_is_the_papers_rho_on_a_linear_model() -> None:
     # projection after it take none
     assert result.details["mean_iterations"] == 1.0
     assert (low / size)[5:].mean() <= result.details["rho_correct"] <= (high / size)[5:].mean()
-    # The DeepFool run is cached for the other checks (curvature) under the documented key.
+    # The DeepFool run is cached per work unit for the other checks (curvature) under the
+    # documented key: deepfool_split then reads those units, it runs nothing.
     key = ("deepfool", "model", "test", "l2", 0.02, 3, 50)
-    assert key in ctx.cache
-    assert deepfool_split(ctx, candidates=3) is ctx.cache.get_or_compute(key, lambda: None)
+    units = work_units(30, 7)
+    assert all((*key, u.start, u.stop) in ctx.cache for u in units)
+    split = deepfool_split(ctx, candidates=3)
+    for unit in units:
+        cached = ctx.cache.get((*key, unit.start, unit.stop))
+        assert torch.equal(split.boundary[unit.indices], cached.boundary)
 
 
 def test_metric_linf_uses_the_linf_norms() -> None:

@@ -113,22 +113,26 @@ def test_sharded_runs_equal_the_single_process_run(metric: Metric, params: dict[
                 f"{metric.name} on {world} processes: {part.name} differs")
 
 
-def test_units_run_in_order_leave_the_shared_deepfool_run_of_the_split(
+def test_units_run_by_one_check_are_the_shared_deepfool_run_of_the_split(
         data: tuple[torch.Tensor, torch.Tensor]) -> None:
-    """The curvature checks read DeepFool's whole-split run: after deepfool_min_distortion's
-    units in one process it is cached under deepfool_split's key, equal to a run of
-    deepfool_split on a fresh context; a shard that ran only some units has no whole run."""
+    """The other DeepFool-based checks read DeepFool per work unit: after
+    deepfool_min_distortion's units in one process every unit is cached under its key, and
+    deepfool_split reads them (it runs nothing) and equals a run of deepfool_split on a fresh
+    context; a shard that ran only some units holds those alone."""
     ctx = context(data)
     run_metric(DeepFoolMinDistortion(), ctx, candidates=3)
     key = ("deepfool", "model", "test", "l2", 0.02, 3, 50)
-    assert key in ctx.cache
+    units = work_units(SAMPLES, BATCH)
+    assert all((*key, unit.start, unit.stop) in ctx.cache for unit in units)
+    shared = deepfool_split(ctx, candidates=3)
     fresh = deepfool_split(context(data), candidates=3)
     for name in ("perturbation", "boundary", "iterations", "converged", "normal"):
-        assert torch.equal(getattr(ctx.cache.get(key), name), getattr(fresh, name))
+        assert torch.equal(getattr(shared, name), getattr(fresh, name))
     shard = context(data)
-    for unit in work_units(SAMPLES, BATCH)[1::2]:
+    for unit in units[1::2]:
         deepfool_unit(shard, unit, candidates=3)
-    assert key not in shard.cache
+    assert [(*key, unit.start, unit.stop) in shard.cache for unit in units] == [
+        False, True, False, True, False, True]
 
 
 @pytest.mark.parametrize(("metric", "params"), CASES,

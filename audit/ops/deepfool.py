@@ -540,30 +540,23 @@ def deepfool_split(
     max_iter: int = 50,
 ) -> DeepFoolResult:
     """DeepFool on a whole split, in ``ctx.batch_size`` chunks on ``ctx.device``, clipped to
-    the model's input range, from the clean predictions; cached in ``ctx.cache`` under
-    ``("deepfool", model.name, split, norm, overshoot, candidates, max_iter)`` so that every
-    check that needs the boundary points (distortion, curvature, …) shares one run. The
-    chunks are the work units of design §8: a unit that :func:`deepfool_unit` already ran is
-    reused, and a unit's numbers are the same whichever of the two ran it.
+    the model's input range, from the clean predictions: the results of every work unit
+    (:func:`deepfool_unit`, design §8), concatenated on the CPU.
 
-    The result's tensors are on the CPU: each chunk's result is moved there as soon as it is
-    computed, so the device holds one chunk at a time (memory bounded by the batch size, not
-    by the split); users move the rows of a batch back with ``.to(ctx.device)``."""
-    mua = model or ctx.model
+    Memory: the result holds three inputs' size per sample of the split, so a check that
+    must stay within the memory of a batch iterates over :func:`deepfool_unit` instead (every
+    check of robaudit does); the concatenation is not cached, its units are (within the run
+    cache's budget)."""
     name = split or ctx.split
-    options = (norm, overshoot, candidates, max_iter)
-
-    def compute() -> DeepFoolResult:
-        units = work_units(len(ctx.data(name)), ctx.batch_size)
-        task = ctx.progress(len(ctx.data(name)), f"DeepFool ({norm}) on {name}")
-        parts = []
-        for unit in units:  # a unit that deepfool_unit ran is handed over, not held twice
-            done = ctx.cache.take(("deepfool", mua.name, name, *options, unit.start, unit.stop))
-            parts.append(done if done is not None else _run_unit(ctx, unit, name, mua, options))
-            task.advance(len(unit))
-        return DeepFoolResult.concat(parts)
-
-    return ctx.cache.get_or_compute(("deepfool", mua.name, name, *options), compute)
+    units = work_units(len(ctx.data(name)), ctx.batch_size)
+    task = ctx.progress(len(ctx.data(name)), f"DeepFool ({norm}) on {name}")
+    parts = []
+    for unit in units:
+        parts.append(deepfool_unit(ctx, unit, split=name, model=model, norm=norm,
+                                   overshoot=overshoot, candidates=candidates,
+                                   max_iter=max_iter))
+        task.advance(len(unit))
+    return DeepFoolResult.concat(parts)
 
 
 def deepfool_unit(
@@ -577,27 +570,22 @@ def deepfool_unit(
     candidates: int = 10,
     max_iter: int = 50,
 ) -> DeepFoolResult:
-    """DeepFool on one work unit of a split (design §8), on the CPU: a slice of
-    :func:`deepfool_split`'s result when the run has it, else the unit alone, cached under the
-    split's key and the unit's bounds so that every check of the process shares it. When the
-    process has then run every unit of the split (one process running a check's units in
-    order), their results are also cached as the whole split's, under
-    :func:`deepfool_split`'s key, as that function would have cached them."""
+    """DeepFool on one work unit of a split (design §8), on the CPU, cached in ``ctx.cache``
+    under ``("deepfool", model.name, split, norm, overshoot, candidates, max_iter, start,
+    stop)`` so that every check of the process that needs it (distortion, curvature, UAP's
+    normals, transfer, min_norm) shares one run per (model, split, params).
+
+    The entry is bounded (:class:`~robaudit.context.RunCache`): a unit that does not fit the
+    cache's budget is run again when it is asked for next, with the same numbers (DeepFool
+    is deterministic on a unit: the same samples in the same batch; on a GPU, as far as its
+    kernels are, see ``torch.use_deterministic_algorithms``), so a run's memory is bounded by
+    the budget and the batch, not by the split's size times the input's."""
     mua = model or ctx.model
     name = split or ctx.split
     options = (norm, overshoot, candidates, max_iter)
-    key = ("deepfool", mua.name, name, *options)
-    whole = ctx.cache.get(key)
-    if whole is not None:
-        return whole.rows(unit.indices)
-    result = ctx.cache.get_or_compute((*key, unit.start, unit.stop),
-                                      lambda: _run_unit(ctx, unit, name, mua, options))
-    units = work_units(len(ctx.data(name)), ctx.batch_size)
-    if unit.stop == len(ctx.data(name)) and all((*key, part.start, part.stop) in ctx.cache
-                                                for part in units):
-        deepfool_split(ctx, split=name, model=mua, norm=norm, overshoot=overshoot,
-                       candidates=candidates, max_iter=max_iter)  # takes over every unit
-    return result
+    return ctx.cache.get_or_compute(("deepfool", mua.name, name, *options, unit.start, unit.stop),
+                                    lambda: _run_unit(ctx, unit, name, mua, options),
+                                    bounded=True)
 
 
 def _run_unit(ctx: AuditContext, unit: Unit, split: str, mua: ModelUnderAudit,

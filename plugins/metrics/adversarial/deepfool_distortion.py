@@ -61,7 +61,9 @@ class DeepFoolMinDistortion(SampleMetric):
     (``details.zero_inputs``). ``details.included`` counts the samples the mean rests on; below
     ``min_included`` of the split the check is error (design §10).
     The DeepFool run is cached per (model, split, norm, overshoot, candidates, max_iter) and
-    work unit, and shared with the checks that use the boundary points (e.g. curvature).
+    work unit, and shared with the checks that use the boundary points (e.g. curvature),
+    within the run cache's memory budget (:class:`robaudit.context.RunCache`: units beyond it
+    are run again by the next check that asks, with the same numbers).
     DeepFool moves each sample on its own, so the metric is per sample and shards (design §8).
     """
 

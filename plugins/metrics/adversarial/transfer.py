@@ -81,10 +81,12 @@ class TransferRate(Metric):
       iterate (a weaker attack there) and is counted in ``details.included`` (examples made
       of the samples the source classifies correctly); below ``min_included`` the check is
       error.
-    - Memory: the audit split is processed one batch (``batch_size``) at a time, keeping
-      per-sample results only; σ needs every sample's example, so the noise takes a second
-      pass. Each sample's noise comes from its own seed, drawn from the check's generator
-      (:mod:`robaudit.ops.sampling`), so the value does not depend on ``batch_size``.
+    - Memory: the audit split is processed one work unit (``batch_size``) at a time, with
+      the source's DeepFool of that unit (:func:`~robaudit.ops.deepfool.deepfool_unit`,
+      shared through the run cache within its budget), keeping per-sample results only; σ
+      needs every sample's example, so the noise takes a second pass. Each sample's noise
+      comes from its own seed, drawn from the check's generator (:mod:`robaudit.ops.sampling`),
+      so the value does not depend on ``batch_size``.
 
     Runs whole on one process: the noise baseline's σ is the mean distortion of every
     sample's adversarial example, so its noise pass (``details.noise_error``) can only start
@@ -100,7 +102,8 @@ class TransferRate(Metric):
     def compute(self, ctx: AuditContext, params: TransferParams) -> MetricResult:
         import torch
 
-        from robaudit.ops.deepfool import deepfool_split
+        from robaudit.metric import work_units
+        from robaudit.ops.deepfool import deepfool_unit
         from robaudit.ops.preflight import audit_findings, preflight_details
         from robaudit.ops.sampling import per_sample_randn, sample_seeds
         from robaudit.ops.stats import wilson_interval
@@ -117,25 +120,27 @@ class TransferRate(Metric):
         y = data.y
         src_correct = ctx.logits(model=src).argmax(dim=1).cpu() == y
         target_clean = ctx.logits().argmax(dim=1).cpu() == y
-        boundary = deepfool_split(ctx, model=src, norm="l2", overshoot=params.overshoot,
-                                  candidates=params.candidates, max_iter=params.max_iter)
         pixels = data.x[0].numel()
 
-        # Pass 1, per batch: the adversarial examples, their per-pixel stddev and both
-        # models' predictions on them; only per-sample results are kept (on the CPU).
-        target_parts, src_parts, stddev_parts, start = [], [], [], 0
-        for x, yb in ctx.batches():
-            rows = slice(start, start + x.shape[0])
-            start = rows.stop
-            r = self._perturbation(x, boundary.boundary[rows].to(ctx.device),
-                                   src_correct[rows].to(ctx.device), params, src)
+        # Pass 1, per work unit (the batches of ctx.batches()): the source's DeepFool examples
+        # (shared per unit through the run cache), their per-pixel stddev and both models'
+        # predictions on them; only per-sample results are kept (on the CPU).
+        target_parts, src_parts, stddev_parts, converged_parts = [], [], [], []
+        units = work_units(len(data), ctx.batch_size)
+        for unit, (x, yb) in zip(units, ctx.batches(), strict=True):
+            boundary = deepfool_unit(ctx, unit, model=src, norm="l2",
+                                     overshoot=params.overshoot, candidates=params.candidates,
+                                     max_iter=params.max_iter)
+            r = self._perturbation(x, boundary.boundary.to(ctx.device),
+                                   src_correct[unit.indices].to(ctx.device), params, src)
             adversarial = x + r
             stddev_parts.append((r.flatten(1).norm(dim=1) / math.sqrt(pixels)).cpu())
             target_parts.append((predictions(target.logits, adversarial, x.shape[0]) != yb).cpu())
             src_parts.append((predictions(src.logits, adversarial, x.shape[0]) != yb).cpu())
+            converged_parts.append(boundary.converged)
         target_wrong, src_wrong = torch.cat(target_parts), torch.cat(src_parts)
-        stddev = torch.cat(stddev_parts)
-        made = src_correct & boundary.converged
+        stddev, converged = torch.cat(stddev_parts), torch.cat(converged_parts)
+        made = src_correct & converged
         if not bool(src_correct.any()):
             raise MetricError(f"the source model {params.source!r} misclassifies every audit "
                               f"sample: no adversarial example can be made on it, and the "
@@ -181,7 +186,7 @@ class TransferRate(Metric):
                 "included": share,
                 "noise_error": float(torch.cat(noise_target).double().mean()),
                 "noise_source_error": float(torch.cat(noise_src).double().mean()),
-                "deepfool_converged": float(boundary.converged[src_correct].double().mean())
+                "deepfool_converged": float(converged[src_correct].double().mean())
                 if bool(src_correct.any()) else None,
                 **preflight,
             },

@@ -214,15 +214,17 @@ def curvature_fit(ctx: AuditContext, params: CurvatureParams, draws: dict[str, t
 def leading_deepfool(ctx: AuditContext, params: CurvatureParams, split: str, count: int
                      ) -> DeepFoolResult:
     """DeepFool (ℓ2, clipped to the box, from the clean predictions) of the first ``count``
-    samples of ``split``: rows of the shared whole-split run when it is cached or needed whole
-    (:func:`deepfool_split`), else a run on those samples only, in ``ctx.batch_size`` chunks and
-    cached per run (e.g. the fit's 100 reference points, not the whole reference split)."""
+    samples of ``split`` (``count`` at most the fit's ``points``, so its memory does not grow
+    with the split): the shared runs of the split's work units
+    (:func:`~robaudit.ops.deepfool.deepfool_unit`) when ``count`` covers the whole split,
+    else a run on those samples only, in ``ctx.batch_size`` chunks (e.g. the fit's 100
+    reference points, not the whole reference split). Either way the numbers do not depend on
+    what the run cached before; both are bounded entries of the run cache, computed again
+    when they did not fit its budget."""
     from robaudit.ops.deepfool import DeepFoolResult, deepfool, deepfool_split
 
     mua = ctx.model
-    shared = ("deepfool", mua.name, split, "l2", params.overshoot, params.candidates,
-              params.max_iter)
-    if shared in ctx.cache or count >= len(ctx.data(split)):
+    if count >= len(ctx.data(split)):
         return deepfool_split(ctx, split=split, **params.deepfool_key())
 
     def compute() -> DeepFoolResult:
@@ -232,7 +234,9 @@ def leading_deepfool(ctx: AuditContext, params: CurvatureParams, split: str, cou
                      input_range=mua.input_range, **params.deepfool_key()).to("cpu")
             for s in range(0, count, ctx.batch_size)])
 
-    return ctx.cache.get_or_compute(("deepfool_leading", *shared[1:], count), compute)
+    key = ("deepfool_leading", mua.name, split, "l2", params.overshoot, params.candidates,
+           params.max_iter, count)
+    return ctx.cache.get_or_compute(key, compute, bounded=True)
 
 
 def hessians(ctx: AuditContext, params: CurvatureParams, z: torch.Tensor, own: torch.Tensor,

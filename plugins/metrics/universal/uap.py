@@ -23,6 +23,18 @@ if TYPE_CHECKING:
 DEFAULT_EPS = {"linf": 0.1, "l2": 0.4}
 #: How many leading singular values of the DeepFool normals are reported.
 TOP_SINGULAR_VALUES = 10
+#: The bytes (float32) of the boundary normals whose singular values are reported: those of
+#: the leading audit samples that fit (:func:`spectrum_samples`), so that the reduce's memory
+#: (the matrix and its SVD) does not grow with the split (design §8).
+SPECTRUM_BYTES = 64 * 2**20
+
+
+def spectrum_samples(dimension: int) -> int:
+    """How many leading audit samples' normals (of ``dimension`` numbers each) the singular
+    values are taken over: as many as :data:`SPECTRUM_BYTES` holds, at least
+    :data:`TOP_SINGULAR_VALUES` (every sample of the digits' 64 dimensions; 1365 samples of
+    3×64×64, 111 of 3×224×224)."""
+    return max(TOP_SINGULAR_VALUES, SPECTRUM_BYTES // (4 * dimension))
 
 
 class UAPFitParams(PreflightParams):
@@ -231,6 +243,11 @@ class UAPFoolingRate(SampleMetric):
     - Scale: per sample, so it shards (design §8). Its fit (:class:`UAPFitted`, once,
       broadcast) is v on the reference split, with the noise seeds of every audit sample;
       each work unit evaluates v, the noise and DeepFool (for the normals) on its samples.
+      The normals, an input's size each, are kept only for the leading samples that
+      :data:`SPECTRUM_BYTES` (64 MiB) holds (:func:`spectrum_samples`: every sample below
+      about 1400 samples of 3×64×64, 111 of 3×224×224), so the singular values are those of
+      the converged samples among them (``details.normals`` of ``details.normals_converged``
+      converged samples of the split), and memory does not grow with the split.
 
     details: ``held_out`` (False when the data source has no separate reference split, so v
     was fitted on the audited samples themselves and the rate is not a held-out figure), the
@@ -294,12 +311,14 @@ class UAPFoolingRate(SampleMetric):
         noise = random_lp_noise(fitted.seeds[unit.indices], shape, fitted.size, params.norm)
         boundary = deepfool_unit(ctx, unit, norm="l2", overshoot=params.overshoot,
                                  candidates=params.candidates, max_iter=params.max_iter)
-        return UnitResult({
-            "fooled": unit_fooled(ctx, unit, v),
-            "noise_fooled": unit_fooled(ctx, unit, noise.to(ctx.device)),
-            "normal": boundary.normal,
-            "converged": boundary.converged,
-        })
+        rows = min(len(unit), spectrum_samples(shape.numel()) - unit.start)
+        kept = boundary.converged[:rows]
+        return UnitResult(
+            {"fooled": unit_fooled(ctx, unit, v),
+             "noise_fooled": unit_fooled(ctx, unit, noise.to(ctx.device)),
+             "converged": boundary.converged},
+            {"normals": boundary.normal[:rows][kept].numpy()} if rows > 0 else {},
+        )
 
     def reduce(self, params: UAPFitParams, gathered: Gathered) -> MetricResult:
         import numpy as np
@@ -311,8 +330,8 @@ class UAPFoolingRate(SampleMetric):
         fit = gathered.fit
         hits = gathered.arrays["fooled"]
         noise_rate = float(torch.from_numpy(gathered.arrays["noise_fooled"]).mean())
-        converged = gathered.arrays["converged"].astype(bool)
-        normals = torch.from_numpy(gathered.arrays["normal"][converged])
+        normals = torch.from_numpy(np.concatenate(
+            [extra["normals"] for extra in gathered.extras if "normals" in extra]))
         generator = torch.Generator()
         generator.set_state(torch.from_numpy(np.asarray(fit["random_state"], dtype=np.uint8)))
         random_dirs = torch.randn(normals.shape, generator=generator)
@@ -332,6 +351,7 @@ class UAPFoolingRate(SampleMetric):
                 "perturbation_norm": size,
                 "noise_fooling_rate": noise_rate,
                 "normals": int(normals.shape[0]),
+                "normals_converged": int(gathered.arrays["converged"].sum()),
                 "normals_singular_values": normalised_singular_values(
                     normals, TOP_SINGULAR_VALUES),
                 "random_singular_values": normalised_singular_values(

@@ -110,3 +110,29 @@ def test_fab_run_is_shared_with_autoattack(linear: tuple[nn.Linear, torch.Tensor
     result = run_metric(MinNormDistortion(), ctx, norm="l2", attacks=["fab"], steps=10,
                         targets=2)
     assert len(calls) == 3 and result.details["smallest_by"] == {"fab": N}
+
+
+def test_fab_units_beyond_the_budget_are_recomputed_to_the_same_numbers(
+        linear: tuple[nn.Linear, torch.Tensor], monkeypatch: pytest.MonkeyPatch) -> None:
+    """FAB-T's per-unit points are bounded entries of the run cache (issue #22): with a budget
+    of 0 bytes none is kept, each check runs its own, and the numbers are those of the run that
+    shares them."""
+    from robaudit.ops import fab
+
+    model, x = linear
+    y = model(x).argmax(dim=1)
+    calls = []
+    real = fab.fab_targeted
+    monkeypatch.setattr(fab, "fab_targeted", lambda *a, **k: calls.append(1) or real(*a, **k))
+    values = {}
+    for budget in (0, 2**30):
+        calls.clear()
+        ctx = make_context(model, x, y, input_range=WIDE, batch_size=10)
+        ctx.cache.budget = budget
+        runs = [run_metric(MinNormDistortion(), ctx, norm="l2", attacks=["fab"], steps=10,
+                           targets=2) for _ in range(2)]
+        assert len(calls) == (6 if budget == 0 else 3)  # 3 units, once or per check
+        values[budget] = [(r.value, r.samples) for r in runs]
+    for (value, samples), (again, again_samples) in zip(values[2**30], values[0], strict=True):
+        assert value == again
+        np.testing.assert_array_equal(samples, again_samples)

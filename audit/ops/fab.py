@@ -139,7 +139,10 @@ def fab_unit(ctx: AuditContext, unit: Unit, *, norm: Norm, steps: int, targets: 
     """FAB-T on one work unit of the audit split (design §8), labels the clean predictions
     (the true labels on every correctly classified point), on the CPU; cached per run under
     ``("fab", model, split, norm, steps, targets, start, stop)``, so that
-    ``autoattack_accuracy`` (at every eps) and ``min_norm_distortion`` share one run."""
+    ``autoattack_accuracy`` (at every eps) and ``min_norm_distortion`` share one run. The
+    entry is bounded (:class:`robaudit.context.RunCache`): FAB-T draws no random numbers, so a
+    unit that the budget did not keep is recomputed to the same numbers, and the run never
+    holds an input-sized result per sample of the split."""
     key = ("fab", ctx.model.name, ctx.split, norm, steps, targets, unit.start, unit.stop)
 
     def compute() -> MinNormResult:
@@ -149,4 +152,4 @@ def fab_unit(ctx: AuditContext, unit: Unit, *, norm: Norm, steps: int, targets: 
                               targets=targets, input_range=ctx.model.input_range)
         return MinNormResult(*(t.cpu() for t in (result.points, result.found, result.norm)))
 
-    return ctx.cache.get_or_compute(key, compute)
+    return ctx.cache.get_or_compute(key, compute, bounded=True)

@@ -64,14 +64,16 @@ checks: [{metric: clean_accuracy}]
 
 
 def test_same_spec_and_seed_give_the_same_values():
-    """Design §7: deterministic. Every check of the default audit, twice, on 150 samples."""
+    """Design §7: deterministic. Every check of the default audit, twice, on 64 samples and a
+    reference of 200."""
     import argparse
 
     from robaudit.pluginmanager import load_plugins
     from robaudit.session import Session
 
     def values() -> dict[str, tuple]:
-        options = argparse.Namespace(overrides=["data.limit=150"], quiet=1, verbose=0)
+        options = argparse.Namespace(overrides=["data.limit=64", "data.reference_limit=200"],
+                                     quiet=1, verbose=0)
         [result], code = Session(load_plugins(), options).run([str(SPEC)])
         assert code in (0, 1)
         return {c.id: (c.value, c.ci, json.dumps(c.details, default=str)) for c in result.checks}

@@ -70,6 +70,28 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
+def cli_here(capsys: pytest.CaptureFixture[str]
+             ) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """:func:`cli` run in this process (``robaudit.cli.main`` in ``cwd``), for the tests of
+    what a command does rather than of the process it runs in: the same arguments and result,
+    without starting a Python that imports torch (seconds each)."""
+    from robaudit.cli import main
+
+    def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [*map(str, args), "-p", "toy_plugin"]
+        before = Path.cwd()
+        os.chdir(cwd or ROOT)
+        try:
+            code = main(argv)
+        finally:
+            os.chdir(before)
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(["robaudit", *argv], code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
 def robaudit_main(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
     """Run ``robaudit ARGS -p toy_plugin`` in this process: (exit code, stdout, stderr)."""
     from robaudit.cli import main

@@ -1,16 +1,16 @@
-"""``robaudit init`` (issue #13), in a subprocess: the starter spec validates, says what it
-found, and with --measure sets thresholds that the same model passes."""
+"""``robaudit init`` (issue #13), run in this process (``cli_here``): the starter spec
+validates, says what it found, and with --measure sets thresholds that the same model
+passes."""
 
 from __future__ import annotations
 
 import torch
 import yaml
-from conftest import cli
 
 
-def test_starter_spec_for_a_factory_file_validates(toy_dir):
+def test_starter_spec_for_a_factory_file_validates(toy_dir, cli_here):
     out = toy_dir / "starter.yaml"
-    done = cli("init", "--model", "toy_model.py:linear", "--data", "toy",
+    done = cli_here("init", "--model", "toy_model.py:linear", "--data", "toy",
                "--data-option", "n=32", "--out", out, cwd=toy_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     text = out.read_text()
@@ -22,32 +22,32 @@ def test_starter_spec_for_a_factory_file_validates(toy_dir):
     assert [c["metric"] for c in spec["checks"]][-1] == "rank_order_spearman"
     assert all("expect" not in c for c in spec["checks"])  # placeholders are comments
     assert "# expect: {max: ...}" in text  # the fooling rate: lower is better
-    assert cli("validate", out).returncode == 0
+    assert cli_here("validate", out).returncode == 0
 
 
-def test_measured_thresholds_pass_on_the_same_model(toy_dir):
+def test_measured_thresholds_pass_on_the_same_model(toy_dir, cli_here):
     import toy_model
 
     torch.manual_seed(0)  # saved weights: every process audits the same model
     torch.save(toy_model.all_conv().state_dict(), toy_dir / "conv.pt")
     out = toy_dir / "measured.yaml"
-    done = cli("init", "--model", "toy_model.py:all_conv", "--weights", "conv.pt",
+    done = cli_here("init", "--model", "toy_model.py:all_conv", "--weights", "conv.pt",
                "--data", "toy", "--out", out, "--measure", cwd=toy_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     spec = yaml.safe_load(out.read_text())
     assert "no feature layer" in out.read_text()
     assert "rank_order_spearman" not in [c["metric"] for c in spec["checks"]]
     assert all("min" in c["expect"] or "max" in c["expect"] for c in spec["checks"])
-    run = cli("run", out)
+    run = cli_here("run", out)
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_torchscript_model_and_no_overwrite(toy_dir):
+def test_torchscript_model_and_no_overwrite(toy_dir, cli_here):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
     torch.jit.script(model).save(str(toy_dir / "model.ts"))
     out = toy_dir / "ts.yaml"
-    done = cli("init", "--model", toy_dir / "model.ts", "--data", "toy", "--out", out)
+    done = cli_here("init", "--model", toy_dir / "model.ts", "--data", "toy", "--out", out)
     assert done.returncode == 0, done.stdout + done.stderr
     assert yaml.safe_load(out.read_text())["model"]["torchscript"] == "model.ts"
-    again = cli("init", "--model", toy_dir / "model.ts", "--data", "toy", "--out", out)
+    again = cli_here("init", "--model", toy_dir / "model.ts", "--data", "toy", "--out", out)
     assert again.returncode == 4 and "exists; pass --force" in again.stderr

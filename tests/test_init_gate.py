@@ -10,19 +10,19 @@ import re
 
 import pytest
 import torch
-from conftest import cli
 from PIL import Image
 
 from robaudit.init import gate_interval, measured, outwards
 
 
-def test_a_rerun_of_the_measured_spec_reproduces_its_values_and_passes(toy_dir):
+def test_a_rerun_of_the_measured_spec_reproduces_its_values_and_passes(toy_dir,
+                                                                        cli_here):
     import toy_model
 
     torch.manual_seed(0)
     torch.save(toy_model.linear().state_dict(), toy_dir / "linear.pt")
     out = toy_dir / "gate.yaml"
-    done = cli("init", "--model", "toy_model.py:linear", "--weights", "linear.pt",
+    done = cli_here("init", "--model", "toy_model.py:linear", "--weights", "linear.pt",
                "--data", "toy", "--out", out, "--measure", cwd=toy_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "passing-side end of the check's 95% interval" in done.stdout  # the rule, printed
@@ -32,7 +32,7 @@ def test_a_rerun_of_the_measured_spec_reproduces_its_values_and_passes(toy_dir):
                                                        text, re.DOTALL)}
     assert set(found) == set(expects) == {"accuracy", "noise", "deepfool", "pgd_linf", "uap",
                                           "spearman"}
-    run = cli("run", out, "--json", toy_dir / "r.json", cwd=toy_dir)
+    run = cli_here("run", out, "--json", toy_dir / "r.json", cwd=toy_dir)
     assert run.returncode == 0, run.stdout + run.stderr  # the gate holds on the same model
     checks = {c["id"]: c for c in json.loads((toy_dir / "r.json").read_text())["checks"]}
     for check_id, value in found.items():
@@ -74,10 +74,11 @@ def test_thresholds_round_outwards(value, down, expected):
     (["--data", "toy", "--split", "nosuch"],
      "init: --split: split 'nosuch' does not exist in 'toy'; available: test, train"),
 ])
-def test_problems_name_the_option_and_keep_the_old_file(toy_dir, args, says):
+def test_problems_name_the_option_and_keep_the_old_file(toy_dir, cli_here, args,
+                                                        says):
     out = toy_dir / "kept.yaml"
     out.write_text("# mine\n")
-    done = cli("init", "--model", "toy_model.py:linear", *args, "--out", out, "--force",
+    done = cli_here("init", "--model", "toy_model.py:linear", *args, "--out", out, "--force",
                cwd=toy_dir)
     assert done.returncode == 4 and says in done.stderr, done.stderr
     assert "draft" not in done.stderr and "line" not in done.stderr
@@ -95,13 +96,13 @@ def _image_folder(root, splits):
                 Image.new("L", (4, 4), shade + i).save(folder / f"{i}.png")
 
 
-def test_train_and_val_folders_audit_val_and_split_chooses(toy_dir):
+def test_train_and_val_folders_audit_val_and_split_chooses(toy_dir, cli_here):
     _image_folder(toy_dir / "images", ("train", "val"))
     data = ["--data", "imagefolder", "--data-option", "path=images", "--data-option", "size=4",
             "--data-option", "channels=1"]
     for extra, split in (([], "val"), (["--split", "train"], "train")):
         out = toy_dir / f"{split}.yaml"
-        done = cli("init", "--model", "toy_model.py:linear", *data, *extra, "--out", out,
+        done = cli_here("init", "--model", "toy_model.py:linear", *data, *extra, "--out", out,
                    cwd=toy_dir)
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"8 audit samples (split {split!r})" in out.read_text()
@@ -109,9 +110,9 @@ def test_train_and_val_folders_audit_val_and_split_chooses(toy_dir):
         assert "(no --weights): unless it loads trained weights itself" in out.read_text()
 
 
-def test_data_without_a_split_to_audit_asks_for_split(toy_dir):
+def test_data_without_a_split_to_audit_asks_for_split(toy_dir, cli_here):
     _image_folder(toy_dir / "images", ("train",))
-    done = cli("init", "--model", "toy_model.py:linear", "--data", "imagefolder",
+    done = cli_here("init", "--model", "toy_model.py:linear", "--data", "imagefolder",
                "--data-option", "path=images", "--data-option", "size=4",
                "--data-option", "channels=1", "--out", toy_dir / "x.yaml", cwd=toy_dir)
     assert done.returncode == 4

@@ -118,18 +118,19 @@ def _load() -> str:
 
 
 def table(title: str, idle: dict[str, tuple[float, float, str]],
-          busy: dict[str, tuple[float, float, str]]) -> list[str]:
-    """A Markdown table: per setting, wall and CPU idle and busy, each with its ratio to the
-    best of its column, and the worst of the four ratios; robaudit's default says the
-    threads it picked in each run."""
-    columns = [(idle, 0), (idle, 1), (busy, 0), (busy, 1)]
+          busy: dict[str, tuple[float, float, str]] | None) -> list[str]:
+    """A Markdown table: per setting, wall and CPU idle and busy (idle only when ``busy`` is
+    None), each with its ratio to the best of its column, and the worst of the ratios;
+    robaudit's default says the threads it picked in each run."""
+    conditions = [("idle", idle)] + ([("busy", busy)] if busy is not None else [])
+    columns = [(figures, i) for _, figures in conditions for i in (0, 1)]
     best = [min(v[i] for v in figures.values()) for figures, i in columns]
-    lines = [f"### {title}", "",
-             "| setting | idle wall (s) | × best | idle CPU (s) | × best | busy wall (s) | "
-             "× best | busy CPU (s) | × best | worst × best |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    head = [f"{name} {kind} (s) | × best" for name, _ in conditions for kind in ("wall", "CPU")]
+    lines = [f"### {title}", "", "| setting | " + " | ".join(head) + " | worst × best |",
+             "|---|" + "---|---|" * len(columns) + "---|"]
     for label in idle:
-        picked = f" (picked {idle[label][2]} idle, {busy[label][2]} busy)"
+        picked = " (picked " + ", ".join(f"{figures[label][2]} {name}"
+                                         for name, figures in conditions) + ")"
         cells, ratios = [label + (picked if label.startswith("robaudit") else "")], []
         for (figures, i), low in zip(columns, best, strict=True):
             value = float(figures[label][i])
@@ -162,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--busy", type=int, default=os.cpu_count() or 1,
-                        help="CPU-burning processes of the busy condition")
+                        help="CPU-burning processes of the busy condition (0: none)")
     parser.add_argument("-k", dest="keyword", default="deepfool or pgd_linf or uap",
                         help="checks of the small model's audit (specs/resnet.yaml)")
     parser.add_argument("--large-k", default="accuracy or noise or fgsm_change or pgd_linf",
@@ -183,10 +184,12 @@ def main() -> None:
     load_idle = _load()
     idle = measure(workloads, settings, options.repeats)
     load_busy = _load()
+    busy = None  # --busy 0: no busy condition
     burners = [subprocess.Popen([sys.executable, "-c", BURNER]) for _ in range(options.busy)]
     try:
-        time.sleep(1)
-        busy = measure(workloads, settings, options.repeats)
+        if burners:
+            time.sleep(1)
+            busy = measure(workloads, settings, options.repeats)
     finally:
         for burner in burners:
             burner.kill()
@@ -195,13 +198,14 @@ def main() -> None:
     command = shlex.join(["python", "bench/threads.py", *sys.argv[1:]])
     lines = [f"{MEASURED}: `{command}`", "",
              f"{os.cpu_count()} cores; median of {options.repeats}. Idle: the machine as it "
-             f"was (load average {load_idle} over 1 / 5 / 15 min before it); busy: "
-             f"{options.busy} Python loops, each burning a core, started by the bench (load "
-             f"average {load_busy} before them). Wall and CPU of `Session.run` (spec, model, "
-             "data and checks) in a fresh process; × best: against the best setting of the "
-             "same column in this run.", ""]
+             f"was (load average {load_idle} over 1 / 5 / 15 min before it); "
+             + (f"busy: {options.busy} Python loops, each burning a core, started by the bench "
+                f"(load average {load_busy} before them)." if busy is not None
+                else "no busy condition (`--busy 0`).")
+             + " Wall and CPU of `Session.run` (spec, model, data and checks) in a fresh "
+             "process; × best: against the best setting of the same column in this run.", ""]
     for title, *_ in workloads:
-        lines += table(title, idle[title], busy[title])
+        lines += table(title, idle[title], busy[title] if busy is not None else None)
     lines.append(f"robaudit's default on this machine (`robaudit.threads`): {defaults()}.")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -117,9 +117,6 @@ REFINE_STEPS = 10
 #: The precision 2⁻⁵ of the first line search when projection rounds follow it.
 COARSE_STEPS = 5
 
-#: The inner end of a projection's bracket: 2⁻⁶ of the way short of the projected plane.
-STRADDLE_STEPS = 6
-
 #: Rounds of projection onto the tangent plane of the boundary after the line search.
 PROJECT_ROUNDS = 1
 
@@ -418,11 +415,13 @@ def _projected(
     boundary of g = f_c − f_k is linearised, g(x + r) ≈ g(z) + ∇g(z)ᵀ(x + r − z), and x is
     projected onto that plane: the minimal r (in ``norm``, without the coordinates that the box
     blocks at x) has size s* = a / ‖∇g‖_dual, a = ∇g(z)ᵀ(z − x) − g(z). The label change
-    along r within the current ``size`` (shorter perturbations only) is bracketed by points
-    just past s* and just short of it (or, where s* does not change the label, at ``size``)
-    and located by a line search to 2⁻ʳᵉᶠⁱⁿᵉ of s*; the result is that crossing, or x + inf
-    where there is none (or a ≤ 0). ``start``: the margins at x. One gradient pass and the
-    forward passes of the bracket and the search."""
+    along r within the current ``size`` (shorter perturbations only) is bracketed by x and
+    the point just short of ``size`` (where that changes the label) and located by the line
+    search to 2⁻ʳᵉᶠⁱⁿᵉ of s*; the result is that crossing, or x + inf where there is none (or
+    a ≤ 0). ``start``: the margins at x. One gradient pass, the forward pass of the bracket's
+    outer end and those of the search. (Probing s* first to narrow the bracket, as an earlier
+    version did, cost more passes than it saved: on the digits ResNet the boundary lies beyond
+    the plane at 195 of 200 crossings, and regula falsi from x finds it in as many passes.)"""
     shape = (-1, *([1] * (x.dim() - 1)))
     with torch.enable_grad():
         za = crossing.detach().requires_grad_(True)
@@ -442,33 +441,20 @@ def _projected(
         dual = flat.abs().sum(dim=1)
         direction = grad.sign()
     plane = torch.where(dual > 0, reach / dual.clamp_min(1e-30), torch.zeros_like(reach))
-    # Just past the plane: on a piecewise linear model the plane is often the boundary itself,
-    # where the batch's arithmetic would decide the side.
-    first = torch.minimum(plane * (1 + 2.0 ** -(refine + 4)), size)
-    low, high, m_low, m_high = 0 * size, 0 * size, start.clone(), 0 * size
-    found = torch.zeros_like(size, dtype=torch.bool)
-    rows = (plane > 0).nonzero().squeeze(1)
-    changed, margin = _probe(logits_fn, x, direction, original, first[rows], rows,
-                             input_range)
-    hit, miss = rows[changed], rows[~changed]
-    found[hit], high[hit], m_high[hit] = True, first[hit], margin[changed]
-    low[miss], m_low[miss] = first[miss], margin[~changed]
-    # Second ends: just short of the plane where it crossed, the current size where not.
+    # The label change within the current size, where the point just short of it changes the
+    # label: located from x (margin ``start``) to there. The search's grid is scaled by a
+    # length just past the plane, so that the plane is no grid point: on a piecewise linear
+    # model it is often the boundary itself, where the batch's arithmetic would decide the side.
+    scale = torch.minimum(plane * (1 + 2.0 ** -(refine + 4)), size)
     outer = size * (1 - 2.0**-refine)
-    miss = miss[first[miss] < outer[miss]]
-    rows = torch.cat([hit, miss])
-    ends = torch.cat([plane[hit] * (1 - 2.0**-STRADDLE_STEPS), outer[miss]])
-    changed, margin = _probe(logits_fn, x, direction, original, ends, rows, input_range)
-    found[rows[changed]] = True
-    high[rows[changed]], m_high[rows[changed]] = ends[changed], margin[changed]
-    inside = ~changed & (torch.arange(len(rows), device=rows.device) < len(hit))
-    low[rows[inside]], m_low[rows[inside]] = ends[inside], margin[inside]
+    rows = (plane > 0).nonzero().squeeze(1)
+    changed, margin = _probe(logits_fn, x, direction, original, outer[rows], rows, input_range)
+    rows, margin = rows[changed], margin[changed]
     out = x + float("inf")
-    rows = found.nonzero().squeeze(1)
     if rows.numel() > 0:
         bracket = _search(logits_fn, x[rows], direction[rows], original[rows],
-                          (low[rows], high[rows], m_low[rows], m_high[rows]),
-                          first[rows] * 2.0**-refine, 3 * refine, input_range)
+                          (0 * margin, outer[rows], start[rows], margin),
+                          scale[rows] * 2.0**-refine, 3 * refine, input_range)
         out[rows] = clip_to_box(x[rows] + bracket[1].view(shape) * direction[rows],
                                 input_range)
     return out

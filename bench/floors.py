@@ -225,7 +225,11 @@ class FloorSession(Session):
 
 
 def _deepfool_cached(ctx: AuditContext, check: Check) -> bool:
+    """Whether the audit split's ℓ2 DeepFool run with the check's options is in ``ctx.cache``
+    (False for a check without DeepFool options, e.g. ``autoattack_accuracy``)."""
     params = check.params
+    if not hasattr(params, "overshoot"):
+        return False
     key = ("deepfool", ctx.model.name, ctx.split, "l2", params.overshoot, params.candidates,
            params.max_iter)
     return key in ctx.cache

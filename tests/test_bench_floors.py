@@ -139,3 +139,21 @@ def test_autoattacks_floor_counts_every_attack_on_the_points_it_attacked() -> No
     assert floor.gradient >= apgd_ce_only + robust * 3 * params.steps * 2  # APGD-T and FAB-T
     assert floor.forward >= robust * params.queries  # Square's queries
     assert "apgd-ce, apgd-t, fab-t, square" in floor.note
+
+
+def test_the_floor_session_counts_the_floors_after_the_default_audits_checks() -> None:
+    """``bench/run_default.py``'s session on the default audit at 16 samples: DeepFool's and
+    AutoAttack's floors are counted after their checks, non-negative, every attack named."""
+    from floors import run_with_floors
+
+    spec = Path(__file__).resolve().parent.parent / "specs" / "resnet.yaml"
+    checks, floors, rates, _ = run_with_floors(str(spec), ["data.limit=16"], 1,
+                                               "deepfool or autoattack")
+    assert sorted(c.id for c in checks if c.outcome != "error") == ["autoattack", "deepfool"]
+    deepfool_floor, autoattack = floors["deepfool"], floors["autoattack"]
+    assert deepfool_floor is not None and autoattack is not None
+    for floor in (deepfool_floor, autoattack):
+        assert min(floor.forward, floor.gradient, floor.backward) >= 0
+        assert rates.seconds(floor) > 0
+    assert "the paper's DeepFool" in deepfool_floor.note
+    assert "apgd-ce, apgd-t, square" in autoattack.note  # the fast version

@@ -342,8 +342,8 @@ def _cmd_compare(plugins: Plugins, console: Console, options: argparse.Namespace
 
 def _cmd_collect(session: Session, console: Console, specs: list[str]) -> int:
     """``run --collect-only``: the selected checks of each spec with resolved params and the
-    model work of each where its metric states a floor (samples through forward passes, and
-    through forward and backward passes)."""
+    model work of each where its metric states a floor (samples through forward passes,
+    through forward and backward passes, and through further backward passes)."""
     total = 0
     collected = session.collect(specs)
     if collected and collected[0][0].rerun:
@@ -358,7 +358,7 @@ def _cmd_collect(session: Session, console: Console, specs: list[str]) -> int:
             params = json.dumps(check.params.model_dump(mode="json"))
             cost = "cost not stated"
             if floor is not None:
-                cost = f"floor: {floor.forward:,} forward + {floor.gradient:,} gradient samples"
+                cost = f"floor: {floor.describe()}"
                 cost += f" ({floor.note})" if floor.note else ""
             console.print(f"  {escape(check.id)} [dim]({check.metric.name})[/] "
                           f"{escape(printable(params))}\n      [dim]{escape(cost)}[/]")

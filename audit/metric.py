@@ -78,12 +78,21 @@ class MetricResult:
 @dataclass(frozen=True)
 class Floor:
     """The least model work a metric needs, counted in samples: ``forward`` samples that need a
-    forward pass only, ``gradient`` samples that need a forward pass and an input gradient.
+    forward pass only, ``gradient`` samples that need a forward pass and an input gradient,
+    ``backward`` samples that need one more input gradient through a forward pass already
+    counted (e.g. the further class gradients that DeepFool takes from one forward pass).
     ``bench/`` times these at the model's batched throughput to get the metric's floor."""
 
     forward: int = 0
     gradient: int = 0
     note: str = ""
+    backward: int = 0
+
+    def describe(self) -> str:
+        """The counts in words, e.g. ``"400 forward + 200 gradient + 1,600 backward samples"``
+        (the backward count only where there is one)."""
+        backward = f" + {self.backward:,} backward" if self.backward else ""
+        return f"{self.forward:,} forward + {self.gradient:,} gradient{backward} samples"
 
 
 class Metric(ABC):

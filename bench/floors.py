@@ -32,7 +32,11 @@ class Throughput:
     gradient: float
 
     def seconds(self, floor: Floor) -> float:
-        return floor.forward / self.forward + floor.gradient / self.gradient
+        """The time of ``floor``'s work at these rates; a further backward pass (``backward``)
+        takes the forward+gradient time less the forward time (0 if that is negative)."""
+        backward = max(1 / self.gradient - 1 / self.forward, 0.0)
+        return (floor.forward / self.forward + floor.gradient / self.gradient
+                + floor.backward * backward)
 
 
 def _rate(step: Callable[[], None], samples: int, budget: float,
@@ -79,17 +83,17 @@ def paper_deepfool_work(logits_fn: Callable[[torch.Tensor], torch.Tensor], x: to
                         input_range: tuple[float, float] | None) -> Floor:
     """The paper's DeepFool on ``x``, run by :func:`robaudit.ops.deepfool.deepfool` with
     ``refine=0, keep=candidates`` in chunks of ``batch``, S the sum over the samples of the
-    steps each takes. Per sample it needs the clean prediction (a forward pass); per step one
-    forward pass that keeps the graph, the input gradients of the c = candidates − 1 class
-    differences (c backward passes) and the forward pass that tells whether the step crossed.
-    A backward pass is timed as the forward+gradient throughput less the forward one, so the
-    floor is forward = N − (c − 2)·S and gradient = c·S (the forward count is negative when
-    S > N/(c − 2): it is the forward passes that the c gradients do not repeat). It leaves
-    out the work of robaudit's final step (line search and projection): the ratio to it is
-    what robaudit's DeepFool costs over the paper's at batched throughput."""
+    steps each takes and N₁ the samples that take one. Per step it needs one forward pass that
+    keeps the graph and the input gradients of the c = candidates − 1 class differences through
+    it (a gradient sample and c − 1 backward samples), and the forward pass that tells whether
+    the step crossed; a sample's first step takes its graph from the clean pass, which tells
+    the class k, so only the N − N₁ samples that take no step need a clean pass of their own:
+    forward = S + N − N₁, gradient = S, backward = (c − 1)·S. It leaves out the work of
+    robaudit's final step (line search and projection): the ratio to it is what robaudit's
+    DeepFool costs over the paper's at batched throughput."""
     from robaudit.ops.deepfool import deepfool
 
-    steps, classes = 0, 2
+    steps, stepped, classes = 0, 0, 2
     for start in range(0, len(x), batch):
         chunk = x[start : start + batch].to(device)
         result = deepfool(logits_fn, chunk, refine=0, keep=options["candidates"],
@@ -97,8 +101,9 @@ def paper_deepfool_work(logits_fn: Callable[[torch.Tensor], torch.Tensor], x: to
         with torch.no_grad():
             classes = int(logits_fn(chunk[:1]).shape[1])
         steps += int(result.iterations.sum())
+        stepped += int((result.iterations > 0).sum())
     c = min(options["candidates"], classes) - 1
-    return Floor(forward=len(x) - (c - 2) * steps, gradient=c * steps,
+    return Floor(forward=steps + len(x) - stepped, gradient=steps, backward=(c - 1) * steps,
                  note=f"the paper's DeepFool: {steps} steps of {c} class gradients")
 
 
@@ -112,33 +117,82 @@ def deepfool_floor(ctx: AuditContext, check: Check, result: CheckResult, shared:
 
 
 def uap_floor(ctx: AuditContext, check: Check, result: CheckResult, shared: bool) -> Floor:
-    """``uap_fooling_rate`` with the DeepFool fit (Moosavi-Dezfooli et al. 2017, Algorithm 1):
+    """``uap_fooling_rate``; with the DeepFool fit (Moosavi-Dezfooli et al. 2017, Algorithm 1):
     the clean predictions of the fit samples; per pass made (``details.passes``) and fit
-    sample, the forward pass that finds whether v
-    fools it, one linearised DeepFool step (the least a standing sample needs, with all
-    c = candidates − 1 class gradients, counted as in :func:`paper_deepfool_floor`: one
-    forward with the graph, c backward passes and the forward pass that checks the step) and
-    the pass's fooling-rate forward pass; then the held-out and noise forward passes of the
-    audit split, and the paper's DeepFool on it for the boundary normals
-    (:func:`paper_deepfool_floor`) unless another check already ran it (``shared``: the
-    run was in ``ctx.cache`` before the check).
+    sample, the forward pass that finds whether v fools it, one linearised DeepFool step (the
+    least a standing sample needs: a forward pass with the graph and the class gradients
+    through it, c = candidates − 1 on the first pass and the ``KEEP_CANDIDATES`` = 3 of the
+    class it crossed into on later ones, counted as in :func:`paper_deepfool_work`, and the
+    forward pass that checks the step) and the pass's fooling-rate forward pass; then the
+    held-out and noise forward passes of the audit split, and the paper's DeepFool on it for
+    the boundary normals (:func:`paper_deepfool_floor`) unless another check already ran it
+    (``shared``: the run was in ``ctx.cache`` before the check).
     It counts every fit sample as standing (the fit fooling rates of the digits ResNets stay
-    below 0.15) and one step each: a lower bound on Algorithm 1's work for the passes made."""
+    below 0.15) and one step each: a lower bound on Algorithm 1's work for the passes made.
+    With the SGD fit, per pass and fit sample one gradient and the fooling-rate forward pass."""
+    from robaudit.ops.deepfool import KEEP_CANDIDATES
+
     params = check.params
     passes = int(result.details.get("passes", params.max_passes))
     fit = min(params.fit_limit, len(ctx.data(ctx.reference)))
     audit = len(ctx.data())
-    c = params.candidates - 1
-    floor = Floor(forward=fit + passes * fit * (2 - (c - 2)) + 2 * audit,
-                  gradient=passes * fit * c)
+    c = min(params.candidates, ctx.model.num_classes(ctx.data().x)) - 1
+    later = min(c, KEEP_CANDIDATES)
+    if params.method == "deepfool":
+        floor = Floor(forward=fit + 3 * passes * fit + 2 * audit, gradient=passes * fit,
+                      backward=fit * (c - 1) + (passes - 1) * fit * (later - 1))
+    else:  # SGD (Shafahi et al. 2020): a gradient per fit sample and pass, the fooling rate
+        floor = Floor(forward=fit + passes * fit + 2 * audit, gradient=passes * fit)
     if not shared:
         normals = paper_deepfool_floor(ctx, ctx.split, {
             "norm": "l2", "overshoot": params.overshoot, "candidates": params.candidates,
             "max_iter": params.max_iter})
         floor = Floor(forward=floor.forward + normals.forward,
-                      gradient=floor.gradient + normals.gradient)
-    return Floor(forward=floor.forward, gradient=floor.gradient,
+                      gradient=floor.gradient + normals.gradient,
+                      backward=floor.backward + normals.backward)
+    return Floor(forward=floor.forward, gradient=floor.gradient, backward=floor.backward,
                  note=f"{passes} passes of one DeepFool step per fit sample, the evaluation")
+
+
+def autoattack_floor(ctx: AuditContext, check: Check, result: CheckResult, shared: bool
+                     ) -> Floor:
+    """``autoattack_accuracy`` (Croce & Hein 2020, section 5): every attack of the protocol the
+    params select (:func:`robaudit.ops.autoattack.protocol`: standard APGD-CE, APGD-T, FAB-T,
+    Square; fast without FAB-T, at most 3 targets and 1000 queries), on the points it attacked,
+    from the check's cascade (``details.cascade``: in order, how many points each attack broke;
+    the clean-correct points it did not break go on to the next). Per point an attack ran on and
+    left robust: APGD-CE ``restarts`` runs of ``steps`` gradients, APGD-T ``steps`` gradients
+    towards each of its T = min(targets, classes − 1) targets, Square ``queries`` forward
+    passes; a point it broke counts one gradient (one query), the least that took. FAB-T, a
+    minimum-norm attack, takes its ``steps`` gradients per target on every point it attacks,
+    broken or not. Each run of an attack ends in a forward pass that verifies its
+    points, and every point has two clean passes. With a list of eps the cascade is that of the
+    first: one eps's work is counted, a lower bound for the curve."""
+    from robaudit.ops.autoattack import protocol
+
+    params = check.params
+    plan = protocol(params.version, params.attacks, steps=params.steps,
+                    restarts=params.restarts, targets=params.targets, queries=params.queries)
+    total = len(ctx.data())
+    targets = min(plan.targets, ctx.model.num_classes(ctx.data().x) - 1)
+    alive = round(float(result.details["clean_accuracy"]) * total)
+    forward, gradient = 2 * total, 0
+    for step in result.details["cascade"]:
+        name, broken = step["attack"], int(step["broken"])
+        left = alive - broken
+        runs = {"apgd-ce": plan.restarts, "apgd-t": targets}.get(name, 1)
+        forward += alive + left * (runs - 1)  # the verifying passes of the runs
+        if name == "square":
+            forward += left * plan.queries + broken
+        elif name == "fab-t":  # a minimum-norm attack: every step on every point it runs on
+            gradient += alive * targets * plan.steps
+        else:
+            gradient += left * runs * plan.steps + broken
+        alive = left
+    attacks = ", ".join(plan.attacks)
+    return Floor(forward=forward, gradient=gradient,
+                 note=f"{attacks} on the points each attacked ({plan.steps} steps, {targets} "
+                      f"targets, {plan.queries} queries)")
 
 
 #: Floors counted after the check from what it did (the metric's own ``floor()`` counts
@@ -147,6 +201,7 @@ def uap_floor(ctx: AuditContext, check: Check, result: CheckResult, shared: bool
 AFTER_THE_RUN: dict[str, Callable[[AuditContext, Check, CheckResult, bool], Floor]] = {
     "deepfool_min_distortion": deepfool_floor,
     "uap_fooling_rate": uap_floor,
+    "autoattack_accuracy": autoattack_floor,
 }
 
 
@@ -178,7 +233,11 @@ class FloorSession(Session):
 
 
 def _deepfool_cached(ctx: AuditContext, check: Check) -> bool:
+    """Whether the audit split's ℓ2 DeepFool run with the check's options is in ``ctx.cache``
+    (False for a check without DeepFool options, e.g. ``autoattack_accuracy``)."""
     params = check.params
+    if not hasattr(params, "overshoot"):
+        return False
     key = ("deepfool", ctx.model.name, ctx.split, "l2", params.overshoot, params.candidates,
            params.max_iter)
     return all((*key, unit.start, unit.stop) in ctx.cache

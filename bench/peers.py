@@ -4,7 +4,7 @@ perturbation of Moosavi-Dezfooli et al. 2017 (ART's ``UniversalPerturbation`` wi
 DeepFool attacker) and PGD (torchattacks 3.5).
 
     pip install -e '.[bench]'          # the peers: never runtime dependencies of robaudit
-    python bench/peers.py [--samples 200] [--eps 0.1] [--threads 1] [--weights W.pt]
+    python bench/peers.py [--samples 200] [--eps 0.1] [--threads 1] [--repeats 3] [--weights W.pt]
                           [--size 256] [--out docs/bench/peers.md]
 
 Every implementation gets the same model (eval mode, frozen), the same samples, the same
@@ -21,7 +21,8 @@ crossing and one projection onto the boundary's tangent plane, see :mod:`robaudi
 without the projection, with the paper's steps alone (``refine=0, keep=10``) and with the damped
 steps of issue 8 (``damping=0.8, project=0, keep=10``: robaudit's DeepFool before issue 23).
 Times are CPU seconds of this process (``time.process_time``), so the ratios hold on a shared
-machine.
+machine; each DeepFool implementation's is the median of ``--repeats`` runs (default 3), so
+that a burst of the other jobs in one 0.3 s run does not decide a ratio.
 
 Goals (issue 23): DeepFool ≥ 30× faster than ART's at its best batch (``--art-batch 200``)
 at success 1.0 with ρ_adv at most ART's and foolbox's; the universal perturbation ≥ 50×
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,12 +68,16 @@ class Row:
     robust_accuracy: float | None = None
 
 
-def timed(run: Callable[[], Any]) -> tuple[Any, float]:
+def timed(run: Callable[[], Any], repeats: int = 1) -> tuple[Any, float]:
     """``run()`` and the CPU time it took (all threads of this process: with one thread per
-    side a fair measure on a shared machine, where wall time counts the other jobs too)."""
-    start = time.process_time()
-    out = run()
-    return out, time.process_time() - start
+    side a fair measure on a shared machine, where wall time counts the other jobs too): with
+    ``repeats`` > 1, the median of that many runs and the last run's result."""
+    seconds = []
+    for _ in range(repeats):
+        start = time.process_time()
+        out = run()
+        seconds.append(time.process_time() - start)
+    return out, statistics.median(seconds)
 
 
 def rho_adv(x: torch.Tensor, adv: torch.Tensor, success: torch.Tensor) -> float:
@@ -97,7 +103,7 @@ def art_classifier(model: nn.Module) -> Any:
 
 
 def bench_deepfool(model: nn.Module, x: torch.Tensor, clean: torch.Tensor,
-                   art_batch: int) -> list[Row]:
+                   art_batch: int, repeats: int) -> list[Row]:
     import foolbox
     import torchattacks
     from art.attacks.evasion import DeepFool
@@ -113,27 +119,28 @@ def bench_deepfool(model: nn.Module, x: torch.Tensor, clean: torch.Tensor,
     for name, options in variants:
         result, seconds = timed(lambda options=options: deepfool(
             model, x, norm="l2", candidates=10, overshoot=0.02, max_iter=50, input_range=BOX,
-            **options))
+            **options), repeats)
         changed = predictions(model, result.boundary, len(x)) != clean
         rows.append(Row("DeepFool ℓ2", name, seconds, float(changed.double().mean()),
                         rho_adv(x, result.boundary, changed)))
 
     art = DeepFool(art_classifier(model), max_iter=50, epsilon=0.02, nb_grads=10,
                    batch_size=art_batch, verbose=False)
-    adv, seconds = timed(lambda: torch.from_numpy(art.generate(x.numpy())))
+    adv, seconds = timed(lambda: torch.from_numpy(art.generate(x.numpy())), repeats)
     changed = predictions(model, adv, len(x)) != clean
     rows.append(Row("DeepFool ℓ2", f"ART 1.20 (batch {art_batch})", seconds,
                     float(changed.double().mean()), rho_adv(x, adv, changed)))
 
     fmodel = foolbox.PyTorchModel(model, bounds=BOX)
     attack_fb = foolbox.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02)
-    (_, adv, _), seconds = timed(lambda: attack_fb(fmodel, x, clean, epsilons=None))
+    (_, adv, _), seconds = timed(lambda: attack_fb(fmodel, x, clean, epsilons=None),
+                                   repeats)
     changed = predictions(model, adv, len(x)) != clean
     rows.append(Row("DeepFool ℓ2", f"foolbox {foolbox.__version__}", seconds,
                     float(changed.double().mean()), rho_adv(x, adv, changed)))
 
     attack = torchattacks.DeepFool(model, steps=50, overshoot=0.02)
-    adv, seconds = timed(lambda: attack(x, clean))
+    adv, seconds = timed(lambda: attack(x, clean), repeats)
     changed = predictions(model, adv, len(x)) != clean
     rows.append(Row("DeepFool ℓ2", "torchattacks 3.5", seconds, float(changed.double().mean()),
                     rho_adv(x, adv, changed)))
@@ -251,6 +258,9 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=10, help="UAP passes at most")
     parser.add_argument("--art-batch", type=int, default=1,
                         help="ART DeepFool's batch_size (ART's default is 1)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="DeepFool: each implementation's CPU time is the median of this "
+                             "many runs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["deepfool", "uap", "pgd"], action="append")
@@ -271,7 +281,7 @@ def main() -> None:
     selected = args.only or ["deepfool", "uap", "pgd"]
     rows: list[Row] = []
     if "deepfool" in selected:
-        rows += bench_deepfool(model, x, clean, args.art_batch)
+        rows += bench_deepfool(model, x, clean, args.art_batch, args.repeats)
     if "uap" in selected:
         rows += bench_uap(model, x, clean, args.eps, args.passes, args.seed)
     if "pgd" in selected:
@@ -279,7 +289,8 @@ def main() -> None:
 
     name = "shipped" if args.weights == WEIGHTS else args.weights.name
     table = Table(title=f"peers on the digits ResNet ({name} weights), {len(x)} test samples, "
-                        f"{args.threads} thread(s); clean accuracy "
+                        f"{args.threads} thread(s), DeepFool times the median of "
+                        f"{args.repeats} runs; clean accuracy "
                         f"{float((clean == y).double().mean()):.3f}")
     for column in ("attack", "implementation", "time (s)", "time / robaudit", "success",
                    "ρ_adv", "robust acc."):

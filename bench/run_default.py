@@ -38,7 +38,7 @@ def main() -> None:
             continue
         seconds = rates.seconds(floor)
         ratio = check.duration_s / seconds if seconds > 0 else float("inf")
-        work = f"{floor.forward} fwd + {floor.gradient} grad"
+        work = floor.describe()
         table.add_row(check.id, check.outcome, f"{check.duration_s:.3f}", f"{seconds:.3f}",
                       f"{ratio:.2f}×" if seconds > 0 else "weights only", work)
     console = Console()

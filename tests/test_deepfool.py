@@ -112,6 +112,31 @@ def test_linf_distance_of_a_linear_classifier_is_the_closed_form(classes: int) -
     assert bool((model(result.boundary).argmax(dim=1) != k).all())
 
 
+def test_the_first_step_takes_its_gradients_from_the_clean_pass() -> None:
+    """On a linear classifier the paper's DeepFool takes one step per sample: two forward
+    passes of the batch (the clean one, whose graph gives the step's gradients, and the check
+    of the step), where a batch with a misclassified sample needs a third (the graph of the
+    samples that take the step); the results are those of each sample alone."""
+    model, x = linear(6, 5, seed=40), points(9, 6, seed=41)
+    calls: list[int] = []
+
+    def logits(z: torch.Tensor) -> torch.Tensor:
+        calls.append(z.shape[0])
+        return model(z)
+
+    result = deepfool(logits, x, refine=0)
+    assert calls == [9, 9] and result.iterations.tolist() == [1] * 9
+    labels = model(x).argmax(dim=1)
+    labels[0] = (labels[0] + 1) % 5
+    calls.clear()
+    mixed = deepfool(logits, x, labels=labels, refine=0)
+    assert calls == [9, 8, 8]
+    for i in range(9):
+        alone = deepfool(model, x[i : i + 1], labels=labels[i : i + 1], refine=0)
+        torch.testing.assert_close(alone.perturbation[0], mixed.perturbation[i])
+    torch.testing.assert_close(mixed.perturbation[1:], result.perturbation[1:])
+
+
 def wide_mlp(seed: int, classes: int = 10) -> nn.Module:
     torch.manual_seed(seed)
     return frozen(nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),

@@ -327,8 +327,8 @@ def test_the_readme_sample_is_what_the_console_prints(capsys):
 
     reporter = ConsoleReporter(argparse.Namespace(verbose=0, quiet=0, heartbeat=0))
     reporter.robaudit_check_finished(result(
-        "curvature", "passed", -0.08465, ci=(-0.10510, -0.064180), expect={"min": -0.5},
-        message="-0.08465 >= -0.5", duration_s=took("curvature")))
+        "curvature", "passed", -0.08462, ci=(-0.10510, -0.064140), expect={"min": -0.5},
+        message="-0.08462 >= -0.5", duration_s=took("curvature")))
     reporter.robaudit_check_finished(result(
         "lipschitz", "passed", 2.934e4, expect={"max": 5e4}, message="2.934e+04 <= 5e+04",
         duration_s=took("lipschitz")))

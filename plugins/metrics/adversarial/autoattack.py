@@ -171,8 +171,9 @@ class AutoAttackAccuracy(SampleMetric):
         n = len(ctx.data()) * len(eps_levels(params.eps))
         plan = _plan(params)
         return Floor(forward=2 * n, gradient=n * plan.steps * plan.restarts,
-                     note="APGD-CE's steps on every point (a robust point also pays every "
-                          "later attack)")
+                     note="APGD-CE's steps on every point: the later attacks run on the "
+                          "points still robust, which only the run tells (bench/floors.py "
+                          "counts every attack of the protocol after it)")
 
 
 AutoAttackAccuracy.__doc__ = f"{AutoAttackAccuracy.__doc__}\n{PREFLIGHT_DOC}\n"

@@ -178,9 +178,12 @@ class DeepFoolMinDistortion(SampleMetric):
 
     def floor(self, ctx: AuditContext, params: DeepFoolParams) -> Floor:
         n = len(ctx.data())
+        c = min(params.candidates, ctx.model.num_classes(ctx.data().x)) - 1
         return Floor(
-            forward=n, gradient=n * (params.candidates - 1),
-            note="at least one linearised step per sample: candidates − 1 input gradients",
+            forward=n, gradient=n, backward=n * (c - 1),
+            note="at least one linearised step per sample: a forward pass with its graph and "
+                 "the c = candidates − 1 class gradients through it, the forward pass that "
+                 "checks the step",
         )
 
 

@@ -370,12 +370,16 @@ class UAPFoolingRate(SampleMetric):
     def floor(self, ctx: AuditContext, params: UAPFitParams) -> Floor:
         fit = min(params.fit_limit, len(ctx.data(ctx.reference)))
         audit = len(ctx.data())
+        further = min(params.candidates, ctx.model.num_classes(ctx.data().x)) - 2
+        stepped = fit if params.method == "deepfool" else 0
         return Floor(
             forward=2 * fit + 2 * audit,
             gradient=fit + audit,
-            note="one fit pass (a prediction and a gradient per fit sample, then the pass's "
-                 "fooling rate), the held-out and noise evaluations, one gradient per audit "
-                 "sample for the boundary normals",
+            backward=(stepped + audit) * further,
+            note="one fit pass (a prediction and a gradient per fit sample, all c = "
+                 "candidates − 1 class gradients of a DeepFool step with the deepfool fit, "
+                 "then the pass's fooling rate), the held-out and noise evaluations, one "
+                 "DeepFool step per audit sample for the boundary normals",
         )
 
 

@@ -149,8 +149,7 @@ def run_one(model: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
             "message": check.message if check.outcome == "error" else None,
             "time_s": check.duration_s,
             "floor_s": rates.seconds(floor) if floor is not None else None,
-            "floor_work": (f"{floor.forward} fwd + {floor.gradient} grad"
-                           if floor is not None else None),
+            "floor_work": floor.describe() if floor is not None else None,
             **session.memory.get(check.id, {}),
         }
     return {"n": n, "device": str(ctx.device), "threads": torch.get_num_threads(),

@@ -209,8 +209,7 @@ def run_one(n: int, device: str, skip: list[str], threads: int, keyword: str | N
             "metric": check.metric, "outcome": check.outcome, "value": check.value,
             "time_s": memory.get("cpu_s", check.duration_s) if cpu else check.duration_s,
             "wall_s": check.duration_s, "floor_s": seconds,
-            "floor_work": (f"{floor.forward} fwd + {floor.gradient} grad"
-                           if floor is not None else None),
+            "floor_work": floor.describe() if floor is not None else None,
             **memory,
         }
     return {"n": n, "device": str(ctx.device), "threads": torch.get_num_threads(),

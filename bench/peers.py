@@ -217,9 +217,10 @@ def cpu_throughput(model: nn.Module, x: torch.Tensor, repeats: int = 3) -> Any:
     return Throughput(*rates)
 
 
-def bench_deepfool_floor(samples: int) -> Table:
-    """DeepFool ℓ2 on ``bench/size.py``'s ResNet-18 at 3×32×32 (trained once, cached), one
-    batch of ``samples`` digits: robaudit's and the paper's steps' CPU time against the floor
+def bench_deepfool_floor(samples: int, epochs: int | None = None) -> Table:
+    """DeepFool ℓ2 on ``bench/size.py``'s ResNet-18 at 3×32×32 (trained once, cached; for
+    ``epochs`` when given, 0 keeping the random initialisation), one batch of ``samples``
+    digits: robaudit's and the paper's steps' CPU time against the floor
     of ``bench/floors.py`` (:func:`floors.paper_deepfool_work`: the paper's steps × its class
     gradients, at the batched throughput measured here in CPU time)."""
     import torchvision
@@ -227,7 +228,8 @@ def bench_deepfool_floor(samples: int) -> Table:
     from size import digits32, trained_weights
 
     model = torchvision.models.resnet18(num_classes=10)
-    model.load_state_dict(torch.load(trained_weights(0), weights_only=True))
+    weights = trained_weights(0) if epochs is None else trained_weights(0, epochs)
+    model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -270,6 +272,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=0,
                         help="also time DeepFool on bench/size.py's ResNet-18 at 3×32×32 on "
                              "this many samples against its floor (trains the model once)")
+    parser.add_argument("--size-epochs", type=int,
+                        help="train --size's ResNet-18 this many epochs (default: bench/size.py's "
+                             "recipe; 0: random weights, a smoke run)")
     parser.add_argument("--out", type=Path, help="also append the table to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -308,7 +313,7 @@ def main() -> None:
     console = Console(width=150, record=True)
     console.print(table)
     if args.size:
-        console.print(bench_deepfool_floor(args.size))
+        console.print(bench_deepfool_floor(args.size, args.size_epochs))
     if args.out:
         with args.out.open("a") as out:
             out.write("```\n" + console.export_text() + "```\n\n")

@@ -117,10 +117,13 @@ def test_peers(tmp_path: Path) -> None:
         if importlib.util.find_spec(peer) is None:
             pytest.skip(f"{peer} is not installed (pip install -e '.[bench]')")
     out = tmp_path / "peers.md"
-    bench("peers.py", "--samples", "4", "--passes", "1", "--art-batch", "4", "--out", out)
+    bench("peers.py", "--samples", "4", "--passes", "1", "--art-batch", "4", "--size", "4",
+          "--size-epochs", "0", "--out", out)
     text = out.read_text()
     for row in ("robaudit", "ART 1.20", "foolbox", "torchattacks"):
         assert row in text
+    assert "DeepFool ℓ2 on the ResNet-18 at 3×32×32, 4 test digits" in text
+    assert re.search(r"robaudit, the paper's steps +│ +[\d.]+ │ +[\d.]+×", text)
 
 
 def test_reproduce_ghorbani(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ passes."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import yaml
 
@@ -42,6 +43,7 @@ def test_measured_thresholds_pass_on_the_same_model(toy_dir, cli_here):
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # the test's own torch.jit.script
 def test_torchscript_model_and_no_overwrite(toy_dir, cli_here):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
     torch.jit.script(model).save(str(toy_dir / "model.ts"))

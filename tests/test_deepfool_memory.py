@@ -20,13 +20,11 @@ KiB a sample).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from memory_probe import run_child
 from torch import nn
 
 from robaudit.metric import work_units
@@ -50,6 +48,7 @@ CHILD = """
 import json, sys
 import torch
 from torch import nn
+from memory_probe import Synthetic, kib, reset_peak
 from robaudit.lazydata import LazyInputs
 from robaudit.pluginmanager import load_plugins
 from robaudit.plugins.metrics.universal import uap
@@ -69,17 +68,6 @@ CHECKS = [
 ]
 
 
-class Synthetic:
-    def __init__(self, n):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, index):
-        return torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(index))
-
-
 def net(seed):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(3, 4, 4, stride=4), nn.ReLU(), nn.Flatten(),
@@ -94,18 +82,11 @@ def context(count):
     return ctx
 
 
-def kib(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-
-
 def audit(ctx, measure):
     rises, values = {}, {}
     for name, params in CHECKS:
         if measure:
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")  # reset the peak resident set size (VmHWM) to the current
+            reset_peak()
         base = kib("VmRSS")
         values[name] = run_metric(metrics[name], ctx, **params).value
         rises[name] = (kib("VmHWM") - base) * 1024
@@ -123,16 +104,7 @@ print(json.dumps({"rises": rises, "values": values, "held": (kib("VmRSS") - star
 def child(n: int) -> dict[str, dict[str, float]]:
     """Each check's peak-RSS rise (bytes) and value on ``n`` samples, and the bytes the run
     still holds after them (``held``)."""
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(n)], capture_output=True, text=True, timeout=600,
-        check=False, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                          "ROBAUDIT_DISABLE_PLUGIN_AUTOLOAD": "1",
-                          # a fixed mmap threshold, as in test_lazy_memory.py: glibc's
-                          # dynamic one keeps freed batches on the heap
-                          "MALLOC_MMAP_THRESHOLD_": "131072"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, n)
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(),

@@ -17,13 +17,10 @@ between the two sizes.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from memory_probe import run_child
 
 #: What the rise may grow by per sample from N = 512 to N = 4096: the checks' per-sample
 #: results and features (measured: under 2 KiB a sample) against an input's 48 KiB.
@@ -33,6 +30,7 @@ CHILD = """
 import json, sys
 import torch
 from torch import nn
+from memory_probe import Synthetic, kib, reset_peak
 from robaudit.lazydata import LazyInputs
 from robaudit.pluginmanager import load_plugins
 from robaudit.testing import make_context, run_metric
@@ -42,17 +40,6 @@ n = int(sys.argv[1])
 metrics = load_plugins().metrics
 CHECKS = [("clean_accuracy", {}), ("noise_accuracy", {"sigma": 0.05}),
           ("rank_order_spearman", {"pairs": 20, "trials": 20})]
-
-
-class Synthetic:
-    def __init__(self, n):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, index):
-        return torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(index))
 
 
 def context(count):
@@ -68,16 +55,9 @@ def audit(ctx):
     return [run_metric(metrics[name], ctx, **params).value for name, params in CHECKS]
 
 
-def kib(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-
-
 audit(context(64))  # warm-up: one-time allocations of torch and the code
 ctx = context(n)
-with open("/proc/self/clear_refs", "w") as handle:
-    handle.write("5")  # reset the peak resident set size (VmHWM) to the current one
+reset_peak()
 base = kib("VmRSS")
 values = audit(ctx)
 print(json.dumps({"rise": (kib("VmHWM") - base) * 1024, "values": values}))
@@ -86,16 +66,7 @@ print(json.dumps({"rise": (kib("VmHWM") - base) * 1024, "values": values}))
 
 def peak_rise(n: int) -> tuple[int, list[float]]:
     """Bytes by which the child's peak RSS rose while the checks ran on ``n`` samples."""
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(n)], capture_output=True, text=True, timeout=600,
-        check=False, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                          "ROBAUDIT_DISABLE_PLUGIN_AUTOLOAD": "1",
-                          # a fixed mmap threshold: glibc's dynamic one moves freed batches
-                          # onto the heap, whose fragmentation varied the peak by ±8 MiB
-                          "MALLOC_MMAP_THRESHOLD_": "131072"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = run_child(CHILD, n)
     return int(found["rise"]), found["values"]
 
 

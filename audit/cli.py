@@ -105,6 +105,11 @@ def _build_parser(plugins: Plugins | None) -> _Parser:
                           "fits, features) in DIR between runs, keyed by the model entries "
                           "with their files and code, the data, the seed, the device and the "
                           "versions (see README)")
+    run.add_argument("--cache-memory", metavar="SIZE",
+                     help="keep at most SIZE of the shared work that grows with the split "
+                          "times the input (DeepFool's and FAB-T's points) in memory, and "
+                          "compute the rest again where a check needs it (default 1G; e.g. "
+                          "512M, 8G, 0; see README)")
     run.add_argument("--strict", action="store_true",
                      help="a `warned` check (severity: warn) counts as failed")
     run.add_argument("--lf", "--last-failed", action="store_true", dest="last_failed",

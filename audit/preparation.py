@@ -18,6 +18,7 @@ import torch
 
 from robaudit.cachekey import model_salt, run_salt
 from robaudit.context import (
+    MEMORY_BUDGET,
     AuditContext,
     DataSplit,
     KeepAlive,
@@ -33,6 +34,7 @@ from robaudit.inputsize import model_image_options
 from robaudit.lazydata import LazyInputs
 from robaudit.model import ModelUnderAudit
 from robaudit.pluginmanager import Plugins
+from robaudit.runsetup import memory_bytes
 from robaudit.spec import AuditSpec, Check, ModelSpec
 from robaudit.threads import default_threads, model_macs
 
@@ -336,7 +338,7 @@ class Preparation:
             model=models["model"], splits=splits, split=spec.model.data.split,
             reference=spec.model.data.reference, batch_size=spec.model.data.batch_size,
             device=plan.device, seed=seed, generator=torch.Generator().manual_seed(seed),
-            run_seed=seed, models=models, cache=RunCache(self.disk_store(plan, models, splits)),
+            run_seed=seed, models=models, cache=self.run_cache(plan, models, splits),
             progress=self.progress(),
         )
         self.check_params_against_data(plan, base)
@@ -356,6 +358,14 @@ class Preparation:
             return silent_progress
         self.keepalives.append(KeepAlive(shown))
         return self.keepalives[-1]
+
+    def run_cache(self, plan: AuditPlan, models: dict[str, ModelUnderAudit],
+                  splits: dict[str, DataSplit]) -> RunCache:
+        """The run's cache of shared work: bounded by ``--cache-memory`` (default
+        :data:`robaudit.context.MEMORY_BUDGET`), backed by ``--cache-dir`` when given."""
+        size = getattr(self.options, "cache_memory", None)
+        budget = MEMORY_BUDGET if size is None else memory_bytes(size)
+        return RunCache(self.disk_store(plan, models, splits), budget=budget)
 
     def disk_store(self, plan: AuditPlan, models: dict[str, ModelUnderAudit],
                    splits: dict[str, DataSplit]) -> DiskStore | None:

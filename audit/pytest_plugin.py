@@ -26,9 +26,9 @@ data) once, in the setup of its first selected check; every check then computes 
 phase (what ``--durations`` shows) in its own context (its seed depends on the spec's seed and
 its id alone, as in ``robaudit run``) and shares the spec's per-run cache.
 ``--robaudit-set KEY=VALUE``, ``--robaudit-device``, ``--robaudit-timeout``,
-``--robaudit-threads``, ``--robaudit-baseline`` and ``--robaudit-cache-dir`` are ``robaudit
-run``'s ``--set``, ``--device``, ``--timeout``, ``--threads``, ``--baseline`` and
-``--cache-dir``.
+``--robaudit-threads``, ``--robaudit-baseline``, ``--robaudit-cache-dir`` and
+``--robaudit-cache-memory`` are ``robaudit run``'s ``--set``, ``--device``, ``--timeout``,
+``--threads``, ``--baseline``, ``--cache-dir`` and ``--cache-memory``.
 
 robaudit's plugins load as in ``robaudit run`` (built-ins, then the ``robaudit`` entry points);
 besides, every module registered with pytest that implements a robaudit hook (``-p NAME``, a
@@ -99,6 +99,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "as `robaudit run --baseline` (`expect.regression` gates on it)")
     group.addoption("--robaudit-cache-dir", default=None, metavar="DIR",
                     help="keep shared work in DIR between runs, as `robaudit run --cache-dir`")
+    group.addoption("--robaudit-cache-memory", default=None, metavar="SIZE",
+                    help="keep at most SIZE of input-sized shared work in memory, as "
+                         "`robaudit run --cache-memory`")
 
 
 def audits_named(early_config: pytest.Config, args: list[str]) -> bool:
@@ -231,6 +234,7 @@ def session_options(config: pytest.Config) -> argparse.Namespace:
         threads=config.getoption("robaudit_threads"),
         baseline=config.getoption("robaudit_baseline"),
         cache_dir=config.getoption("robaudit_cache_dir"),
+        cache_memory=config.getoption("robaudit_cache_memory"),
         keyword=None, markexpr=None, maxfail=0, verbose=0, quiet=0,
     )
 

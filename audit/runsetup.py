@@ -8,7 +8,8 @@ both call :func:`start_run` before their first check and run each spec's checks 
 - OpenMP waits passively (:func:`robaudit.threads.prefer_passive_waiting`). OpenMP reads the
   policy once, when torch loads it, so :func:`wait_passively` sets it only while torch is not
   imported yet: set later, it would change nothing and the run would say it waits passively.
-- ``--timeout``, ``--threads`` and ``--cache-dir`` are checked (a usage error, exit code 4).
+- ``--timeout``, ``--threads``, ``--cache-dir`` and ``--cache-memory`` are checked (a usage
+  error, exit code 4).
 - SIGTERM acts as Ctrl-C (:func:`robaudit.guard.terminate_as_interrupt`).
 - torch runs each spec's checks on the threads chosen for its model (``plan.threads``: ``--threads``
   or :func:`robaudit.threads.default_threads`), and gets its own count back afterwards.
@@ -36,8 +37,31 @@ def wait_passively(environ: dict[str, str] | os._Environ[str] = os.environ) -> b
     return True
 
 
+#: ``--cache-memory``'s units (binary: 1K = 1024 bytes)
+UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20,
+         "MIB": 2**20, "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40,
+         "TIB": 2**40}
+
+
+def memory_bytes(text: str) -> int:
+    """``--cache-memory``'s size in bytes: a number of bytes or a number with a binary unit
+    (``512M``, ``4G``, ``1.5GiB``; ``0`` keeps nothing); a usage error otherwise."""
+    number = text.strip()
+    digits = number.rstrip("KMGTBkmgtbIi")
+    unit = number[len(digits):].upper()
+    try:
+        size = float(digits)
+    except ValueError:
+        size = -1.0
+    if unit not in UNITS or not (0 <= size < float("inf")):
+        raise UsageError(f"--cache-memory {text}: expected a size such as 512M, 4G or 0 "
+                         "(bytes, or K, M, G, T: binary units)")
+    return int(size * UNITS[unit])
+
+
 def check_options(options: argparse.Namespace) -> None:
-    """The options every run reads: ``--timeout``, ``--threads`` and ``--cache-dir``."""
+    """The options every run reads: ``--timeout``, ``--threads``, ``--cache-dir`` and
+    ``--cache-memory``."""
     timeout = getattr(options, "timeout", None)
     if timeout is not None and not (0 < timeout < float("inf")):
         raise UsageError(f"--timeout {timeout}: expected a positive number of seconds")
@@ -46,6 +70,8 @@ def check_options(options: argparse.Namespace) -> None:
         raise UsageError(f"--threads {threads}: expected a positive number")
     if getattr(options, "cache_dir", None):
         check_cache_dir(Path(options.cache_dir))
+    if getattr(options, "cache_memory", None) is not None:
+        memory_bytes(options.cache_memory)
 
 
 def check_cache_dir(folder: Path) -> None:

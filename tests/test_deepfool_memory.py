@@ -20,6 +20,7 @@ KiB a sample).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,55 @@ def test_the_uap_spectrum_is_that_of_the_leading_normals_that_its_bytes_hold(
     values = torch.linalg.svdvals(normals)
     expected = [round(float(v), 6) for v in (values / values[0])[:uap.TOP_SINGULAR_VALUES]]
     assert result.details["normals_singular_values"] == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("0", 0), ("4096", 4096), ("512M", 512 * 2**20), ("4G", 4 * 2**30), ("1.5GiB", 3 * 2**29),
+    ("2 gb", 2 * 2**30), ("64k", 64 * 2**10), ("1T", 2**40),
+])
+def test_cache_memory_sizes_read_in_binary_units(text: str, expected: int) -> None:
+    from robaudit.runsetup import memory_bytes
+
+    assert memory_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "-1G", "4X", "nan", "inf", "G", ""])
+def test_a_cache_memory_that_is_not_a_size_is_a_usage_error(text: str) -> None:
+    from robaudit.errors import UsageError
+    from robaudit.runsetup import memory_bytes
+
+    with pytest.raises(UsageError, match=f"--cache-memory {text}: expected a size"):
+        memory_bytes(text)
+
+
+def test_cache_memory_bounds_the_run_and_keeps_its_values(
+        write_spec: Callable[..., Path], robaudit_main: Callable[..., tuple[int, str, str]],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run --cache-memory 0`` keeps no DeepFool unit: each read runs it again (three:
+    deepfool_min_distortion's values and its gallery, min_norm_distortion's), where the default
+    runs it once for both checks, and the report's values are the same; a size that is not
+    one is exit code 4, naming the option."""
+    runs: list[int] = []
+    original = deepfool_module._run_unit
+
+    def counted(ctx, unit, split, mua, options):  # type: ignore[no-untyped-def]
+        runs.append(unit.start)
+        return original(ctx, unit, split, mua, options)
+
+    monkeypatch.setattr(deepfool_module, "_run_unit", counted)
+    spec = write_spec("audit: budget\nmodel:\n  factory: toy_model.py:linear\ndata:\n"
+                      "  source: toy\n  n: 16\nchecks:\n  - metric: deepfool_min_distortion\n"
+                      "  - metric: min_norm_distortion\n    params: {attacks: [deepfool]}\n")
+    values = {}
+    for size, expected_runs in ((None, 1), ("0", 3)):
+        runs.clear()
+        report = tmp_path / f"{size}.json"
+        extra = [] if size is None else ["--cache-memory", size]
+        code, out, err = robaudit_main("run", spec, "--json", report, *extra)
+        assert code == 0, out + err
+        assert len(runs) == expected_runs
+        checks = json.loads(report.read_text())["checks"]
+        values[size] = [(c["value"], c["samples"]) for c in checks]
+    assert values["0"] == values[None]
+    code, _, err = robaudit_main("run", spec, "--cache-memory", "lots")
+    assert code == 4 and "--cache-memory lots: expected a size" in err

@@ -173,6 +173,7 @@ def test_a_cache_dir_gets_the_shared_work(audit_dir):  # noqa: F811
     ("--robaudit-cache-dir", "a_file", "--robaudit-cache-dir a_file: names a file"),
     ("--robaudit-baseline", "nowhere.json", "--robaudit-baseline"),
     ("--robaudit-threads", "0", "--robaudit-threads 0: expected a positive number"),
+    ("--robaudit-cache-memory", "lots", "--robaudit-cache-memory lots: expected a size"),
 ])
 def test_bad_run_options_are_usage_errors(audit_dir, option, value, expected):  # noqa: F811
     (audit_dir.path / "a_file").write_text("")

@@ -121,6 +121,21 @@ def test_peak_memory_of_the_deepfool_checks_is_flat_in_the_split_size() -> None:
         f"held {small['held'] / 2**20:.1f} → {large['held'] / 2**20:.1f} MiB; {report}")
 
 
+@pytest.fixture
+def deepfool_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """The DeepFool runs of the test, one ``(model name, unit start)`` per unit run (not
+    served by a cache)."""
+    runs: list[tuple[str, int]] = []
+    original = deepfool_module._run_unit
+
+    def counted(ctx, unit, split, mua, options):  # type: ignore[no-untyped-def]
+        runs.append((mua.name, unit.start))
+        return original(ctx, unit, split, mua, options)
+
+    monkeypatch.setattr(deepfool_module, "_run_unit", counted)
+    return runs
+
+
 def tiny_context(budget: int) -> tuple[object, int]:
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
@@ -138,18 +153,11 @@ CHECKS = [(DeepFoolMinDistortion(), {}), (TransferRate(), {"source": "source"}),
 
 
 def test_a_budget_of_zero_recomputes_deepfool_and_gives_the_same_numbers_bit_for_bit(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        deepfool_runs: list[tuple[str, int]]) -> None:
     """With a budget of 0 bytes no DeepFool unit is kept and every check runs its own;
     with the default budget each unit runs once for the whole audit (per model); the
     results are equal bit for bit, values, per-sample values and details."""
-    runs: list[tuple[str, int]] = []
-    original = deepfool_module._run_unit
-
-    def counted(ctx, unit, split, mua, options):  # type: ignore[no-untyped-def]
-        runs.append((mua.name, unit.start))
-        return original(ctx, unit, split, mua, options)
-
-    monkeypatch.setattr(deepfool_module, "_run_unit", counted)
+    runs = deepfool_runs
     results = {}
     for budget in (0, 2**30):
         runs.clear()
@@ -195,20 +203,13 @@ def test_the_cache_keeps_bounded_entries_within_its_budget_and_the_others_always
 
 
 def test_the_disk_cache_serves_the_units_that_the_budget_does_not_keep(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, deepfool_runs: list[tuple[str, int]]) -> None:
     """``--cache-dir`` stores DeepFool per work unit: with a budget of 0 bytes a run that asks
     for a unit twice reads it back from the disk (no second DeepFool run), and a later run
     runs no DeepFool at all, with the same value bit for bit."""
     from robaudit.diskcache import DiskStore
 
-    runs: list[int] = []
-    original = deepfool_module._run_unit
-
-    def counted(ctx, unit, split, mua, options):  # type: ignore[no-untyped-def]
-        runs.append(unit.start)
-        return original(ctx, unit, split, mua, options)
-
-    monkeypatch.setattr(deepfool_module, "_run_unit", counted)
+    runs = deepfool_runs
     values = []
     for _ in range(2):
         ctx, n = tiny_context(0)
@@ -216,7 +217,7 @@ def test_the_disk_cache_serves_the_units_that_the_budget_does_not_keep(
         values += [run_metric(DeepFoolMinDistortion(), ctx).value,
                    run_metric(MinNormDistortion(), ctx, attacks=["deepfool"]).value]
         assert ctx.cache.held == 0
-    assert sorted(runs) == [u.start for u in work_units(n, 8)]  # each unit once, in run 1
+    assert sorted(start for _, start in runs) == [u.start for u in work_units(n, 8)]  # once
     assert values[0] == values[2] and values[1] == values[3]
     stored = [torch.load(path, weights_only=True)["key"] for path in tmp_path.glob("*.pt")]
     assert len([key for key in stored if "('deepfool'," in key]) == len(work_units(n, 8))
@@ -264,19 +265,12 @@ def test_a_cache_memory_that_is_not_a_size_is_a_usage_error(text: str) -> None:
 
 def test_cache_memory_bounds_the_run_and_keeps_its_values(
         write_spec: Callable[..., Path], robaudit_main: Callable[..., tuple[int, str, str]],
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, deepfool_runs: list[tuple[str, int]]) -> None:
     """``run --cache-memory 0`` keeps no DeepFool unit: each read runs it again (three:
     deepfool_min_distortion's values and its gallery, min_norm_distortion's), where the default
     runs it once for both checks, and the report's values are the same; a size that is not
     one is exit code 4, naming the option."""
-    runs: list[int] = []
-    original = deepfool_module._run_unit
-
-    def counted(ctx, unit, split, mua, options):  # type: ignore[no-untyped-def]
-        runs.append(unit.start)
-        return original(ctx, unit, split, mua, options)
-
-    monkeypatch.setattr(deepfool_module, "_run_unit", counted)
+    runs = deepfool_runs
     spec = write_spec("audit: budget\nmodel:\n  factory: toy_model.py:linear\ndata:\n"
                       "  source: toy\n  n: 16\nchecks:\n  - metric: deepfool_min_distortion\n"
                       "  - metric: min_norm_distortion\n    params: {attacks: [deepfool]}\n")

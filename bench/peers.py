@@ -1,11 +1,12 @@
 """robaudit's attacks against the peers, on the shipped digits ResNet and the same digits test
-samples, in one run: DeepFool (ART 1.20, foolbox 3.3, torchattacks 3.5), the universal
+samples (``--model resnet18``: ``bench/size.py``'s ResNet-18 on those digits at 3×32×32, the
+CIFAR-size model of the size table), in one run: DeepFool (ART 1.20, foolbox 3.3, torchattacks 3.5), the universal
 perturbation of Moosavi-Dezfooli et al. 2017 (ART's ``UniversalPerturbation`` with its
 DeepFool attacker) and PGD (torchattacks 3.5).
 
     pip install -e '.[bench]'          # the peers: never runtime dependencies of robaudit
     python bench/peers.py [--samples 200] [--eps 0.1] [--threads 1] [--repeats 3] [--weights W.pt]
-                          [--size 256] [--out docs/bench/peers.md]
+                          [--model resnet18] [--size 256] [--out docs/bench/peers.md]
 
 Every implementation gets the same model (eval mode, frozen), the same samples, the same
 hyper-parameters (DeepFool: 50 iterations, overshoot 0.02, 10 candidate classes, the box
@@ -95,10 +96,25 @@ def load_model(weights: Path) -> nn.Module:
     return model
 
 
-def art_classifier(model: nn.Module) -> Any:
+def load_size_model(epochs: int | None = None) -> nn.Module:
+    """``bench/size.py``'s ResNet-18 at 3×32×32 (trained once by its recipe and cached; for
+    ``epochs`` when given, 0 keeping the random initialisation), eval mode, frozen."""
+    import torchvision
+    from size import trained_weights
+
+    model = torchvision.models.resnet18(num_classes=10)
+    weights = trained_weights(0) if epochs is None else trained_weights(0, epochs)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def art_classifier(model: nn.Module, shape: tuple[int, ...]) -> Any:
     from art.estimators.classification import PyTorchClassifier
 
-    return PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=(1, 8, 8),
+    return PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=shape,
                              nb_classes=10, clip_values=BOX, device_type="cpu")
 
 
@@ -124,7 +140,7 @@ def bench_deepfool(model: nn.Module, x: torch.Tensor, clean: torch.Tensor,
         rows.append(Row("DeepFool ℓ2", name, seconds, float(changed.double().mean()),
                         rho_adv(x, result.boundary, changed)))
 
-    art = DeepFool(art_classifier(model), max_iter=50, epsilon=0.02, nb_grads=10,
+    art = DeepFool(art_classifier(model, tuple(x.shape[1:])), max_iter=50, epsilon=0.02, nb_grads=10,
                    batch_size=art_batch, verbose=False)
     adv, seconds = timed(lambda: torch.from_numpy(art.generate(x.numpy())), repeats)
     changed = predictions(model, adv, len(x)) != clean
@@ -164,7 +180,7 @@ def bench_uap(model: nn.Module, x: torch.Tensor, clean: torch.Tensor, eps: float
     random.seed(seed)
     np.random.seed(seed)
     art = UniversalPerturbation(
-        art_classifier(model), attacker="deepfool",
+        art_classifier(model, tuple(x.shape[1:])), attacker="deepfool",
         attacker_params={"max_iter": 50, "epsilon": 0.02, "nb_grads": 10, "verbose": False},
         delta=0.2, max_iter=passes, eps=eps, norm=np.inf, batch_size=32, verbose=False,
     )
@@ -223,16 +239,10 @@ def bench_deepfool_floor(samples: int, epochs: int | None = None) -> Table:
     digits: robaudit's and the paper's steps' CPU time against the floor
     of ``bench/floors.py`` (:func:`floors.paper_deepfool_work`: the paper's steps × its class
     gradients, at the batched throughput measured here in CPU time)."""
-    import torchvision
     from floors import paper_deepfool_work
-    from size import digits32, trained_weights
+    from size import digits32
 
-    model = torchvision.models.resnet18(num_classes=10)
-    weights = trained_weights(0) if epochs is None else trained_weights(0, epochs)
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = load_size_model(epochs)
     x = digits32(digits_splits()["test"].x[:samples])
     options = {"norm": "l2", "overshoot": 0.02, "candidates": 10, "max_iter": 50}
     floor = paper_deepfool_work(model, x, samples, "cpu", options, BOX)
@@ -266,6 +276,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["deepfool", "uap", "pgd"], action="append")
+    parser.add_argument("--model", choices=["digits", "resnet18"], default="digits",
+                        help="the model the peers are compared on: the shipped digits ResNet "
+                             "at 1×8×8, or bench/size.py's ResNet-18 at 3×32×32 (the digits "
+                             "upsampled; trained once, see --size-epochs)")
     parser.add_argument("--weights", type=Path, default=WEIGHTS,
                         help="digits_resnet weights (default: the shipped ones; e.g. one "
                              "trained by robaudit.zoo.train_model with another seed)")
@@ -273,15 +287,24 @@ def main() -> None:
                         help="also time DeepFool on bench/size.py's ResNet-18 at 3×32×32 on "
                              "this many samples against its floor (trains the model once)")
     parser.add_argument("--size-epochs", type=int,
-                        help="train --size's ResNet-18 this many epochs (default: bench/size.py's "
-                             "recipe; 0: random weights, a smoke run)")
+                        help="train the ResNet-18 of --size and --model resnet18 this many "
+                             "epochs (default: bench/size.py's recipe; 0: random weights, a "
+                             "smoke run)")
     parser.add_argument("--out", type=Path, help="also append the table to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load_model(args.weights)
     test = digits_splits()["test"]
     x, y = test.x[: args.samples].contiguous(), test.y[: args.samples]
+    if args.model == "resnet18":
+        from size import digits32
+
+        model, x = load_size_model(args.size_epochs), digits32(x)
+        name = "the ResNet-18 at 3×32×32"
+    else:
+        model = load_model(args.weights)
+        name = (f"the digits ResNet ({'shipped' if args.weights == WEIGHTS else args.weights.name}"
+                " weights)")
     clean = predictions(model, x, len(x))
     selected = args.only or ["deepfool", "uap", "pgd"]
     rows: list[Row] = []
@@ -292,8 +315,7 @@ def main() -> None:
     if "pgd" in selected:
         rows += bench_pgd(model, x, y, args.eps, args.seed)
 
-    name = "shipped" if args.weights == WEIGHTS else args.weights.name
-    table = Table(title=f"peers on the digits ResNet ({name} weights), {len(x)} test samples, "
+    table = Table(title=f"peers on {name}, {len(x)} test samples, "
                         f"{args.threads} thread(s), DeepFool times the median of "
                         f"{args.repeats} runs; clean accuracy "
                         f"{float((clean == y).double().mean()):.3f}")

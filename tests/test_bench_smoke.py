@@ -117,10 +117,13 @@ def test_peers(tmp_path: Path) -> None:
         if importlib.util.find_spec(peer) is None:
             pytest.skip(f"{peer} is not installed (pip install -e '.[bench]')")
     out = tmp_path / "peers.md"
-    bench("peers.py", "--samples", "4", "--passes", "1", "--art-batch", "4", "--size", "4",
-          "--size-epochs", "0", "--out", out)
+    bench("peers.py", "--model", "resnet18", "--samples", "4", "--passes", "1", "--art-batch",
+          "4", "--repeats", "1", "--size", "4", "--size-epochs", "0", "--out", out)
+    bench("peers.py", "--only", "pgd", "--samples", "4", "--out", out)  # the digits ResNet
     text = out.read_text()
-    for row in ("robaudit", "ART 1.20", "foolbox", "torchattacks"):
+    assert "peers on the ResNet-18 at 3×32×32, 4 test samples" in text
+    assert "peers on the digits ResNet (shipped weights), 4 test samples" in text
+    for row in ("robaudit", "ART 1.20", "foolbox", "torchattacks", "UAP ℓ∞", "PGD ℓ∞"):
         assert row in text
     assert "DeepFool ℓ2 on the ResNet-18 at 3×32×32, 4 test digits" in text
     assert re.search(r"robaudit, the paper's steps +│ +[\d.]+ │ +[\d.]+×", text)

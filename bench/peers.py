@@ -1,8 +1,8 @@
 """robaudit's attacks against the peers, on the shipped digits ResNet and the same digits test
 samples (``--model resnet18``: ``bench/size.py``'s ResNet-18 on those digits at 3×32×32, the
-CIFAR-size model of the size table), in one run: DeepFool (ART 1.20, foolbox 3.3, torchattacks 3.5), the universal
-perturbation of Moosavi-Dezfooli et al. 2017 (ART's ``UniversalPerturbation`` with its
-DeepFool attacker) and PGD (torchattacks 3.5).
+CIFAR-size model of the size table), in one run: DeepFool (ART 1.20, foolbox 3.3,
+torchattacks 3.5), the universal perturbation of Moosavi-Dezfooli et al. 2017 (ART's
+``UniversalPerturbation`` with its DeepFool attacker) and PGD (torchattacks 3.5).
 
     pip install -e '.[bench]'          # the peers: never runtime dependencies of robaudit
     python bench/peers.py [--samples 200] [--eps 0.1] [--threads 1] [--repeats 3] [--weights W.pt]
@@ -140,8 +140,8 @@ def bench_deepfool(model: nn.Module, x: torch.Tensor, clean: torch.Tensor,
         rows.append(Row("DeepFool ℓ2", name, seconds, float(changed.double().mean()),
                         rho_adv(x, result.boundary, changed)))
 
-    art = DeepFool(art_classifier(model, tuple(x.shape[1:])), max_iter=50, epsilon=0.02, nb_grads=10,
-                   batch_size=art_batch, verbose=False)
+    art = DeepFool(art_classifier(model, tuple(x.shape[1:])), max_iter=50, epsilon=0.02,
+                   nb_grads=10, batch_size=art_batch, verbose=False)
     adv, seconds = timed(lambda: torch.from_numpy(art.generate(x.numpy())), repeats)
     changed = predictions(model, adv, len(x)) != clean
     rows.append(Row("DeepFool ℓ2", f"ART 1.20 (batch {art_batch})", seconds,

@@ -116,42 +116,72 @@ def deepfool_floor(ctx: AuditContext, check: Check, result: CheckResult, shared:
         "max_iter": params.max_iter})
 
 
-def uap_floor(ctx: AuditContext, check: Check, result: CheckResult, shared: bool) -> Floor:
-    """``uap_fooling_rate``; with the DeepFool fit (Moosavi-Dezfooli et al. 2017, Algorithm 1):
-    the clean predictions of the fit samples; per pass made (``details.passes``) and fit
-    sample, the forward pass that finds whether v fools it, one linearised DeepFool step (the
-    least a standing sample needs: a forward pass with the graph and the class gradients
-    through it, c = candidates − 1 on the first pass and the ``KEEP_CANDIDATES`` = 3 of the
-    class it crossed into on later ones, counted as in :func:`paper_deepfool_work`, and the
-    forward pass that checks the step) and the pass's fooling-rate forward pass; then the
-    held-out and noise forward passes of the audit split, and the paper's DeepFool on it for
-    the boundary normals (:func:`paper_deepfool_floor`) unless another check already ran it
-    (``shared``: the run was in ``ctx.cache`` before the check).
-    It counts every fit sample as standing (the fit fooling rates of the digits ResNets stay
-    below 0.15) and one step each: a lower bound on Algorithm 1's work for the passes made.
-    With the SGD fit, per pass and fit sample one gradient and the fooling-rate forward pass."""
+def _plus(*floors: Floor, note: str = "") -> Floor:
+    """The sum of ``floors``' counts, with ``note``."""
+    return Floor(forward=sum(f.forward for f in floors), gradient=sum(f.gradient for f in floors),
+                 backward=sum(f.backward for f in floors), note=note)
+
+
+def uap_fit_floor(ctx: AuditContext, params: Any, passes: int) -> Floor:
+    """The universal perturbation's fit on the reference split, ``passes`` passes made. With
+    the DeepFool fit (Moosavi-Dezfooli et al. 2017, Algorithm 1): the clean predictions of the
+    fit samples; per pass and fit sample, the forward pass that finds whether v fools it, one
+    linearised DeepFool step (the least a standing sample needs: a forward pass with the graph
+    and the class gradients through it, c = candidates − 1 on the first pass and the
+    ``KEEP_CANDIDATES`` = 3 of the class it crossed into on later ones, counted as in
+    :func:`paper_deepfool_work`, and the forward pass that checks the step) and the pass's
+    fooling-rate forward pass. It counts every fit sample as standing (the fit fooling rates of
+    the digits ResNets stay below 0.15) and one step each: a lower bound on Algorithm 1's work
+    for the passes made. With the SGD fit (Shafahi et al. 2020), per pass and fit sample one
+    gradient and the fooling-rate forward pass."""
     from robaudit.ops.deepfool import KEEP_CANDIDATES
 
-    params = check.params
-    passes = int(result.details.get("passes", params.max_passes))
     fit = min(params.fit_limit, len(ctx.data(ctx.reference)))
-    audit = len(ctx.data())
     c = min(params.candidates, ctx.model.num_classes(ctx.data().x)) - 1
     later = min(c, KEEP_CANDIDATES)
     if params.method == "deepfool":
-        floor = Floor(forward=fit + 3 * passes * fit + 2 * audit, gradient=passes * fit,
-                      backward=fit * (c - 1) + (passes - 1) * fit * (later - 1))
-    else:  # SGD (Shafahi et al. 2020): a gradient per fit sample and pass, the fooling rate
-        floor = Floor(forward=fit + passes * fit + 2 * audit, gradient=passes * fit)
+        return Floor(forward=fit + 3 * passes * fit, gradient=passes * fit,
+                     backward=fit * (c - 1) + (passes - 1) * fit * (later - 1))
+    return Floor(forward=fit + passes * fit, gradient=passes * fit)
+
+
+def uap_floor(ctx: AuditContext, check: Check, result: CheckResult, shared: bool) -> Floor:
+    """``uap_fooling_rate``: its fit (:func:`uap_fit_floor`, the passes it made), the held-out
+    and noise forward passes of the audit split, and the paper's DeepFool on it for the
+    boundary normals (:func:`paper_deepfool_floor`) unless another check already ran it
+    (``shared``: the run was in ``ctx.cache`` before the check)."""
+    params = check.params
+    passes = int(result.details.get("passes", params.max_passes))
+    floors = [uap_fit_floor(ctx, params, passes), Floor(forward=2 * len(ctx.data()))]
     if not shared:
-        normals = paper_deepfool_floor(ctx, ctx.split, {
+        floors.append(paper_deepfool_floor(ctx, ctx.split, {
             "norm": "l2", "overshoot": params.overshoot, "candidates": params.candidates,
-            "max_iter": params.max_iter})
-        floor = Floor(forward=floor.forward + normals.forward,
-                      gradient=floor.gradient + normals.gradient,
-                      backward=floor.backward + normals.backward)
-    return Floor(forward=floor.forward, gradient=floor.gradient, backward=floor.backward,
-                 note=f"{passes} passes of one DeepFool step per fit sample, the evaluation")
+            "max_iter": params.max_iter}))
+    return _plus(*floors, note=f"{passes} passes of one DeepFool step per fit sample, the "
+                               "evaluation")
+
+
+def category_floor(ctx: AuditContext, check: Check, result: CheckResult, shared: bool
+                   ) -> Floor:
+    """``robustness_category``: the universal perturbation's fit (:func:`uap_fit_floor`, the
+    passes it made: counted even where ``uap_fooling_rate`` fitted it first and the check read
+    it from the cache, since the category needs it), the noise and universal forward passes
+    of the audit split, and the per-sample attack: PGD's ``steps`` gradients and its final
+    forward pass per sample (as ``pgd_accuracy``'s floor, a sample that survives them all), or
+    the paper's DeepFool in the check's norm unless another check already ran it
+    (``shared``)."""
+    params = check.params
+    passes = int(result.details.get("uap_passes", params.max_passes))
+    audit = len(ctx.data())
+    floors = [uap_fit_floor(ctx, params, passes), Floor(forward=2 * audit)]
+    if params.attack == "pgd":
+        floors.append(Floor(forward=audit, gradient=audit * params.steps))
+    elif not shared:
+        floors.append(paper_deepfool_floor(ctx, ctx.split, {
+            "norm": params.norm, "overshoot": params.overshoot,
+            "candidates": params.candidates, "max_iter": params.max_iter}))
+    return _plus(*floors, note=f"the fit ({passes} passes), the noise and UAP evaluations, "
+                               f"the per-sample {params.attack}")
 
 
 def autoattack_floor(ctx: AuditContext, check: Check, result: CheckResult, shared: bool
@@ -201,6 +231,7 @@ def autoattack_floor(ctx: AuditContext, check: Check, result: CheckResult, share
 AFTER_THE_RUN: dict[str, Callable[[AuditContext, Check, CheckResult, bool], Floor]] = {
     "deepfool_min_distortion": deepfool_floor,
     "uap_fooling_rate": uap_floor,
+    "robustness_category": category_floor,
     "autoattack_accuracy": autoattack_floor,
 }
 
@@ -233,12 +264,14 @@ class FloorSession(Session):
 
 
 def _deepfool_cached(ctx: AuditContext, check: Check) -> bool:
-    """Whether the audit split's ℓ2 DeepFool run with the check's options is in ``ctx.cache``
-    (False for a check without DeepFool options, e.g. ``autoattack_accuracy``)."""
+    """Whether the audit split's DeepFool run with the check's options is in ``ctx.cache``
+    (ℓ2 for ``uap_fooling_rate``'s normals, else the check's norm; False for a check without
+    DeepFool options, e.g. ``autoattack_accuracy``)."""
     params = check.params
     if not hasattr(params, "overshoot"):
         return False
-    key = ("deepfool", ctx.model.name, ctx.split, "l2", params.overshoot, params.candidates,
+    norm = "l2" if check.metric.name == "uap_fooling_rate" else params.norm
+    key = ("deepfool", ctx.model.name, ctx.split, norm, params.overshoot, params.candidates,
            params.max_iter)
     return all((*key, unit.start, unit.stop) in ctx.cache
                for unit in work_units(len(ctx.data()), ctx.batch_size))

@@ -157,3 +157,34 @@ def test_the_floor_session_counts_the_floors_after_the_default_audits_checks() -
         assert rates.seconds(floor) > 0
     assert "the paper's DeepFool" in deepfool_floor.note
     assert "apgd-ce, apgd-t, square" in autoattack.note  # the fast version
+
+
+def test_the_categorys_floor_counts_its_attacks_steps_and_its_fit() -> None:
+    """``robustness_category`` with PGD: its floor (the metric's, before the run, and
+    ``bench/floors.py``'s after it, from the passes the fit made) is at most the passes the run
+    made, and counts PGD's steps on every sample and the DeepFool fit's class gradients (the
+    earlier floor counted one attack gradient per sample and no class gradient, so the check
+    read 6× its floor in the default audit)."""
+    from floors import category_floor
+
+    from robaudit.plugins.metrics.universal.robustness_category import RobustnessCategory
+
+    model = mlp(seed=38)
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(39), dtype=torch.float64)
+    ctx = make_context(Counted(model), x, model(x).argmax(dim=1), input_range=(-50.0, 50.0))
+    metric = RobustnessCategory()
+    budget = {"eps": 0.05, "norm": "linf", "steps": 6, "max_passes": 2}
+    params = metric.Params.model_validate(budget)
+    before = metric.floor(ctx, params)
+    Passes.counts.update(forward=0, backward=0)
+    result = run_metric(metric, ctx, **budget)
+    counted = dict(Passes.counts)
+    after = category_floor(ctx, SimpleNamespace(params=params),  # type: ignore[arg-type]
+                           SimpleNamespace(details=result.details), False)  # type: ignore[arg-type]
+    fit = min(params.fit_limit, 40)
+    for floor in (before, after):
+        assert floor.forward + floor.gradient <= counted["forward"]
+        assert floor.gradient + floor.backward <= counted["backward"]
+        assert floor.gradient >= 40 * params.steps  # PGD's steps on every sample
+        assert floor.backward >= fit * (5 - 2)  # the fit's first DeepFool step: 4 classes
+    assert after.gradient >= result.details["uap_passes"] * fit + 40 * params.steps

@@ -200,10 +200,18 @@ class RobustnessCategory(SampleMetric):
     def floor(self, ctx: AuditContext, params: CategoryParams) -> Floor:
         n = len(ctx.data())
         fit = min(params.fit_limit, len(ctx.data(ctx.reference)))
+        further = min(params.candidates, ctx.model.num_classes(ctx.data().x)) - 2
+        stepped = fit if params.method == "deepfool" else 0
+        # the attack: PGD's steps on a sample that survives them all, or one DeepFool step
+        steps = params.steps if params.attack == "pgd" else 1
+        attack_backward = 0 if params.attack == "pgd" else n * further
         return Floor(
             forward=3 * n + 2 * fit,
-            gradient=n + fit,
-            note="noise and UAP evaluations, one fit pass, one attack gradient per sample",
+            gradient=n * steps + fit,
+            backward=stepped * further + attack_backward,
+            note="one fit pass (with the deepfool fit, a DeepFool step's class gradients per "
+                 "fit sample), the noise and UAP evaluations, the per-sample attack (PGD's "
+                 "steps, or one DeepFool step) and its check",
         )
 
 

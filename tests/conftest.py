@@ -24,6 +24,14 @@ ROOT = Path(__file__).parent.parent
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+# The README's command runs the suite on two pytest-xdist workers, whose environment has
+# COLUMNS=80 and LINES=24 (pytest-xdist 3.8), which no CI log has: robaudit would take the 80
+# columns as the log's width and cut long names in its tables. The workers run as a plain
+# pytest would.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
+
 
 @pytest.fixture
 def toy_dir(tmp_path: Path) -> Path:

@@ -19,8 +19,8 @@ def test_metric_table_lists_every_built_in_metric(monkeypatch):
 
 def test_the_two_setup_commands_and_ci_agree():
     assert "pip install -e . && robaudit run specs/resnet.yaml" in README
-    assert 'pip install -e ".[dev]" && python -m pytest' in README
+    assert 'pip install -e ".[dev]" && python -m pytest -n 2\n' in README
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'pip install --quiet --disable-pip-version-check -e ".[dev]"' in ci
-    assert "\npython -m pytest\n" in ci
+    assert "\npython -m pytest -n 2\n" in ci
     assert os.access(ROOT / ".ci" / "run", os.X_OK)

@@ -11,34 +11,26 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_runner import BENCH, bench
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
 #: imported by the scripts and run through them, not scripts of their own
 LIBRARIES = {"floors.py", "provenance.py"}
 
 
-def bench(script: str, *args: str | Path, timeout: float = 300) -> str:
-    """Run ``bench/SCRIPT ARGS`` with one thread; its stdout (stderr shown on failure)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=timeout)
-    assert done.returncode == 0, f"bench/{script} exited {done.returncode}:\n{done.stderr}"
-    return done.stdout
-
-
 def test_every_bench_script_has_a_smoke_test() -> None:
-    """bench/NAME.py is smoked by ``test_NAME`` in this module."""
+    """bench/NAME.py is smoked by ``test_NAME`` in this module or, for the reproductions of the
+    papers, in ``test_bench_reproduce_smoke`` (a file of its own, so that the two run on two
+    pytest-xdist workers)."""
+    import test_bench_reproduce_smoke
+
     scripts = {path.stem for path in BENCH.glob("*.py")} - {Path(n).stem for n in LIBRARIES}
-    missing = sorted(s for s in scripts if f"test_{s}" not in globals())
+    tests = {*globals(), *vars(test_bench_reproduce_smoke)}
+    missing = sorted(s for s in scripts if f"test_{s}" not in tests)
     assert not missing, f"bench scripts without a smoke test: {missing}"
 
 
@@ -127,39 +119,6 @@ def test_peers(tmp_path: Path) -> None:
         assert row in text
     assert "DeepFool ℓ2 on the ResNet-18 at 3×32×32, 4 test digits" in text
     assert re.search(r"robaudit, the paper's steps +│ +[\d.]+ │ +[\d.]+×", text)
-
-
-def test_reproduce_ghorbani(tmp_path: Path) -> None:
-    bench("reproduce_ghorbani.py", "--seeds", "1", "--depths", "1", "--separations", "0.15",
-          "--threads", "1", "--out", tmp_path)
-    text = (tmp_path / "results.md").read_text()
-    # the exact command is recorded, and every claim got a verdict
-    assert "`python bench/reproduce_ghorbani.py --seeds 1 --depths 1" in text
-    assert "| 1 | after |" in text and (tmp_path / "figures.png").stat().st_size > 1000
-    assert len(re.findall(r"\*\*(yes|no)\*\*|: \*\*depth", text)) >= 6
-
-
-def test_reproduce_regions(tmp_path: Path) -> None:
-    bench("reproduce_regions.py", "--pairs", "1", "--paper-step-pairs", "1", "--out", tmp_path)
-    text = (tmp_path / "results.md").read_text()
-    assert "`python bench/reproduce_regions.py --pairs 1 --paper-step-pairs 1" in text
-    assert text.count("| data | ") == 4  # a row per connectivity part
-    for png in ("convexity.png", "paths.png", "units.png", "random_directions.png"):
-        assert (tmp_path / png).stat().st_size > 1000
-
-
-def test_reproduce_fawzi(tmp_path: Path) -> None:
-    bench("reproduce_fawzi.py", "--models", "digits", "--limit", "24", "--out", tmp_path)
-    text = (tmp_path / "digits.md").read_text()
-    assert "`python bench/reproduce_fawzi.py --models digits --limit 24" in text
-    assert "| curvature_detection" in text and (tmp_path / "digits.png").stat().st_size > 1000
-
-
-def test_reproduce_khaitan(tmp_path: Path) -> None:
-    bench("reproduce_khaitan.py", "--epochs", "1", "--out", tmp_path)
-    text = (tmp_path / "results.md").read_text()
-    assert "`python bench/reproduce_khaitan.py --epochs 1" in text
-    assert "reproduces" in text and (tmp_path / "figures.png").stat().st_size > 1000
 
 
 def test_autoattack() -> None:

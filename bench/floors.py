@@ -164,24 +164,29 @@ def uap_floor(ctx: AuditContext, check: Check, result: CheckResult, shared: bool
 def category_floor(ctx: AuditContext, check: Check, result: CheckResult, shared: bool
                    ) -> Floor:
     """``robustness_category``: the universal perturbation's fit (:func:`uap_fit_floor`, the
-    passes it made: counted even where ``uap_fooling_rate`` fitted it first and the check read
-    it from the cache, since the category needs it), the noise and universal forward passes
-    of the audit split, and the per-sample attack: PGD's ``steps`` gradients and its final
-    forward pass per sample (as ``pgd_accuracy``'s floor, a sample that survives them all), or
-    the paper's DeepFool in the check's norm unless another check already ran it
-    (``shared``)."""
+    passes it made) unless it was in ``ctx.cache`` before the check (``shared``: in a whole
+    audit ``uap_fooling_rate`` fits it first), the noise and universal forward passes of the
+    audit split, and the per-sample attack. PGD stops on a sample as soon as an iterate fools
+    it, so the least it needs is one gradient for a sample it fooled and its ``steps``
+    gradients for one it did not (from ``details.attack_fooling_rate``), and the forward pass
+    of the final prediction; DeepFool, the paper's steps in the check's norm
+    (:func:`paper_deepfool_floor`)."""
     params = check.params
     passes = int(result.details.get("uap_passes", params.max_passes))
     audit = len(ctx.data())
-    floors = [uap_fit_floor(ctx, params, passes), Floor(forward=2 * audit)]
+    floors = [Floor(forward=2 * audit)]
+    if not shared:
+        floors.append(uap_fit_floor(ctx, params, passes))
     if params.attack == "pgd":
-        floors.append(Floor(forward=audit, gradient=audit * params.steps))
-    elif not shared:
+        fooled = round(float(result.details["attack_fooling_rate"]) * audit)
+        floors.append(Floor(forward=audit, gradient=fooled + (audit - fooled) * params.steps))
+    else:
         floors.append(paper_deepfool_floor(ctx, ctx.split, {
             "norm": params.norm, "overshoot": params.overshoot,
             "candidates": params.candidates, "max_iter": params.max_iter}))
-    return _plus(*floors, note=f"the fit ({passes} passes), the noise and UAP evaluations, "
-                               f"the per-sample {params.attack}")
+    fit = "the shared fit not counted" if shared else f"the fit ({passes} passes)"
+    return _plus(*floors, note=f"{fit}, the noise and UAP evaluations, the per-sample "
+                               f"{params.attack}")
 
 
 def autoattack_floor(ctx: AuditContext, check: Check, result: CheckResult, shared: bool
@@ -227,7 +232,8 @@ def autoattack_floor(ctx: AuditContext, check: Check, result: CheckResult, share
 
 #: Floors counted after the check from what it did (the metric's own ``floor()`` counts
 #: before it runs): metric name -> function of the run's context, the check, its result and
-#: whether the audit split's ℓ2 DeepFool run with the check's options was cached before it.
+#: whether the work it shares was cached before it (the audit split's DeepFool run with the
+#: check's options; for ``robustness_category`` the universal perturbation's fit).
 AFTER_THE_RUN: dict[str, Callable[[AuditContext, Check, CheckResult, bool], Floor]] = {
     "deepfool_min_distortion": deepfool_floor,
     "uap_fooling_rate": uap_floor,
@@ -254,13 +260,21 @@ class FloorSession(Session):
         self.context = ctx
         self.floors[check.id] = check.metric.floor(ctx, check.params)
         after = AFTER_THE_RUN.get(check.metric.name)
-        shared = after is not None and _deepfool_cached(ctx, check)
+        shared = after is not None and (_uap_fit_cached(ctx, check)
+                                        if check.metric.name == "robustness_category"
+                                        else _deepfool_cached(ctx, check))
         cpu = time.process_time()
         result = super().run_check(check, ctx, *args, **kwargs)
         self.cpu_s[check.id] = time.process_time() - cpu
         if after is not None and result.outcome != "error":
             self.floors[check.id] = after(ctx, check, result, shared)
         return result
+
+
+def _uap_fit_cached(ctx: AuditContext, check: Check) -> bool:
+    """Whether the universal perturbation that the check fits is in ``ctx.cache`` (the key of
+    :func:`robaudit.plugins.metrics.universal.uap.fitted_uap`)."""
+    return ("uap", ctx.model.name, ctx.reference, *check.params.fit_key()) in ctx.cache
 
 
 def _deepfool_cached(ctx: AuditContext, check: Check) -> bool:

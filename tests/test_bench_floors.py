@@ -161,11 +161,12 @@ def test_the_floor_session_counts_the_floors_after_the_default_audits_checks() -
 
 def test_the_categorys_floor_counts_its_attacks_steps_and_its_fit() -> None:
     """``robustness_category`` with PGD: its floor (the metric's, before the run, and
-    ``bench/floors.py``'s after it, from the passes the fit made) is at most the passes the run
-    made, and counts PGD's steps on every sample and the DeepFool fit's class gradients (the
-    earlier floor counted one attack gradient per sample and no class gradient, so the check
-    read 6× its floor in the default audit)."""
-    from floors import category_floor
+    ``bench/floors.py``'s after it, from the passes the fit made and the samples PGD fooled)
+    is at most the passes the run made. The metric's counts PGD's steps on every sample and the
+    DeepFool fit's class gradients (the earlier floor counted one attack gradient per sample and
+    no class gradient); the one after the run counts one gradient for a sample PGD fooled, every
+    step for one it did not, and the fit only where no other check fitted it first."""
+    from floors import category_floor, uap_fit_floor
 
     from robaudit.plugins.metrics.universal.robustness_category import RobustnessCategory
 
@@ -173,18 +174,23 @@ def test_the_categorys_floor_counts_its_attacks_steps_and_its_fit() -> None:
     x = torch.randn(40, 6, generator=torch.Generator().manual_seed(39), dtype=torch.float64)
     ctx = make_context(Counted(model), x, model(x).argmax(dim=1), input_range=(-50.0, 50.0))
     metric = RobustnessCategory()
-    budget = {"eps": 0.05, "norm": "linf", "steps": 6, "max_passes": 2}
+    budget = {"eps": 0.2, "norm": "linf", "steps": 6, "max_passes": 2}
     params = metric.Params.model_validate(budget)
     before = metric.floor(ctx, params)
     Passes.counts.update(forward=0, backward=0)
     result = run_metric(metric, ctx, **budget)
     counted = dict(Passes.counts)
-    after = category_floor(ctx, SimpleNamespace(params=params),  # type: ignore[arg-type]
-                           SimpleNamespace(details=result.details), False)  # type: ignore[arg-type]
-    fit = min(params.fit_limit, 40)
+    check, ran = SimpleNamespace(params=params), SimpleNamespace(details=result.details)
+    after = category_floor(ctx, check, ran, False)  # type: ignore[arg-type]
+    shared = category_floor(ctx, check, ran, True)  # type: ignore[arg-type]
+    fit = uap_fit_floor(ctx, params, result.details["uap_passes"])
+    fooled = round(result.details["attack_fooling_rate"] * 40)
+    assert 0 < fooled < 40  # both kinds of sample
     for floor in (before, after):
         assert floor.forward + floor.gradient <= counted["forward"]
         assert floor.gradient + floor.backward <= counted["backward"]
-        assert floor.gradient >= 40 * params.steps  # PGD's steps on every sample
-        assert floor.backward >= fit * (5 - 2)  # the fit's first DeepFool step: 4 classes
-    assert after.gradient >= result.details["uap_passes"] * fit + 40 * params.steps
+        assert floor.backward >= 10 * (5 - 2)  # the fit's first DeepFool step: 4 classes
+    assert before.gradient >= 40 * params.steps  # PGD's steps on every sample
+    assert shared.gradient == fooled + (40 - fooled) * params.steps
+    assert (after.forward, after.gradient, after.backward) == (
+        shared.forward + fit.forward, shared.gradient + fit.gradient, fit.backward)

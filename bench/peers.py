@@ -22,8 +22,9 @@ crossing and one projection onto the boundary's tangent plane, see :mod:`robaudi
 without the projection, with the paper's steps alone (``refine=0, keep=10``) and with the damped
 steps of issue 8 (``damping=0.8, project=0, keep=10``: robaudit's DeepFool before issue 23).
 Times are CPU seconds of this process (``time.process_time``), so the ratios hold on a shared
-machine; each DeepFool implementation's is the median of ``--repeats`` runs (default 3), so
-that a burst of the other jobs in one 0.3 s run does not decide a ratio.
+machine; each DeepFool implementation's is the median of ``--repeats`` runs (default 3)
+after one untimed run, so that a burst of the other jobs in one 0.3 s run does not decide a
+ratio and no implementation is charged its first call's set-up.
 
 Goals (issue 23): DeepFool ≥ 30× faster than ART's at its best batch (``--art-batch 200``)
 at success 1.0 with ρ_adv at most ART's and foolbox's; the universal perturbation ≥ 50×
@@ -72,7 +73,11 @@ class Row:
 def timed(run: Callable[[], Any], repeats: int = 1) -> tuple[Any, float]:
     """``run()`` and the CPU time it took (all threads of this process: with one thread per
     side a fair measure on a shared machine, where wall time counts the other jobs too): with
-    ``repeats`` > 1, the median of that many runs and the last run's result."""
+    ``repeats`` > 1, the median of that many runs after one untimed run (which pays the set-up
+    that a first call pays, e.g. oneDNN's kernels for each new batch size: robaudit's first
+    DeepFool of 200 digits took 1.2–1.9× its later ones) and the last run's result."""
+    if repeats > 1:
+        run()
     seconds = []
     for _ in range(repeats):
         start = time.process_time()
@@ -131,7 +136,6 @@ def bench_deepfool(model: nn.Module, x: torch.Tensor, clean: torch.Tensor,
         ("robaudit, the paper's steps", {"refine": 0, "keep": 10}),
         ("robaudit, damped steps (issue 8)", {"damping": 0.8, "project": 0, "keep": 10}),
     )
-    deepfool(model, x[:8], norm="l2", input_range=BOX)  # warm-up: the first call pays set-up
     for name, options in variants:
         result, seconds = timed(lambda options=options: deepfool(
             model, x, norm="l2", candidates=10, overshoot=0.02, max_iter=50, input_range=BOX,

@@ -170,7 +170,8 @@ def category_floor(ctx: AuditContext, check: Check, result: CheckResult, shared:
     it, so the least it needs is one gradient for a sample it fooled and its ``steps``
     gradients for one it did not (from ``details.attack_fooling_rate``), and the forward pass
     of the final prediction; DeepFool, the paper's steps in the check's norm
-    (:func:`paper_deepfool_floor`)."""
+    (:func:`paper_deepfool_floor`), counted even where another check ran that DeepFool
+    first."""
     params = check.params
     passes = int(result.details.get("uap_passes", params.max_passes))
     audit = len(ctx.data())
@@ -260,9 +261,8 @@ class FloorSession(Session):
         self.context = ctx
         self.floors[check.id] = check.metric.floor(ctx, check.params)
         after = AFTER_THE_RUN.get(check.metric.name)
-        shared = after is not None and (_uap_fit_cached(ctx, check)
-                                        if check.metric.name == "robustness_category"
-                                        else _deepfool_cached(ctx, check))
+        cached = SHARED_WORK.get(check.metric.name, _deepfool_cached)
+        shared = after is not None and cached(ctx, check)
         cpu = time.process_time()
         result = super().run_check(check, ctx, *args, **kwargs)
         self.cpu_s[check.id] = time.process_time() - cpu
@@ -278,17 +278,23 @@ def _uap_fit_cached(ctx: AuditContext, check: Check) -> bool:
 
 
 def _deepfool_cached(ctx: AuditContext, check: Check) -> bool:
-    """Whether the audit split's DeepFool run with the check's options is in ``ctx.cache``
-    (ℓ2 for ``uap_fooling_rate``'s normals, else the check's norm; False for a check without
-    DeepFool options, e.g. ``autoattack_accuracy``)."""
+    """Whether the audit split's ℓ2 DeepFool run with the check's options is in ``ctx.cache``
+    (False for a check without DeepFool options, e.g. ``autoattack_accuracy``)."""
     params = check.params
     if not hasattr(params, "overshoot"):
         return False
-    norm = "l2" if check.metric.name == "uap_fooling_rate" else params.norm
-    key = ("deepfool", ctx.model.name, ctx.split, norm, params.overshoot, params.candidates,
+    key = ("deepfool", ctx.model.name, ctx.split, "l2", params.overshoot, params.candidates,
            params.max_iter)
     return all((*key, unit.start, unit.stop) in ctx.cache
                for unit in work_units(len(ctx.data()), ctx.batch_size))
+
+
+#: The work a check of :data:`AFTER_THE_RUN` may find done by an earlier check, where it is not
+#: the audit split's ℓ2 DeepFool run (:func:`_deepfool_cached`): metric name -> whether it is
+#: in ``ctx.cache`` before the check.
+SHARED_WORK: dict[str, Callable[[AuditContext, Check], bool]] = {
+    "robustness_category": _uap_fit_cached,
+}
 
 
 def session_options(overrides: list[str] | None = None, threads: int | None = None,

@@ -162,10 +162,10 @@ def test_the_floor_session_counts_the_floors_after_the_default_audits_checks() -
 def test_the_categorys_floor_counts_its_attacks_steps_and_its_fit() -> None:
     """``robustness_category`` with PGD: its floor (the metric's, before the run, and
     ``bench/floors.py``'s after it, from the passes the fit made and the samples PGD fooled)
-    is at most the passes the run made. The metric's counts PGD's steps on every sample and the
-    DeepFool fit's class gradients (the earlier floor counted one attack gradient per sample and
-    no class gradient); the one after the run counts one gradient for a sample PGD fooled, every
-    step for one it did not, and the fit only where no other check fitted it first."""
+    is at most the passes the run made, and both count the DeepFool fit's class gradients (the
+    earlier floor counted none). The one after the run counts one gradient for a sample PGD
+    fooled, every step for one it did not, and the fit only where no other check fitted it
+    first."""
     from floors import category_floor, uap_fit_floor
 
     from robaudit.plugins.metrics.universal.robustness_category import RobustnessCategory
@@ -189,8 +189,25 @@ def test_the_categorys_floor_counts_its_attacks_steps_and_its_fit() -> None:
     for floor in (before, after):
         assert floor.forward + floor.gradient <= counted["forward"]
         assert floor.gradient + floor.backward <= counted["backward"]
-        assert floor.backward >= 10 * (5 - 2)  # the fit's first DeepFool step: 4 classes
-    assert before.gradient >= 40 * params.steps  # PGD's steps on every sample
+        # the fit's first pass: a DeepFool step on each of its 40 samples, 4 class gradients
+        assert floor.backward >= 40 * (4 - 1)
+    assert after.gradient > before.gradient  # the steps of the samples PGD did not fool
     assert shared.gradient == fooled + (40 - fooled) * params.steps
     assert (after.forward, after.gradient, after.backward) == (
         shared.forward + fit.forward, shared.gradient + fit.gradient, fit.backward)
+
+
+def test_the_floor_session_leaves_out_a_fit_that_an_earlier_check_made() -> None:
+    """The default audit's ``uap`` then ``category`` (tiny splits): the category reads the
+    universal perturbation that ``uap`` fitted, so its floor counted after it leaves the fit
+    out; run alone, the category fits it and its floor counts it."""
+    from floors import run_with_floors
+
+    spec = str(Path(__file__).resolve().parent.parent / "specs" / "resnet.yaml")
+    sizes = ["data.limit=16", "data.reference_limit=24"]
+    _, both, _, _ = run_with_floors(spec, sizes, 1, "uap or category")
+    _, alone, _, _ = run_with_floors(spec, sizes, 1, "category")
+    shared, fitted = both["category"], alone["category"]
+    assert shared is not None and fitted is not None
+    assert "the shared fit not counted" in shared.note and "the fit (" in fitted.note
+    assert fitted.forward > shared.forward and fitted.backward > shared.backward == 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from memory_probe import Synthetic
 from PIL import Image
 from torchvision import transforms
 
@@ -173,23 +174,11 @@ def test_limit_chooses_samples_before_any_image_is_decoded(tmp_path, robaudit_ma
     assert len(seen) < len(files) // 4
 
 
-class Indexed:
-    """A synthetic indexable data set: sample i is 2×3×4 values drawn from seed i."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(index))
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_lazy_inputs_index_and_read_as_the_tensor_would(workers):
-    lazy = LazyInputs(Indexed(10), workers=workers)
-    whole = torch.stack([Indexed(10)[i] for i in range(10)])
+    data = Synthetic(10, (2, 3, 4))  # sample i is 2×3×4 values drawn from seed i
+    lazy = LazyInputs(data, workers=workers)
+    whole = torch.stack([data[i] for i in range(10)])
     assert len(lazy) == 10 and lazy.shape == whole.shape and lazy.dtype == whole.dtype
     assert lazy.dim() == 4 and lazy.is_floating_point() and lazy[3].numel() == 24
     mask = torch.arange(10) % 3 == 0
@@ -296,8 +285,11 @@ def test_bad_data_keys_are_located_usage_errors(tmp_path, robaudit_main, line, k
         assert "Traceback" not in err
 
 
-class WithNaN(Indexed):
-    """Sample 3 of :class:`Indexed` is NaN."""
+class WithNaN(Synthetic):
+    """2×3×4 samples drawn from their seeds, sample 3 NaN."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n, (2, 3, 4))
 
     def __getitem__(self, index: int) -> torch.Tensor:
         x = super().__getitem__(index)

@@ -11,7 +11,12 @@ from pydantic import Field
 from robaudit import Floor, Metric, MetricParams, MetricResult, hookimpl
 from robaudit.metric import Gathered, SampleMetric, Unit, UnitResult
 from robaudit.ops.preflight import PREFLIGHT_DOC
-from robaudit.plugins.metrics.universal.uap import UAPFitParams, fitted_uap, unit_fooled
+from robaudit.plugins.metrics.universal.uap import (
+    UAPFitParams,
+    fit_pass_floor,
+    fitted_uap,
+    unit_fooled,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -199,16 +204,15 @@ class RobustnessCategory(SampleMetric):
 
     def floor(self, ctx: AuditContext, params: CategoryParams) -> Floor:
         n = len(ctx.data())
-        fit = min(params.fit_limit, len(ctx.data(ctx.reference)))
+        fit = fit_pass_floor(ctx, params)
         further = min(params.candidates, ctx.model.num_classes(ctx.data().x)) - 2
-        stepped = fit if params.method == "deepfool" else 0
         # the attack: at least one gradient per sample (PGD stops on a sample once it is
         # fooled; DeepFool takes at least one step, with its further class gradients)
         attack_backward = 0 if params.attack == "pgd" else n * further
         return Floor(
-            forward=3 * n + 2 * fit,
-            gradient=n + fit,
-            backward=stepped * further + attack_backward,
+            forward=fit.forward + 3 * n,
+            gradient=fit.gradient + n,
+            backward=fit.backward + attack_backward,
             note="one fit pass (with the deepfool fit, a DeepFool step's class gradients per "
                  "fit sample), the noise and UAP evaluations, at least one attack step per "
                  "sample and its check",

@@ -140,6 +140,18 @@ def fitted_uap(ctx: AuditContext, params: UAPFitParams) -> UAPFit:
     return fit
 
 
+def fit_pass_floor(ctx: AuditContext, params: UAPFitParams) -> Floor:
+    """The least work of the universal perturbation's fit, one pass over its samples: a
+    prediction and a gradient per fit sample, with the deepfool fit (Moosavi-Dezfooli et al.
+    2017, Algorithm 1) the further c − 1 class gradients of a DeepFool step (c = candidates −
+    1), and the pass's fooling-rate forward pass. Shared by the floors of the checks that fit it
+    (``uap_fooling_rate``, ``robustness_category``)."""
+    fit = min(params.fit_limit, len(ctx.data(ctx.reference)))
+    further = min(params.candidates, ctx.model.num_classes(ctx.data().x)) - 2
+    stepped = fit if params.method == "deepfool" else 0
+    return Floor(forward=2 * fit, gradient=fit, backward=stepped * further)
+
+
 def unit_fooled(ctx: AuditContext, unit: Unit, delta: torch.Tensor) -> torch.Tensor:
     """Per sample of the work unit ``unit`` of the audit split (a CPU bool tensor), whether the
     prediction at clip(x + δ) differs from the clean prediction: δ one universal v (the shape
@@ -368,14 +380,13 @@ class UAPFoolingRate(SampleMetric):
         )
 
     def floor(self, ctx: AuditContext, params: UAPFitParams) -> Floor:
-        fit = min(params.fit_limit, len(ctx.data(ctx.reference)))
+        fit = fit_pass_floor(ctx, params)
         audit = len(ctx.data())
         further = min(params.candidates, ctx.model.num_classes(ctx.data().x)) - 2
-        stepped = fit if params.method == "deepfool" else 0
         return Floor(
-            forward=2 * fit + 2 * audit,
-            gradient=fit + audit,
-            backward=(stepped + audit) * further,
+            forward=fit.forward + 2 * audit,
+            gradient=fit.gradient + audit,
+            backward=fit.backward + audit * further,
             note="one fit pass (a prediction and a gradient per fit sample, all c = "
                  "candidates − 1 class gradients of a DeepFool step with the deepfool fit, "
                  "then the pass's fooling rate), the held-out and noise evaluations, one "
